@@ -1,0 +1,215 @@
+// Batch normalisation over x viewed as (N, C, S): statistics per channel c over
+// the M = N·S values x[n, c, s]. (N, D) input is S = 1 (batchnorm1d);
+// (N, C, H, W) is S = H·W (batchnorm2d).
+//
+// Forward (training):
+//   μ = Σ x / M,  σ² = Σ (x − μ)² / M            (two passes, biased variance)
+//   invstd = 1/√(σ² + eps),  x̂ = (x − μ)·invstd,  y = γ·x̂ + β
+//   running_mean ← (1 − m)·running_mean + m·μ
+//   running_var  ← (1 − m)·running_var  + m·σ²·M/(M − 1)   (unbiased)
+// Forward (evaluation): μ, invstd from the running statistics.
+// Backward:
+//   dβ = Σ dy,  dγ = Σ dy·x̂
+//   training:   dx = γ·invstd/M · (M·dy − dβ − x̂·dγ)
+//   evaluation: dx = γ·invstd·dy
+//
+// Per-channel sums are tree reductions in workgroup memory, one workgroup per
+// channel: deterministic, no atomics.
+
+struct Params {
+    batch: u32,
+    channels: u32,
+    spatial: u32,
+    eps: f32,
+    momentum: f32,
+    training: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+const WG: u32 = 256u;
+var<workgroup> partial_a: array<f32, WG>;
+var<workgroup> partial_b: array<f32, WG>;
+
+fn value_index(c: u32, e: u32) -> u32 {
+    // e-th of the M values of channel c: n = e / S, s = e % S.
+    let n = e / p.spatial;
+    let s = e % p.spatial;
+    return (n * p.channels + c) * p.spatial + s;
+}
+
+fn channel_of(i: u32) -> u32 {
+    return (i / p.spatial) % p.channels;
+}
+
+fn element(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return (wid.x + wid.y * nwg.x) * 256u + lid.x;
+}
+
+// Sums partial_a (and partial_b) over the workgroup into element 0.
+fn reduce_two(lid: u32) {
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half /= 2u) {
+        if lid < half {
+            partial_a[lid] += partial_a[lid + half];
+            partial_b[lid] += partial_b[lid + half];
+        }
+        workgroupBarrier();
+    }
+}
+
+// ---- training statistics: one workgroup per channel ----
+@group(0) @binding(1) var<storage, read> stats_x: array<f32>;
+@group(0) @binding(2) var<storage, read> stats_running_mean: array<f32>;
+@group(0) @binding(3) var<storage, read> stats_running_var: array<f32>;
+@group(0) @binding(4) var<storage, read_write> stats_mean: array<f32>;
+@group(0) @binding(5) var<storage, read_write> stats_invstd: array<f32>;
+@group(0) @binding(6) var<storage, read_write> stats_new_mean: array<f32>;
+@group(0) @binding(7) var<storage, read_write> stats_new_var: array<f32>;
+
+@compute @workgroup_size(256)
+fn batch_statistics(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let c = wid.x + wid.y * nwg.x;
+    if c >= p.channels {
+        return;
+    }
+    let count = p.batch * p.spatial;
+    var sum = 0.0;
+    for (var e = lid.x; e < count; e += WG) {
+        sum += stats_x[value_index(c, e)];
+    }
+    partial_a[lid.x] = sum;
+    partial_b[lid.x] = 0.0;
+    reduce_two(lid.x);
+    let mean = partial_a[0] / f32(count);
+    workgroupBarrier();
+    var squares = 0.0;
+    for (var e = lid.x; e < count; e += WG) {
+        let d = stats_x[value_index(c, e)] - mean;
+        squares += d * d;
+    }
+    partial_a[lid.x] = squares;
+    reduce_two(lid.x);
+    if lid.x == 0u {
+        let var_biased = partial_a[0] / f32(count);
+        let var_unbiased = partial_a[0] / f32(count - 1u);
+        stats_mean[c] = mean;
+        stats_invstd[c] = 1.0 / sqrt(var_biased + p.eps);
+        stats_new_mean[c] = (1.0 - p.momentum) * stats_running_mean[c] + p.momentum * mean;
+        stats_new_var[c] = (1.0 - p.momentum) * stats_running_var[c] + p.momentum * var_unbiased;
+    }
+}
+
+// ---- evaluation statistics: μ = running mean, invstd from the running variance ----
+@group(0) @binding(1) var<storage, read> eval_running_mean: array<f32>;
+@group(0) @binding(2) var<storage, read> eval_running_var: array<f32>;
+@group(0) @binding(3) var<storage, read_write> eval_mean: array<f32>;
+@group(0) @binding(4) var<storage, read_write> eval_invstd: array<f32>;
+
+@compute @workgroup_size(256)
+fn running_statistics(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let c = element(wid, lid, nwg);
+    if c < p.channels {
+        eval_mean[c] = eval_running_mean[c];
+        eval_invstd[c] = 1.0 / sqrt(eval_running_var[c] + p.eps);
+    }
+}
+
+// ---- y = γ·(x − μ)·invstd + β, one element per invocation ----
+@group(0) @binding(1) var<storage, read> norm_x: array<f32>;
+@group(0) @binding(2) var<storage, read> norm_mean: array<f32>;
+@group(0) @binding(3) var<storage, read> norm_invstd: array<f32>;
+@group(0) @binding(4) var<storage, read> norm_gamma: array<f32>;
+@group(0) @binding(5) var<storage, read> norm_beta: array<f32>;
+@group(0) @binding(6) var<storage, read_write> norm_y: array<f32>;
+
+@compute @workgroup_size(256)
+fn normalize(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = element(wid, lid, nwg);
+    if i >= p.batch * p.channels * p.spatial {
+        return;
+    }
+    let c = channel_of(i);
+    norm_y[i] = norm_gamma[c] * (norm_x[i] - norm_mean[c]) * norm_invstd[c] + norm_beta[c];
+}
+
+// ---- backward sums dβ = Σ dy, dγ = Σ dy·x̂: one workgroup per channel ----
+@group(0) @binding(1) var<storage, read> sums_x: array<f32>;
+@group(0) @binding(2) var<storage, read> sums_dy: array<f32>;
+@group(0) @binding(3) var<storage, read> sums_mean: array<f32>;
+@group(0) @binding(4) var<storage, read> sums_invstd: array<f32>;
+@group(0) @binding(5) var<storage, read_write> sums_dgamma: array<f32>;
+@group(0) @binding(6) var<storage, read_write> sums_dbeta: array<f32>;
+
+@compute @workgroup_size(256)
+fn backward_sums(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let c = wid.x + wid.y * nwg.x;
+    if c >= p.channels {
+        return;
+    }
+    let count = p.batch * p.spatial;
+    let mean = sums_mean[c];
+    let invstd = sums_invstd[c];
+    var dbeta = 0.0;
+    var dgamma = 0.0;
+    for (var e = lid.x; e < count; e += WG) {
+        let i = value_index(c, e);
+        let dy = sums_dy[i];
+        dbeta += dy;
+        dgamma += dy * (sums_x[i] - mean) * invstd;
+    }
+    partial_a[lid.x] = dgamma;
+    partial_b[lid.x] = dbeta;
+    reduce_two(lid.x);
+    if lid.x == 0u {
+        sums_dgamma[c] = partial_a[0];
+        sums_dbeta[c] = partial_b[0];
+    }
+}
+
+// ---- dx, one element per invocation ----
+@group(0) @binding(1) var<storage, read> dx_x: array<f32>;
+@group(0) @binding(2) var<storage, read> dx_dy: array<f32>;
+@group(0) @binding(3) var<storage, read> dx_mean: array<f32>;
+@group(0) @binding(4) var<storage, read> dx_invstd: array<f32>;
+@group(0) @binding(5) var<storage, read> dx_gamma: array<f32>;
+@group(0) @binding(6) var<storage, read> dx_dgamma: array<f32>;
+@group(0) @binding(7) var<storage, read> dx_dbeta: array<f32>;
+@group(0) @binding(8) var<storage, read_write> dx_out: array<f32>;
+
+@compute @workgroup_size(256)
+fn backward_dx(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = element(wid, lid, nwg);
+    if i >= p.batch * p.channels * p.spatial {
+        return;
+    }
+    let c = channel_of(i);
+    let scale = dx_gamma[c] * dx_invstd[c];
+    if p.training == 0u {
+        dx_out[i] = scale * dx_dy[i];
+        return;
+    }
+    let m = f32(p.batch * p.spatial);
+    let xhat = (dx_x[i] - dx_mean[c]) * dx_invstd[c];
+    dx_out[i] = scale / m * (m * dx_dy[i] - dx_dbeta[c] - xhat * dx_dgamma[c]);
+}

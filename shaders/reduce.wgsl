@@ -1,0 +1,52 @@
+// Per-channel sums: the bias gradients db[o] = Σ_{n, s} dY[n, o, s].
+//
+//   x: (outer, C, inner) → out: (C)
+//   out[c] = Σ_{o < outer, i < inner} x[(o·C + c)·inner + i]
+//
+// One workgroup per channel. Each invocation sums a fixed strided subset, then
+// a tree reduction in workgroup memory adds the 256 partial sums: the order of
+// additions is fixed, so results are the same run to run (no atomics).
+
+struct Params {
+    outer: u32,
+    channels: u32,
+    inner: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 256u;
+var<workgroup> partial: array<f32, WG>;
+
+@compute @workgroup_size(256)
+fn channel_sum(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    // Uniform across the workgroup, so the early return keeps barriers uniform.
+    let c = wid.x + wid.y * nwg.x;
+    if c >= p.channels {
+        return;
+    }
+    let count = p.outer * p.inner;
+    var sum = 0.0;
+    for (var e = lid.x; e < count; e += WG) {
+        let o = e / p.inner;
+        let i = e % p.inner;
+        sum += x[(o * p.channels + c) * p.inner + i];
+    }
+    partial[lid.x] = sum;
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half /= 2u) {
+        if lid.x < half {
+            partial[lid.x] += partial[lid.x + half];
+        }
+        workgroupBarrier();
+    }
+    if lid.x == 0u {
+        out[c] = partial[0];
+    }
+}

@@ -1,0 +1,220 @@
+//! The `Backend` trait: every op of the CNN derivation, implemented once on the
+//! CPU (the reference, [`crate::cpu`]) and once on the GPU ([`crate::gpu`]).
+//! Layers ([`crate::nn`]) are written once, generic over it.
+//!
+//! Shapes follow PyTorch: images are NCHW, conv weights `(O, C, kh, kw)`, linear
+//! weights `(O, I)`. Each method documents the formula it computes.
+
+use crate::geometry::{
+    Activation, BatchNormSettings, Conv2dGeometry, DropoutSettings, GemmSpec, Pool2dGeometry,
+};
+use crate::tensor::HostTensor;
+
+/// Anything that knows its shape.
+pub trait Shaped {
+    /// Extent of each dimension, outermost first.
+    fn shape(&self) -> &[usize];
+}
+
+impl<F> Shaped for HostTensor<F> {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+}
+
+/// Gradients of a layer with a weight and a bias.
+#[derive(Clone, Debug)]
+pub struct ParamGrads<T> {
+    /// Gradient with respect to the layer's input.
+    pub dx: T,
+    /// Gradient with respect to the weight.
+    pub dw: T,
+    /// Gradient with respect to the bias.
+    pub db: T,
+}
+
+/// What batchnorm's forward keeps for its backward: per-channel `mean` and
+/// `invstd = 1/√(var + eps)`, both `(C)`. In training these are the batch
+/// statistics; in evaluation the running ones.
+#[derive(Clone, Debug)]
+pub struct BatchNormSaved<T> {
+    /// Per-channel mean used to normalise.
+    pub mean: T,
+    /// Per-channel `1/√(var + eps)` used to normalise.
+    pub invstd: T,
+}
+
+/// Output of batchnorm's training-mode forward.
+#[derive(Clone, Debug)]
+pub struct BatchNormTrain<T> {
+    /// `y = γ·(x − μ)·invstd + β`, same shape as `x`.
+    pub y: T,
+    /// Batch statistics for the backward.
+    pub saved: BatchNormSaved<T>,
+    /// `(1 − m)·running_mean + m·μ`.
+    pub running_mean: T,
+    /// `(1 − m)·running_var + m·σ²·n/(n − 1)` (unbiased batch variance).
+    pub running_var: T,
+}
+
+/// Gradients of batchnorm.
+#[derive(Clone, Debug)]
+pub struct BatchNormGrads<T> {
+    /// Gradient with respect to the input.
+    pub dx: T,
+    /// `dγ = Σ dy·x̂` per channel.
+    pub dgamma: T,
+    /// `dβ = Σ dy` per channel.
+    pub dbeta: T,
+}
+
+/// Output of softmax cross-entropy: kept on the device until someone asks.
+#[derive(Clone, Debug)]
+pub struct SoftmaxXent<T> {
+    /// Mean negative log-likelihood over the batch, shape `(1)`.
+    pub loss: T,
+    /// Number of rows whose arg-max (first on ties) equals the label, shape `(1)`.
+    pub correct: T,
+    /// `(softmax(x) − onehot(label)) / N`, shape `(N, K)`.
+    pub grad: T,
+}
+
+/// Every op both paths implement. Tensors stay where the backend keeps them
+/// (host memory or GPU buffers); only [`Backend::download`] brings data back.
+pub trait Backend {
+    /// A float tensor living on this backend.
+    type Tensor: Shaped + Clone;
+    /// A tensor of `u32` (labels, max-pool arg-max positions).
+    type Indices: Clone;
+
+    /// A short description of the device, for logs.
+    fn name(&self) -> String;
+
+    /// Copies a host tensor to the backend.
+    fn upload(&self, t: &HostTensor<f32>) -> Self::Tensor;
+    /// Copies `u32` values to the backend.
+    fn upload_indices(&self, values: &[u32]) -> Self::Indices;
+    /// Copies a tensor back to the host (waits for pending work on a GPU).
+    fn download(&self, t: &Self::Tensor) -> HostTensor<f32>;
+
+    /// `C = op(A)·op(B)`, `(m, k)·(k, n) → (m, n)`; see [`GemmSpec`].
+    fn gemm(&self, a: &Self::Tensor, b: &Self::Tensor, spec: &GemmSpec) -> Self::Tensor;
+
+    /// `X (N, C, H, W) → X_col (N, C·kh·kw, OH·OW)` with
+    /// `X_col[n, (c, i, j), (oh, ow)] = X[n, c, oh·s − p + i, ow·s − p + j]` (0 outside).
+    fn im2col(&self, x: &Self::Tensor, g: &Conv2dGeometry) -> Self::Tensor;
+    /// The adjoint of im2col: `dX[n, c, h, w] = Σ dX_col[n, (c, i, j), (oh, ow)]`
+    /// over every window position that reads `(h, w)`; `(N, C·kh·kw, OH·OW) → (N, C, H, W)`.
+    fn col2im(&self, cols: &Self::Tensor, g: &Conv2dGeometry) -> Self::Tensor;
+
+    /// `Y[n, o] = W_col (O, C·kh·kw) · X_col[n] + b[o]`, output `(N, O, OH, OW)`.
+    fn conv2d_forward(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: &Self::Tensor,
+        g: &Conv2dGeometry,
+    ) -> Self::Tensor;
+    /// `dW = Σ_n dY_n · X_col,nᵀ`, `db[o] = Σ_{n,oh,ow} dY`,
+    /// `dX = col2im(W_colᵀ · dY_n)`.
+    fn conv2d_backward(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        dy: &Self::Tensor,
+        g: &Conv2dGeometry,
+    ) -> ParamGrads<Self::Tensor>;
+
+    /// `Y = X · Wᵀ + b`: `(N, I)·(I, O) → (N, O)` with `W` stored `(O, I)`.
+    fn linear_forward(&self, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor)
+    -> Self::Tensor;
+    /// `dX = dY · W` `(N, I)`, `dW = dYᵀ · X` `(O, I)`, `db = Σ_n dY` `(O)`.
+    fn linear_backward(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        dy: &Self::Tensor,
+    ) -> ParamGrads<Self::Tensor>;
+
+    /// `y = f(x)` elementwise.
+    fn activation_forward(&self, act: Activation, x: &Self::Tensor) -> Self::Tensor;
+    /// `dx = dy · f'(x)`, with `f'` taken from `x` (relu, leaky relu) or from the
+    /// forward output `y` (sigmoid: `y(1 − y)`, tanh: `1 − y²`).
+    fn activation_backward(
+        &self,
+        act: Activation,
+        x: &Self::Tensor,
+        y: &Self::Tensor,
+        dy: &Self::Tensor,
+    ) -> Self::Tensor;
+
+    /// Inverted dropout: `y = x · keep / (1 − p)` with `keep` from
+    /// [`crate::rng::dropout_keep`].
+    fn dropout_forward(&self, x: &Self::Tensor, d: &DropoutSettings) -> Self::Tensor;
+    /// `dx = dy · keep / (1 − p)`, the same mask recomputed from `(seed, step, index)`.
+    fn dropout_backward(&self, dy: &Self::Tensor, d: &DropoutSettings) -> Self::Tensor;
+
+    /// Training-mode batchnorm over `(N, D)` or `(N, C, H, W)`: batch mean `μ` and
+    /// biased variance `σ²` per channel, `y = γ·(x − μ)/√(σ² + eps) + β`, running
+    /// statistics updated with the unbiased variance.
+    fn batchnorm_forward_train(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        running_mean: &Self::Tensor,
+        running_var: &Self::Tensor,
+        s: &BatchNormSettings,
+    ) -> BatchNormTrain<Self::Tensor>;
+    /// Evaluation-mode batchnorm with the running statistics; also returns them
+    /// as `(mean, invstd)` for a backward through the frozen statistics.
+    fn batchnorm_forward_eval(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        running_mean: &Self::Tensor,
+        running_var: &Self::Tensor,
+        s: &BatchNormSettings,
+    ) -> (Self::Tensor, BatchNormSaved<Self::Tensor>);
+    /// Batchnorm backward, with `M = N·S` values per channel and `x̂ = (x − μ)·invstd`:
+    /// `dβ = Σ dy`, `dγ = Σ dy·x̂`; in training
+    /// `dx = γ·invstd/M · (M·dy − dβ − x̂·dγ)`, in evaluation `dx = γ·invstd·dy`.
+    fn batchnorm_backward(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        saved: &BatchNormSaved<Self::Tensor>,
+        dy: &Self::Tensor,
+        training: bool,
+    ) -> BatchNormGrads<Self::Tensor>;
+
+    /// Max over each window (padding is −∞), and the arg-max as a flat index
+    /// `h·W + w` into the input plane; ties go to the first element in row-major
+    /// window order.
+    fn maxpool_forward(
+        &self,
+        x: &Self::Tensor,
+        g: &Pool2dGeometry,
+    ) -> (Self::Tensor, Self::Indices);
+    /// Routes each `dy` to its window's arg-max: `dx[h, w] = Σ dy[oh, ow]` over
+    /// windows whose arg-max is `(h, w)`.
+    fn maxpool_backward(
+        &self,
+        dy: &Self::Tensor,
+        argmax: &Self::Indices,
+        g: &Pool2dGeometry,
+    ) -> Self::Tensor;
+    /// Mean over each window, padding counted (`/ k²`, PyTorch's default).
+    fn avgpool_forward(&self, x: &Self::Tensor, g: &Pool2dGeometry) -> Self::Tensor;
+    /// `dx[h, w] = Σ dy[oh, ow] / k²` over the windows that contain `(h, w)`.
+    fn avgpool_backward(&self, dy: &Self::Tensor, g: &Pool2dGeometry) -> Self::Tensor;
+
+    /// Softmax cross-entropy of `logits (N, K)` against integer `labels (N)`:
+    /// `loss = mean_n(logsumexp(x_n) − x_n[label_n])`, computed stably.
+    fn softmax_cross_entropy(
+        &self,
+        logits: &Self::Tensor,
+        labels: &Self::Indices,
+    ) -> SoftmaxXent<Self::Tensor>;
+}

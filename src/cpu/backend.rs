@@ -1,0 +1,193 @@
+//! [`CpuBackend`]: the [`Backend`] trait over host tensors, every op delegating
+//! to the reference functions of this module.
+
+use std::marker::PhantomData;
+
+use super::Real;
+use crate::backend::{
+    Backend, BatchNormGrads, BatchNormSaved, BatchNormTrain, ParamGrads, SoftmaxXent,
+};
+use crate::geometry::{
+    Activation, BatchNormSettings, Conv2dGeometry, DropoutSettings, GemmSpec, Pool2dGeometry,
+};
+use crate::tensor::HostTensor;
+
+/// The CPU reference backend, computing in `F` (`f32` to compare with the GPU,
+/// `f64` for gradient checks). Tensors are [`HostTensor<F>`]; uploads convert
+/// from `f32` and downloads round back to `f32`.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuBackend<F = f32> {
+    _float: PhantomData<F>,
+}
+
+impl<F> CpuBackend<F> {
+    /// A CPU backend computing in `F`.
+    pub fn new() -> Self {
+        Self {
+            _float: PhantomData,
+        }
+    }
+}
+
+impl<F> Default for CpuBackend<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<F: Real> Backend for CpuBackend<F> {
+    type Tensor = HostTensor<F>;
+    type Indices = Vec<u32>;
+
+    fn name(&self) -> String {
+        format!("cpu ({} reference)", std::any::type_name::<F>())
+    }
+
+    fn upload(&self, t: &HostTensor<f32>) -> HostTensor<F> {
+        t.map(|&v| F::from_f32(v))
+    }
+
+    fn upload_indices(&self, values: &[u32]) -> Vec<u32> {
+        values.to_vec()
+    }
+
+    fn download(&self, t: &HostTensor<F>) -> HostTensor<f32> {
+        t.map(|&v| v.to_f64() as f32)
+    }
+
+    fn gemm(&self, a: &HostTensor<F>, b: &HostTensor<F>, spec: &GemmSpec) -> HostTensor<F> {
+        super::gemm(a, b, spec)
+    }
+
+    fn im2col(&self, x: &HostTensor<F>, g: &Conv2dGeometry) -> HostTensor<F> {
+        super::im2col(x, g)
+    }
+
+    fn col2im(&self, cols: &HostTensor<F>, g: &Conv2dGeometry) -> HostTensor<F> {
+        super::col2im(cols, g)
+    }
+
+    fn conv2d_forward(
+        &self,
+        x: &HostTensor<F>,
+        w: &HostTensor<F>,
+        b: &HostTensor<F>,
+        g: &Conv2dGeometry,
+    ) -> HostTensor<F> {
+        super::conv2d_forward(x, w, b, g)
+    }
+
+    fn conv2d_backward(
+        &self,
+        x: &HostTensor<F>,
+        w: &HostTensor<F>,
+        dy: &HostTensor<F>,
+        g: &Conv2dGeometry,
+    ) -> ParamGrads<HostTensor<F>> {
+        super::conv2d_backward(x, w, dy, g)
+    }
+
+    fn linear_forward(
+        &self,
+        x: &HostTensor<F>,
+        w: &HostTensor<F>,
+        b: &HostTensor<F>,
+    ) -> HostTensor<F> {
+        super::linear_forward(x, w, b)
+    }
+
+    fn linear_backward(
+        &self,
+        x: &HostTensor<F>,
+        w: &HostTensor<F>,
+        dy: &HostTensor<F>,
+    ) -> ParamGrads<HostTensor<F>> {
+        super::linear_backward(x, w, dy)
+    }
+
+    fn activation_forward(&self, act: Activation, x: &HostTensor<F>) -> HostTensor<F> {
+        super::activation_forward(act, x)
+    }
+
+    fn activation_backward(
+        &self,
+        act: Activation,
+        x: &HostTensor<F>,
+        y: &HostTensor<F>,
+        dy: &HostTensor<F>,
+    ) -> HostTensor<F> {
+        super::activation_backward(act, x, y, dy)
+    }
+
+    fn dropout_forward(&self, x: &HostTensor<F>, d: &DropoutSettings) -> HostTensor<F> {
+        super::dropout_forward(x, d)
+    }
+
+    fn dropout_backward(&self, dy: &HostTensor<F>, d: &DropoutSettings) -> HostTensor<F> {
+        super::dropout_backward(dy, d)
+    }
+
+    fn batchnorm_forward_train(
+        &self,
+        x: &HostTensor<F>,
+        gamma: &HostTensor<F>,
+        beta: &HostTensor<F>,
+        running_mean: &HostTensor<F>,
+        running_var: &HostTensor<F>,
+        s: &BatchNormSettings,
+    ) -> BatchNormTrain<HostTensor<F>> {
+        super::batchnorm_forward_train(x, gamma, beta, running_mean, running_var, s)
+    }
+
+    fn batchnorm_forward_eval(
+        &self,
+        x: &HostTensor<F>,
+        gamma: &HostTensor<F>,
+        beta: &HostTensor<F>,
+        running_mean: &HostTensor<F>,
+        running_var: &HostTensor<F>,
+        s: &BatchNormSettings,
+    ) -> (HostTensor<F>, BatchNormSaved<HostTensor<F>>) {
+        super::batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, s)
+    }
+
+    fn batchnorm_backward(
+        &self,
+        x: &HostTensor<F>,
+        gamma: &HostTensor<F>,
+        saved: &BatchNormSaved<HostTensor<F>>,
+        dy: &HostTensor<F>,
+        training: bool,
+    ) -> BatchNormGrads<HostTensor<F>> {
+        super::batchnorm_backward(x, gamma, saved, dy, training)
+    }
+
+    fn maxpool_forward(&self, x: &HostTensor<F>, g: &Pool2dGeometry) -> (HostTensor<F>, Vec<u32>) {
+        super::maxpool_forward(x, g)
+    }
+
+    fn maxpool_backward(
+        &self,
+        dy: &HostTensor<F>,
+        argmax: &Vec<u32>,
+        g: &Pool2dGeometry,
+    ) -> HostTensor<F> {
+        super::maxpool_backward(dy, argmax, g)
+    }
+
+    fn avgpool_forward(&self, x: &HostTensor<F>, g: &Pool2dGeometry) -> HostTensor<F> {
+        super::avgpool_forward(x, g)
+    }
+
+    fn avgpool_backward(&self, dy: &HostTensor<F>, g: &Pool2dGeometry) -> HostTensor<F> {
+        super::avgpool_backward(dy, g)
+    }
+
+    fn softmax_cross_entropy(
+        &self,
+        logits: &HostTensor<F>,
+        labels: &Vec<u32>,
+    ) -> SoftmaxXent<HostTensor<F>> {
+        super::softmax_cross_entropy(logits, labels)
+    }
+}

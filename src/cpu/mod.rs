@@ -1,0 +1,70 @@
+//! The CPU reference: every op written from its mathematical definition with
+//! direct loops, generic over [`Real`] so gradient checks can run in `f64`.
+//!
+//! These functions check the GPU kernels, so they deliberately do not share the
+//! GPU's algorithms (the convolution here never builds an im2col matrix).
+
+mod activation;
+mod backend;
+mod batchnorm;
+mod conv;
+mod dropout;
+mod gemm;
+mod linear;
+mod pool;
+mod softmax;
+
+pub use activation::{activation_backward, activation_forward};
+pub use backend::CpuBackend;
+pub use batchnorm::{batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train};
+pub use conv::{col2im, conv2d_backward, conv2d_forward, im2col};
+pub use dropout::{dropout_backward, dropout_forward};
+pub use gemm::gemm;
+pub use linear::{linear_backward, linear_forward};
+pub use pool::{avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward};
+pub use softmax::softmax_cross_entropy;
+
+/// A float type the reference runs in: `f32` (to compare with the GPU) or
+/// `f64` (for finite-difference gradient checks).
+pub trait Real:
+    num_traits::Float
+    + Default
+    + std::fmt::Debug
+    + std::fmt::Display
+    + std::iter::Sum
+    + std::ops::AddAssign
+    + Send
+    + Sync
+    + 'static
+{
+    /// Converts from `f64` (rounding for `f32`).
+    fn from_f64(v: f64) -> Self;
+    /// Widens to `f64`.
+    fn to_f64(self) -> f64;
+    /// Converts from `f32`.
+    fn from_f32(v: f32) -> Self {
+        Self::from_f64(v as f64)
+    }
+    /// Converts a count.
+    fn from_usize(v: usize) -> Self {
+        Self::from_f64(v as f64)
+    }
+}
+
+impl Real for f32 {
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Real for f64 {
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+}

@@ -1,0 +1,88 @@
+//! The fully connected layer as GEMMs (`shaders/gemm.wgsl`) with weight
+//! `(O, I)` as PyTorch stores it.
+
+use super::context::GpuContext;
+use super::gemm::{Batching, Bias, gemm_into};
+use super::reduce::channel_sum_into;
+use super::tensor::GpuTensor;
+use crate::backend::ParamGrads;
+use crate::geometry::GemmSpec;
+
+fn dims(x: &GpuTensor, w: &GpuTensor) -> (usize, usize, usize) {
+    assert_eq!(x.shape.len(), 2, "linear input must be (N, I)");
+    assert_eq!(w.shape.len(), 2, "linear weight must be (O, I)");
+    assert_eq!(x.shape[1], w.shape[1], "linear input features vs weight");
+    (x.shape[0], x.shape[1], w.shape[0])
+}
+
+/// `Y (N, O) = X (N, I) · Wᵀ + b`: GEMM with `B` transposed, bias per column.
+pub fn linear_forward(ctx: &GpuContext, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor) -> GpuTensor {
+    let (n, i, o) = dims(x, w);
+    assert_eq!(b.shape, [o], "linear bias shape");
+    let y = ctx.zeros(&[n, o], "linear.y");
+    let spec = GemmSpec {
+        m: n,
+        n: o,
+        k: i,
+        trans_a: false,
+        trans_b: true,
+    };
+    gemm_into(
+        ctx,
+        &x.buffer,
+        &w.buffer,
+        Bias::PerColumn(&b.buffer),
+        &y.buffer,
+        &spec,
+        Batching::SINGLE,
+    );
+    y
+}
+
+/// `dX = dY · W` `(N, I)`, `dW = dYᵀ · X` `(O, I)`, `db = Σ_n dY` `(O)`.
+pub fn linear_backward(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    dy: &GpuTensor,
+) -> ParamGrads<GpuTensor> {
+    let (n, i, o) = dims(x, w);
+    assert_eq!(dy.shape, [n, o], "linear output gradient shape");
+    let dx = ctx.zeros(&[n, i], "linear.dx");
+    let dx_spec = GemmSpec {
+        m: n,
+        n: i,
+        k: o,
+        trans_a: false,
+        trans_b: false,
+    };
+    gemm_into(
+        ctx,
+        &dy.buffer,
+        &w.buffer,
+        Bias::None,
+        &dx.buffer,
+        &dx_spec,
+        Batching::SINGLE,
+    );
+    let dw = ctx.zeros(&[o, i], "linear.dw");
+    let dw_spec = GemmSpec {
+        m: o,
+        n: i,
+        k: n,
+        trans_a: true,
+        trans_b: false,
+    };
+    gemm_into(
+        ctx,
+        &dy.buffer,
+        &x.buffer,
+        Bias::None,
+        &dw.buffer,
+        &dw_spec,
+        Batching::SINGLE,
+    );
+    let db = ctx.zeros(&[o], "linear.db");
+    channel_sum_into(ctx, &dy.buffer, &db.buffer, n, o, 1);
+    ParamGrads { dx, dw, db }
+}

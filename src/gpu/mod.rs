@@ -1,0 +1,21 @@
+//! The GPU path: WGSL kernels (`shaders/`) dispatched through wgpu.
+//!
+//! [`GpuContext`] owns the device and the plumbing every kernel family uses;
+//! one module per family records its dispatches; [`GpuBackend`] implements
+//! [`crate::backend::Backend`] on top of them.
+
+mod backend;
+pub mod batchnorm;
+pub mod context;
+pub mod conv;
+pub mod elementwise;
+pub mod gemm;
+pub mod linear;
+pub mod pool;
+pub mod reduce;
+pub mod softmax;
+mod tensor;
+
+pub use backend::GpuBackend;
+pub use context::{AdapterSummary, GpuContext, GpuCounters, list_adapters};
+pub use tensor::{GpuIndices, GpuTensor};

@@ -1,0 +1,86 @@
+//! Host side of `shaders/pool.wgsl`: max and average pooling.
+
+use std::sync::Arc;
+
+use super::context::{GpuContext, KernelSpec, Params, grid};
+use super::tensor::{GpuIndices, GpuTensor};
+use crate::geometry::Pool2dGeometry;
+
+const SOURCE: &str = include_str!("../../shaders/pool.wgsl");
+
+fn params(g: &Pool2dGeometry) -> Params {
+    Params::new()
+        .u32(g.batch)
+        .u32(g.channels)
+        .u32(g.height)
+        .u32(g.width)
+        .u32(g.kernel)
+        .u32(g.stride)
+        .u32(g.padding)
+        .u32(g.out_h)
+        .u32(g.out_w)
+}
+
+fn kernel(ctx: &GpuContext, entry: &'static str, inputs: usize, outputs: usize) -> Arc<super::context::Kernel> {
+    ctx.kernel(&KernelSpec::new("pool", SOURCE, entry, inputs, outputs))
+}
+
+/// Window maxima and their arg-max positions `h·W + w`.
+pub fn maxpool_forward(ctx: &GpuContext, x: &GpuTensor, g: &Pool2dGeometry) -> (GpuTensor, GpuIndices) {
+    assert_eq!(x.shape, g.input_shape(), "maxpool input shape");
+    let y = ctx.zeros(&g.output_shape(), "maxpool.y");
+    let argmax = GpuIndices {
+        buffer: Arc::new(ctx.storage_buffer(4 * y.len() as u64, "maxpool.argmax")),
+        len: y.len(),
+    };
+    ctx.dispatch(
+        &kernel(ctx, "maxpool_forward", 1, 2),
+        &params(g),
+        &[&x.buffer],
+        &[&y.buffer, &argmax.buffer],
+        grid(y.len(), 256),
+    );
+    (y, argmax)
+}
+
+/// `dx` gathering each window's `dy` at its arg-max.
+pub fn maxpool_backward(ctx: &GpuContext, dy: &GpuTensor, argmax: &GpuIndices, g: &Pool2dGeometry) -> GpuTensor {
+    assert_eq!(dy.shape, g.output_shape(), "maxpool output gradient shape");
+    let dx = ctx.zeros(&g.input_shape(), "maxpool.dx");
+    ctx.dispatch(
+        &kernel(ctx, "maxpool_backward", 2, 1),
+        &params(g),
+        &[&dy.buffer, &argmax.buffer],
+        &[&dx.buffer],
+        grid(dx.len(), 256),
+    );
+    dx
+}
+
+/// Window means (padding counted).
+pub fn avgpool_forward(ctx: &GpuContext, x: &GpuTensor, g: &Pool2dGeometry) -> GpuTensor {
+    assert_eq!(x.shape, g.input_shape(), "avgpool input shape");
+    let y = ctx.zeros(&g.output_shape(), "avgpool.y");
+    ctx.dispatch(
+        &kernel(ctx, "avgpool_forward", 1, 1),
+        &params(g),
+        &[&x.buffer],
+        &[&y.buffer],
+        grid(y.len(), 256),
+    );
+    y
+}
+
+/// `dx` spreading each `dy` evenly over its window.
+pub fn avgpool_backward(ctx: &GpuContext, dy: &GpuTensor, g: &Pool2dGeometry) -> GpuTensor {
+    assert_eq!(dy.shape, g.output_shape(), "avgpool output gradient shape");
+    let dx = ctx.zeros(&g.input_shape(), "avgpool.dx");
+    ctx.dispatch(
+        &kernel(ctx, "avgpool_backward", 1, 1),
+        &params(g),
+        &[&dy.buffer],
+        &[&dx.buffer],
+        grid(dx.len(), 256),
+    );
+    dx
+}

@@ -1,0 +1,20 @@
+//! Host side of `shaders/reduce.wgsl`: per-channel sums for bias gradients.
+
+use super::context::{GpuContext, KernelSpec, Params, grid};
+
+const SOURCE: &str = include_str!("../../shaders/reduce.wgsl");
+
+/// Records `out[c] = Σ_{o, i} x[(o·C + c)·inner + i]` for `x` viewed as
+/// `(outer, channels, inner)`; `out` holds `channels` values.
+pub fn channel_sum_into(
+    ctx: &GpuContext,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    outer: usize,
+    channels: usize,
+    inner: usize,
+) {
+    let kernel = ctx.kernel(&KernelSpec::new("reduce", SOURCE, "channel_sum", 1, 1));
+    let params = Params::new().u32(outer).u32(channels).u32(inner);
+    ctx.dispatch(&kernel, &params, &[x], &[out], grid(channels, 1));
+}

@@ -1,0 +1,18 @@
+//! wgcnn: convolutional neural networks trained through wgpu compute shaders,
+//! with a CPU reference that checks every GPU result.
+//!
+//! The spine is [`backend::Backend`]: every op of the classic CNN backprop
+//! derivation, implemented by [`cpu::CpuBackend`] (direct loops from the
+//! definitions) and [`gpu::GpuBackend`] (WGSL kernels in `shaders/`).
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod check;
+pub mod cpu;
+pub mod error;
+pub mod geometry;
+pub mod gpu;
+pub mod rng;
+pub mod tensor;
+
+pub use error::{Error, Result};
