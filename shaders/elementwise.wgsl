@@ -70,7 +70,9 @@ fn dropout_scale(index: u32) -> f32 {
 fn relu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element(wid, lid, nwg);
     if i < p.len {
-        out[i] = max(a[i], 0.0);
+        // Not max(x, 0): that may swallow a NaN; this passes it on like the CPU path.
+        let x = a[i];
+        out[i] = select(x, 0.0, x <= 0.0);
     }
 }
 

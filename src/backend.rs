@@ -97,6 +97,10 @@ pub trait Backend {
     /// Copies a tensor back to the host (waits for pending work on a GPU).
     fn download(&self, t: &Self::Tensor) -> HostTensor<f32>;
 
+    /// The same elements under another shape of equal size (no copy where the
+    /// backend can avoid one).
+    fn reshape(&self, t: &Self::Tensor, shape: &[usize]) -> Self::Tensor;
+
     /// `C = op(A)·op(B)`, `(m, k)·(k, n) → (m, n)`; see [`GemmSpec`].
     fn gemm(&self, a: &Self::Tensor, b: &Self::Tensor, spec: &GemmSpec) -> Self::Tensor;
 
@@ -126,8 +130,7 @@ pub trait Backend {
     ) -> ParamGrads<Self::Tensor>;
 
     /// `Y = X · Wᵀ + b`: `(N, I)·(I, O) → (N, O)` with `W` stored `(O, I)`.
-    fn linear_forward(&self, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor)
-    -> Self::Tensor;
+    fn linear_forward(&self, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
     /// `dX = dY · W` `(N, I)`, `dW = dYᵀ · X` `(O, I)`, `db = Σ_n dY` `(O)`.
     fn linear_backward(
         &self,

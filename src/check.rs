@@ -69,7 +69,12 @@ struct Compared {
     worst: String,
 }
 
-fn compare(name: &str, gpu: &HostTensor<f32>, cpu: &HostTensor<f32>, mag: &HostTensor<f32>) -> Compared {
+fn compare(
+    name: &str,
+    gpu: &HostTensor<f32>,
+    cpu: &HostTensor<f32>,
+    mag: &HostTensor<f32>,
+) -> Compared {
     assert_eq!(gpu.shape, cpu.shape, "{name}: GPU and CPU shapes differ");
     assert_eq!(mag.shape, cpu.shape, "{name}: magnitude shape");
     let mut out = Compared {
@@ -106,7 +111,11 @@ fn index_string(shape: &[usize], mut flat: usize) -> String {
         *slot = flat % extent.max(1);
         flat /= extent.max(1);
     }
-    index.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+    index
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Collects the comparisons of one case into its row.
@@ -125,7 +134,13 @@ impl CaseBuilder {
         }
     }
 
-    fn check(&mut self, name: &str, gpu: &HostTensor<f32>, cpu: &HostTensor<f32>, mag: &HostTensor<f32>) {
+    fn check(
+        &mut self,
+        name: &str,
+        gpu: &HostTensor<f32>,
+        cpu: &HostTensor<f32>,
+        mag: &HostTensor<f32>,
+    ) {
         self.parts.push(compare(name, gpu, cpu, mag));
     }
 
@@ -135,7 +150,11 @@ impl CaseBuilder {
         self.parts.push(Compared {
             max_abs: 0.0,
             max_rel: 0.0,
-            max_ratio: if mismatch.is_some() { f64::INFINITY } else { 0.0 },
+            max_ratio: if mismatch.is_some() {
+                f64::INFINITY
+            } else {
+                0.0
+            },
             worst: match mismatch {
                 Some(i) => format!("{name}[{i}] gpu {} cpu {}", gpu[i], cpu[i]),
                 None => String::new(),
@@ -177,24 +196,56 @@ pub fn run_op(gpu: &GpuBackend, op: &str) -> Vec<CaseResult> {
     let mut rng = SplitMix64::new(0x5eed ^ op.len() as u64);
     match op {
         "gemm" => gemm_cases(gpu, &mut rng),
-        "im2col" => conv_geometries().iter().map(|g| im2col_case(gpu, &mut rng, g)).collect(),
-        "col2im" => conv_geometries().iter().map(|g| col2im_case(gpu, &mut rng, g)).collect(),
-        "conv2d" => conv_geometries().iter().map(|g| conv2d_case(gpu, &mut rng, g)).collect(),
+        "im2col" => conv_geometries()
+            .iter()
+            .map(|g| im2col_case(gpu, &mut rng, g))
+            .collect(),
+        "col2im" => conv_geometries()
+            .iter()
+            .map(|g| col2im_case(gpu, &mut rng, g))
+            .collect(),
+        "conv2d" => conv_geometries()
+            .iter()
+            .map(|g| conv2d_case(gpu, &mut rng, g))
+            .collect(),
         "linear" => linear_cases(gpu, &mut rng),
         "relu" => activation_cases(gpu, &mut rng, Activation::Relu),
-        "leaky_relu" => activation_cases(gpu, &mut rng, Activation::LeakyRelu { negative_slope: 0.01 }),
+        "leaky_relu" => activation_cases(
+            gpu,
+            &mut rng,
+            Activation::LeakyRelu {
+                negative_slope: 0.01,
+            },
+        ),
         "sigmoid" => activation_cases(gpu, &mut rng, Activation::Sigmoid),
         "tanh" => activation_cases(gpu, &mut rng, Activation::Tanh),
         "dropout" => dropout_cases(gpu, &mut rng),
-        "batchnorm1d" => batchnorm_cases(gpu, &mut rng, "batchnorm1d", &[&[2, 3], &[8, 17], &[33, 5], &[64, 256], &[3, 1]]),
+        "batchnorm1d" => batchnorm_cases(
+            gpu,
+            &mut rng,
+            "batchnorm1d",
+            &[&[2, 3], &[8, 17], &[33, 5], &[64, 256], &[3, 1]],
+        ),
         "batchnorm2d" => batchnorm_cases(
             gpu,
             &mut rng,
             "batchnorm2d",
-            &[&[1, 3, 3, 5], &[2, 3, 4, 4], &[4, 8, 7, 5], &[3, 2, 1, 1], &[16, 6, 28, 28]],
+            &[
+                &[1, 3, 3, 5],
+                &[2, 3, 4, 4],
+                &[4, 8, 7, 5],
+                &[3, 2, 1, 1],
+                &[16, 6, 28, 28],
+            ],
         ),
-        "maxpool2d" => pool_geometries().iter().map(|g| maxpool_case(gpu, &mut rng, g)).collect(),
-        "avgpool2d" => pool_geometries().iter().map(|g| avgpool_case(gpu, &mut rng, g)).collect(),
+        "maxpool2d" => pool_geometries()
+            .iter()
+            .map(|g| maxpool_case(gpu, &mut rng, g))
+            .collect(),
+        "avgpool2d" => pool_geometries()
+            .iter()
+            .map(|g| avgpool_case(gpu, &mut rng, g))
+            .collect(),
         "softmax_cross_entropy" => softmax_cases(gpu, &mut rng),
         other => panic!("unknown op {other:?}; ops are {OPS:?}"),
     }
@@ -206,17 +257,32 @@ pub fn run_all(gpu: &GpuBackend) -> Vec<CaseResult> {
 }
 
 fn gemm_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {
-    let sizes = [(1, 1, 1), (7, 5, 3), (33, 17, 65), (64, 64, 64), (100, 37, 129), (1, 300, 2), (129, 3, 250)];
+    let sizes = [
+        (1, 1, 1),
+        (7, 5, 3),
+        (33, 17, 65),
+        (64, 64, 64),
+        (100, 37, 129),
+        (1, 300, 2),
+        (129, 3, 250),
+    ];
     let mut rows = Vec::new();
     for &(m, n, k) in &sizes {
         for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
-            let spec = GemmSpec { m, n, k, trans_a, trans_b };
+            let spec = GemmSpec {
+                m,
+                n,
+                k,
+                trans_a,
+                trans_b,
+            };
             let a = random(rng, &spec.a_shape());
             let b = random(rng, &spec.b_shape());
             let cpu_c = cpu::gemm(&a, &b, &spec);
             let gpu_c = gpu.download(&gpu.gemm(&gpu.upload(&a), &gpu.upload(&b), &spec));
             let mag = cpu::gemm(&abs(&a), &abs(&b), &spec);
-            let mut case = CaseBuilder::new("gemm", format!("{}x{}x{} {}", m, n, k, spec.case_name()));
+            let mut case =
+                CaseBuilder::new("gemm", format!("{}x{}x{} {}", m, n, k, spec.case_name()));
             case.check("c", &gpu_c, &cpu_c, &mag);
             rows.push(case.finish());
         }
@@ -278,7 +344,12 @@ fn conv2d_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Conv2dGeometry) -> Ca
     let w = random(rng, &g.weight_shape());
     let b = random(rng, &[g.out_channels]);
     let dy = random(rng, &g.output_shape());
-    let (gx, gw, gb, gdy) = (gpu.upload(&x), gpu.upload(&w), gpu.upload(&b), gpu.upload(&dy));
+    let (gx, gw, gb, gdy) = (
+        gpu.upload(&x),
+        gpu.upload(&w),
+        gpu.upload(&b),
+        gpu.upload(&dy),
+    );
     let mut case = CaseBuilder::new("conv2d", conv_label(g));
     case.check(
         "y",
@@ -296,30 +367,43 @@ fn conv2d_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Conv2dGeometry) -> Ca
 }
 
 fn linear_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {
-    [(1, 1, 1), (3, 7, 5), (8, 33, 17), (1, 120, 84), (16, 784, 10), (64, 256, 10), (5, 4, 130)]
-        .iter()
-        .map(|&(n, i, o)| {
-            let x = random(rng, &[n, i]);
-            let w = random(rng, &[o, i]);
-            let b = random(rng, &[o]);
-            let dy = random(rng, &[n, o]);
-            let (gx, gw, gb, gdy) = (gpu.upload(&x), gpu.upload(&w), gpu.upload(&b), gpu.upload(&dy));
-            let mut case = CaseBuilder::new("linear", format!("x={n}x{i} w={o}x{i}"));
-            case.check(
-                "y",
-                &gpu.download(&gpu.linear_forward(&gx, &gw, &gb)),
-                &cpu::linear_forward(&x, &w, &b),
-                &cpu::linear_forward(&abs(&x), &abs(&w), &abs(&b)),
-            );
-            let cpu_grads = cpu::linear_backward(&x, &w, &dy);
-            let mags = cpu::linear_backward(&abs(&x), &abs(&w), &abs(&dy));
-            let gpu_grads = gpu.linear_backward(&gx, &gw, &gdy);
-            case.check("dx", &gpu.download(&gpu_grads.dx), &cpu_grads.dx, &mags.dx);
-            case.check("dw", &gpu.download(&gpu_grads.dw), &cpu_grads.dw, &mags.dw);
-            case.check("db", &gpu.download(&gpu_grads.db), &cpu_grads.db, &mags.db);
-            case.finish()
-        })
-        .collect()
+    [
+        (1, 1, 1),
+        (3, 7, 5),
+        (8, 33, 17),
+        (1, 120, 84),
+        (16, 784, 10),
+        (64, 256, 10),
+        (5, 4, 130),
+    ]
+    .iter()
+    .map(|&(n, i, o)| {
+        let x = random(rng, &[n, i]);
+        let w = random(rng, &[o, i]);
+        let b = random(rng, &[o]);
+        let dy = random(rng, &[n, o]);
+        let (gx, gw, gb, gdy) = (
+            gpu.upload(&x),
+            gpu.upload(&w),
+            gpu.upload(&b),
+            gpu.upload(&dy),
+        );
+        let mut case = CaseBuilder::new("linear", format!("x={n}x{i} w={o}x{i}"));
+        case.check(
+            "y",
+            &gpu.download(&gpu.linear_forward(&gx, &gw, &gb)),
+            &cpu::linear_forward(&x, &w, &b),
+            &cpu::linear_forward(&abs(&x), &abs(&w), &abs(&b)),
+        );
+        let cpu_grads = cpu::linear_backward(&x, &w, &dy);
+        let mags = cpu::linear_backward(&abs(&x), &abs(&w), &abs(&dy));
+        let gpu_grads = gpu.linear_backward(&gx, &gw, &gdy);
+        case.check("dx", &gpu.download(&gpu_grads.dx), &cpu_grads.dx, &mags.dx);
+        case.check("dw", &gpu.download(&gpu_grads.dw), &cpu_grads.dw, &mags.dw);
+        case.check("db", &gpu.download(&gpu_grads.db), &cpu_grads.db, &mags.db);
+        case.finish()
+    })
+    .collect()
 }
 
 const ELEMENTWISE_SHAPES: [&[usize]; 5] = [&[1], &[7], &[1000], &[2, 3, 5, 7], &[3, 70001]];
@@ -337,9 +421,18 @@ fn activation_cases(gpu: &GpuBackend, rng: &mut SplitMix64, act: Activation) -> 
             // Transcendental results are judged relative to the input's size.
             let forward_mag = HostTensor::new(
                 shape,
-                x.data.iter().zip(&y.data).map(|(a, b)| a.abs() + b.abs()).collect(),
+                x.data
+                    .iter()
+                    .zip(&y.data)
+                    .map(|(a, b)| a.abs() + b.abs())
+                    .collect(),
             );
-            case.check("y", &gpu.download(&gpu.activation_forward(act, &gx)), &y, &forward_mag);
+            case.check(
+                "y",
+                &gpu.download(&gpu.activation_forward(act, &gx)),
+                &y,
+                &forward_mag,
+            );
             let dx = cpu::activation_backward(act, &x, &y, &dy);
             let gpu_dx = gpu.activation_backward(act, &gx, &gpu.upload(&y), &gpu.upload(&dy));
             case.check("dx", &gpu.download(&gpu_dx), &dx, &abs(&dy));
@@ -373,7 +466,12 @@ fn dropout_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {
     rows
 }
 
-fn batchnorm_cases(gpu: &GpuBackend, rng: &mut SplitMix64, op: &'static str, shapes: &[&[usize]]) -> Vec<CaseResult> {
+fn batchnorm_cases(
+    gpu: &GpuBackend,
+    rng: &mut SplitMix64,
+    op: &'static str,
+    shapes: &[&[usize]],
+) -> Vec<CaseResult> {
     let mut rows = Vec::new();
     let s = BatchNormSettings::default();
     for shape in shapes {
@@ -391,12 +489,23 @@ fn batchnorm_cases(gpu: &GpuBackend, rng: &mut SplitMix64, op: &'static str, sha
 
         // Training mode.
         let mut case = CaseBuilder::new(op, format!("{} train", shape_string(shape)));
-        let cpu_train = cpu::batchnorm_forward_train(&x, &gamma, &beta, &running_mean, &running_var, &s);
+        let cpu_train =
+            cpu::batchnorm_forward_train(&x, &gamma, &beta, &running_mean, &running_var, &s);
         let gpu_train = gpu.batchnorm_forward_train(gx, ggamma, gbeta, grm, grv, &s);
         let y_mag = normalize_magnitude(&x, &gamma, &beta, &cpu_train.saved, &layout);
         case.check("y", &gpu.download(&gpu_train.y), &cpu_train.y, &y_mag);
-        case.check("mean", &gpu.download(&gpu_train.saved.mean), &cpu_train.saved.mean, &abs(&cpu_train.saved.mean));
-        case.check("invstd", &gpu.download(&gpu_train.saved.invstd), &cpu_train.saved.invstd, &abs(&cpu_train.saved.invstd));
+        case.check(
+            "mean",
+            &gpu.download(&gpu_train.saved.mean),
+            &cpu_train.saved.mean,
+            &abs(&cpu_train.saved.mean),
+        );
+        case.check(
+            "invstd",
+            &gpu.download(&gpu_train.saved.invstd),
+            &cpu_train.saved.invstd,
+            &abs(&cpu_train.saved.invstd),
+        );
         case.check(
             "running_mean",
             &gpu.download(&gpu_train.running_mean),
@@ -412,25 +521,42 @@ fn batchnorm_cases(gpu: &GpuBackend, rng: &mut SplitMix64, op: &'static str, sha
         let saved = upload_saved(gpu, &cpu_train.saved);
         let grads = cpu::batchnorm_backward(&x, &gamma, &cpu_train.saved, &dy, true);
         let gpu_grads = gpu.batchnorm_backward(gx, ggamma, &saved, gdy, true);
-        check_batchnorm_grads(&mut case, gpu, &gpu_grads, &grads, &x, &gamma, &dy, &cpu_train.saved, &layout, true);
+        check_batchnorm_grads(
+            &mut case,
+            gpu,
+            &gpu_grads,
+            &grads,
+            &x,
+            &gamma,
+            &dy,
+            &cpu_train.saved,
+            &layout,
+            true,
+        );
         rows.push(case.finish());
 
         // Evaluation mode.
         let mut case = CaseBuilder::new(op, format!("{} eval", shape_string(shape)));
-        let (cpu_y, cpu_saved) = cpu::batchnorm_forward_eval(&x, &gamma, &beta, &running_mean, &running_var, &s);
+        let (cpu_y, cpu_saved) =
+            cpu::batchnorm_forward_eval(&x, &gamma, &beta, &running_mean, &running_var, &s);
         let (gpu_y, _) = gpu.batchnorm_forward_eval(gx, ggamma, gbeta, grm, grv, &s);
         let y_mag = normalize_magnitude(&x, &gamma, &beta, &cpu_saved, &layout);
         case.check("y", &gpu.download(&gpu_y), &cpu_y, &y_mag);
         let saved = upload_saved(gpu, &cpu_saved);
         let grads = cpu::batchnorm_backward(&x, &gamma, &cpu_saved, &dy, false);
         let gpu_grads = gpu.batchnorm_backward(gx, ggamma, &saved, gdy, false);
-        check_batchnorm_grads(&mut case, gpu, &gpu_grads, &grads, &x, &gamma, &dy, &cpu_saved, &layout, false);
+        check_batchnorm_grads(
+            &mut case, gpu, &gpu_grads, &grads, &x, &gamma, &dy, &cpu_saved, &layout, false,
+        );
         rows.push(case.finish());
     }
     rows
 }
 
-fn upload_saved(gpu: &GpuBackend, saved: &BatchNormSaved<HostTensor<f32>>) -> BatchNormSaved<crate::gpu::GpuTensor> {
+fn upload_saved(
+    gpu: &GpuBackend,
+    saved: &BatchNormSaved<HostTensor<f32>>,
+) -> BatchNormSaved<crate::gpu::GpuTensor> {
     BatchNormSaved {
         mean: gpu.upload(&saved.mean),
         invstd: gpu.upload(&saved.invstd),
@@ -455,7 +581,8 @@ fn normalize_magnitude(
         .enumerate()
         .map(|(i, v)| {
             let c = channel(layout, i);
-            gamma.data[c].abs() * (v.abs() + saved.mean.data[c].abs()) * saved.invstd.data[c] + beta.data[c].abs()
+            gamma.data[c].abs() * (v.abs() + saved.mean.data[c].abs()) * saved.invstd.data[c]
+                + beta.data[c].abs()
         })
         .collect();
     HostTensor::new(&x.shape, data)
@@ -464,7 +591,11 @@ fn normalize_magnitude(
 fn running_statistic_magnitude(old: &HostTensor<f32>, new: &HostTensor<f32>) -> HostTensor<f32> {
     HostTensor::new(
         &old.shape,
-        old.data.iter().zip(&new.data).map(|(a, b)| a.abs() + b.abs()).collect(),
+        old.data
+            .iter()
+            .zip(&new.data)
+            .map(|(a, b)| a.abs() + b.abs())
+            .collect(),
     )
 }
 
@@ -512,8 +643,18 @@ fn check_batchnorm_grads(
     );
     let c = [layout.channels];
     case.check("dx", &gpu.download(&gpu_grads.dx), &grads.dx, &dx_mag);
-    case.check("dgamma", &gpu.download(&gpu_grads.dgamma), &grads.dgamma, &HostTensor::new(&c, sum_dy_xhat));
-    case.check("dbeta", &gpu.download(&gpu_grads.dbeta), &grads.dbeta, &HostTensor::new(&c, sum_dy));
+    case.check(
+        "dgamma",
+        &gpu.download(&gpu_grads.dgamma),
+        &grads.dgamma,
+        &HostTensor::new(&c, sum_dy_xhat),
+    );
+    case.check(
+        "dbeta",
+        &gpu.download(&gpu_grads.dbeta),
+        &grads.dbeta,
+        &HostTensor::new(&c, sum_dy),
+    );
 }
 
 /// `(N, C, H, W, kernel, stride, padding)`: non-square, odd sizes, overlapping
@@ -529,12 +670,20 @@ fn pool_geometries() -> Vec<Pool2dGeometry> {
         (1, 3, 5, 11, 4, 3, 2),
     ]
     .iter()
-    .map(|&(n, c, h, w, k, s, p)| Pool2dGeometry::new(n, c, h, w, k, s, p).expect("check geometries are valid"))
+    .map(|&(n, c, h, w, k, s, p)| {
+        Pool2dGeometry::new(n, c, h, w, k, s, p).expect("check geometries are valid")
+    })
     .collect()
 }
 
 fn pool_label(g: &Pool2dGeometry) -> String {
-    format!("x={} k={} s={} p={}", shape_string(&g.input_shape()), g.kernel, g.stride, g.padding)
+    format!(
+        "x={} k={} s={} p={}",
+        shape_string(&g.input_shape()),
+        g.kernel,
+        g.stride,
+        g.padding
+    )
 }
 
 fn maxpool_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Pool2dGeometry) -> CaseResult {
@@ -552,12 +701,23 @@ fn maxpool_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Pool2dGeometry) -> C
         let (cpu_y, cpu_argmax) = cpu::maxpool_forward(&x, g);
         let (gpu_y, gpu_argmax) = gpu.maxpool_forward(&gpu.upload(&x), g);
         case.check("y", &gpu.download(&gpu_y), &cpu_y, &abs(&cpu_y));
-        let gpu_argmax_host = gpu.ctx.read_back(&gpu_argmax.buffer, 4 * gpu_argmax.len as u64);
-        case.check_exact("argmax", &bytemuck::pod_collect_to_vec::<u8, u32>(&gpu_argmax_host), &cpu_argmax);
+        let gpu_argmax_host = gpu
+            .ctx
+            .read_back(&gpu_argmax.buffer, 4 * gpu_argmax.len as u64);
+        case.check_exact(
+            "argmax",
+            &bytemuck::pod_collect_to_vec::<u8, u32>(&gpu_argmax_host),
+            &cpu_argmax,
+        );
         let cpu_dx = cpu::maxpool_backward(&dy, &cpu_argmax, g);
         let argmax = gpu.upload_indices(&cpu_argmax);
         let gpu_dx = gpu.maxpool_backward(&gpu.upload(&dy), &argmax, g);
-        case.check("dx", &gpu.download(&gpu_dx), &cpu_dx, &cpu::maxpool_backward(&abs(&dy), &cpu_argmax, g));
+        case.check(
+            "dx",
+            &gpu.download(&gpu_dx),
+            &cpu_dx,
+            &cpu::maxpool_backward(&abs(&dy), &cpu_argmax, g),
+        );
     }
     case.finish()
 }
@@ -589,12 +749,24 @@ fn softmax_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {
             let logits = HostTensor::new(&[n, k], rng.uniform_vec(n * k, -30.0, 30.0));
             let labels: Vec<u32> = (0..n).map(|_| rng.below(k as u32)).collect();
             let cpu_out = cpu::softmax_cross_entropy(&logits, &labels);
-            let gpu_out = gpu.softmax_cross_entropy(&gpu.upload(&logits), &gpu.upload_indices(&labels));
+            let gpu_out =
+                gpu.softmax_cross_entropy(&gpu.upload(&logits), &gpu.upload_indices(&labels));
             let mut case = CaseBuilder::new("softmax_cross_entropy", format!("logits={n}x{k}"));
             // loss_n = lse − x[label]: both terms are at most max|x| + ln K.
-            let loss_mag = logits.data.iter().fold(0.0f32, |m, v| m.max(v.abs())) * 2.0 + (k as f32).ln();
-            case.check("loss", &gpu.download(&gpu_out.loss), &cpu_out.loss, &HostTensor::new(&[1], vec![loss_mag]));
-            case.check("correct", &gpu.download(&gpu_out.correct), &cpu_out.correct, &HostTensor::zeros(&[1]));
+            let loss_mag =
+                logits.data.iter().fold(0.0f32, |m, v| m.max(v.abs())) * 2.0 + (k as f32).ln();
+            case.check(
+                "loss",
+                &gpu.download(&gpu_out.loss),
+                &cpu_out.loss,
+                &HostTensor::new(&[1], vec![loss_mag]),
+            );
+            case.check(
+                "correct",
+                &gpu.download(&gpu_out.correct),
+                &cpu_out.correct,
+                &HostTensor::zeros(&[1]),
+            );
             // grad = (p − onehot)/N: magnitude (p + onehot)/N.
             let grad_mag = HostTensor::new(
                 &[n, k],
@@ -604,13 +776,22 @@ fn softmax_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {
                     .iter()
                     .enumerate()
                     .map(|(i, g)| {
-                        let onehot = if labels[i / k] as usize == i % k { 1.0 } else { 0.0 };
+                        let onehot = if labels[i / k] as usize == i % k {
+                            1.0
+                        } else {
+                            0.0
+                        };
                         let p = g * n as f32 + onehot;
                         (p.abs() + onehot) / n as f32
                     })
                     .collect(),
             );
-            case.check("grad", &gpu.download(&gpu_out.grad), &cpu_out.grad, &grad_mag);
+            case.check(
+                "grad",
+                &gpu.download(&gpu_out.grad),
+                &cpu_out.grad,
+                &grad_mag,
+            );
             case.finish()
         })
         .collect()

@@ -157,7 +157,12 @@ impl Conv2dGeometry {
 
     /// `(O, C, kh, kw)`.
     pub fn weight_shape(&self) -> [usize; 4] {
-        [self.out_channels, self.channels, self.kernel_h, self.kernel_w]
+        [
+            self.out_channels,
+            self.channels,
+            self.kernel_h,
+            self.kernel_w,
+        ]
     }
 
     /// `(N, O, OH, OW)`.
@@ -305,13 +310,27 @@ impl BatchNormLayout {
                 )));
             }
         };
-        if layout.batch * layout.spatial < 2 || layout.channels == 0 {
+        if layout.count() == 0 || layout.channels == 0 {
             return Err(Error::Shape(format!(
-                "batchnorm: input {shape:?} needs at least 2 values per channel \
-                 to estimate a variance in training mode"
+                "batchnorm: input {shape:?} has an empty dimension"
             )));
         }
         Ok(layout)
+    }
+
+    /// Training mode estimates a variance per channel, which needs at least
+    /// two values per channel (`N·S ≥ 2`); evaluation mode takes any batch.
+    pub fn check_trainable(&self) -> Result<()> {
+        if self.count() < 2 {
+            return Err(Error::Shape(format!(
+                "batchnorm in training mode needs at least 2 values per channel, \
+                 but a batch of {} with {} positions per channel has {}",
+                self.batch,
+                self.spatial,
+                self.count()
+            )));
+        }
+        Ok(())
     }
 
     /// Values averaged per channel: `N·S`.

@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod error;
 pub mod geometry;
 pub mod gpu;
+pub mod nn;
 pub mod rng;
 pub mod tensor;
 

@@ -54,7 +54,10 @@ fn run_devices() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    println!("{:<6} {:<40} {:<8} {:<14} driver", "index", "name", "backend", "type");
+    println!(
+        "{:<6} {:<40} {:<8} {:<14} driver",
+        "index", "name", "backend", "type"
+    );
     for a in adapters {
         println!(
             "{:<6} {:<40} {:<8} {:<14} {}",

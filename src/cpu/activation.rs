@@ -42,7 +42,8 @@ fn derivative<F: Real>(act: Activation, x: F, y: F) -> F {
 /// `x > 0 ? x : slope·x`, sigmoid `1/(1 + e^(−x))` (stable for large `|x|`), tanh.
 pub fn activation_forward<F: Real>(act: Activation, x: &HostTensor<F>) -> HostTensor<F> {
     match act {
-        Activation::Relu => x.map(|&v| if v > F::zero() { v } else { F::zero() }),
+        // `v <= 0 → 0` rather than `v > 0 → v` so a NaN passes through, as in PyTorch.
+        Activation::Relu => x.map(|&v| if v <= F::zero() { F::zero() } else { v }),
         Activation::LeakyRelu { negative_slope } => {
             let slope = F::from_f32(negative_slope);
             x.map(|&v| if v > F::zero() { v } else { slope * v })

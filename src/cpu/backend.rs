@@ -55,6 +55,10 @@ impl<F: Real> Backend for CpuBackend<F> {
         t.map(|&v| v.to_f64() as f32)
     }
 
+    fn reshape(&self, t: &HostTensor<F>, shape: &[usize]) -> HostTensor<F> {
+        HostTensor::new(shape, t.data.clone())
+    }
+
     fn gemm(&self, a: &HostTensor<F>, b: &HostTensor<F>, spec: &GemmSpec) -> HostTensor<F> {
         super::gemm(a, b, spec)
     }

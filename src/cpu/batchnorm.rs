@@ -194,9 +194,9 @@ pub fn batchnorm_backward<F: Real>(
     }
     let m_count = F::from_usize(l.count());
     let mut dx = HostTensor::zeros(&x.shape);
-    for n in 0..l.batch {
-        for c in 0..l.channels {
-            let g = gamma.data[c] * invstd[c];
+    for (c, &inv) in invstd.iter().enumerate() {
+        let g = gamma.data[c] * inv;
+        for n in 0..l.batch {
             for s in 0..l.spatial {
                 let i = at(&l, n, c, s);
                 dx.data[i] = if training {

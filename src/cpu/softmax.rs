@@ -50,8 +50,8 @@ pub fn softmax_cross_entropy<F: Real>(
         let sum_exp: F = row.iter().map(|&v| (v - max).exp()).sum();
         let lse = max + sum_exp.ln();
         loss_sum += lse - row[label];
-        for k in 0..k_n {
-            let p = (row[k] - lse).exp();
+        for (k, &v) in row.iter().enumerate() {
+            let p = (v - lse).exp();
             let onehot = if k == label { F::one() } else { F::zero() };
             grad.data[n * k_n + k] = (p - onehot) / batch;
         }

@@ -64,6 +64,19 @@ impl Backend for GpuBackend {
         HostTensor::new(&t.shape, bytemuck::pod_collect_to_vec(&bytes))
     }
 
+    fn reshape(&self, t: &GpuTensor, shape: &[usize]) -> GpuTensor {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            t.len(),
+            "reshape {:?} to {shape:?}",
+            t.shape
+        );
+        GpuTensor {
+            buffer: t.buffer.clone(),
+            shape: shape.to_vec(),
+        }
+    }
+
     fn gemm(&self, a: &GpuTensor, b: &GpuTensor, spec: &GemmSpec) -> GpuTensor {
         assert_eq!(a.shape, spec.a_shape(), "gemm A shape");
         assert_eq!(b.shape, spec.b_shape(), "gemm B shape");
@@ -112,7 +125,12 @@ impl Backend for GpuBackend {
         linear::linear_forward(&self.ctx, x, w, b)
     }
 
-    fn linear_backward(&self, x: &GpuTensor, w: &GpuTensor, dy: &GpuTensor) -> ParamGrads<GpuTensor> {
+    fn linear_backward(
+        &self,
+        x: &GpuTensor,
+        w: &GpuTensor,
+        dy: &GpuTensor,
+    ) -> ParamGrads<GpuTensor> {
         linear::linear_backward(&self.ctx, x, w, dy)
     }
 
@@ -177,7 +195,12 @@ impl Backend for GpuBackend {
         pool::maxpool_forward(&self.ctx, x, g)
     }
 
-    fn maxpool_backward(&self, dy: &GpuTensor, argmax: &GpuIndices, g: &Pool2dGeometry) -> GpuTensor {
+    fn maxpool_backward(
+        &self,
+        dy: &GpuTensor,
+        argmax: &GpuIndices,
+        g: &Pool2dGeometry,
+    ) -> GpuTensor {
         pool::maxpool_backward(&self.ctx, dy, argmax, g)
     }
 
@@ -189,7 +212,11 @@ impl Backend for GpuBackend {
         pool::avgpool_backward(&self.ctx, dy, g)
     }
 
-    fn softmax_cross_entropy(&self, logits: &GpuTensor, labels: &GpuIndices) -> SoftmaxXent<GpuTensor> {
+    fn softmax_cross_entropy(
+        &self,
+        logits: &GpuTensor,
+        labels: &GpuIndices,
+    ) -> SoftmaxXent<GpuTensor> {
         softmax::softmax_cross_entropy(&self.ctx, logits, labels)
     }
 }

@@ -22,8 +22,19 @@ fn params(l: &BatchNormLayout, s: &BatchNormSettings, training: bool) -> Params 
         .u32(training as usize)
 }
 
-fn kernel(ctx: &GpuContext, entry: &'static str, inputs: usize, outputs: usize) -> std::sync::Arc<super::context::Kernel> {
-    ctx.kernel(&KernelSpec::new("batchnorm", SOURCE, entry, inputs, outputs))
+fn kernel(
+    ctx: &GpuContext,
+    entry: &'static str,
+    inputs: usize,
+    outputs: usize,
+) -> std::sync::Arc<super::context::Kernel> {
+    ctx.kernel(&KernelSpec::new(
+        "batchnorm",
+        SOURCE,
+        entry,
+        inputs,
+        outputs,
+    ))
 }
 
 /// `y = γ·(x − μ)·invstd + β` with the given per-channel statistics.
@@ -39,7 +50,13 @@ fn normalize(
     ctx.dispatch(
         &kernel(ctx, "normalize", 5, 1),
         p,
-        &[&x.buffer, &saved.mean.buffer, &saved.invstd.buffer, &gamma.buffer, &beta.buffer],
+        &[
+            &x.buffer,
+            &saved.mean.buffer,
+            &saved.invstd.buffer,
+            &gamma.buffer,
+            &beta.buffer,
+        ],
         &[&y.buffer],
         grid(x.len(), 256),
     );
@@ -69,7 +86,12 @@ pub fn forward_train(
         &kernel(ctx, "batch_statistics", 3, 4),
         &p,
         &[&x.buffer, &running_mean.buffer, &running_var.buffer],
-        &[&saved.mean.buffer, &saved.invstd.buffer, &new_mean.buffer, &new_var.buffer],
+        &[
+            &saved.mean.buffer,
+            &saved.invstd.buffer,
+            &new_mean.buffer,
+            &new_var.buffer,
+        ],
         grid(l.channels, 1),
     );
     let y = normalize(ctx, x, gamma, beta, &saved, &p);
@@ -127,7 +149,12 @@ pub fn backward(
     ctx.dispatch(
         &kernel(ctx, "backward_sums", 4, 2),
         &p,
-        &[&x.buffer, &dy.buffer, &saved.mean.buffer, &saved.invstd.buffer],
+        &[
+            &x.buffer,
+            &dy.buffer,
+            &saved.mean.buffer,
+            &saved.invstd.buffer,
+        ],
         &[&dgamma.buffer, &dbeta.buffer],
         grid(l.channels, 1),
     );

@@ -7,7 +7,13 @@ use crate::geometry::{Activation, DropoutSettings};
 const SOURCE: &str = include_str!("../../shaders/elementwise.wgsl");
 
 /// Runs entry point `entry` over `a` (and `b`) into a new tensor shaped like `a`.
-fn run(ctx: &GpuContext, entry: &'static str, params: Params, a: &GpuTensor, b: &GpuTensor) -> GpuTensor {
+fn run(
+    ctx: &GpuContext,
+    entry: &'static str,
+    params: Params,
+    a: &GpuTensor,
+    b: &GpuTensor,
+) -> GpuTensor {
     assert_eq!(a.shape, b.shape, "{entry}: operand shapes differ");
     let out = ctx.zeros(&a.shape, entry);
     let kernel = ctx.kernel(&KernelSpec::new("elementwise", SOURCE, entry, 2, 1));

@@ -21,12 +21,21 @@ fn params(g: &Pool2dGeometry) -> Params {
         .u32(g.out_w)
 }
 
-fn kernel(ctx: &GpuContext, entry: &'static str, inputs: usize, outputs: usize) -> Arc<super::context::Kernel> {
+fn kernel(
+    ctx: &GpuContext,
+    entry: &'static str,
+    inputs: usize,
+    outputs: usize,
+) -> Arc<super::context::Kernel> {
     ctx.kernel(&KernelSpec::new("pool", SOURCE, entry, inputs, outputs))
 }
 
 /// Window maxima and their arg-max positions `h·W + w`.
-pub fn maxpool_forward(ctx: &GpuContext, x: &GpuTensor, g: &Pool2dGeometry) -> (GpuTensor, GpuIndices) {
+pub fn maxpool_forward(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    g: &Pool2dGeometry,
+) -> (GpuTensor, GpuIndices) {
     assert_eq!(x.shape, g.input_shape(), "maxpool input shape");
     let y = ctx.zeros(&g.output_shape(), "maxpool.y");
     let argmax = GpuIndices {
@@ -44,7 +53,12 @@ pub fn maxpool_forward(ctx: &GpuContext, x: &GpuTensor, g: &Pool2dGeometry) -> (
 }
 
 /// `dx` gathering each window's `dy` at its arg-max.
-pub fn maxpool_backward(ctx: &GpuContext, dy: &GpuTensor, argmax: &GpuIndices, g: &Pool2dGeometry) -> GpuTensor {
+pub fn maxpool_backward(
+    ctx: &GpuContext,
+    dy: &GpuTensor,
+    argmax: &GpuIndices,
+    g: &Pool2dGeometry,
+) -> GpuTensor {
     assert_eq!(dy.shape, g.output_shape(), "maxpool output gradient shape");
     let dx = ctx.zeros(&g.input_shape(), "maxpool.dx");
     ctx.dispatch(

@@ -8,8 +8,16 @@ use crate::backend::SoftmaxXent;
 const SOURCE: &str = include_str!("../../shaders/softmax_xent.wgsl");
 
 /// Loss (mean over rows), correct count and `(softmax − onehot)/N`.
-pub fn softmax_cross_entropy(ctx: &GpuContext, logits: &GpuTensor, labels: &GpuIndices) -> SoftmaxXent<GpuTensor> {
-    assert_eq!(logits.shape.len(), 2, "softmax cross-entropy logits must be (N, K)");
+pub fn softmax_cross_entropy(
+    ctx: &GpuContext,
+    logits: &GpuTensor,
+    labels: &GpuIndices,
+) -> SoftmaxXent<GpuTensor> {
+    assert_eq!(
+        logits.shape.len(),
+        2,
+        "softmax cross-entropy logits must be (N, K)"
+    );
     let (rows, classes) = (logits.shape[0], logits.shape[1]);
     assert_eq!(labels.len, rows, "one label per row");
     let params = Params::new().u32(rows).u32(classes);
@@ -34,5 +42,9 @@ pub fn softmax_cross_entropy(ctx: &GpuContext, logits: &GpuTensor, labels: &GpuI
         &[&loss.buffer, &correct.buffer],
         [1, 1, 1],
     );
-    SoftmaxXent { loss, correct, grad }
+    SoftmaxXent {
+        loss,
+        correct,
+        grad,
+    }
 }

@@ -1,0 +1,407 @@
+//! One layer's parameters and what its forward keeps for its backward, generic
+//! over the backend.
+
+use crate::backend::{Backend, BatchNormSaved, Shaped};
+use crate::geometry::{
+    Activation, BatchNormSettings, Conv2dGeometry, DropoutSettings, Pool2dGeometry,
+};
+use crate::nn::spec::LayerSpec;
+
+/// A named tensor of a layer: a trainable parameter (with its gradient after a
+/// backward) or a buffer such as a running statistic. Names follow PyTorch's
+/// `nn.Sequential`: `"<layer index>.weight"`.
+#[derive(Clone, Debug)]
+pub struct Param<T> {
+    /// PyTorch-style name, e.g. `3.running_var`.
+    pub name: String,
+    /// Current value.
+    pub value: T,
+    /// Gradient from the last backward; `None` for buffers and before a backward.
+    pub grad: Option<T>,
+    /// Whether an optimizer updates it (false for running statistics).
+    pub trainable: bool,
+}
+
+impl<T> Param<T> {
+    fn new(index: usize, what: &str, value: T, trainable: bool) -> Self {
+        Self {
+            name: format!("{index}.{what}"),
+            value,
+            grad: None,
+            trainable,
+        }
+    }
+}
+
+/// Train or evaluation behaviour of dropout and batchnorm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Dropout active, batchnorm on batch statistics.
+    Train,
+    /// Dropout off, batchnorm on running statistics.
+    Eval,
+}
+
+/// A layer and its state: parameters, plus the tensors its forward saved.
+pub(crate) enum Layer<B: Backend> {
+    Conv2d {
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        weight: Param<B::Tensor>,
+        bias: Param<B::Tensor>,
+        saved: Option<(B::Tensor, Conv2dGeometry)>,
+    },
+    Linear {
+        weight: Param<B::Tensor>,
+        bias: Param<B::Tensor>,
+        /// The flattened input and the shape it came in.
+        saved: Option<(B::Tensor, Vec<usize>)>,
+    },
+    Activation {
+        act: Activation,
+        saved: Option<(B::Tensor, B::Tensor)>,
+    },
+    Dropout {
+        p: f32,
+        seed: u32,
+        saved: Option<DropoutSettings>,
+    },
+    BatchNorm {
+        gamma: Param<B::Tensor>,
+        beta: Param<B::Tensor>,
+        running_mean: Param<B::Tensor>,
+        running_var: Param<B::Tensor>,
+        saved: Option<(B::Tensor, BatchNormSaved<B::Tensor>)>,
+    },
+    MaxPool2d {
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        saved: Option<(B::Indices, Pool2dGeometry)>,
+    },
+    AvgPool2d {
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        saved: Option<Pool2dGeometry>,
+    },
+    Flatten {
+        saved: Option<Vec<usize>>,
+    },
+}
+
+/// Tensors a layer needs at construction, by role; see [`Layer::new`].
+pub(crate) struct LayerTensors<T> {
+    pub weight: Option<T>,
+    pub bias: Option<T>,
+    pub running_mean: Option<T>,
+    pub running_var: Option<T>,
+}
+
+fn image_dims(shape: &[usize]) -> [usize; 4] {
+    match *shape {
+        [n, c, h, w] => [n, c, h, w],
+        _ => panic!("expected (N, C, H, W), got {shape:?}; the model spec validates shapes"),
+    }
+}
+
+impl<B: Backend> Layer<B> {
+    /// Builds layer `index` of `spec` from its tensors (weight/bias, or for
+    /// batchnorm γ/β and the running statistics). `seed` fixes dropout masks.
+    pub(crate) fn new(
+        index: usize,
+        spec: &LayerSpec,
+        t: LayerTensors<B::Tensor>,
+        seed: u32,
+    ) -> Self {
+        let take = |v: Option<B::Tensor>, what: &str| {
+            v.unwrap_or_else(|| panic!("layer {index} needs its {what}"))
+        };
+        match *spec {
+            LayerSpec::Conv2d {
+                out_channels,
+                kernel,
+                stride,
+                padding,
+            } => Layer::Conv2d {
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                weight: Param::new(index, "weight", take(t.weight, "weight"), true),
+                bias: Param::new(index, "bias", take(t.bias, "bias"), true),
+                saved: None,
+            },
+            LayerSpec::Linear { .. } => Layer::Linear {
+                weight: Param::new(index, "weight", take(t.weight, "weight"), true),
+                bias: Param::new(index, "bias", take(t.bias, "bias"), true),
+                saved: None,
+            },
+            LayerSpec::Activation(act) => Layer::Activation { act, saved: None },
+            LayerSpec::Dropout { p } => Layer::Dropout {
+                p,
+                seed: crate::rng::hash_u32(seed ^ crate::rng::hash_u32(index as u32)),
+                saved: None,
+            },
+            LayerSpec::BatchNorm => Layer::BatchNorm {
+                gamma: Param::new(index, "weight", take(t.weight, "weight"), true),
+                beta: Param::new(index, "bias", take(t.bias, "bias"), true),
+                running_mean: Param::new(
+                    index,
+                    "running_mean",
+                    take(t.running_mean, "running_mean"),
+                    false,
+                ),
+                running_var: Param::new(
+                    index,
+                    "running_var",
+                    take(t.running_var, "running_var"),
+                    false,
+                ),
+                saved: None,
+            },
+            LayerSpec::MaxPool2d {
+                kernel,
+                stride,
+                padding,
+            } => Layer::MaxPool2d {
+                kernel,
+                stride,
+                padding,
+                saved: None,
+            },
+            LayerSpec::AvgPool2d {
+                kernel,
+                stride,
+                padding,
+            } => Layer::AvgPool2d {
+                kernel,
+                stride,
+                padding,
+                saved: None,
+            },
+            LayerSpec::Flatten => Layer::Flatten { saved: None },
+        }
+    }
+
+    /// The layer's named tensors (parameters and buffers).
+    pub(crate) fn params(&self) -> Vec<&Param<B::Tensor>> {
+        match self {
+            Layer::Conv2d { weight, bias, .. } | Layer::Linear { weight, bias, .. } => {
+                vec![weight, bias]
+            }
+            Layer::BatchNorm {
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                ..
+            } => vec![gamma, beta, running_mean, running_var],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Mutable access to the named tensors, for optimizers and loading.
+    pub(crate) fn params_mut(&mut self) -> Vec<&mut Param<B::Tensor>> {
+        match self {
+            Layer::Conv2d { weight, bias, .. } | Layer::Linear { weight, bias, .. } => {
+                vec![weight, bias]
+            }
+            Layer::BatchNorm {
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                ..
+            } => vec![gamma, beta, running_mean, running_var],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Forward pass; keeps what the backward needs when `mode` is `Train`.
+    pub(crate) fn forward(&mut self, b: &B, x: &B::Tensor, mode: Mode, step: u32) -> B::Tensor {
+        let train = mode == Mode::Train;
+        match self {
+            Layer::Conv2d {
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                weight,
+                bias,
+                saved,
+            } => {
+                let [n, c, h, w] = image_dims(x.shape());
+                let g = Conv2dGeometry::new(
+                    n,
+                    c,
+                    h,
+                    w,
+                    *out_channels,
+                    *kernel,
+                    *kernel,
+                    *stride,
+                    *padding,
+                )
+                .expect("validated by the model spec");
+                let y = b.conv2d_forward(x, &weight.value, &bias.value, &g);
+                *saved = train.then(|| (x.clone(), g));
+                y
+            }
+            Layer::Linear {
+                weight,
+                bias,
+                saved,
+            } => {
+                let shape = x.shape().to_vec();
+                let flat = b.reshape(x, &[shape[0], shape[1..].iter().product()]);
+                let y = b.linear_forward(&flat, &weight.value, &bias.value);
+                *saved = train.then_some((flat, shape));
+                y
+            }
+            Layer::Activation { act, saved } => {
+                let y = b.activation_forward(*act, x);
+                *saved = train.then(|| (x.clone(), y.clone()));
+                y
+            }
+            Layer::Dropout { p, seed, saved } => {
+                if !train || *p == 0.0 {
+                    *saved = None;
+                    return x.clone();
+                }
+                let d = DropoutSettings {
+                    p: *p,
+                    seed: *seed,
+                    step,
+                };
+                *saved = Some(d);
+                b.dropout_forward(x, &d)
+            }
+            Layer::BatchNorm {
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                saved,
+            } => {
+                let s = BatchNormSettings::default();
+                if train {
+                    let out = b.batchnorm_forward_train(
+                        x,
+                        &gamma.value,
+                        &beta.value,
+                        &running_mean.value,
+                        &running_var.value,
+                        &s,
+                    );
+                    running_mean.value = out.running_mean;
+                    running_var.value = out.running_var;
+                    *saved = Some((x.clone(), out.saved));
+                    out.y
+                } else {
+                    let (y, _) = b.batchnorm_forward_eval(
+                        x,
+                        &gamma.value,
+                        &beta.value,
+                        &running_mean.value,
+                        &running_var.value,
+                        &s,
+                    );
+                    *saved = None;
+                    y
+                }
+            }
+            Layer::MaxPool2d {
+                kernel,
+                stride,
+                padding,
+                saved,
+            } => {
+                let [n, c, h, w] = image_dims(x.shape());
+                let g = Pool2dGeometry::new(n, c, h, w, *kernel, *stride, *padding)
+                    .expect("validated by the model spec");
+                let (y, argmax) = b.maxpool_forward(x, &g);
+                *saved = train.then_some((argmax, g));
+                y
+            }
+            Layer::AvgPool2d {
+                kernel,
+                stride,
+                padding,
+                saved,
+            } => {
+                let [n, c, h, w] = image_dims(x.shape());
+                let g = Pool2dGeometry::new(n, c, h, w, *kernel, *stride, *padding)
+                    .expect("validated by the model spec");
+                *saved = train.then_some(g);
+                b.avgpool_forward(x, &g)
+            }
+            Layer::Flatten { saved } => {
+                let shape = x.shape().to_vec();
+                let y = b.reshape(x, &[shape[0], shape[1..].iter().product()]);
+                *saved = Some(shape);
+                y
+            }
+        }
+    }
+
+    /// Backward pass from `dy`: stores parameter gradients, returns `dx`.
+    ///
+    /// # Panics
+    /// When no training-mode forward preceded it.
+    pub(crate) fn backward(&mut self, b: &B, dy: &B::Tensor) -> B::Tensor {
+        const NO_FORWARD: &str = "backward needs a training-mode forward first";
+        match self {
+            Layer::Conv2d {
+                weight,
+                bias,
+                saved,
+                ..
+            } => {
+                let (x, g) = saved.as_ref().expect(NO_FORWARD);
+                let grads = b.conv2d_backward(x, &weight.value, dy, g);
+                weight.grad = Some(grads.dw);
+                bias.grad = Some(grads.db);
+                grads.dx
+            }
+            Layer::Linear {
+                weight,
+                bias,
+                saved,
+            } => {
+                let (x, shape) = saved.as_ref().expect(NO_FORWARD);
+                let grads = b.linear_backward(x, &weight.value, dy);
+                weight.grad = Some(grads.dw);
+                bias.grad = Some(grads.db);
+                b.reshape(&grads.dx, shape)
+            }
+            Layer::Activation { act, saved } => {
+                let (x, y) = saved.as_ref().expect(NO_FORWARD);
+                b.activation_backward(*act, x, y, dy)
+            }
+            Layer::Dropout { saved, .. } => match saved {
+                Some(d) => b.dropout_backward(dy, d),
+                None => dy.clone(),
+            },
+            Layer::BatchNorm {
+                gamma, beta, saved, ..
+            } => {
+                let (x, stats) = saved.as_ref().expect(NO_FORWARD);
+                let grads = b.batchnorm_backward(x, &gamma.value, stats, dy, true);
+                gamma.grad = Some(grads.dgamma);
+                beta.grad = Some(grads.dbeta);
+                grads.dx
+            }
+            Layer::MaxPool2d { saved, .. } => {
+                let (argmax, g) = saved.as_ref().expect(NO_FORWARD);
+                b.maxpool_backward(dy, argmax, g)
+            }
+            Layer::AvgPool2d { saved, .. } => {
+                b.avgpool_backward(dy, saved.as_ref().expect(NO_FORWARD))
+            }
+            Layer::Flatten { saved } => b.reshape(dy, saved.as_ref().expect(NO_FORWARD)),
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! A sequential model: layers built from a [`ModelSpec`], run forward and
+//! backward on any [`Backend`].
+
+use std::collections::HashMap;
+
+use crate::backend::{Backend, Shaped, SoftmaxXent};
+use crate::error::{Error, Result};
+use crate::nn::layer::{Layer, LayerTensors, Mode, Param};
+use crate::nn::spec::{LayerSpec, ModelSpec};
+use crate::rng::SplitMix64;
+use crate::tensor::HostTensor;
+
+/// Named host tensors, in PyTorch `state_dict` order and naming.
+pub type StateDict = Vec<(String, HostTensor<f32>)>;
+
+/// How a named tensor starts.
+#[derive(Clone, Copy, Debug)]
+enum Init {
+    /// He (Kaiming) normal: `N(0, 2/fan_in)`.
+    He {
+        fan_in: usize,
+    },
+    Zeros,
+    Ones,
+}
+
+/// Name, shape and initialiser of every named tensor of `spec`, in
+/// `state_dict` order.
+fn parameter_layout(spec: &ModelSpec) -> Result<Vec<(String, Vec<usize>, Init)>> {
+    let shapes = spec.shapes(1)?;
+    let mut layout = Vec::new();
+    for (i, layer) in spec.layers.iter().enumerate() {
+        let input = &shapes[i];
+        let mut add = |what: &str, shape: Vec<usize>, init: Init| {
+            layout.push((format!("{i}.{what}"), shape, init))
+        };
+        match *layer {
+            LayerSpec::Conv2d {
+                out_channels,
+                kernel,
+                ..
+            } => {
+                let c = input[1];
+                add(
+                    "weight",
+                    vec![out_channels, c, kernel, kernel],
+                    Init::He {
+                        fan_in: c * kernel * kernel,
+                    },
+                );
+                add("bias", vec![out_channels], Init::Zeros);
+            }
+            LayerSpec::Linear { out_features } => {
+                let fan_in: usize = input[1..].iter().product();
+                add("weight", vec![out_features, fan_in], Init::He { fan_in });
+                add("bias", vec![out_features], Init::Zeros);
+            }
+            LayerSpec::BatchNorm => {
+                let c = input[1];
+                add("weight", vec![c], Init::Ones);
+                add("bias", vec![c], Init::Zeros);
+                add("running_mean", vec![c], Init::Zeros);
+                add("running_var", vec![c], Init::Ones);
+            }
+            _ => {}
+        }
+    }
+    Ok(layout)
+}
+
+/// Fresh parameters for `spec`: He (Kaiming) normal weights `N(0, 2/fan_in)`
+/// for convolutions and linear layers, zero biases, batchnorm `γ = 1, β = 0`,
+/// running mean 0 and variance 1. Fixed by `seed`.
+pub fn init_parameters(spec: &ModelSpec, seed: u64) -> Result<StateDict> {
+    let mut rng = SplitMix64::new(seed);
+    Ok(parameter_layout(spec)?
+        .into_iter()
+        .map(|(name, shape, init)| {
+            let len = shape.iter().product();
+            let data = match init {
+                Init::He { fan_in } => {
+                    let std = (2.0 / fan_in as f32).sqrt();
+                    (0..len).map(|_| rng.normal() * std).collect()
+                }
+                Init::Zeros => vec![0.0; len],
+                Init::Ones => vec![1.0; len],
+            };
+            (name, HostTensor::new(&shape, data))
+        })
+        .collect())
+}
+
+/// A sequential CNN on backend `B`.
+pub struct Sequential<B: Backend> {
+    spec: ModelSpec,
+    layers: Vec<Layer<B>>,
+}
+
+impl<B: Backend> Sequential<B> {
+    /// Builds the model from `state` (names and shapes as [`init_parameters`]
+    /// makes them). `dropout_seed` fixes every dropout mask stream.
+    pub fn new(
+        backend: &B,
+        spec: &ModelSpec,
+        state: &StateDict,
+        dropout_seed: u32,
+    ) -> Result<Self> {
+        let expected = init_shapes(spec)?;
+        let mut by_name: HashMap<&str, &HostTensor<f32>> = HashMap::new();
+        for (name, tensor) in state {
+            let Some(shape) = expected.get(name.as_str()) else {
+                return Err(Error::Shape(format!(
+                    "parameter {name} does not belong to this model"
+                )));
+            };
+            if &tensor.shape != shape {
+                return Err(Error::Shape(format!(
+                    "parameter {name} has shape {:?}, the model needs {shape:?}",
+                    tensor.shape
+                )));
+            }
+            by_name.insert(name, tensor);
+        }
+        let mut layers = Vec::with_capacity(spec.layers.len());
+        for (i, layer) in spec.layers.iter().enumerate() {
+            let fetch = |what: &str| -> Result<Option<B::Tensor>> {
+                let name = format!("{i}.{what}");
+                if !expected.contains_key(&name) {
+                    return Ok(None);
+                }
+                by_name
+                    .get(name.as_str())
+                    .map(|t| Some(backend.upload(t)))
+                    .ok_or_else(|| Error::Shape(format!("parameter {name} is missing")))
+            };
+            let tensors = LayerTensors {
+                weight: fetch("weight")?,
+                bias: fetch("bias")?,
+                running_mean: fetch("running_mean")?,
+                running_var: fetch("running_var")?,
+            };
+            layers.push(Layer::new(i, layer, tensors, dropout_seed));
+        }
+        Ok(Self {
+            spec: spec.clone(),
+            layers,
+        })
+    }
+
+    /// A model with fresh parameters from [`init_parameters`].
+    pub fn init(backend: &B, spec: &ModelSpec, seed: u64) -> Result<Self> {
+        Self::new(backend, spec, &init_parameters(spec, seed)?, seed as u32)
+    }
+
+    /// The description it was built from.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Logits `(N, K)` for a batch `x` of shape `(N, …input)`. `step` selects
+    /// the dropout mask.
+    pub fn forward(&mut self, backend: &B, x: &B::Tensor, mode: Mode, step: u32) -> B::Tensor {
+        let mut h = x.clone();
+        for layer in &mut self.layers {
+            h = layer.forward(backend, &h, mode, step);
+        }
+        h
+    }
+
+    /// Back-propagates `dlogits` through every layer, leaving each parameter's
+    /// gradient in [`Param::grad`]; returns the gradient for the input.
+    pub fn backward(&mut self, backend: &B, dlogits: &B::Tensor) -> B::Tensor {
+        let mut d = dlogits.clone();
+        for layer in self.layers.iter_mut().rev() {
+            d = layer.backward(backend, &d);
+        }
+        d
+    }
+
+    /// One forward and backward pass in training mode with the softmax
+    /// cross-entropy loss; returns the loss output (still on the device).
+    pub fn forward_backward(
+        &mut self,
+        backend: &B,
+        x: &B::Tensor,
+        labels: &B::Indices,
+        step: u32,
+    ) -> SoftmaxXent<B::Tensor> {
+        let logits = self.forward(backend, x, Mode::Train, step);
+        let out = backend.softmax_cross_entropy(&logits, labels);
+        self.backward(backend, &out.grad);
+        out
+    }
+
+    /// Every named tensor, in `state_dict` order.
+    pub fn params(&self) -> impl Iterator<Item = &Param<B::Tensor>> {
+        self.layers.iter().flat_map(|l| l.params())
+    }
+
+    /// Mutable access to every named tensor.
+    pub fn params_mut(&mut self) -> impl Iterator<Item = &mut Param<B::Tensor>> {
+        self.layers.iter_mut().flat_map(|l| l.params_mut())
+    }
+
+    /// Copies every named tensor to the host.
+    pub fn state_dict(&self, backend: &B) -> StateDict {
+        self.params()
+            .map(|p| (p.name.clone(), backend.download(&p.value)))
+            .collect()
+    }
+
+    /// Shape of the logits for a batch of `batch`.
+    pub fn output_shape(&self, batch: usize) -> Result<Vec<usize>> {
+        Ok(self
+            .spec
+            .shapes(batch)?
+            .pop()
+            .expect("at least the input shape"))
+    }
+}
+
+fn init_shapes(spec: &ModelSpec) -> Result<HashMap<String, Vec<usize>>> {
+    Ok(parameter_layout(spec)?
+        .into_iter()
+        .map(|(name, shape, _)| (name, shape))
+        .collect())
+}
+
+impl<T: Shaped> Param<T> {
+    /// Shape of the value.
+    pub fn shape(&self) -> &[usize] {
+        self.value.shape()
+    }
+}

@@ -1,0 +1,28 @@
+//! Shared set-up for the GPU tests: one device for the whole test binary.
+
+use std::sync::OnceLock;
+
+use wgcnn::gpu::GpuBackend;
+
+/// The shared GPU backend, or `None` (with a loud message) when no adapter is
+/// found. With `WGCNN_REQUIRE_GPU=1` a missing adapter fails the test instead,
+/// so CI cannot pass by skipping.
+pub fn gpu() -> Option<&'static GpuBackend> {
+    static GPU: OnceLock<Option<GpuBackend>> = OnceLock::new();
+    let gpu = GPU.get_or_init(|| match GpuBackend::new(None) {
+        Ok(gpu) => Some(gpu),
+        Err(e) => {
+            if std::env::var("WGCNN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("WGCNN_REQUIRE_GPU=1 but no GPU backend could be opened: {e}");
+            }
+            None
+        }
+    });
+    if gpu.is_none() {
+        eprintln!(
+            "\n!!! SKIPPED: no GPU adapter (install mesa-vulkan-drivers for lavapipe); \
+             set WGCNN_REQUIRE_GPU=1 to make this a failure !!!\n"
+        );
+    }
+    gpu.as_ref()
+}

@@ -1,0 +1,94 @@
+//! Every GPU kernel against the CPU reference over the `wgcnn check` grid of
+//! shapes (odd sizes, sizes not multiples of the GEMM tile, batch 1, stride 2,
+//! padding 0/1/2, non-square images, 1 and 3+ channels), one test per op.
+
+mod common;
+
+use wgcnn::check;
+
+fn assert_op_passes(op: &str) {
+    let Some(gpu) = common::gpu() else { return };
+    let cases = check::run_op(gpu, op);
+    assert!(!cases.is_empty(), "{op} has no cases");
+    let failures: Vec<String> = cases
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| {
+            format!(
+                "{} {}: max abs {:.3e}, max rel {:.3e}; worst {}",
+                c.op, c.shape, c.max_abs, c.max_rel, c.worst
+            )
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} {op} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    gpu.ctx
+        .take_error()
+        .expect("no wgpu error during the checks");
+}
+
+macro_rules! op_tests {
+    ($($name:ident => $op:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                assert_op_passes($op);
+            }
+        )*
+
+        #[test]
+        fn every_check_op_has_a_test() {
+            let tested = [$($op),*];
+            assert_eq!(tested.as_slice(), check::OPS.as_slice());
+        }
+    };
+}
+
+op_tests! {
+    gemm => "gemm",
+    im2col => "im2col",
+    col2im => "col2im",
+    conv2d => "conv2d",
+    linear => "linear",
+    relu => "relu",
+    leaky_relu => "leaky_relu",
+    sigmoid => "sigmoid",
+    tanh => "tanh",
+    dropout => "dropout",
+    batchnorm1d => "batchnorm1d",
+    batchnorm2d => "batchnorm2d",
+    maxpool2d => "maxpool2d",
+    avgpool2d => "avgpool2d",
+    softmax_cross_entropy => "softmax_cross_entropy",
+}
+
+/// Dispatch grids past 65,535 workgroups fold into y; an elementwise op over
+/// more than 65,535 × 256 elements exercises the fold.
+#[test]
+fn dispatch_folds_past_the_workgroup_limit() {
+    use wgcnn::backend::Backend;
+    use wgcnn::geometry::Activation;
+    use wgcnn::tensor::HostTensor;
+    let Some(gpu) = common::gpu() else { return };
+    let len = 65_536 * 256 + 77;
+    let x = HostTensor::new(&[len], (0..len).map(|i| (i % 7) as f32 - 3.0).collect());
+    let y = gpu.download(&gpu.activation_forward(Activation::Relu, &gpu.upload(&x)));
+    let expected: Vec<f32> = x.data.iter().map(|v| v.max(0.0)).collect();
+    let first_wrong = y.data.iter().zip(&expected).position(|(a, b)| a != b);
+    assert_eq!(first_wrong, None, "relu over {len} elements");
+}
+
+/// A wrong shape is a clear error before any kernel runs.
+#[test]
+fn impossible_geometry_is_an_error() {
+    use wgcnn::geometry::{Conv2dGeometry, Pool2dGeometry};
+    let err = Conv2dGeometry::new(1, 1, 3, 3, 1, 5, 5, 1, 0).unwrap_err();
+    assert!(err.to_string().contains("kernel 5 is larger"), "{err}");
+    let err = Pool2dGeometry::new(1, 1, 4, 4, 2, 2, 2).unwrap_err();
+    assert!(err.to_string().contains("padding 2"), "{err}");
+}
