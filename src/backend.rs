@@ -8,6 +8,7 @@
 use crate::geometry::{
     Activation, BatchNormSettings, Conv2dGeometry, DropoutSettings, GemmSpec, Pool2dGeometry,
 };
+use crate::optim::{OptimizerSettings, UpdateStep};
 use crate::tensor::HostTensor;
 
 /// Anything that knows its shape.
@@ -220,4 +221,17 @@ pub trait Backend {
         logits: &Self::Tensor,
         labels: &Self::Indices,
     ) -> SoftmaxXent<Self::Tensor>;
+
+    /// One optimizer update of `param` in place from `grad`, reading and
+    /// writing the rule's `state` tensors (`settings.kind.state_slots()` of
+    /// them, shaped like `param`, zero before the first step); see
+    /// [`crate::optim::OptimizerKind`] for each rule.
+    fn optimizer_update(
+        &self,
+        settings: &OptimizerSettings,
+        step: &UpdateStep,
+        param: &mut Self::Tensor,
+        grad: &Self::Tensor,
+        state: &mut [Self::Tensor],
+    );
 }

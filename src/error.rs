@@ -13,7 +13,28 @@ pub enum Error {
     /// A setting out of its allowed range.
     #[error("invalid setting: {0}")]
     Setting(String),
+    /// A data, model or checkpoint file that is missing, truncated or malformed.
+    #[error("{path}: {message}")]
+    File {
+        /// The file at fault.
+        path: std::path::PathBuf,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+    /// Training stopped: the loss diverged, or the run was interrupted.
+    #[error("training stopped: {0}")]
+    Training(String),
 }
 
 /// Result with [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An error about `path`.
+    pub fn file(path: impl Into<std::path::PathBuf>, message: impl Into<String>) -> Self {
+        Error::File {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}

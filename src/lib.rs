@@ -13,6 +13,7 @@ pub mod error;
 pub mod geometry;
 pub mod gpu;
 pub mod nn;
+pub mod optim;
 pub mod rng;
 pub mod tensor;
 

@@ -194,4 +194,15 @@ impl<F: Real> Backend for CpuBackend<F> {
     ) -> SoftmaxXent<HostTensor<F>> {
         super::softmax_cross_entropy(logits, labels)
     }
+
+    fn optimizer_update(
+        &self,
+        _settings: &crate::optim::OptimizerSettings,
+        _step: &crate::optim::UpdateStep,
+        _param: &mut HostTensor<F>,
+        _grad: &HostTensor<F>,
+        _state: &mut [HostTensor<F>],
+    ) {
+        unimplemented!("optimizer_update is being written")
+    }
 }

@@ -219,4 +219,15 @@ impl Backend for GpuBackend {
     ) -> SoftmaxXent<GpuTensor> {
         softmax::softmax_cross_entropy(&self.ctx, logits, labels)
     }
+
+    fn optimizer_update(
+        &self,
+        _settings: &crate::optim::OptimizerSettings,
+        _step: &crate::optim::UpdateStep,
+        _param: &mut GpuTensor,
+        _grad: &GpuTensor,
+        _state: &mut [GpuTensor],
+    ) {
+        unimplemented!("optimizer_update is being written")
+    }
 }
