@@ -1,19 +1,19 @@
-// GEMM: C = op(A) · op(B) (+ bias), batched.
+// GEMM: C = A · B (+ bias), batched, from packed operands (shaders/pack.wgsl):
 //
-//   op(A): (M, K), stored (M, K) or, with TRANS_A, (K, M)
-//   op(B): (K, N), stored (K, N) or, with TRANS_B, (N, K)
-//   C:     (M, N) row-major
+//   a: (K, Mp) — A transposed, rows padded to Mp = ⌈M/4⌉·4 with zeros
+//   b: (K, Np) — B, columns padded to Np = ⌈N/4⌉·4 with zeros
+//   c: (M, N) row-major
 //
-// Batches: invocation z multiplies A + z·stride_a by B + z·stride_b into
-// C + z·stride_c (a stride of 0 shares an operand). With SUM_BATCH the batch is
-// instead summed inside each invocation, C = Σ_z A_z · B_z: the conv weight
-// gradient dW = Σ_n dY_n · X_col,nᵀ, as a deterministic in-register reduction.
+// Batches: grid z multiplies a + z·stride_a by b + z·stride_b into
+// c + z·stride_c (a stride of 0 shares an operand). With SUM_BATCH the batch
+// is summed inside each invocation instead, C = Σ_z A_z · B_z: the conv weight
+// gradient dW = Σ_n dY_n · X_col,nᵀ as a deterministic in-register reduction.
 //
-// Register blocking: each invocation computes a TM×TN = 4×4 block of C, keeping
-// the 16 sums in registers (rows as vec4 over the block's 4 columns), so every
-// loaded A and B value feeds 4 multiply-adds. Rows and columns past the edge are
-// clamped for loading (always in bounds, no branch in the inner loop) and
-// skipped when storing.
+// Register blocking: each invocation computes an 8×8 block of C. Per k it
+// loads two vec4 of A (8 rows) and two vec4 of B (8 columns) and does 64
+// multiply-adds into 16 vec4 accumulators (acc_r_h: row r, columns 4h..4h+3 of
+// the block). Padding makes every vec4 load whole and in bounds; results past
+// M or N are computed from zeros and not stored.
 //
 // Epilogue: bias_mode 0 adds nothing, 1 adds bias[row] (conv: one per output
 // channel), 2 adds bias[col] (linear: Y = X·Wᵀ + b).
@@ -29,46 +29,60 @@ struct Params {
     bias_mode: u32,
 }
 
-override TRANS_A: bool = false;
-override TRANS_B: bool = false;
 override SUM_BATCH: bool = false;
+// Workgroup shape (invocations along N and M); 64 invocations either way.
+override WG_X: u32 = 8u;
+override WG_Y: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
-fn load_a(base: u32, row: u32, kk: u32) -> f32 {
-    if TRANS_A {
-        return a[base + kk * p.m + row];
+fn store_row(base_c: u32, row: u32, col0: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    if row >= p.m {
+        return;
     }
-    return a[base + row * p.k + kk];
+    let block = array<vec4<f32>, 2>(lo, hi);
+    for (var j = 0u; j < 8u; j++) {
+        let col = col0 + j;
+        if col >= p.n {
+            return;
+        }
+        var value = block[j / 4u][j % 4u];
+        if p.bias_mode == 1u {
+            value += bias[row];
+        } else if p.bias_mode == 2u {
+            value += bias[col];
+        }
+        c[base_c + row * p.n + col] = value;
+    }
 }
 
-fn load_b(base: u32, kk: u32, col: u32) -> f32 {
-    if TRANS_B {
-        return b[base + col * p.k + kk];
-    }
-    return b[base + kk * p.n + col];
-}
-
-@compute @workgroup_size(8, 8, 1)
+@compute @workgroup_size(WG_X, WG_Y, 1)
 fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let row0 = gid.y * 4u;
-    let col0 = gid.x * 4u;
+    let row0 = gid.y * 8u;
+    let col0 = gid.x * 8u;
     if row0 >= p.m || col0 >= p.n {
         return;
     }
-    let last_row = p.m - 1u;
-    let last_col = p.n - 1u;
-    let rows = vec4<u32>(row0, min(row0 + 1u, last_row), min(row0 + 2u, last_row), min(row0 + 3u, last_row));
-    let cols = vec4<u32>(col0, min(col0 + 1u, last_col), min(col0 + 2u, last_col), min(col0 + 3u, last_col));
+    // Row strides of the packed operands, in vec4s.
+    let a_stride = (p.m + 3u) / 4u;
+    let b_stride = (p.n + 3u) / 4u;
+    // The block's second vec4 may lie past a padded row of 4·k + (1..3)
+    // elements; clamp it to the row's last vec4 (its results are not stored).
+    let a_hi = min(row0 / 4u + 1u, a_stride - 1u);
+    let b_hi = min(col0 / 4u + 1u, b_stride - 1u);
 
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    var acc_0_0 = vec4<f32>(0.0); var acc_0_1 = vec4<f32>(0.0);
+    var acc_1_0 = vec4<f32>(0.0); var acc_1_1 = vec4<f32>(0.0);
+    var acc_2_0 = vec4<f32>(0.0); var acc_2_1 = vec4<f32>(0.0);
+    var acc_3_0 = vec4<f32>(0.0); var acc_3_1 = vec4<f32>(0.0);
+    var acc_4_0 = vec4<f32>(0.0); var acc_4_1 = vec4<f32>(0.0);
+    var acc_5_0 = vec4<f32>(0.0); var acc_5_1 = vec4<f32>(0.0);
+    var acc_6_0 = vec4<f32>(0.0); var acc_6_1 = vec4<f32>(0.0);
+    var acc_7_0 = vec4<f32>(0.0); var acc_7_1 = vec4<f32>(0.0);
 
     var z_begin = gid.z;
     var z_end = gid.z + 1u;
@@ -77,19 +91,23 @@ fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
         z_end = p.batch;
     }
     for (var z = z_begin; z < z_end; z++) {
-        let base_a = z * p.stride_a;
-        let base_b = z * p.stride_b;
+        var ia = z * p.stride_a / 4u;
+        var ib = z * p.stride_b / 4u;
         for (var kk = 0u; kk < p.k; kk++) {
-            let bv = vec4<f32>(
-                load_b(base_b, kk, cols.x),
-                load_b(base_b, kk, cols.y),
-                load_b(base_b, kk, cols.z),
-                load_b(base_b, kk, cols.w),
-            );
-            acc0 += load_a(base_a, rows.x, kk) * bv;
-            acc1 += load_a(base_a, rows.y, kk) * bv;
-            acc2 += load_a(base_a, rows.z, kk) * bv;
-            acc3 += load_a(base_a, rows.w, kk) * bv;
+            let a_lo = a[ia + row0 / 4u];
+            let a_hi_v = a[ia + a_hi];
+            let b_lo = b[ib + col0 / 4u];
+            let b_hi_v = b[ib + b_hi];
+            acc_0_0 = fma(vec4<f32>(a_lo.x), b_lo, acc_0_0); acc_0_1 = fma(vec4<f32>(a_lo.x), b_hi_v, acc_0_1);
+            acc_1_0 = fma(vec4<f32>(a_lo.y), b_lo, acc_1_0); acc_1_1 = fma(vec4<f32>(a_lo.y), b_hi_v, acc_1_1);
+            acc_2_0 = fma(vec4<f32>(a_lo.z), b_lo, acc_2_0); acc_2_1 = fma(vec4<f32>(a_lo.z), b_hi_v, acc_2_1);
+            acc_3_0 = fma(vec4<f32>(a_lo.w), b_lo, acc_3_0); acc_3_1 = fma(vec4<f32>(a_lo.w), b_hi_v, acc_3_1);
+            acc_4_0 = fma(vec4<f32>(a_hi_v.x), b_lo, acc_4_0); acc_4_1 = fma(vec4<f32>(a_hi_v.x), b_hi_v, acc_4_1);
+            acc_5_0 = fma(vec4<f32>(a_hi_v.y), b_lo, acc_5_0); acc_5_1 = fma(vec4<f32>(a_hi_v.y), b_hi_v, acc_5_1);
+            acc_6_0 = fma(vec4<f32>(a_hi_v.z), b_lo, acc_6_0); acc_6_1 = fma(vec4<f32>(a_hi_v.z), b_hi_v, acc_6_1);
+            acc_7_0 = fma(vec4<f32>(a_hi_v.w), b_lo, acc_7_0); acc_7_1 = fma(vec4<f32>(a_hi_v.w), b_hi_v, acc_7_1);
+            ia += a_stride;
+            ib += b_stride;
         }
     }
 
@@ -97,24 +115,12 @@ fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
     if SUM_BATCH {
         base_c = 0u;
     }
-    let block = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
-    for (var i = 0u; i < 4u; i++) {
-        let row = row0 + i;
-        if row >= p.m {
-            break;
-        }
-        for (var j = 0u; j < 4u; j++) {
-            let col = col0 + j;
-            if col >= p.n {
-                break;
-            }
-            var value = block[i][j];
-            if p.bias_mode == 1u {
-                value += bias[row];
-            } else if p.bias_mode == 2u {
-                value += bias[col];
-            }
-            c[base_c + row * p.n + col] = value;
-        }
-    }
+    store_row(base_c, row0, col0, acc_0_0, acc_0_1);
+    store_row(base_c, row0 + 1u, col0, acc_1_0, acc_1_1);
+    store_row(base_c, row0 + 2u, col0, acc_2_0, acc_2_1);
+    store_row(base_c, row0 + 3u, col0, acc_3_0, acc_3_1);
+    store_row(base_c, row0 + 4u, col0, acc_4_0, acc_4_1);
+    store_row(base_c, row0 + 5u, col0, acc_5_0, acc_5_1);
+    store_row(base_c, row0 + 6u, col0, acc_6_0, acc_6_1);
+    store_row(base_c, row0 + 7u, col0, acc_7_0, acc_7_1);
 }

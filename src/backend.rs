@@ -98,6 +98,19 @@ pub trait Backend {
     /// Copies a tensor back to the host (waits for pending work on a GPU).
     fn download(&self, t: &Self::Tensor) -> HostTensor<f32>;
 
+    /// The largest single buffer the device accepts, in bytes (`None`: no
+    /// limit beyond memory). Callers size batches against it up front.
+    fn max_buffer_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    /// Any error the device reported since the last call (validation, out of
+    /// memory); GPU work is asynchronous, so errors surface here rather than
+    /// at the op that caused them.
+    fn take_error(&self) -> crate::error::Result<()> {
+        Ok(())
+    }
+
     /// The same elements under another shape of equal size (no copy where the
     /// backend can avoid one).
     fn reshape(&self, t: &Self::Tensor, shape: &[usize]) -> Self::Tensor;

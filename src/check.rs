@@ -14,6 +14,7 @@ use crate::geometry::{
     Pool2dGeometry,
 };
 use crate::gpu::GpuBackend;
+use crate::optim::{OptimizerKind, OptimizerSettings, UpdateStep};
 use crate::rng::SplitMix64;
 use crate::tensor::{HostTensor, shape_string};
 
@@ -24,7 +25,7 @@ pub const ATOL: f64 = 1e-6;
 pub const RTOL: f64 = 1e-4;
 
 /// Every op `wgcnn check` covers, in the order it runs them.
-pub const OPS: [&str; 15] = [
+pub const OPS: [&str; 22] = [
     "gemm",
     "im2col",
     "col2im",
@@ -40,6 +41,13 @@ pub const OPS: [&str; 15] = [
     "maxpool2d",
     "avgpool2d",
     "softmax_cross_entropy",
+    "sgd",
+    "momentum",
+    "nesterov",
+    "adagrad",
+    "rmsprop",
+    "adam",
+    "adamw",
 ];
 
 /// The outcome of one case (one op at one shape, all its outputs).
@@ -247,6 +255,10 @@ pub fn run_op(gpu: &GpuBackend, op: &str) -> Vec<CaseResult> {
             .map(|g| avgpool_case(gpu, &mut rng, g))
             .collect(),
         "softmax_cross_entropy" => softmax_cases(gpu, &mut rng),
+        "sgd" | "momentum" | "nesterov" | "adagrad" | "rmsprop" | "adam" | "adamw" => {
+            let kind = OptimizerKind::from_name(op).expect("optimizer ops are optimizer names");
+            optimizer_cases(gpu, &mut rng, kind)
+        }
         other => panic!("unknown op {other:?}; ops are {OPS:?}"),
     }
 }
@@ -795,4 +807,153 @@ fn softmax_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {
             case.finish()
         })
         .collect()
+}
+
+/// Learning rates of the consecutive steps of each optimizer case (a schedule
+/// changes the rate between steps). Large enough that a wrong weight-decay
+/// term shows well above the tolerance.
+const OPTIMIZER_LRS: [f32; 3] = [0.1, 0.05, 0.02];
+
+fn optimizer_cases(gpu: &GpuBackend, rng: &mut SplitMix64, kind: OptimizerKind) -> Vec<CaseResult> {
+    let shapes: [&[usize]; 4] = [&[1], &[7], &[1000], &[3, 70001]];
+    let mut rows = Vec::new();
+    for shape in shapes {
+        for weight_decay in [0.0, 0.1] {
+            let settings = OptimizerSettings::new(kind, weight_decay).expect("valid settings");
+            let mut cpu_param = random(rng, shape);
+            let mut cpu_state = vec![HostTensor::zeros(shape); kind.state_slots()];
+            let mut gpu_param = gpu.upload(&cpu_param);
+            let mut gpu_state: Vec<_> = cpu_state.iter().map(|s| gpu.upload(s)).collect();
+            let mut mags = OptimizerMagnitudes::new(&cpu_param, kind.state_slots());
+            for (i, &lr) in OPTIMIZER_LRS.iter().enumerate() {
+                let step = UpdateStep {
+                    lr,
+                    t: i as u32 + 1,
+                };
+                let grad = random(rng, shape);
+                let param_before = cpu_param.clone();
+                cpu::optimizer_update(&settings, &step, &mut cpu_param, &grad, &mut cpu_state);
+                gpu.optimizer_update(
+                    &settings,
+                    &step,
+                    &mut gpu_param,
+                    &gpu.upload(&grad),
+                    &mut gpu_state,
+                );
+                mags.accumulate(&settings, &step, &param_before, &grad, &cpu_state);
+            }
+            let mut case = CaseBuilder::new(
+                kind.name(),
+                format!(
+                    "{} wd={weight_decay} steps={}",
+                    shape_string(shape),
+                    OPTIMIZER_LRS.len()
+                ),
+            );
+            case.check("param", &gpu.download(&gpu_param), &cpu_param, &mags.param);
+            let names: &[&str] = match kind {
+                OptimizerKind::Sgd => &[],
+                OptimizerKind::Momentum | OptimizerKind::Nesterov => &["velocity"],
+                OptimizerKind::Adagrad | OptimizerKind::RmsProp => &["square_avg"],
+                OptimizerKind::Adam | OptimizerKind::AdamW => &["exp_avg", "exp_avg_sq"],
+            };
+            for ((name, g), (c, m)) in names
+                .iter()
+                .zip(&gpu_state)
+                .zip(cpu_state.iter().zip(&mags.state))
+            {
+                case.check(name, &gpu.download(g), c, m);
+            }
+            rows.push(case.finish());
+        }
+    }
+    rows
+}
+
+/// `Σ|terms|` behind a parameter and its optimizer state over consecutive
+/// steps: each rule evaluated on absolute values, with the gradient's
+/// magnitude `|grad| + wd·|p|` and the reference's own denominators
+/// `√s + ε` (so an update that divides by a small, cancelled value is judged
+/// by how large its numerator's terms were).
+struct OptimizerMagnitudes {
+    param: HostTensor<f32>,
+    state: Vec<HostTensor<f32>>,
+}
+
+impl OptimizerMagnitudes {
+    fn new(param: &HostTensor<f32>, slots: usize) -> Self {
+        Self {
+            param: abs(param),
+            state: vec![HostTensor::zeros(&param.shape); slots],
+        }
+    }
+
+    /// Adds one step, given the parameter before it and the reference's state
+    /// after it.
+    fn accumulate(
+        &mut self,
+        settings: &OptimizerSettings,
+        step: &UpdateStep,
+        param_before: &HostTensor<f32>,
+        grad: &HostTensor<f32>,
+        state_after: &[HostTensor<f32>],
+    ) {
+        let kind = settings.kind;
+        let lr = step.lr as f64;
+        let wd = settings.weight_decay as f64;
+        let (mu, alpha, beta1, beta2, eps) = (
+            settings.momentum as f64,
+            settings.alpha as f64,
+            settings.beta1 as f64,
+            settings.beta2 as f64,
+            settings.eps as f64,
+        );
+        let correction1 = 1.0 - beta1.powi(step.t as i32);
+        let correction2 = 1.0 - beta2.powi(step.t as i32);
+        for i in 0..grad.len() {
+            let p = param_before.data[i].abs() as f64;
+            let g = grad.data[i].abs() as f64
+                + if kind == OptimizerKind::AdamW {
+                    0.0
+                } else {
+                    wd * p
+                };
+            let mut mp = self.param.data[i] as f64;
+            match kind {
+                OptimizerKind::Sgd => mp += lr * g,
+                OptimizerKind::Momentum | OptimizerKind::Nesterov => {
+                    let mv = mu * self.state[0].data[i] as f64 + g;
+                    self.state[0].data[i] = mv as f32;
+                    mp += if kind == OptimizerKind::Momentum {
+                        lr * mv
+                    } else {
+                        lr * (g + mu * mv)
+                    };
+                }
+                OptimizerKind::Adagrad | OptimizerKind::RmsProp => {
+                    let old = self.state[0].data[i] as f64;
+                    let ms = if kind == OptimizerKind::Adagrad {
+                        old + g * g
+                    } else {
+                        alpha * old + (1.0 - alpha) * g * g
+                    };
+                    self.state[0].data[i] = ms as f32;
+                    let s = state_after[0].data[i] as f64;
+                    mp += lr * g / (s.sqrt() + eps);
+                }
+                OptimizerKind::Adam | OptimizerKind::AdamW => {
+                    if kind == OptimizerKind::AdamW {
+                        mp *= 1.0 + lr * wd;
+                    }
+                    let mm = beta1 * self.state[0].data[i] as f64 + (1.0 - beta1) * g;
+                    let mv = beta2 * self.state[1].data[i] as f64 + (1.0 - beta2) * g * g;
+                    self.state[0].data[i] = mm as f32;
+                    self.state[1].data[i] = mv as f32;
+                    let v_hat = state_after[1].data[i] as f64 / correction2;
+                    mp += lr * (mm / correction1) / (v_hat.sqrt() + eps);
+                }
+            }
+            self.param.data[i] = mp as f32;
+        }
+    }
 }

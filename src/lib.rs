@@ -8,7 +8,9 @@
 
 pub mod backend;
 pub mod check;
+pub mod checkpoint;
 pub mod cpu;
+pub mod data;
 pub mod error;
 pub mod geometry;
 pub mod gpu;
@@ -16,5 +18,6 @@ pub mod nn;
 pub mod optim;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -56,7 +56,9 @@ impl OptimizerKind {
             .find(|k| k.name() == name)
             .ok_or_else(|| {
                 let names: Vec<_> = Self::ALL.iter().map(|k| k.name()).collect();
-                Error::Setting(format!("unknown optimizer {name:?}; expected one of {names:?}"))
+                Error::Setting(format!(
+                    "unknown optimizer {name:?}; expected one of {names:?}"
+                ))
             })
     }
 
@@ -109,7 +111,11 @@ impl OptimizerSettings {
             alpha: 0.99,
             beta1: 0.9,
             beta2: 0.999,
-            eps: if kind == OptimizerKind::Adagrad { 1e-10 } else { 1e-8 },
+            eps: if kind == OptimizerKind::Adagrad {
+                1e-10
+            } else {
+                1e-8
+            },
             weight_decay,
         })
     }
@@ -161,13 +167,19 @@ impl LrSchedule {
     pub fn lr(&self, step: usize) -> f32 {
         let decayed = match self.schedule {
             Schedule::Constant => self.base_lr,
-            Schedule::Step { every_epochs, gamma } => {
+            Schedule::Step {
+                every_epochs,
+                gamma,
+            } => {
                 let epoch = step / self.steps_per_epoch.max(1);
                 self.base_lr * gamma.powi((epoch / every_epochs.max(1)) as i32)
             }
             Schedule::Cosine => {
                 let progress = step as f64 / self.total_steps.max(1) as f64;
-                (self.base_lr as f64 * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())) as f32
+                (self.base_lr as f64
+                    * 0.5
+                    * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()))
+                    as f32
             }
         };
         if step < self.warmup_steps {

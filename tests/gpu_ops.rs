@@ -65,6 +65,13 @@ op_tests! {
     maxpool2d => "maxpool2d",
     avgpool2d => "avgpool2d",
     softmax_cross_entropy => "softmax_cross_entropy",
+    sgd => "sgd",
+    momentum => "momentum",
+    nesterov => "nesterov",
+    adagrad => "adagrad",
+    rmsprop => "rmsprop",
+    adam => "adam",
+    adamw => "adamw",
 }
 
 /// Dispatch grids past 65,535 workgroups fold into y; an elementwise op over

@@ -38,6 +38,8 @@ fn small_cnn() -> ModelSpec {
 /// Everything one training pass produces, on the host.
 struct PassResult {
     logits: HostTensor<f32>,
+    /// Logits of an evaluation-mode forward after the pass (running statistics).
+    eval_logits: HostTensor<f32>,
     loss: f32,
     correct: f32,
     grads: StateDict,
@@ -56,7 +58,9 @@ fn run_pass<B: Backend>(
     let logits = model.forward(b, &xb, Mode::Train, 3);
     let out = b.softmax_cross_entropy(&logits, &b.upload_indices(labels));
     model.backward(b, &out.grad);
+    let eval_logits = model.forward(b, &xb, Mode::Eval, 0);
     PassResult {
+        eval_logits: b.download(&eval_logits),
         logits: b.download(&logits),
         loss: b.download(&out.loss).data[0],
         correct: b.download(&out.correct).data[0],
@@ -98,6 +102,7 @@ fn conv_net_pass_matches_the_reference() {
     let on_cpu = run_pass(&CpuBackend::<f32>::new(), &spec, &weights, &x, &labels);
 
     assert_close("logits", &on_gpu.logits, &on_cpu.logits);
+    assert_close("eval logits", &on_gpu.eval_logits, &on_cpu.eval_logits);
     assert!(
         (on_gpu.loss - on_cpu.loss).abs() <= 1e-5 * on_cpu.loss.abs().max(1.0),
         "loss {} vs {}",

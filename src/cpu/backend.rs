@@ -197,12 +197,12 @@ impl<F: Real> Backend for CpuBackend<F> {
 
     fn optimizer_update(
         &self,
-        _settings: &crate::optim::OptimizerSettings,
-        _step: &crate::optim::UpdateStep,
-        _param: &mut HostTensor<F>,
-        _grad: &HostTensor<F>,
-        _state: &mut [HostTensor<F>],
+        settings: &crate::optim::OptimizerSettings,
+        step: &crate::optim::UpdateStep,
+        param: &mut HostTensor<F>,
+        grad: &HostTensor<F>,
+        state: &mut [HostTensor<F>],
     ) {
-        unimplemented!("optimizer_update is being written")
+        super::optimizer_update(settings, step, param, grad, state)
     }
 }

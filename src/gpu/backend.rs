@@ -64,6 +64,18 @@ impl Backend for GpuBackend {
         HostTensor::new(&t.shape, bytemuck::pod_collect_to_vec(&bytes))
     }
 
+    fn max_buffer_bytes(&self) -> Option<u64> {
+        let l = &self.ctx.limits;
+        Some(
+            l.max_buffer_size
+                .min(l.max_storage_buffer_binding_size as u64),
+        )
+    }
+
+    fn take_error(&self) -> Result<()> {
+        self.ctx.take_error()
+    }
+
     fn reshape(&self, t: &GpuTensor, shape: &[usize]) -> GpuTensor {
         assert_eq!(
             shape.iter().product::<usize>(),
@@ -222,12 +234,12 @@ impl Backend for GpuBackend {
 
     fn optimizer_update(
         &self,
-        _settings: &crate::optim::OptimizerSettings,
-        _step: &crate::optim::UpdateStep,
-        _param: &mut GpuTensor,
-        _grad: &GpuTensor,
-        _state: &mut [GpuTensor],
+        settings: &crate::optim::OptimizerSettings,
+        step: &crate::optim::UpdateStep,
+        param: &mut GpuTensor,
+        grad: &GpuTensor,
+        state: &mut [GpuTensor],
     ) {
-        unimplemented!("optimizer_update is being written")
+        super::optim::optimizer_update(&self.ctx, settings, step, param, grad, state)
     }
 }

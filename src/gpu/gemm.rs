@@ -1,15 +1,16 @@
 //! Host side of `shaders/gemm.wgsl`: the matrix products behind convolution
 //! and the fully connected layer.
 
-use super::context::{GpuContext, KernelSpec, Params};
+use super::context::{GpuContext, KernelSpec, Params, grid};
 use crate::geometry::GemmSpec;
 
 const SOURCE: &str = include_str!("../../shaders/gemm.wgsl");
+const PACK_SOURCE: &str = include_str!("../../shaders/pack.wgsl");
 
-/// Outputs per invocation along each axis (TM = TN in the shader).
-const BLOCK: usize = 4;
-/// Invocations per workgroup along each axis.
-const WORKGROUP: usize = 8;
+/// Rows and columns of C per invocation.
+const BLOCK: usize = 8;
+/// Invocations per workgroup.
+const WORKGROUP: usize = 64;
 
 /// Which bias the epilogue adds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +50,8 @@ impl Batching {
 }
 
 /// Records `out = op(A)·op(B) (+ bias)` for every batch element (or their sum).
+/// Both operands are first packed depth-major with rows padded to whole vec4s
+/// (`shaders/pack.wgsl`), unless one is already in that layout.
 pub fn gemm_into(
     ctx: &GpuContext,
     a: &wgpu::Buffer,
@@ -58,41 +61,133 @@ pub fn gemm_into(
     spec: &GemmSpec,
     batching: Batching,
 ) {
+    // op(A) is (m, k): A stored (m, k) is packed transposed.
+    let a = pack(
+        ctx,
+        a,
+        spec.m,
+        spec.k,
+        !spec.trans_a,
+        batching.stride_a,
+        batching.count,
+    );
+    // op(B) is (k, n): B stored (n, k) is packed transposed.
+    let b = pack(
+        ctx,
+        b,
+        spec.n,
+        spec.k,
+        spec.trans_b,
+        batching.stride_b,
+        batching.count,
+    );
+    let [wg_x, wg_y] = workgroup_shape(spec);
     let kernel = ctx.kernel(
         &KernelSpec::new("gemm", SOURCE, "gemm", 3, 1)
-            .with("TRANS_A", spec.trans_a as u8 as f64)
-            .with("TRANS_B", spec.trans_b as u8 as f64)
-            .with("SUM_BATCH", batching.sum as u8 as f64),
+            .with("SUM_BATCH", batching.sum as u8 as f64)
+            .with("WG_X", wg_x as f64)
+            .with("WG_Y", wg_y as f64),
     );
     let (bias_buffer, bias_mode) = match bias {
-        Bias::None => (out, 0),
+        // Never read with bias_mode 0; `a` stands in because binding the output
+        // read-only as well as read-write in one dispatch is a usage conflict.
+        Bias::None => (a.buffer(), 0),
         Bias::PerRow(buffer) => (buffer, 1),
         Bias::PerColumn(buffer) => (buffer, 2),
     };
-    // With no bias the output buffer stands in at the bias binding; it is never
-    // read then, but a read-only and a read-write binding of one buffer in one
-    // dispatch is a usage conflict, so bind the A operand instead.
-    let bias_buffer = if bias_mode == 0 { a } else { bias_buffer };
     let params = Params::new()
         .u32(spec.m)
         .u32(spec.n)
         .u32(spec.k)
         .u32(batching.count)
-        .u32(batching.stride_a)
-        .u32(batching.stride_b)
+        .u32(a.stride)
+        .u32(b.stride)
         .u32(batching.stride_c)
         .u32(bias_mode);
-    let tile = BLOCK * WORKGROUP;
     let z = if batching.sum { 1 } else { batching.count };
     ctx.dispatch(
         &kernel,
         &params,
-        &[a, b, bias_buffer],
+        &[a.buffer(), b.buffer(), bias_buffer],
         &[out],
         [
-            spec.n.div_ceil(tile) as u32,
-            spec.m.div_ceil(tile) as u32,
+            spec.n.div_ceil(BLOCK * wg_x) as u32,
+            spec.m.div_ceil(BLOCK * wg_y) as u32,
             z as u32,
         ],
     );
+}
+
+/// Invocations along N and M: as wide along N as its blocks fill (up to the
+/// whole workgroup), the rest along M.
+fn workgroup_shape(spec: &GemmSpec) -> [usize; 2] {
+    let x = spec.n.div_ceil(BLOCK).next_power_of_two().min(WORKGROUP);
+    [x, WORKGROUP / x]
+}
+
+/// A GEMM operand in the packed layout: borrowed when the source already is.
+enum Packed<'a> {
+    Borrowed(&'a wgpu::Buffer),
+    Owned(wgpu::Buffer),
+}
+
+/// An operand ready for the kernel and its batch stride in elements.
+struct PackedOperand<'a> {
+    packed: Packed<'a>,
+    stride: usize,
+}
+
+impl PackedOperand<'_> {
+    fn buffer(&self) -> &wgpu::Buffer {
+        match &self.packed {
+            Packed::Borrowed(b) => b,
+            Packed::Owned(b) => b,
+        }
+    }
+}
+
+/// Packs `(rows, depth)` matrices (stored `(rows, depth)` when `transposed`,
+/// else `(depth, rows)`) into `(depth, ⌈rows/4⌉·4)`; one per batch element
+/// when `stride` is non-zero, else one shared.
+fn pack<'a>(
+    ctx: &GpuContext,
+    src: &'a wgpu::Buffer,
+    rows: usize,
+    depth: usize,
+    transposed: bool,
+    stride: usize,
+    count: usize,
+) -> PackedOperand<'a> {
+    let padded = rows.next_multiple_of(4);
+    let count = if stride == 0 { 1 } else { count };
+    let dst_stride = if stride == 0 { 0 } else { depth * padded };
+    if !transposed && padded == rows && (stride == 0 || stride == depth * rows) {
+        return PackedOperand {
+            packed: Packed::Borrowed(src),
+            stride,
+        };
+    }
+    let dst = ctx.storage_buffer(4 * (count * depth * padded) as u64, "gemm.packed");
+    let kernel = ctx.kernel(
+        &KernelSpec::new("pack", PACK_SOURCE, "pack", 1, 1)
+            .with("TRANSPOSED", transposed as u8 as f64),
+    );
+    let params = Params::new()
+        .u32(rows)
+        .u32(depth)
+        .u32(padded)
+        .u32(count)
+        .u32(stride)
+        .u32(depth * padded);
+    ctx.dispatch(
+        &kernel,
+        &params,
+        &[src],
+        &[&dst],
+        grid(count * depth * padded, 256),
+    );
+    PackedOperand {
+        packed: Packed::Owned(dst),
+        stride: dst_stride,
+    }
 }

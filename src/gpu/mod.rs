@@ -11,6 +11,7 @@ pub mod conv;
 pub mod elementwise;
 pub mod gemm;
 pub mod linear;
+pub mod optim;
 pub mod pool;
 pub mod reduce;
 pub mod softmax;

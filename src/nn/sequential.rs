@@ -105,7 +105,7 @@ impl<B: Backend> Sequential<B> {
         state: &StateDict,
         dropout_seed: u32,
     ) -> Result<Self> {
-        let expected = init_shapes(spec)?;
+        let expected: HashMap<String, Vec<usize>> = parameter_shapes(spec)?.into_iter().collect();
         let mut by_name: HashMap<&str, &HostTensor<f32>> = HashMap::new();
         for (name, tensor) in state {
             let Some(shape) = expected.get(name.as_str()) else {
@@ -219,7 +219,8 @@ impl<B: Backend> Sequential<B> {
     }
 }
 
-fn init_shapes(spec: &ModelSpec) -> Result<HashMap<String, Vec<usize>>> {
+/// Name and shape of every named tensor of `spec`, in `state_dict` order.
+pub fn parameter_shapes(spec: &ModelSpec) -> Result<Vec<(String, Vec<usize>)>> {
     Ok(parameter_layout(spec)?
         .into_iter()
         .map(|(name, shape, _)| (name, shape))

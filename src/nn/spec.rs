@@ -186,6 +186,51 @@ impl ModelSpec {
         Ok(())
     }
 
+    /// The largest tensor a training step at batch `batch` holds, in elements,
+    /// and the layer that needs it: activations, and for convolutions the
+    /// im2col matrix `(N, C·k·k, OH·OW)`.
+    pub fn largest_tensor(&self, batch: usize) -> Result<(usize, String)> {
+        let shapes = self.shapes(batch)?;
+        let mut largest = (shapes[0].iter().product(), "the input".to_string());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let out: usize = shapes[i + 1].iter().product();
+            let mut need = (out, format!("layer {i} ({}) output", layer.kind()));
+            if let LayerSpec::Conv2d { kernel, .. } = layer {
+                let cols = shapes[i][0]
+                    * shapes[i][1]
+                    * kernel
+                    * kernel
+                    * shapes[i + 1][2]
+                    * shapes[i + 1][3];
+                if cols > need.0 {
+                    need = (cols, format!("layer {i} (conv2d) im2col matrix"));
+                }
+            }
+            if need.0 > largest.0 {
+                largest = need;
+            }
+        }
+        Ok(largest)
+    }
+
+    /// Checks that every tensor of a step at batch `batch` fits in a buffer of
+    /// `max_bytes`, or says the largest batch size that would.
+    pub fn check_fits(&self, batch: usize, max_bytes: u64) -> Result<()> {
+        let (elements, what) = self.largest_tensor(batch)?;
+        let bytes = 4 * elements as u64;
+        if bytes <= max_bytes {
+            return Ok(());
+        }
+        let per_example = bytes / batch.max(1) as u64;
+        let fits = max_bytes / per_example.max(1);
+        Err(Error::Setting(format!(
+            "batch size {batch} needs a {:.0} MiB buffer for {what}, but this device allows \
+             {:.0} MiB per buffer; use --batch-size {fits} or less",
+            bytes as f64 / 1048576.0,
+            max_bytes as f64 / 1048576.0
+        )))
+    }
+
     /// Number of classes: the features of the last layer's `(N, K)` output.
     pub fn classes(&self) -> Result<usize> {
         let shapes = self.shapes(1)?;

@@ -1,0 +1,136 @@
+// Optimizer update rules, as PyTorch's torch.optim defines them (dampening 0,
+// amsgrad off, maximize off, centered rmsprop off, adagrad lr decay 0).
+//
+// Every entry point reads `grad` and updates `param` (and the rule's state)
+// in place, one element per invocation, over `len` elements. With
+// g = grad + wd·p (L2 weight decay, every rule but adamw):
+//
+//   sgd        p ← p − lr·g
+//   momentum   v ← μ·v + g                  p ← p − lr·v
+//   nesterov   v ← μ·v + g                  p ← p − lr·(g + μ·v)
+//   adagrad    s ← s + g²                   p ← p − lr·g/(√s + ε)
+//   rmsprop    s ← α·s + (1 − α)·g²         p ← p − lr·g/(√s + ε)
+//   adam       m ← β₁·m + (1 − β₁)·g
+//              v ← β₂·v + (1 − β₂)·g²       p ← p − lr·m̂/(√v̂ + ε)
+//   adamw      p ← p·(1 − lr·wd), then adam with g = grad
+//
+// where m̂ = m/(1 − β₁ᵗ) and v̂ = v/(1 − β₂ᵗ). The bias corrections 1 − βᵗ are
+// computed on the host in f32, as the CPU reference does.
+//
+// Bindings: 1 = grad (read); 2 = param, 3 = first state (v, s or m),
+// 4 = second state (adam's v), all read-write. Each entry point uses only the
+// buffers its rule has.
+
+struct Params {
+    len: u32,
+    lr: f32,
+    weight_decay: f32,
+    // μ for momentum and nesterov.
+    momentum: f32,
+    // α for rmsprop.
+    alpha: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    // 1 − β₁ᵗ and 1 − β₂ᵗ.
+    correction1: f32,
+    correction2: f32,
+}
+
+@group(0) @binding(0) var<uniform> u: Params;
+@group(0) @binding(1) var<storage, read> grad: array<f32>;
+@group(0) @binding(2) var<storage, read_write> param: array<f32>;
+@group(0) @binding(3) var<storage, read_write> state0: array<f32>;
+@group(0) @binding(4) var<storage, read_write> state1: array<f32>;
+
+fn element(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return (wid.x + wid.y * nwg.x) * 256u + lid.x;
+}
+
+// The gradient with L2 weight decay added.
+fn l2_grad(i: u32) -> f32 {
+    if u.weight_decay == 0.0 {
+        return grad[i];
+    }
+    return grad[i] + u.weight_decay * param[i];
+}
+
+@compute @workgroup_size(256)
+fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(wid, lid, nwg);
+    if i < u.len {
+        let g = l2_grad(i);
+        param[i] = param[i] - u.lr * g;
+    }
+}
+
+@compute @workgroup_size(256)
+fn momentum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(wid, lid, nwg);
+    if i < u.len {
+        let g = l2_grad(i);
+        let v = u.momentum * state0[i] + g;
+        state0[i] = v;
+        param[i] = param[i] - u.lr * v;
+    }
+}
+
+@compute @workgroup_size(256)
+fn nesterov(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(wid, lid, nwg);
+    if i < u.len {
+        let g = l2_grad(i);
+        let v = u.momentum * state0[i] + g;
+        state0[i] = v;
+        param[i] = param[i] - u.lr * (g + u.momentum * v);
+    }
+}
+
+@compute @workgroup_size(256)
+fn adagrad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(wid, lid, nwg);
+    if i < u.len {
+        let g = l2_grad(i);
+        let s = state0[i] + g * g;
+        state0[i] = s;
+        param[i] = param[i] - u.lr * g / (sqrt(s) + u.eps);
+    }
+}
+
+@compute @workgroup_size(256)
+fn rmsprop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(wid, lid, nwg);
+    if i < u.len {
+        let g = l2_grad(i);
+        let s = u.alpha * state0[i] + (1.0 - u.alpha) * g * g;
+        state0[i] = s;
+        param[i] = param[i] - u.lr * g / (sqrt(s) + u.eps);
+    }
+}
+
+// The adam step on parameter value `p` with gradient `g`; writes m, v and p.
+fn adam_step(i: u32, p: f32, g: f32) {
+    let m = u.beta1 * state0[i] + (1.0 - u.beta1) * g;
+    let v = u.beta2 * state1[i] + (1.0 - u.beta2) * g * g;
+    state0[i] = m;
+    state1[i] = v;
+    let m_hat = m / u.correction1;
+    let v_hat = v / u.correction2;
+    param[i] = p - u.lr * m_hat / (sqrt(v_hat) + u.eps);
+}
+
+@compute @workgroup_size(256)
+fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(wid, lid, nwg);
+    if i < u.len {
+        adam_step(i, param[i], l2_grad(i));
+    }
+}
+
+@compute @workgroup_size(256)
+fn adamw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(wid, lid, nwg);
+    if i < u.len {
+        adam_step(i, param[i] * (1.0 - u.lr * u.weight_decay), grad[i]);
+    }
+}

@@ -1,0 +1,7 @@
+//! The command-line front end: one module per subcommand family.
+
+pub mod check;
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod train;

@@ -1,0 +1,129 @@
+//! The optimizer update rules, one element at a time, as PyTorch's
+//! `torch.optim` defines them (dampening 0, amsgrad off, maximize off, centered
+//! rmsprop off, adagrad's lr decay 0).
+
+use super::Real;
+use crate::optim::{OptimizerKind, OptimizerSettings, UpdateStep};
+use crate::tensor::HostTensor;
+
+/// One update of `param` in place from `grad`, reading and writing `state`
+/// (`settings.kind.state_slots()` tensors shaped like `param`, zero before the
+/// first step).
+///
+/// With `g = grad + wd·p` (L2 weight decay; every kind but adamw):
+///
+/// | kind | state | update |
+/// |---|---|---|
+/// | sgd | — | `p ← p − lr·g` |
+/// | momentum | `v` | `v ← μ·v + g`, `p ← p − lr·v` |
+/// | nesterov | `v` | `v ← μ·v + g`, `p ← p − lr·(g + μ·v)` |
+/// | adagrad | `s` | `s ← s + g²`, `p ← p − lr·g/(√s + ε)` |
+/// | rmsprop | `s` | `s ← α·s + (1 − α)·g²`, `p ← p − lr·g/(√s + ε)` |
+/// | adam | `m, v` | `m ← β₁·m + (1 − β₁)·g`, `v ← β₂·v + (1 − β₂)·g²`, `p ← p − lr·m̂/(√v̂ + ε)` |
+///
+/// where `m̂ = m/(1 − β₁ᵗ)` and `v̂ = v/(1 − β₂ᵗ)`. Adamw first decays
+/// `p ← p·(1 − lr·wd)`, then takes the adam step with `g = grad`.
+///
+/// # Panics
+/// When `state` does not hold `settings.kind.state_slots()` tensors, or when
+/// `grad` or a state tensor is not shaped like `param`.
+pub fn optimizer_update<F: Real>(
+    settings: &OptimizerSettings,
+    step: &UpdateStep,
+    param: &mut HostTensor<F>,
+    grad: &HostTensor<F>,
+    state: &mut [HostTensor<F>],
+) {
+    let kind = settings.kind;
+    assert_eq!(
+        state.len(),
+        kind.state_slots(),
+        "{}: expected {} state tensors, got {}",
+        kind.name(),
+        kind.state_slots(),
+        state.len()
+    );
+    assert_eq!(
+        grad.shape,
+        param.shape,
+        "{}: gradient shape {:?} differs from parameter shape {:?}",
+        kind.name(),
+        grad.shape,
+        param.shape
+    );
+    for (slot, s) in state.iter().enumerate() {
+        assert_eq!(
+            s.shape,
+            param.shape,
+            "{}: state {slot} shape {:?} differs from parameter shape {:?}",
+            kind.name(),
+            s.shape,
+            param.shape
+        );
+    }
+
+    let f = F::from_f32;
+    let one = F::one();
+    let lr = f(step.lr);
+    let wd = f(settings.weight_decay);
+    let (mu, alpha, beta1, beta2, eps) = (
+        f(settings.momentum),
+        f(settings.alpha),
+        f(settings.beta1),
+        f(settings.beta2),
+        f(settings.eps),
+    );
+    let t = i32::try_from(step.t).expect("step count fits in an i32");
+    let correction1 = one - beta1.powi(t);
+    let correction2 = one - beta2.powi(t);
+    let decoupled = kind == OptimizerKind::AdamW;
+    let (s0, s1): (&mut [F], &mut [F]) = match state {
+        [] => (&mut [], &mut []),
+        [a] => (&mut a.data, &mut []),
+        [a, b] => (&mut a.data, &mut b.data),
+        _ => unreachable!("no rule has more than two state tensors"),
+    };
+
+    for (i, (p, &grad)) in param.data.iter_mut().zip(&grad.data).enumerate() {
+        let g = if decoupled || settings.weight_decay == 0.0 {
+            grad
+        } else {
+            grad + wd * *p
+        };
+        match kind {
+            OptimizerKind::Sgd => *p = *p - lr * g,
+            OptimizerKind::Momentum => {
+                let v = mu * s0[i] + g;
+                s0[i] = v;
+                *p = *p - lr * v;
+            }
+            OptimizerKind::Nesterov => {
+                let v = mu * s0[i] + g;
+                s0[i] = v;
+                *p = *p - lr * (g + mu * v);
+            }
+            OptimizerKind::Adagrad => {
+                let s = s0[i] + g * g;
+                s0[i] = s;
+                *p = *p - lr * g / (s.sqrt() + eps);
+            }
+            OptimizerKind::RmsProp => {
+                let s = alpha * s0[i] + (one - alpha) * g * g;
+                s0[i] = s;
+                *p = *p - lr * g / (s.sqrt() + eps);
+            }
+            OptimizerKind::Adam | OptimizerKind::AdamW => {
+                if decoupled {
+                    *p = *p * (one - lr * wd);
+                }
+                let m = beta1 * s0[i] + (one - beta1) * g;
+                let v = beta2 * s1[i] + (one - beta2) * g * g;
+                s0[i] = m;
+                s1[i] = v;
+                let m_hat = m / correction1;
+                let v_hat = v / correction2;
+                *p = *p - lr * m_hat / (v_hat.sqrt() + eps);
+            }
+        }
+    }
+}
