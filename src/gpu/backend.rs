@@ -68,7 +68,7 @@ impl Backend for GpuBackend {
         let l = &self.ctx.limits;
         Some(
             l.max_buffer_size
-                .min(l.max_storage_buffer_binding_size as u64),
+                .min(l.max_storage_buffer_binding_size),
         )
     }
 
