@@ -1,4 +1,6 @@
-//! Choosing where to run: a GPU adapter, or the CPU path when none is found.
+//! Choosing where to run: a GPU adapter, or the CPU path when none is found
+//! (or when the only adapter is a software one, which trains slower than the
+//! CPU path on the same cores).
 
 use wgcnn::Result;
 use wgcnn::gpu::GpuBackend;
@@ -11,15 +13,24 @@ pub enum Device {
     Cpu,
 }
 
-/// The adapter `--device N` names, the best one found, or — when no adapter
-/// exists and none was asked for, or `--cpu` is given — the CPU path. Says
-/// which in one line.
+/// The adapter `--device N` names; else the best one found, unless it is a
+/// software adapter (lavapipe) — then the CPU path, which trains the built-in
+/// models many times faster on the same cores; else (no adapter, or `--cpu`)
+/// the CPU path. Says which in one line.
 pub fn choose(device: Option<usize>, force_cpu: bool) -> Result<Device> {
     if force_cpu {
         println!("device: CPU path (--cpu)");
         return Ok(Device::Cpu);
     }
     match GpuBackend::new(device) {
+        Ok(gpu) if device.is_none() && gpu.ctx.is_software() => {
+            println!(
+                "device: CPU path (the only adapter, {}, is a software renderer and slower \
+                 than the CPU path here; --device 0 trains on it anyway)",
+                gpu.ctx.describe()
+            );
+            Ok(Device::Cpu)
+        }
         Ok(gpu) => {
             println!("device: {}", gpu.ctx.describe());
             Ok(Device::Gpu(gpu))

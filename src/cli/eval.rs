@@ -104,7 +104,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let batch = args.batch_size.max(1);
     let result = match choose(args.device, args.cpu)? {
         Device::Gpu(gpu) => run_eval(&gpu, &c, &data, batch)?,
-        Device::Cpu => run_eval(&CpuBackend::<f32>::new(), &c, &data, batch)?,
+        Device::Cpu => run_eval(&CpuBackend::<f32>::fast(), &c, &data, batch)?,
     };
     println!("{}: {} images", data.name, result.count);
     println!(
@@ -184,7 +184,7 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
     let batch = make_batch(&set, &indices, &normalization(&c), None);
     let logits = match choose(args.device, args.cpu)? {
         Device::Gpu(gpu) => forward(&gpu, &c, &batch.images)?,
-        Device::Cpu => forward(&CpuBackend::<f32>::new(), &c, &batch.images)?,
+        Device::Cpu => forward(&CpuBackend::<f32>::fast(), &c, &batch.images)?,
     };
     for (name, row) in names.iter().zip(logits.data.chunks(classes)) {
         let probabilities = softmax(row);

@@ -167,7 +167,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let history = match choose(args.device, args.cpu)? {
         Device::Gpu(gpu) => train(&gpu, &spec, &train_set, &eval_set, &options, start),
         Device::Cpu => train(
-            &CpuBackend::<f32>::new(),
+            &CpuBackend::<f32>::fast(),
             &spec,
             &train_set,
             &eval_set,

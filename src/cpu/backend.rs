@@ -17,13 +17,26 @@ use crate::tensor::HostTensor;
 /// from `f32` and downloads round back to `f32`.
 #[derive(Clone, Copy, Debug)]
 pub struct CpuBackend<F = f32> {
+    /// Convolutions, linear layers and GEMM through the optimised path
+    /// (`cpu/fast.rs`) instead of the direct-loop reference.
+    fast: bool,
     _float: PhantomData<F>,
 }
 
 impl<F> CpuBackend<F> {
-    /// A CPU backend computing in `F`.
+    /// The reference backend: every op from its definition, direct loops.
     pub fn new() -> Self {
         Self {
+            fast: false,
+            _float: PhantomData,
+        }
+    }
+
+    /// The training backend: matrix-product ops through an optimised GEMM
+    /// over all cores, everything else as the reference.
+    pub fn fast() -> Self {
+        Self {
+            fast: true,
             _float: PhantomData,
         }
     }
@@ -40,7 +53,12 @@ impl<F: Real> Backend for CpuBackend<F> {
     type Indices = Vec<u32>;
 
     fn name(&self) -> String {
-        format!("cpu ({} reference)", std::any::type_name::<F>())
+        let kind = if self.fast {
+            "optimised GEMM"
+        } else {
+            "reference"
+        };
+        format!("cpu ({} {kind})", std::any::type_name::<F>())
     }
 
     fn upload(&self, t: &HostTensor<f32>) -> HostTensor<F> {
@@ -60,7 +78,11 @@ impl<F: Real> Backend for CpuBackend<F> {
     }
 
     fn gemm(&self, a: &HostTensor<F>, b: &HostTensor<F>, spec: &GemmSpec) -> HostTensor<F> {
-        super::gemm(a, b, spec)
+        if self.fast {
+            super::fast::gemm(a, b, spec)
+        } else {
+            super::gemm(a, b, spec)
+        }
     }
 
     fn im2col(&self, x: &HostTensor<F>, g: &Conv2dGeometry) -> HostTensor<F> {
@@ -78,7 +100,11 @@ impl<F: Real> Backend for CpuBackend<F> {
         b: &HostTensor<F>,
         g: &Conv2dGeometry,
     ) -> HostTensor<F> {
-        super::conv2d_forward(x, w, b, g)
+        if self.fast {
+            super::fast::conv2d_forward(x, w, b, g)
+        } else {
+            super::conv2d_forward(x, w, b, g)
+        }
     }
 
     fn conv2d_backward(
@@ -88,7 +114,11 @@ impl<F: Real> Backend for CpuBackend<F> {
         dy: &HostTensor<F>,
         g: &Conv2dGeometry,
     ) -> ParamGrads<HostTensor<F>> {
-        super::conv2d_backward(x, w, dy, g)
+        if self.fast {
+            super::fast::conv2d_backward(x, w, dy, g)
+        } else {
+            super::conv2d_backward(x, w, dy, g)
+        }
     }
 
     fn linear_forward(
@@ -97,7 +127,11 @@ impl<F: Real> Backend for CpuBackend<F> {
         w: &HostTensor<F>,
         b: &HostTensor<F>,
     ) -> HostTensor<F> {
-        super::linear_forward(x, w, b)
+        if self.fast {
+            super::fast::linear_forward(x, w, b)
+        } else {
+            super::linear_forward(x, w, b)
+        }
     }
 
     fn linear_backward(
@@ -106,7 +140,11 @@ impl<F: Real> Backend for CpuBackend<F> {
         w: &HostTensor<F>,
         dy: &HostTensor<F>,
     ) -> ParamGrads<HostTensor<F>> {
-        super::linear_backward(x, w, dy)
+        if self.fast {
+            super::fast::linear_backward(x, w, dy)
+        } else {
+            super::linear_backward(x, w, dy)
+        }
     }
 
     fn activation_forward(&self, act: Activation, x: &HostTensor<F>) -> HostTensor<F> {

@@ -9,6 +9,7 @@ mod backend;
 mod batchnorm;
 mod conv;
 mod dropout;
+mod fast;
 mod gemm;
 mod linear;
 mod optim;
@@ -51,6 +52,70 @@ pub trait Real:
     fn from_usize(v: usize) -> Self {
         Self::from_f64(v as f64)
     }
+
+    /// `C ← A·B + β·C` on strided slices (`A` is `m × k` with row/column
+    /// strides `rsa`/`csa`, and so on), through an optimised GEMM.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: (&[Self], isize, isize),
+        b: (&[Self], isize, isize),
+        beta: Self,
+        c: (&mut [Self], isize, isize),
+    );
+}
+
+/// Checks that the strided `rows × cols` matrix fits in `len` elements.
+fn check_strided(len: usize, rows: usize, cols: usize, rs: isize, cs: isize) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let last = (rows as isize - 1) * rs + (cols as isize - 1) * cs;
+    assert!(
+        rs >= 0 && cs >= 0 && (last as usize) < len,
+        "strided matrix exceeds its slice"
+    );
+}
+
+macro_rules! impl_matmul {
+    ($t:ty, $gemm:path) => {
+        fn matmul(
+            m: usize,
+            k: usize,
+            n: usize,
+            a: (&[$t], isize, isize),
+            b: (&[$t], isize, isize),
+            beta: $t,
+            c: (&mut [$t], isize, isize),
+        ) {
+            check_strided(a.0.len(), m, k, a.1, a.2);
+            check_strided(b.0.len(), k, n, b.1, b.2);
+            check_strided(c.0.len(), m, n, c.1, c.2);
+            // SAFETY: every element addressed by the strides lies inside its
+            // slice (checked above), and C's strides do not alias (rows and
+            // columns of a row-major matrix).
+            unsafe {
+                $gemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    a.0.as_ptr(),
+                    a.1,
+                    a.2,
+                    b.0.as_ptr(),
+                    b.1,
+                    b.2,
+                    beta,
+                    c.0.as_mut_ptr(),
+                    c.1,
+                    c.2,
+                )
+            }
+        }
+    };
 }
 
 impl Real for f32 {
@@ -60,6 +125,7 @@ impl Real for f32 {
     fn to_f64(self) -> f64 {
         self as f64
     }
+    impl_matmul!(f32, matrixmultiply::sgemm);
 }
 
 impl Real for f64 {
@@ -69,4 +135,5 @@ impl Real for f64 {
     fn to_f64(self) -> f64 {
         self
     }
+    impl_matmul!(f64, matrixmultiply::dgemm);
 }

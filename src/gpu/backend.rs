@@ -66,10 +66,7 @@ impl Backend for GpuBackend {
 
     fn max_buffer_bytes(&self) -> Option<u64> {
         let l = &self.ctx.limits;
-        Some(
-            l.max_buffer_size
-                .min(l.max_storage_buffer_binding_size),
-        )
+        Some(l.max_buffer_size.min(l.max_storage_buffer_binding_size))
     }
 
     fn take_error(&self) -> Result<()> {

@@ -1,0 +1,239 @@
+//! The `wgcnn` binary end to end: MNIST-format data from any directory,
+//! metrics, checkpoints, eval, predict, and clear errors for bad flags.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn wgcnn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgcnn"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("run wgcnn")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wgcnn-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes an MNIST-layout directory: `n` images of 28×28 whose label is the
+/// row holding a bright bar (so the set is learnable), raw IDX files.
+fn write_mnist(dir: &Path, prefix: &str, n: usize) {
+    let mut images = vec![0, 0, 8, 3];
+    for d in [n as u32, 28, 28] {
+        images.extend(d.to_be_bytes());
+    }
+    let mut labels = vec![0, 0, 8, 1];
+    labels.extend((n as u32).to_be_bytes());
+    for i in 0..n {
+        let label = (i % 10) as u8;
+        let mut pixels = [0u8; 784];
+        let row = 2 + 2 * label as usize;
+        for col in 4..24 {
+            pixels[row * 28 + col] = 255;
+        }
+        images.extend(pixels);
+        labels.push(label);
+    }
+    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+}
+
+#[test]
+fn mnist_from_a_directory_trains_evaluates_and_predicts() {
+    let dir = temp_dir("mnist");
+    write_mnist(&dir, "train", 200);
+    write_mnist(&dir, "t10k", 50);
+    let d = dir.to_str().unwrap();
+    let ckpt = dir.join("model.safetensors");
+    let metrics = dir.join("metrics.jsonl");
+    let out = wgcnn(&[
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        d,
+        "--model",
+        "lenet5",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--cpu",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--metrics",
+        metrics.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for key in [
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "test_loss",
+        "test_accuracy",
+        "images_per_second",
+        "seconds",
+    ] {
+        assert!(
+            lines[1].get(key).is_some(),
+            "metrics lack {key}: {}",
+            lines[1]
+        );
+    }
+    let accuracy = lines[1]["test_accuracy"].as_f64().unwrap();
+    assert!(
+        (0.0..=1.0).contains(&accuracy) && accuracy > 0.5,
+        "accuracy {accuracy}"
+    );
+
+    let out = wgcnn(&[
+        "eval",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data-dir",
+        d,
+        "--cpu",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("accuracy:") && text(&out).contains("confusion matrix"),
+        "{}",
+        text(&out)
+    );
+
+    let out = wgcnn(&[
+        "predict",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data-dir",
+        d,
+        "--index",
+        "3",
+        "--cpu",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("#3 (label 3)"), "{}", text(&out));
+
+    // Resume continues from epoch 2 up to 3.
+    let out = wgcnn(&[
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        d,
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--cpu",
+        "--resume",
+        ckpt.to_str().unwrap(),
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("resuming from epoch 2") && text(&out).contains("epoch 3/3"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn bad_flags_and_files_are_clear_errors() {
+    let dir = temp_dir("bad");
+    let missing = dir.join("none.safetensors");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "train",
+                "--dataset",
+                "synthetic",
+                "--batch-size",
+                "0",
+                "--cpu",
+            ],
+            "--batch-size",
+        ),
+        (
+            &["train", "--dataset", "synthetic", "--lr=-1", "--cpu"],
+            "--lr",
+        ),
+        (
+            &[
+                "train",
+                "--dataset",
+                "synthetic",
+                "--optimizer",
+                "adamax",
+                "--cpu",
+            ],
+            "adamax",
+        ),
+        (
+            &[
+                "train",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--cpu",
+            ],
+            "mnist not found",
+        ),
+        (
+            &["eval", "--checkpoint", missing.to_str().unwrap(), "--cpu"],
+            "none.safetensors",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = wgcnn(args);
+        let all = text(&out);
+        assert!(!out.status.success(), "{args:?} should fail: {all}");
+        assert!(
+            all.contains(expected),
+            "{args:?}: expected {expected:?} in {all}"
+        );
+        assert!(!all.contains("panicked"), "{args:?} panicked: {all}");
+    }
+}
+
+#[test]
+fn a_model_file_is_accepted_and_checked_against_the_data() {
+    let dir = temp_dir("model");
+    let model = dir.join("tiny.toml");
+    std::fs::write(&model, "input = [3, 32, 32]\n[[layers]]\ntype = \"flatten\"\n[[layers]]\ntype = \"linear\"\nout_features = 10\n").unwrap();
+    let out = wgcnn(&[
+        "train",
+        "--dataset",
+        "synthetic",
+        "--model",
+        model.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--cpu",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("[3, 32, 32]") && text(&out).contains("[1, 28, 28]"),
+        "{}",
+        text(&out)
+    );
+}

@@ -1,0 +1,98 @@
+//! The CPU training path (im2col + optimised GEMM over threads) against the
+//! direct-loop reference, in f64 so any difference is a bug, not rounding.
+
+use wgcnn::backend::Backend;
+use wgcnn::cpu::CpuBackend;
+use wgcnn::geometry::{Conv2dGeometry, GemmSpec};
+use wgcnn::rng::SplitMix64;
+use wgcnn::tensor::HostTensor;
+
+fn random(rng: &mut SplitMix64, shape: &[usize]) -> HostTensor<f64> {
+    HostTensor::new(
+        shape,
+        (0..shape.iter().product())
+            .map(|_| rng.uniform(-1.0, 1.0) as f64)
+            .collect(),
+    )
+}
+
+fn assert_close(what: &str, fast: &HostTensor<f64>, reference: &HostTensor<f64>) {
+    assert_eq!(fast.shape, reference.shape, "{what} shape");
+    for (i, (a, b)) in fast.data.iter().zip(&reference.data).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-12 * (1.0 + b.abs()),
+            "{what}[{i}]: fast {a} vs reference {b}"
+        );
+    }
+}
+
+#[test]
+fn convolution_matches_the_reference() {
+    let fast = CpuBackend::<f64>::fast();
+    let reference = CpuBackend::<f64>::new();
+    let mut rng = SplitMix64::new(3);
+    for (n, c, h, w, o, kh, kw, s, p) in [
+        (1, 1, 5, 5, 1, 3, 3, 1, 0),
+        (3, 2, 8, 6, 5, 3, 3, 2, 1),
+        (5, 3, 11, 7, 6, 5, 5, 2, 2),
+        (2, 3, 9, 5, 2, 2, 3, 2, 0),
+        (7, 4, 6, 6, 3, 1, 1, 1, 0),
+    ] {
+        let g = Conv2dGeometry::new(n, c, h, w, o, kh, kw, s, p).unwrap();
+        let x = random(&mut rng, &g.input_shape());
+        let wt = random(&mut rng, &g.weight_shape());
+        let b = random(&mut rng, &[o]);
+        let dy = random(&mut rng, &g.output_shape());
+        assert_close(
+            "conv y",
+            &fast.conv2d_forward(&x, &wt, &b, &g),
+            &reference.conv2d_forward(&x, &wt, &b, &g),
+        );
+        let f = fast.conv2d_backward(&x, &wt, &dy, &g);
+        let r = reference.conv2d_backward(&x, &wt, &dy, &g);
+        assert_close("conv dx", &f.dx, &r.dx);
+        assert_close("conv dw", &f.dw, &r.dw);
+        assert_close("conv db", &f.db, &r.db);
+    }
+}
+
+#[test]
+fn linear_and_gemm_match_the_reference() {
+    let fast = CpuBackend::<f64>::fast();
+    let reference = CpuBackend::<f64>::new();
+    let mut rng = SplitMix64::new(4);
+    for (n, i, o) in [(1, 1, 1), (3, 7, 5), (16, 33, 10)] {
+        let x = random(&mut rng, &[n, i]);
+        let w = random(&mut rng, &[o, i]);
+        let b = random(&mut rng, &[o]);
+        let dy = random(&mut rng, &[n, o]);
+        assert_close(
+            "linear y",
+            &fast.linear_forward(&x, &w, &b),
+            &reference.linear_forward(&x, &w, &b),
+        );
+        let f = fast.linear_backward(&x, &w, &dy);
+        let r = reference.linear_backward(&x, &w, &dy);
+        assert_close("linear dx", &f.dx, &r.dx);
+        assert_close("linear dw", &f.dw, &r.dw);
+        assert_close("linear db", &f.db, &r.db);
+    }
+    for (m, n, k) in [(1, 1, 1), (7, 5, 3), (33, 17, 65)] {
+        for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+            let spec = GemmSpec {
+                m,
+                n,
+                k,
+                trans_a,
+                trans_b,
+            };
+            let a = random(&mut rng, &spec.a_shape());
+            let b = random(&mut rng, &spec.b_shape());
+            assert_close(
+                &format!("gemm {}", spec.case_name()),
+                &fast.gemm(&a, &b, &spec),
+                &reference.gemm(&a, &b, &spec),
+            );
+        }
+    }
+}
