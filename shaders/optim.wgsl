@@ -14,16 +14,17 @@
 //              v ← β₂·v + (1 − β₂)·g²       p ← p − lr·m̂/(√v̂ + ε)
 //   adamw      p ← p·(1 − lr·wd), then adam with g = grad
 //
-// where m̂ = m/(1 − β₁ᵗ) and v̂ = v/(1 − β₂ᵗ). The bias corrections 1 − βᵗ are
-// computed on the host in f32, as the CPU reference does.
+// where m̂ = m/(1 − β₁ᵗ) and v̂ = v/(1 − β₂ᵗ). The values that change every
+// step — lr, 1 − β₁ᵗ, 1 − β₂ᵗ, computed on the host in f32 — come in a small
+// storage buffer written at the start of the step, so the uniform (and the
+// cached bind group holding it) stays the same from step to step.
 //
-// Bindings: 1 = grad (read); 2 = param, 3 = first state (v, s or m),
-// 4 = second state (adam's v), all read-write. Each entry point uses only the
-// buffers its rule has.
+// Bindings: 1 = grad, 2 = step values (read); 3 = param, 4 = first state
+// (v, s or m), 5 = second state (adam's v), all read-write. Each entry point
+// uses only the buffers its rule has.
 
 struct Params {
     len: u32,
-    lr: f32,
     weight_decay: f32,
     // μ for momentum and nesterov.
     momentum: f32,
@@ -32,16 +33,15 @@ struct Params {
     beta1: f32,
     beta2: f32,
     eps: f32,
-    // 1 − β₁ᵗ and 1 − β₂ᵗ.
-    correction1: f32,
-    correction2: f32,
 }
 
 @group(0) @binding(0) var<uniform> u: Params;
 @group(0) @binding(1) var<storage, read> grad: array<f32>;
-@group(0) @binding(2) var<storage, read_write> param: array<f32>;
-@group(0) @binding(3) var<storage, read_write> state0: array<f32>;
-@group(0) @binding(4) var<storage, read_write> state1: array<f32>;
+// [lr, 1 − β₁ᵗ, 1 − β₂ᵗ]
+@group(0) @binding(2) var<storage, read> step_values: array<f32>;
+@group(0) @binding(3) var<storage, read_write> param: array<f32>;
+@group(0) @binding(4) var<storage, read_write> state0: array<f32>;
+@group(0) @binding(5) var<storage, read_write> state1: array<f32>;
 
 fn element(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return (wid.x + wid.y * nwg.x) * 256u + lid.x;
@@ -60,7 +60,7 @@ fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid:
     let i = element(wid, lid, nwg);
     if i < u.len {
         let g = l2_grad(i);
-        param[i] = param[i] - u.lr * g;
+        param[i] = param[i] - step_values[0] * g;
     }
 }
 
@@ -71,7 +71,7 @@ fn momentum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
         let g = l2_grad(i);
         let v = u.momentum * state0[i] + g;
         state0[i] = v;
-        param[i] = param[i] - u.lr * v;
+        param[i] = param[i] - step_values[0] * v;
     }
 }
 
@@ -82,7 +82,7 @@ fn nesterov(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
         let g = l2_grad(i);
         let v = u.momentum * state0[i] + g;
         state0[i] = v;
-        param[i] = param[i] - u.lr * (g + u.momentum * v);
+        param[i] = param[i] - step_values[0] * (g + u.momentum * v);
     }
 }
 
@@ -93,7 +93,7 @@ fn adagrad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
         let g = l2_grad(i);
         let s = state0[i] + g * g;
         state0[i] = s;
-        param[i] = param[i] - u.lr * g / (sqrt(s) + u.eps);
+        param[i] = param[i] - step_values[0] * g / (sqrt(s) + u.eps);
     }
 }
 
@@ -104,7 +104,7 @@ fn rmsprop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
         let g = l2_grad(i);
         let s = u.alpha * state0[i] + (1.0 - u.alpha) * g * g;
         state0[i] = s;
-        param[i] = param[i] - u.lr * g / (sqrt(s) + u.eps);
+        param[i] = param[i] - step_values[0] * g / (sqrt(s) + u.eps);
     }
 }
 
@@ -114,9 +114,9 @@ fn adam_step(i: u32, p: f32, g: f32) {
     let v = u.beta2 * state1[i] + (1.0 - u.beta2) * g * g;
     state0[i] = m;
     state1[i] = v;
-    let m_hat = m / u.correction1;
-    let v_hat = v / u.correction2;
-    param[i] = p - u.lr * m_hat / (sqrt(v_hat) + u.eps);
+    let m_hat = m / step_values[1];
+    let v_hat = v / step_values[2];
+    param[i] = p - step_values[0] * m_hat / (sqrt(v_hat) + u.eps);
 }
 
 @compute @workgroup_size(256)
@@ -131,6 +131,6 @@ fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 fn adamw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element(wid, lid, nwg);
     if i < u.len {
-        adam_step(i, param[i] * (1.0 - u.lr * u.weight_decay), grad[i]);
+        adam_step(i, param[i] * (1.0 - step_values[0] * u.weight_decay), grad[i]);
     }
 }

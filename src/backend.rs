@@ -111,6 +111,22 @@ pub trait Backend {
         Ok(())
     }
 
+    /// Copies `src`'s elements into `dst` starting at element `offset`.
+    fn copy_into(&self, dst: &mut Self::Tensor, offset: usize, src: &Self::Tensor);
+
+    /// Waits until all recorded work has finished (for timing).
+    fn synchronize(&self) {}
+
+    /// Bytes of device buffers allocated so far (a high-water mark: freed
+    /// buffers are pooled, not released); `None` where not tracked.
+    fn allocated_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    /// Ends a training step: a GPU submits the step's recorded work as one
+    /// submission and lets at most one step run ahead of the host.
+    fn end_step(&self) {}
+
     /// The same elements under another shape of equal size (no copy where the
     /// backend can avoid one).
     fn reshape(&self, t: &Self::Tensor, shape: &[usize]) -> Self::Tensor;
@@ -235,14 +251,23 @@ pub trait Backend {
         labels: &Self::Indices,
     ) -> SoftmaxXent<Self::Tensor>;
 
+    /// The per-step values of an optimizer update as a tensor
+    /// `[lr, 1 − β₁ᵗ, 1 − β₂ᵗ]` (see [`UpdateStep::values`]): made once per step,
+    /// before the step's other work, and passed to every
+    /// [`Backend::optimizer_update`] of that step.
+    fn step_values(&self, settings: &OptimizerSettings, step: &UpdateStep) -> Self::Tensor {
+        self.upload(&HostTensor::new(&[3], step.values(settings).to_vec()))
+    }
+
     /// One optimizer update of `param` in place from `grad`, reading and
     /// writing the rule's `state` tensors (`settings.kind.state_slots()` of
     /// them, shaped like `param`, zero before the first step); see
-    /// [`crate::optim::OptimizerKind`] for each rule.
+    /// [`crate::optim::OptimizerKind`] for each rule. `step_values` comes from
+    /// [`Backend::step_values`].
     fn optimizer_update(
         &self,
         settings: &OptimizerSettings,
-        step: &UpdateStep,
+        step_values: &Self::Tensor,
         param: &mut Self::Tensor,
         grad: &Self::Tensor,
         state: &mut [Self::Tensor],

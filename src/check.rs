@@ -7,6 +7,8 @@
 //! floating point can lose, not with a fixed guess. Backward kernels receive the
 //! reference's forward outputs, so each kernel is judged on identical inputs.
 
+pub mod against;
+
 use crate::backend::{Backend, BatchNormSaved};
 use crate::cpu;
 use crate::geometry::{
@@ -835,7 +837,7 @@ fn optimizer_cases(gpu: &GpuBackend, rng: &mut SplitMix64, kind: OptimizerKind) 
                 cpu::optimizer_update(&settings, &step, &mut cpu_param, &grad, &mut cpu_state);
                 gpu.optimizer_update(
                     &settings,
-                    &step,
+                    &gpu.step_values(&settings, &step),
                     &mut gpu_param,
                     &gpu.upload(&grad),
                     &mut gpu_state,

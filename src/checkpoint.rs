@@ -46,6 +46,12 @@ pub struct TrainingState {
     pub class_names: Vec<String>,
     /// Best test accuracy so far.
     pub best_accuracy: f64,
+    /// Examples of epoch `epoch` (0-based: the first incomplete one) already
+    /// trained on when the run stopped mid-epoch (Ctrl-C); 0 at an epoch
+    /// boundary. A resumed run skips them: an epoch's order depends only on
+    /// (seed, epoch).
+    #[serde(default)]
+    pub epoch_examples_done: usize,
 }
 
 /// A checkpoint in memory.
@@ -155,8 +161,14 @@ fn optimizer_name(param: &str, slot: usize) -> String {
 impl Checkpoint {
     /// Writes the checkpoint to `path` atomically: readers see the old file or
     /// the new one, never a torn one.
+    ///
+    /// A training state that [`Checkpoint::load`] would refuse (a number that
+    /// is not finite, which JSON cannot hold, or a normalisation that does not
+    /// fit the model's input) is an error here instead.
     pub fn save(&self, path: &Path) -> Result<()> {
         let io = |e: std::io::Error| Error::file(path, format!("cannot write checkpoint: {e}"));
+        check_state(&self.spec, &self.state)
+            .map_err(|e| Error::file(path, format!("cannot write checkpoint: {e}")))?;
         let batches = (self.state.step as i64).to_le_bytes();
         let mut views: Vec<(String, AnyView)> = self
             .model
@@ -204,10 +216,17 @@ impl Checkpoint {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path)
             .map_err(|e| Error::file(path, format!("cannot read checkpoint: {e}")))?;
-        Self::from_bytes(&bytes).map_err(|message| Error::file(path, message))
+        Self::from_bytes(path, &bytes)
     }
 
-    fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
+    /// Reads and verifies a checkpoint held in memory, with exactly the checks
+    /// of [`Checkpoint::load`]; `path` only names the source in errors, which
+    /// are [`Error::File`].
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        Self::decode(bytes).map_err(|message| Error::file(path, message))
+    }
+
+    fn decode(bytes: &[u8]) -> std::result::Result<Self, String> {
         let file = SafeTensors::deserialize(bytes)
             .map_err(|e| format!("not a safetensors checkpoint (or truncated): {e}"))?;
         let (_, header) =
@@ -242,6 +261,7 @@ impl Checkpoint {
             .map_err(|e| format!("stored model definition: {e}"))?;
         let state: TrainingState = serde_json::from_str(field("training")?)
             .map_err(|e| format!("stored training state: {e}"))?;
+        check_state(&spec, &state).map_err(|e| format!("stored training state: {e}"))?;
         let mut by_name: HashMap<String, HostTensor<f32>> = HashMap::new();
         for (name, view) in &tensors {
             if name.ends_with(".num_batches_tracked") {
@@ -290,6 +310,48 @@ impl Checkpoint {
             state,
         })
     }
+}
+
+/// What a checkpoint's training state must satisfy to be written and read back
+/// and to be used: finite numbers (JSON has no NaN or infinity), and one finite
+/// mean and one positive, finite standard deviation per input channel of an
+/// image model (evaluation and resuming normalise inputs with them).
+fn check_state(spec: &ModelSpec, state: &TrainingState) -> std::result::Result<(), String> {
+    for (name, value) in [
+        ("lr", f64::from(state.lr)),
+        ("weight_decay", f64::from(state.weight_decay)),
+        ("best_accuracy", state.best_accuracy),
+    ] {
+        if !value.is_finite() {
+            return Err(format!("{name} = {value} is not a finite number"));
+        }
+    }
+    let (mean, std) = (&state.norm_mean, &state.norm_std);
+    let channels = match spec.input[..] {
+        [c, _, _] => Some(c),
+        _ => None,
+    };
+    if mean.len() != std.len() || channels.is_some_and(|c| c != mean.len()) {
+        return Err(format!(
+            "norm_mean has {} values and norm_std {}; expected one of each per input channel{}",
+            mean.len(),
+            std.len(),
+            channels.map_or(String::new(), |c| format!(" ({c})"))
+        ));
+    }
+    if let Some((i, m)) = mean.iter().enumerate().find(|(_, m)| !m.is_finite()) {
+        return Err(format!("norm_mean[{i}] = {m} is not a finite number"));
+    }
+    if let Some((i, s)) = std
+        .iter()
+        .enumerate()
+        .find(|(_, s)| !(s.is_finite() && **s > 0.0))
+    {
+        return Err(format!(
+            "norm_std[{i}] = {s} must be a positive, finite number"
+        ));
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to a temporary file next to `path`, syncs it, renames it over

@@ -3,6 +3,20 @@
 
 use crate::error::{Error, Result};
 
+/// The number of elements of a tensor of `shape`, or an error naming `what`
+/// when that count does not fit in `usize` (absurd sizes from a model file must
+/// be refused, not wrap around).
+pub fn element_count(what: &str, shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |count, &d| count.checked_mul(d))
+        .ok_or_else(|| {
+            Error::Shape(format!(
+                "{what} of shape {shape:?} would have more elements than can be addressed"
+            ))
+        })
+}
+
 /// Output extent of a sliding window along one axis, as PyTorch computes it:
 /// `floor((input + 2·padding − kernel) / stride) + 1`, an error when below 1.
 pub fn window_output_len(
@@ -17,7 +31,11 @@ pub fn window_output_len(
             "{what}: kernel ({kernel}) and stride ({stride}) must be at least 1"
         )));
     }
-    let padded = input + 2 * padding;
+    let Some(padded) = padding.checked_mul(2).and_then(|p| p.checked_add(input)) else {
+        return Err(Error::Shape(format!(
+            "{what}: padding {padding} is too large (input {input} + 2 x padding overflows)"
+        )));
+    };
     if padded < kernel {
         return Err(Error::Shape(format!(
             "{what}: kernel {kernel} is larger than the padded input {padded} \
@@ -125,6 +143,16 @@ impl Conv2dGeometry {
         }
         let out_h = window_output_len("conv2d height", height, kernel_h, stride, padding)?;
         let out_w = window_output_len("conv2d width", width, kernel_w, stride, padding)?;
+        element_count("conv2d input", &[batch, channels, height, width])?;
+        element_count(
+            "conv2d weight",
+            &[out_channels, channels, kernel_h, kernel_w],
+        )?;
+        element_count("conv2d output", &[batch, out_channels, out_h, out_w])?;
+        element_count(
+            "conv2d im2col matrix",
+            &[batch, channels, kernel_h, kernel_w, out_h, out_w],
+        )?;
         Ok(Self {
             batch,
             channels,
@@ -218,13 +246,15 @@ impl Pool2dGeometry {
                 "pool2d: input {batch}x{channels}x{height}x{width} has an empty dimension"
             )));
         }
-        if 2 * padding > kernel {
+        if padding > kernel / 2 {
             return Err(Error::Shape(format!(
                 "pool2d: padding {padding} must be at most half the kernel {kernel}"
             )));
         }
         let out_h = window_output_len("pool2d height", height, kernel, stride, padding)?;
         let out_w = window_output_len("pool2d width", width, kernel, stride, padding)?;
+        element_count("pool2d input", &[batch, channels, height, width])?;
+        element_count("pool2d output", &[batch, channels, out_h, out_w])?;
         Ok(Self {
             batch,
             channels,
@@ -302,7 +332,7 @@ impl BatchNormLayout {
             [n, c, h, w] => Self {
                 batch: n,
                 channels: c,
-                spatial: h * w,
+                spatial: element_count("batchnorm spatial plane", &[h, w])?,
             },
             _ => {
                 return Err(Error::Shape(format!(
@@ -310,6 +340,7 @@ impl BatchNormLayout {
                 )));
             }
         };
+        element_count("batchnorm input", &[layout.batch, layout.spatial])?;
         if layout.count() == 0 || layout.channels == 0 {
             return Err(Error::Shape(format!(
                 "batchnorm: input {shape:?} has an empty dimension"

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod bench;
 pub mod check;
 pub mod checkpoint;
 pub mod cpu;
@@ -14,6 +15,7 @@ pub mod data;
 pub mod error;
 pub mod geometry;
 pub mod gpu;
+pub mod interrupt;
 pub mod nn;
 pub mod optim;
 pub mod rng;

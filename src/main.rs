@@ -36,9 +36,19 @@ enum Command {
         /// Print the worst element of every case, not only of failures.
         #[arg(long)]
         verbose: bool,
+        /// Instead of the shape grid, run the test cases (safetensors files,
+        /// e.g. tests/fixtures/pytorch) in DIR on the GPU and the CPU paths and
+        /// compare with the outputs they carry.
+        #[arg(long, value_name = "DIR")]
+        against: Option<std::path::PathBuf>,
+        /// With --against: check the CPU paths only (no GPU adapter needed).
+        #[arg(long, requires = "against")]
+        cpu: bool,
     },
     /// List the GPU adapters wgpu can see (index, name, backend, type).
     Devices,
+    /// Measure GEMM GFLOP/s, per-layer times and training images/s.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,8 +61,18 @@ fn main() -> ExitCode {
             device,
             ops,
             verbose,
+            against: Some(dir),
+            cpu,
+        } => return cli::check::run_against(&dir, device, &ops, verbose, cpu),
+        Command::Check {
+            device,
+            ops,
+            verbose,
+            against: None,
+            ..
         } => return cli::check::run(device, &ops, verbose),
         Command::Devices => return cli::check::devices(),
+        Command::Bench(args) => cli::bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

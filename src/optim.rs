@@ -131,6 +131,19 @@ pub struct UpdateStep {
     pub t: u32,
 }
 
+impl UpdateStep {
+    /// `[lr, 1 − β₁ᵗ, 1 − β₂ᵗ]` in `f32`: the values of an update that change
+    /// every step, handed to the backends as one small tensor.
+    pub fn values(&self, settings: &OptimizerSettings) -> [f32; 3] {
+        let t = i32::try_from(self.t).expect("step count fits in an i32");
+        [
+            self.lr,
+            1.0 - settings.beta1.powi(t),
+            1.0 - settings.beta2.powi(t),
+        ]
+    }
+}
+
 /// How the learning rate changes over training.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Schedule {

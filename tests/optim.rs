@@ -315,7 +315,8 @@ fn every_rule_reduces_a_quadratic() {
                 &[c.len()],
                 p.data.iter().zip(&c).map(|(p, c)| p - c).collect(),
             );
-            backend.optimizer_update(&settings, &UpdateStep { lr, t }, &mut p, &grad, &mut state);
+            let values = backend.step_values(&settings, &UpdateStep { lr, t });
+            backend.optimizer_update(&settings, &values, &mut p, &grad, &mut state);
         }
         let last = loss(&p.data);
         assert!(

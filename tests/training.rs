@@ -115,6 +115,8 @@ fn options(epochs: usize) -> TrainOptions {
         checkpoint: None,
         metrics: None,
         progress_bar: false,
+        stop_after_epochs: None,
+        stop_after_steps: None,
     }
 }
 

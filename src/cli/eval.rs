@@ -98,10 +98,13 @@ fn normalization(c: &Checkpoint) -> Normalization {
 
 /// Runs `wgcnn eval`.
 pub fn eval(args: &EvalArgs) -> Result<()> {
+    if args.batch_size == 0 {
+        return Err(Error::Setting("--batch-size must be at least 1".into()));
+    }
     let c = Checkpoint::load(&args.checkpoint)?;
     let data = load_split(&c, &args.data)?;
     check_data_fits(&c.spec, &data)?;
-    let batch = args.batch_size.max(1);
+    let batch = args.batch_size;
     let result = match choose(args.device, args.cpu)? {
         Device::Gpu(gpu) => run_eval(&gpu, &c, &data, batch)?,
         Device::Cpu => run_eval(&CpuBackend::<f32>::fast(), &c, &data, batch)?,

@@ -1,5 +1,6 @@
 //! The command-line front end: one module per subcommand family.
 
+pub mod bench;
 pub mod check;
 pub mod data;
 pub mod device;

@@ -4,13 +4,13 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use wgcnn::Result;
 use wgcnn::checkpoint::Checkpoint;
 use wgcnn::cpu::CpuBackend;
 use wgcnn::data::{Augmentation, DatasetKind};
 use wgcnn::nn::{ModelSpec, builtin, default_model_name, init_parameters};
 use wgcnn::optim::{OptimizerKind, OptimizerSettings, Schedule};
 use wgcnn::train::{Start, TrainOptions, train};
+use wgcnn::{Error, Result, interrupt};
 
 use super::data::resolve;
 use super::device::{Device, choose};
@@ -40,21 +40,28 @@ pub struct TrainArgs {
     /// Directory holding the data set's files.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Epochs to train (a resumed run continues up to this many).
+    /// Epochs to train (a resumed run continues up to this many; give the same
+    /// number to resume exactly, since the learning-rate schedule spans them).
     #[arg(long, default_value_t = 12)]
     pub epochs: usize,
+    /// Stop after this many epochs of the run are complete, with the schedule
+    /// still planned for --epochs; `--resume` continues it.
+    #[arg(long, value_name = "EPOCHS")]
+    pub stop_after: Option<usize>,
     /// Examples per step.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
-    /// Optimizer: sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw.
-    #[arg(long, default_value = "adamw")]
-    pub optimizer: String,
-    /// Base learning rate.
-    #[arg(long, default_value_t = 2e-3)]
-    pub lr: f32,
-    /// Weight decay (decoupled for adamw, L2 otherwise).
-    #[arg(long, default_value_t = 5e-4)]
-    pub weight_decay: f32,
+    /// Optimizer: sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw
+    /// [default: adamw, or the checkpoint's when resuming].
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// Base learning rate [default: 0.002, or the checkpoint's when resuming].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Weight decay, decoupled for adamw, L2 otherwise [default: 0.0005, or the
+    /// checkpoint's when resuming].
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
     /// Learning-rate schedule.
     #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
     pub schedule: ScheduleArg,
@@ -75,9 +82,10 @@ pub struct TrainArgs {
     /// instead of the test set).
     #[arg(long, default_value_t = 0.0)]
     pub validation: f32,
-    /// Seed of initialisation, shuffling, dropout and augmentation.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    /// Seed of initialisation, shuffling, dropout and augmentation [default: 1;
+    /// a resumed run keeps the checkpoint's].
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// GPU adapter index from `wgcnn devices` (default: the best one).
     #[arg(long)]
     pub device: Option<usize>,
@@ -87,7 +95,9 @@ pub struct TrainArgs {
     /// Write a checkpoint here after every epoch (atomically).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// Continue from this checkpoint.
+    /// Continue from this checkpoint: its model, weights, optimizer state, seed,
+    /// position (mid-epoch too) and, unless given, data set, optimizer, --lr and
+    /// --weight-decay.
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Append one JSON object per epoch to this file.
@@ -99,11 +109,82 @@ fn parse_dataset(name: &str) -> std::result::Result<DatasetKind, String> {
     DatasetKind::from_name(name).map_err(|e| e.to_string())
 }
 
-/// Runs `wgcnn train`.
+/// Default optimizer, learning rate and weight decay of a fresh run.
+const DEFAULT_OPTIMIZER: &str = "adamw";
+const DEFAULT_LR: f32 = 2e-3;
+const DEFAULT_WEIGHT_DECAY: f32 = 5e-4;
+
+/// Rejects flags out of their range before any work, naming the flag.
+fn check_flags(args: &TrainArgs) -> Result<()> {
+    let fail = |message: String| Err(Error::Setting(message));
+    if args.epochs == 0 {
+        return fail("--epochs 0: train at least 1 epoch".into());
+    }
+    if args.stop_after == Some(0) {
+        return fail("--stop-after 0: stop after at least 1 epoch".into());
+    }
+    if args.batch_size == 0 {
+        return fail("--batch-size must be at least 1".into());
+    }
+    if let Some(lr) = args.lr
+        && !(lr > 0.0 && lr.is_finite())
+    {
+        return fail(format!("--lr {lr} must be a positive number"));
+    }
+    if let Some(wd) = args.weight_decay
+        && !(wd >= 0.0 && wd.is_finite())
+    {
+        return fail(format!("--weight-decay {wd} must be a finite number >= 0"));
+    }
+    if !(args.warmup >= 0.0 && args.warmup.is_finite()) {
+        return fail(format!(
+            "--warmup {} must be a finite number of epochs >= 0",
+            args.warmup
+        ));
+    }
+    if args.step_epochs == 0 {
+        return fail("--step-epochs must be at least 1".into());
+    }
+    if !(args.gamma > 0.0 && args.gamma.is_finite()) {
+        return fail(format!("--gamma {} must be a positive number", args.gamma));
+    }
+    if !(0.0..1.0).contains(&args.validation) {
+        return fail(format!(
+            "--validation {} must be a fraction in [0, 1) of the training set",
+            args.validation
+        ));
+    }
+    Ok(())
+}
+
+/// The data set a checkpoint was trained on, from its recorded name.
+fn trained_on(c: &Checkpoint) -> Option<DatasetKind> {
+    let name = c.state.dataset.split_whitespace().next()?;
+    DatasetKind::from_name(name).ok()
+}
+
+/// Runs `wgcnn train`. An interruption (Ctrl-C, SIGTERM) ends the process with
+/// [`interrupt::EXIT_CODE`] after saying where the checkpoint is.
 pub fn run(args: &TrainArgs) -> Result<()> {
+    check_flags(args)?;
     let resume = args.resume.as_deref().map(Checkpoint::load).transpose()?;
-    let seed = resume.as_ref().map_or(args.seed, |c| c.state.seed);
-    let splits = resolve(args.dataset, args.data_dir.as_deref(), seed)?;
+    let resume_path = || args.resume.as_ref().expect("resume is set").display();
+    let seed = match (&resume, args.seed) {
+        (Some(c), Some(seed)) if seed != c.state.seed => {
+            return Err(Error::Setting(format!(
+                "--seed {seed} differs from the seed {} of {}: a resumed run keeps its seed \
+                 (omit --seed)",
+                c.state.seed,
+                resume_path()
+            )));
+        }
+        (Some(c), _) => c.state.seed,
+        (None, seed) => seed.unwrap_or(1),
+    };
+    let dataset = args
+        .dataset
+        .or_else(|| resume.as_ref().and_then(trained_on));
+    let splits = resolve(dataset, args.data_dir.as_deref(), seed)?;
     let (train_set, eval_set) = if args.validation > 0.0 {
         let (train_set, validation) = splits.train.split_validation(args.validation, seed)?;
         (train_set, validation)
@@ -111,17 +192,40 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         (splits.train, splits.test)
     };
     let spec = match &resume {
-        Some(c) => c.spec.clone(),
+        Some(c) => {
+            if let Some(name) = &args.model {
+                let asked = model_spec(Some(name), train_set.shape, train_set.classes)?;
+                if asked != c.spec {
+                    return Err(Error::Setting(format!(
+                        "--model {name} is not the model stored in {}: a resumed run continues \
+                         the checkpoint's model (omit --model, or start afresh without --resume)",
+                        resume_path()
+                    )));
+                }
+            }
+            c.spec.clone()
+        }
         None => model_spec(args.model.as_deref(), train_set.shape, train_set.classes)?,
     };
+    let saved = resume.as_ref().map(|c| &c.state);
+    let optimizer = match (&args.optimizer, saved) {
+        (Some(name), _) => name.clone(),
+        (None, Some(s)) if !s.optimizer.is_empty() => s.optimizer.clone(),
+        _ => DEFAULT_OPTIMIZER.to_string(),
+    };
+    let lr = args
+        .lr
+        .or(saved.map(|s| s.lr).filter(|&lr| lr > 0.0))
+        .unwrap_or(DEFAULT_LR);
+    let weight_decay = args
+        .weight_decay
+        .or(saved.map(|s| s.weight_decay))
+        .unwrap_or(DEFAULT_WEIGHT_DECAY);
     let options = TrainOptions {
         epochs: args.epochs,
         batch_size: args.batch_size,
-        optimizer: OptimizerSettings::new(
-            OptimizerKind::from_name(&args.optimizer)?,
-            args.weight_decay,
-        )?,
-        lr: args.lr,
+        optimizer: OptimizerSettings::new(OptimizerKind::from_name(&optimizer)?, weight_decay)?,
+        lr,
         schedule: match args.schedule {
             ScheduleArg::Constant => Schedule::Constant,
             ScheduleArg::Step => Schedule::Step {
@@ -139,32 +243,52 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         checkpoint: args.checkpoint.clone(),
         metrics: args.metrics.clone(),
         progress_bar: std::io::stdout().is_terminal(),
+        stop_after_epochs: args.stop_after,
+        stop_after_steps: None,
     };
     let start = match resume {
-        Some(c) => {
+        Some(c) if c.state.epoch >= args.epochs => {
             println!(
-                "resuming from epoch {} (step {}) of {}",
+                "{} has completed {} epochs already: nothing to train with --epochs {} \
+                 (raise --epochs to continue)",
+                resume_path(),
+                c.state.epoch,
+                args.epochs
+            );
+            return Ok(());
+        }
+        Some(c) => {
+            let within = match c.state.epoch_examples_done {
+                0 => String::new(),
+                n => format!(" and {n} examples into epoch {}", c.state.epoch + 1),
+            };
+            println!(
+                "resuming from epoch {}{within} (step {}) of {}",
                 c.state.epoch,
                 c.state.step,
-                args.resume.as_ref().expect("resume is set").display()
+                resume_path()
             );
             Start::Resume(Box::new(c))
         }
         None => Start::Fresh(init_parameters(&spec, seed)?),
     };
+    let model_name = match (&args.model, &args.resume) {
+        (Some(name), _) => name.as_str(),
+        (None, Some(_)) => "the checkpoint's model",
+        (None, None) => default_model_name(train_set.shape),
+    };
     println!(
-        "model: {} ({} parameters), {} training / {} evaluation images, batch {}, {} lr {}",
-        args.model
-            .as_deref()
-            .unwrap_or(default_model_name(train_set.shape)),
+        "model: {model_name} ({} parameters), {} training / {} evaluation images, batch {}, \
+         {optimizer} lr {lr}",
         parameter_count(&spec)?,
         train_set.len(),
         eval_set.len(),
         args.batch_size,
-        args.optimizer,
-        args.lr
     );
-    let history = match choose(args.device, args.cpu)? {
+    if let Err(e) = interrupt::install() {
+        eprintln!("warning: {e}; Ctrl-C will stop training without a checkpoint");
+    }
+    let outcome = match choose(args.device, args.cpu)? {
         Device::Gpu(gpu) => train(&gpu, &spec, &train_set, &eval_set, &options, start),
         Device::Cpu => train(
             &CpuBackend::<f32>::fast(),
@@ -174,9 +298,26 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             &options,
             start,
         ),
-    }?;
+    };
+    let history = match outcome {
+        Err(e @ Error::Training(_)) if interrupt::requested() => {
+            eprintln!("{e}");
+            std::process::exit(interrupt::EXIT_CODE);
+        }
+        other => other?,
+    };
     if let Some(last) = history.last() {
         println!("final test accuracy: {:.2}%", 100.0 * last.test_accuracy);
+    }
+    if let Some(stop) = args.stop_after.filter(|&n| n < args.epochs) {
+        let hint = match &args.checkpoint {
+            Some(path) => format!("; continue with --resume {}", path.display()),
+            None => String::new(),
+        };
+        println!(
+            "stopped after epoch {stop} of {} as --stop-after asks{hint}",
+            args.epochs
+        );
     }
     Ok(())
 }

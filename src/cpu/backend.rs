@@ -73,6 +73,10 @@ impl<F: Real> Backend for CpuBackend<F> {
         t.map(|&v| v.to_f64() as f32)
     }
 
+    fn copy_into(&self, dst: &mut HostTensor<F>, offset: usize, src: &HostTensor<F>) {
+        dst.data[offset..offset + src.len()].copy_from_slice(&src.data);
+    }
+
     fn reshape(&self, t: &HostTensor<F>, shape: &[usize]) -> HostTensor<F> {
         HostTensor::new(shape, t.data.clone())
     }
@@ -236,11 +240,14 @@ impl<F: Real> Backend for CpuBackend<F> {
     fn optimizer_update(
         &self,
         settings: &crate::optim::OptimizerSettings,
-        step: &crate::optim::UpdateStep,
+        step_values: &HostTensor<F>,
         param: &mut HostTensor<F>,
         grad: &HostTensor<F>,
         state: &mut [HostTensor<F>],
     ) {
-        super::optimizer_update(settings, step, param, grad, state)
+        let values: [F; 3] = step_values.data[..]
+            .try_into()
+            .expect("step values are [lr, 1 - beta1^t, 1 - beta2^t]");
+        super::optimizer_update_with(settings, values, param, grad, state)
     }
 }

@@ -23,7 +23,7 @@ pub use conv::{col2im, conv2d_backward, conv2d_forward, im2col};
 pub use dropout::{dropout_backward, dropout_forward};
 pub use gemm::gemm;
 pub use linear::{linear_backward, linear_forward};
-pub use optim::optimizer_update;
+pub use optim::{optimizer_update, optimizer_update_with};
 pub use pool::{avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward};
 pub use softmax::softmax_cross_entropy;
 

@@ -34,6 +34,29 @@ pub fn optimizer_update<F: Real>(
     grad: &HostTensor<F>,
     state: &mut [HostTensor<F>],
 ) {
+    let t = i32::try_from(step.t).expect("step count fits in an i32");
+    let (beta1, beta2) = (F::from_f32(settings.beta1), F::from_f32(settings.beta2));
+    let values = [
+        F::from_f32(step.lr),
+        F::one() - beta1.powi(t),
+        F::one() - beta2.powi(t),
+    ];
+    optimizer_update_with(settings, values, param, grad, state)
+}
+
+/// [`optimizer_update`] with the step's values given as
+/// `[lr, 1 − β₁ᵗ, 1 − β₂ᵗ]` (what [`crate::backend::Backend::step_values`]
+/// holds).
+///
+/// # Panics
+/// As [`optimizer_update`].
+pub fn optimizer_update_with<F: Real>(
+    settings: &OptimizerSettings,
+    [lr, correction1, correction2]: [F; 3],
+    param: &mut HostTensor<F>,
+    grad: &HostTensor<F>,
+    state: &mut [HostTensor<F>],
+) {
     let kind = settings.kind;
     assert_eq!(
         state.len(),
@@ -64,7 +87,6 @@ pub fn optimizer_update<F: Real>(
 
     let f = F::from_f32;
     let one = F::one();
-    let lr = f(step.lr);
     let wd = f(settings.weight_decay);
     let (mu, alpha, beta1, beta2, eps) = (
         f(settings.momentum),
@@ -73,9 +95,6 @@ pub fn optimizer_update<F: Real>(
         f(settings.beta2),
         f(settings.eps),
     );
-    let t = i32::try_from(step.t).expect("step count fits in an i32");
-    let correction1 = one - beta1.powi(t);
-    let correction2 = one - beta2.powi(t);
     let decoupled = kind == OptimizerKind::AdamW;
     let (s0, s1): (&mut [F], &mut [F]) = match state {
         [] => (&mut [], &mut []),

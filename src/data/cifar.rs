@@ -122,12 +122,7 @@ fn read_batches(paths: &[PathBuf], name: String, class_names: &[String]) -> Resu
                 ),
             ));
         }
-        let first = labels.len();
-        for record in bytes.chunks_exact(RECORD) {
-            labels.push(record[0]);
-            images.extend_from_slice(&record[1..]);
-        }
-        check_labels(path, &labels[first..], class_names.len())?;
+        append_records(path, &bytes, class_names.len(), &mut images, &mut labels)?;
     }
     Ok(Dataset {
         name,
@@ -137,6 +132,45 @@ fn read_batches(paths: &[PathBuf], name: String, class_names: &[String]) -> Resu
         classes: class_names.len(),
         class_names: class_names.to_vec(),
     })
+}
+
+/// Decodes the contents of one CIFAR-10 binary batch held in memory into a set
+/// named after `path`, with exactly the checks [`super::load`] applies to each
+/// file on disk: a positive whole number of 3073-byte records, and every label
+/// below `class_names.len()`. `path` only names the source in errors, which are
+/// [`Error::File`].
+pub fn parse_cifar_batch(path: &Path, bytes: &[u8], class_names: &[String]) -> Result<Dataset> {
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    append_records(path, bytes, class_names.len(), &mut images, &mut labels)?;
+    Ok(Dataset {
+        name: path.display().to_string(),
+        images,
+        labels,
+        shape: SHAPE,
+        classes: class_names.len(),
+        class_names: class_names.to_vec(),
+    })
+}
+
+/// Checks the length of `bytes` (the contents of `path`), appends its records'
+/// labels and pixels, and checks those labels against `classes`.
+fn append_records(
+    path: &Path,
+    bytes: &[u8],
+    classes: usize,
+    images: &mut Vec<u8>,
+    labels: &mut Vec<u8>,
+) -> Result<()> {
+    check_len(path, bytes.len() as u64)?;
+    let first = labels.len();
+    let records = bytes.len() / RECORD;
+    images.reserve(records * PIXELS);
+    labels.reserve(records);
+    for record in bytes.chunks_exact(RECORD) {
+        labels.push(record[0]);
+        images.extend_from_slice(&record[1..]);
+    }
+    check_labels(path, &labels[first..], classes)
 }
 
 /// A batch file must hold a positive whole number of records.

@@ -38,6 +38,10 @@ const MAX_DEFLATE_RATIO: u64 = 1032;
 /// Reserve at most this much up front for a gzip stream; beyond it the buffer
 /// grows only as decompressed data actually arrives.
 const MAX_RESERVE: usize = 256 << 20;
+/// ... and at most this many times the compressed size (the real files expand
+/// about 2 to 5 times), so a header that lies about the size of a small file
+/// reserves little.
+const RESERVE_RATIO: u64 = 8;
 
 /// The file names `load` reads, for messages.
 pub(super) fn expected_files() -> String {
@@ -98,10 +102,21 @@ pub(super) fn load(dir: &Path, set: &str, class_names: Vec<String>) -> Result<Sp
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (train, test)
     });
-    Ok(Splits {
-        train: train?,
-        test: test?,
-    })
+    let (train, test) = (train?, test?);
+    if test.shape != train.shape {
+        let size = |shape: [usize; 3]| format!("{}x{}", shape[1], shape[2]);
+        return Err(Error::file(
+            &paths[2],
+            format!(
+                "images are {} but {} holds {} images; expected the same image size in \
+                 the train and test files",
+                size(test.shape),
+                paths[0].display(),
+                size(train.shape)
+            ),
+        ));
+    }
+    Ok(Splits { train, test })
 }
 
 /// One split from its image and label files.
@@ -111,8 +126,8 @@ fn read_split(
     name: String,
     class_names: &[String],
 ) -> Result<Dataset> {
-    let images = read_idx(images_path, IMAGES_MAGIC, "images (count, rows, cols)")?;
-    let labels = read_idx(labels_path, LABELS_MAGIC, "labels (count)")?;
+    let images = read_idx(images_path, IdxKind::Images)?;
+    let labels = read_idx(labels_path, IdxKind::Labels)?;
     let (count, rows, cols) = (images.dims[0], images.dims[1], images.dims[2]);
     if count == 0 {
         return Err(Error::file(
@@ -147,24 +162,66 @@ fn read_split(
     })
 }
 
-/// A decoded IDX file.
-struct Idx {
-    /// Extent of each dimension.
-    dims: Vec<usize>,
-    /// `dims.product()` bytes.
-    data: Vec<u8>,
+/// Which of a split's two IDX files: it fixes the magic number and so the
+/// dimension count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdxKind {
+    /// Images: magic `0x00000803`, dimensions `(count, rows, cols)`.
+    Images,
+    /// Labels: magic `0x00000801`, dimension `(count)`.
+    Labels,
 }
 
-/// Reads an IDX file of unsigned bytes whose magic must be `magic` (which fixes
-/// the dimension count); `what` describes the expected content for messages.
-fn read_idx(path: &Path, magic: u32, what: &str) -> Result<Idx> {
+impl IdxKind {
+    fn magic(self) -> u32 {
+        match self {
+            IdxKind::Images => IMAGES_MAGIC,
+            IdxKind::Labels => LABELS_MAGIC,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            IdxKind::Images => "images (count, rows, cols)",
+            IdxKind::Labels => "labels (count)",
+        }
+    }
+}
+
+/// A decoded IDX file of unsigned bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdxFile {
+    /// Extent of each dimension, as the header gives them.
+    pub dims: Vec<usize>,
+    /// The `dims.product()` data bytes that follow the header.
+    pub data: Vec<u8>,
+}
+
+/// Decodes the contents of an IDX file of `kind` held in memory, raw or gzip
+/// (detected by the gzip magic bytes), with exactly the checks [`super::load`]
+/// applies to a file on disk: magic, dimension count, and a length that matches
+/// the header, without allocating for data the bytes cannot hold. `path` only
+/// names the source in errors, which are [`Error::File`].
+pub fn parse_idx(path: &Path, bytes: &[u8], kind: IdxKind) -> Result<IdxFile> {
+    decode(path, bytes, bytes.len() as u64, kind)
+}
+
+/// Reads an IDX file of `kind`.
+fn read_idx(path: &Path, kind: IdxKind) -> Result<IdxFile> {
+    let what = kind.what();
     let file = File::open(path)
         .map_err(|e| Error::file(path, format!("cannot open: {e}; expected IDX {what}")))?;
     let file_len = file
         .metadata()
         .map_err(|e| Error::file(path, format!("cannot read its size: {e}")))?
         .len();
-    let mut reader = BufReader::new(file);
+    decode(path, BufReader::new(file), file_len, kind)
+}
+
+/// Decodes an IDX stream of `file_len` bytes (raw or gzip) from `reader`:
+/// unsigned bytes whose magic must be `kind`'s (which fixes the dimension count).
+fn decode(path: &Path, mut reader: impl Read, file_len: u64, kind: IdxKind) -> Result<IdxFile> {
+    let (magic, what) = (kind.magic(), kind.what());
     let mut first = [0u8; 2];
     let got = read_up_to(&mut reader, &mut first)
         .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
@@ -205,7 +262,13 @@ impl Source {
 }
 
 /// Parses the header from `r` and reads exactly the bytes it announces.
-fn read_body(path: &Path, mut r: impl Read, magic: u32, what: &str, src: Source) -> Result<Idx> {
+fn read_body(
+    path: &Path,
+    mut r: impl Read,
+    magic: u32,
+    what: &str,
+    src: Source,
+) -> Result<IdxFile> {
     let expected_dims = (magic & 0xff) as usize;
     let header_len = 4 + 4 * expected_dims;
     let header_error = |e: io::Error, got: usize| -> Error {
@@ -308,7 +371,9 @@ fn read_body(path: &Path, mut r: impl Read, magic: u32, what: &str, src: Source)
                     ),
                 ));
             }
-            let mut data = Vec::with_capacity(expected.min(MAX_RESERVE));
+            let reserve = file_len.saturating_mul(RESERVE_RATIO);
+            let reserve = usize::try_from(reserve).unwrap_or(usize::MAX);
+            let mut data = Vec::with_capacity(expected.min(MAX_RESERVE).min(reserve));
             // One byte past the claim: a longer stream is an error too, and asking
             // for more than `expected` makes the decoder check the gzip trailer.
             let limit = expected as u64 + 1;
@@ -336,7 +401,7 @@ fn read_body(path: &Path, mut r: impl Read, magic: u32, what: &str, src: Source)
             data
         }
     };
-    Ok(Idx { dims, data })
+    Ok(IdxFile { dims, data })
 }
 
 /// Like `read_exact`, but reports how many bytes were read before an error.

@@ -27,6 +27,8 @@ use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 
 pub use batch::{Augmentation, Batch, Normalization, batch_seed, epoch_order, make_batch};
+pub use cifar::parse_cifar_batch;
+pub use idx::{IdxFile, IdxKind, parse_idx};
 pub use image_file::load_image_file;
 pub use synthetic::synthetic;
 

@@ -73,6 +73,33 @@ impl Backend for GpuBackend {
         self.ctx.take_error()
     }
 
+    fn copy_into(&self, dst: &mut GpuTensor, offset: usize, src: &GpuTensor) {
+        assert!(
+            offset + src.len() <= dst.len(),
+            "copy_into: {} elements at {offset} overflow {}",
+            src.len(),
+            dst.len()
+        );
+        self.ctx.copy(
+            &src.buffer,
+            &dst.buffer,
+            4 * offset as u64,
+            4 * src.len() as u64,
+        );
+    }
+
+    fn synchronize(&self) {
+        self.ctx.synchronize();
+    }
+
+    fn allocated_bytes(&self) -> Option<u64> {
+        Some(self.ctx.counters().buffer_bytes)
+    }
+
+    fn end_step(&self) {
+        self.ctx.end_step();
+    }
+
     fn reshape(&self, t: &GpuTensor, shape: &[usize]) -> GpuTensor {
         assert_eq!(
             shape.iter().product::<usize>(),
@@ -89,7 +116,7 @@ impl Backend for GpuBackend {
     fn gemm(&self, a: &GpuTensor, b: &GpuTensor, spec: &GemmSpec) -> GpuTensor {
         assert_eq!(a.shape, spec.a_shape(), "gemm A shape");
         assert_eq!(b.shape, spec.b_shape(), "gemm B shape");
-        let c = self.ctx.zeros(&[spec.m, spec.n], "gemm.c");
+        let c = self.ctx.tensor(&[spec.m, spec.n], "gemm.c");
         super::gemm::gemm_into(
             &self.ctx,
             &a.buffer,
@@ -232,11 +259,11 @@ impl Backend for GpuBackend {
     fn optimizer_update(
         &self,
         settings: &crate::optim::OptimizerSettings,
-        step: &crate::optim::UpdateStep,
+        step_values: &GpuTensor,
         param: &mut GpuTensor,
         grad: &GpuTensor,
         state: &mut [GpuTensor],
     ) {
-        super::optim::optimizer_update(&self.ctx, settings, step, param, grad, state)
+        super::optim::optimizer_update(&self.ctx, settings, step_values, param, grad, state)
     }
 }

@@ -46,7 +46,7 @@ fn normalize(
     saved: &BatchNormSaved<GpuTensor>,
     p: &Params,
 ) -> GpuTensor {
-    let y = ctx.zeros(&x.shape, "batchnorm.y");
+    let y = ctx.tensor(&x.shape, "batchnorm.y");
     ctx.dispatch(
         &kernel(ctx, "normalize", 5, 1),
         p,
@@ -77,11 +77,11 @@ pub fn forward_train(
     let p = params(&l, s, true);
     let c = [l.channels];
     let saved = BatchNormSaved {
-        mean: ctx.zeros(&c, "batchnorm.mean"),
-        invstd: ctx.zeros(&c, "batchnorm.invstd"),
+        mean: ctx.tensor(&c, "batchnorm.mean"),
+        invstd: ctx.tensor(&c, "batchnorm.invstd"),
     };
-    let new_mean = ctx.zeros(&c, "batchnorm.running_mean");
-    let new_var = ctx.zeros(&c, "batchnorm.running_var");
+    let new_mean = ctx.tensor(&c, "batchnorm.running_mean");
+    let new_var = ctx.tensor(&c, "batchnorm.running_var");
     ctx.dispatch(
         &kernel(ctx, "batch_statistics", 3, 4),
         &p,
@@ -117,8 +117,8 @@ pub fn forward_eval(
     let p = params(&l, s, false);
     let c = [l.channels];
     let saved = BatchNormSaved {
-        mean: ctx.zeros(&c, "batchnorm.mean"),
-        invstd: ctx.zeros(&c, "batchnorm.invstd"),
+        mean: ctx.tensor(&c, "batchnorm.mean"),
+        invstd: ctx.tensor(&c, "batchnorm.invstd"),
     };
     ctx.dispatch(
         &kernel(ctx, "running_statistics", 2, 2),
@@ -144,8 +144,8 @@ pub fn backward(
     let l = layout(x);
     let p = params(&l, &BatchNormSettings::default(), training);
     let c = [l.channels];
-    let dgamma = ctx.zeros(&c, "batchnorm.dgamma");
-    let dbeta = ctx.zeros(&c, "batchnorm.dbeta");
+    let dgamma = ctx.tensor(&c, "batchnorm.dgamma");
+    let dbeta = ctx.tensor(&c, "batchnorm.dbeta");
     ctx.dispatch(
         &kernel(ctx, "backward_sums", 4, 2),
         &p,
@@ -158,7 +158,7 @@ pub fn backward(
         &[&dgamma.buffer, &dbeta.buffer],
         grid(l.channels, 1),
     );
-    let dx = ctx.zeros(&x.shape, "batchnorm.dx");
+    let dx = ctx.tensor(&x.shape, "batchnorm.dx");
     ctx.dispatch(
         &kernel(ctx, "backward_dx", 7, 1),
         &p,

@@ -7,8 +7,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use wgpu::util::DeviceExt;
-
 use crate::error::{Error, Result};
 
 /// One adapter as `wgcnn devices` lists it.
@@ -154,6 +152,95 @@ pub struct GpuCounters {
     pub pipelines: u64,
     /// Dispatches recorded.
     pub dispatches: u64,
+    /// Storage buffers created (the pool reuses freed ones).
+    pub buffers: u64,
+    /// Bind groups created, each with its uniform buffer (cached by kernel,
+    /// parameters and buffers).
+    pub bind_groups: u64,
+    /// Read-back staging buffers created.
+    pub staging_buffers: u64,
+    /// Bytes of storage buffers created: the pool's high-water mark.
+    pub buffer_bytes: u64,
+}
+
+impl GpuCounters {
+    /// Everything created (pipelines, buffers, bind groups): constant once a
+    /// training step has run, since every later step reuses them.
+    pub fn creations(&self) -> u64 {
+        self.pipelines + self.buffers + self.bind_groups + self.staging_buffers
+    }
+}
+
+/// Freed storage buffers by size, for reuse. Reuse is safe in stream order:
+/// every use of a buffer is recorded into the queue before the buffer can be
+/// freed and handed out again, so the GPU runs the old uses first.
+///
+/// The pool hands out the free buffer with the lowest id. Ids grow with
+/// creation, so a step that makes the same allocations as the step before,
+/// from the same buffers in use, gets the very same buffers back — and hence
+/// the same cached bind groups: after the first training step nothing is
+/// created.
+#[derive(Default)]
+struct BufferPool {
+    free: Mutex<HashMap<u64, std::collections::BTreeMap<u64, wgpu::Buffer>>>,
+}
+
+/// A storage buffer from the context's pool, returned to it when dropped.
+/// Each has an id, unique for the context's lifetime, that keys the bind-group
+/// cache.
+pub struct GpuBuffer {
+    buffer: Option<wgpu::Buffer>,
+    id: u64,
+    pool: Arc<BufferPool>,
+}
+
+impl GpuBuffer {
+    /// The id that identifies this buffer in bind-group cache keys.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl std::ops::Deref for GpuBuffer {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        self.buffer.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::fmt::Debug for GpuBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuBuffer#{}({} bytes)", self.id, self.size())
+    }
+}
+
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        if let Some(buffer) = self.buffer.take() {
+            let mut free = self.pool.free.lock().unwrap();
+            free.entry(buffer.size())
+                .or_default()
+                .insert(self.id, buffer);
+        }
+    }
+}
+
+/// Key of a cached bind group: kernel and buffer ids. Parameters are not part
+/// of it: they live in the parameter ring, selected by a dynamic offset.
+type BindKey = (String, Vec<u64>);
+
+/// Bytes of parameters one dispatch may have (16 words).
+const PARAMS_BYTES: u64 = 64;
+/// Size of the parameter ring: room for the parameters of this many
+/// dispatches (at the largest offset alignment, 256 bytes) per submission.
+const PARAMS_RING_BYTES: u64 = 1 << 22;
+
+/// What has been recorded but not yet submitted: the commands, and the
+/// parameters of their dispatches, written into the ring right before the
+/// commands are submitted (queue writes land before the submission's work).
+struct Recording {
+    encoder: Option<wgpu::CommandEncoder>,
+    params: Vec<u8>,
 }
 
 /// Largest workgroup count per grid dimension that every WebGPU device accepts.
@@ -183,9 +270,20 @@ pub struct GpuContext {
     pub limits: wgpu::Limits,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     kernels: Mutex<HashMap<String, Arc<Kernel>>>,
-    encoder: Mutex<Option<wgpu::CommandEncoder>>,
+    recording: Mutex<Recording>,
+    /// Uniform buffer holding every pending dispatch's parameters.
+    params_ring: wgpu::Buffer,
+    /// Offset alignment of dynamic uniform bindings on this device.
+    params_align: u64,
     counters: Mutex<GpuCounters>,
     uncaptured: Arc<Mutex<Option<String>>>,
+    pool: Arc<BufferPool>,
+    bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
+    staging: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    next_buffer_id: Mutex<u64>,
+    /// The submission of the previous step, waited for before the next one is
+    /// submitted so at most one step is in flight.
+    in_flight: Mutex<Option<wgpu::SubmissionIndex>>,
 }
 
 impl GpuContext {
@@ -220,12 +318,32 @@ impl GpuContext {
             ..Default::default()
         }))
         .map_err(|e| Error::Gpu(format!("could not open {}: {e}", info.name)))?;
+        let params_align = limits
+            .min_uniform_buffer_offset_alignment
+            .max(PARAMS_BYTES as u32) as u64;
+        let params_ring = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params ring"),
+            size: PARAMS_RING_BYTES,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         let uncaptured = Arc::new(Mutex::new(None));
         let sink = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             let mut slot = sink.lock().unwrap();
             slot.get_or_insert_with(|| e.to_string());
         }));
+        // A lost device (driver reset, GPU removed, out of memory in the driver)
+        // explains every later failure, so it is reported ahead of them.
+        let sink = uncaptured.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            let lost = format!("the GPU device was lost ({reason:?}): {message}");
+            *slot = Some(match slot.take() {
+                Some(earlier) => format!("{lost} (after: {earlier})"),
+                None => lost,
+            });
+        });
         Ok(Self {
             device,
             queue,
@@ -233,9 +351,19 @@ impl GpuContext {
             limits,
             modules: Mutex::new(HashMap::new()),
             kernels: Mutex::new(HashMap::new()),
-            encoder: Mutex::new(None),
+            recording: Mutex::new(Recording {
+                encoder: None,
+                params: Vec::new(),
+            }),
+            params_ring,
+            params_align,
             counters: Mutex::new(GpuCounters::default()),
             uncaptured,
+            pool: Arc::default(),
+            bind_groups: Mutex::new(HashMap::new()),
+            staging: Mutex::new(HashMap::new()),
+            next_buffer_id: Mutex::new(0),
+            in_flight: Mutex::new(None),
         })
     }
 
@@ -314,7 +442,7 @@ impl GpuContext {
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
                 ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: false,
+                has_dynamic_offset: true,
                 min_binding_size: None,
             },
             count: None,
@@ -359,32 +487,64 @@ impl GpuContext {
         }
     }
 
-    /// A zero-filled storage buffer of `bytes` bytes (at least 4) that kernels
-    /// read and write and that can be copied in and out.
-    pub fn storage_buffer(&self, bytes: u64, label: &str) -> wgpu::Buffer {
-        self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: bytes.max(4).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
+    /// A storage buffer of at least `bytes` bytes (rounded up to 4) from the
+    /// pool, or new. Its contents are unspecified: every kernel writes all of
+    /// its outputs.
+    pub fn storage_buffer(&self, bytes: u64, label: &str) -> GpuBuffer {
+        let size = bytes.max(4).next_multiple_of(4);
+        let reused = self
+            .pool
+            .free
+            .lock()
+            .unwrap()
+            .get_mut(&size)
+            .and_then(|free| free.pop_first());
+        let (id, buffer) = match reused {
+            Some(entry) => entry,
+            None => {
+                let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let mut counters = self.counters.lock().unwrap();
+                counters.buffers += 1;
+                counters.buffer_bytes += size;
+                drop(counters);
+                let mut next = self.next_buffer_id.lock().unwrap();
+                *next += 1;
+                (*next, buffer)
+            }
+        };
+        GpuBuffer {
+            buffer: Some(buffer),
+            id,
+            pool: self.pool.clone(),
+        }
     }
 
-    /// A storage buffer holding `data`.
-    pub fn storage_buffer_with(&self, data: &[u8], label: &str) -> wgpu::Buffer {
-        if data.is_empty() {
-            return self.storage_buffer(4, label);
+    /// A storage buffer holding `data`, written through the queue.
+    ///
+    /// Queue writes land before the *next* submission's commands, so work
+    /// still pending in the encoder (which may read this pooled buffer's
+    /// previous contents) is submitted first. In a training step uploads come
+    /// first, when nothing is pending, so this costs no extra submission.
+    pub fn storage_buffer_with(&self, data: &[u8], label: &str) -> GpuBuffer {
+        let buffer = self.storage_buffer(data.len() as u64, label);
+        self.submit();
+        if !data.is_empty() {
+            if data.len().is_multiple_of(4) {
+                self.queue.write_buffer(&buffer, 0, data);
+            } else {
+                let mut padded = data.to_vec();
+                padded.resize(data.len().next_multiple_of(4), 0);
+                self.queue.write_buffer(&buffer, 0, &padded);
+            }
         }
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: data,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-            })
+        buffer
     }
 
     /// Records one dispatch of `kernel` into the pending command encoder.
@@ -394,8 +554,8 @@ impl GpuContext {
         &self,
         kernel: &Kernel,
         params: &Params,
-        inputs: &[&wgpu::Buffer],
-        outputs: &[&wgpu::Buffer],
+        inputs: &[&GpuBuffer],
+        outputs: &[&GpuBuffer],
         workgroups: [u32; 3],
     ) {
         assert_eq!(
@@ -406,30 +566,53 @@ impl GpuContext {
             kernel.inputs,
             kernel.outputs
         );
-        let uniform = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: &params.padded_bytes(),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform.as_entire_binding(),
-        }];
-        for (i, buffer) in inputs.iter().chain(outputs).enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: 1 + i as u32,
-                resource: buffer.as_entire_binding(),
-            });
-        }
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(&kernel.label),
-            layout: &kernel.layout,
-            entries: &entries,
+        let buffers: Vec<&GpuBuffer> = inputs.iter().chain(outputs).copied().collect();
+        let key: BindKey = (
+            kernel.label.clone(),
+            buffers.iter().map(|b| b.id()).collect(),
+        );
+        let mut cache = self.bind_groups.lock().unwrap();
+        let bind_group = cache.entry(key).or_insert_with(|| {
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &self.params_ring,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(PARAMS_BYTES),
+                }),
+            }];
+            for (i, buffer) in buffers.iter().enumerate() {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: 1 + i as u32,
+                    resource: buffer.as_entire_binding(),
+                });
+            }
+            self.counters.lock().unwrap().bind_groups += 1;
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&kernel.label),
+                layout: &kernel.layout,
+                entries: &entries,
+            })
         });
-        let mut slot = self.encoder.lock().unwrap();
-        let encoder = slot.get_or_insert_with(|| {
+        let mut recording = self.recording.lock().unwrap();
+        let mut offset = recording
+            .params
+            .len()
+            .next_multiple_of(self.params_align as usize) as u64;
+        if offset + PARAMS_BYTES > PARAMS_RING_BYTES {
+            // The ring is full for this submission: submit what is recorded.
+            self.submit_recording(&mut recording);
+            offset = 0;
+        }
+        let bytes = params.padded_bytes();
+        assert!(
+            bytes.len() as u64 <= PARAMS_BYTES,
+            "kernel {} has more than 16 parameter words",
+            kernel.label
+        );
+        recording.params.resize(offset as usize, 0);
+        recording.params.extend_from_slice(&bytes);
+        let encoder = recording.encoder.get_or_insert_with(|| {
             self.device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ops") })
         });
@@ -439,27 +622,65 @@ impl GpuContext {
                 timestamp_writes: None,
             });
             pass.set_pipeline(&kernel.pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
+            pass.set_bind_group(0, &*bind_group, &[offset as u32]);
             pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         }
         self.counters.lock().unwrap().dispatches += 1;
     }
 
-    /// Records a buffer-to-buffer copy into the pending encoder.
-    pub fn copy(&self, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64) {
-        let mut slot = self.encoder.lock().unwrap();
-        let encoder = slot.get_or_insert_with(|| {
+    /// Records a copy of `bytes` bytes from `src` to `dst` at `dst_offset`.
+    pub fn copy(&self, src: &wgpu::Buffer, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) {
+        let mut recording = self.recording.lock().unwrap();
+        let encoder = recording.encoder.get_or_insert_with(|| {
             self.device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ops") })
         });
-        encoder.copy_buffer_to_buffer(src, 0, dst, 0, bytes);
+        encoder.copy_buffer_to_buffer(src, 0, dst, dst_offset, bytes);
     }
 
     /// Submits everything recorded so far (one submission).
-    pub fn submit(&self) {
-        if let Some(encoder) = self.encoder.lock().unwrap().take() {
-            self.queue.submit([encoder.finish()]);
-            self.counters.lock().unwrap().submits += 1;
+    pub fn submit(&self) -> Option<wgpu::SubmissionIndex> {
+        // Submit while holding the recording: commands reach the queue in the
+        // order they were recorded, even with several threads sharing the
+        // context (a freed buffer's old reads must run before its new writes).
+        let mut recording = self.recording.lock().unwrap();
+        self.submit_recording(&mut recording)
+    }
+
+    /// Writes the pending parameters into the ring, then submits the pending
+    /// commands.
+    fn submit_recording(&self, recording: &mut Recording) -> Option<wgpu::SubmissionIndex> {
+        let encoder = recording.encoder.take()?;
+        if !recording.params.is_empty() {
+            self.queue
+                .write_buffer(&self.params_ring, 0, &recording.params);
+            recording.params.clear();
+        }
+        let index = self.queue.submit([encoder.finish()]);
+        self.counters.lock().unwrap().submits += 1;
+        Some(index)
+    }
+
+    /// Submits pending work and waits until the GPU has finished all of it.
+    pub fn synchronize(&self) {
+        self.submit();
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .expect("waiting for the GPU failed");
+    }
+
+    /// Ends a step: submits what it recorded, then waits for the *previous*
+    /// step's submission, so the host prepares the next batch while this one
+    /// runs and at most one step is queued ahead.
+    pub fn end_step(&self) {
+        let Some(index) = self.submit() else { return };
+        if let Some(previous) = self.in_flight.lock().unwrap().replace(index) {
+            self.device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: Some(previous),
+                    timeout: None,
+                })
+                .expect("waiting for the GPU failed");
         }
     }
 
@@ -467,13 +688,22 @@ impl GpuContext {
     /// host: storage → staging copy, map, wait, read.
     pub fn read_back(&self, buffer: &wgpu::Buffer, bytes: u64) -> Vec<u8> {
         let size = bytes.max(4).next_multiple_of(4);
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        let reused = self
+            .staging
+            .lock()
+            .unwrap()
+            .get_mut(&size)
+            .and_then(Vec::pop);
+        let staging = reused.unwrap_or_else(|| {
+            self.counters.lock().unwrap().staging_buffers += 1;
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
-        self.copy(buffer, &staging, size);
+        self.copy(buffer, &staging, 0, size);
         self.submit();
         let slice = staging.slice(..);
         let (sender, receiver) = std::sync::mpsc::channel();
@@ -492,6 +722,12 @@ impl GpuContext {
             .expect("readback buffer is mapped")
             .to_vec();
         staging.unmap();
+        self.staging
+            .lock()
+            .unwrap()
+            .entry(size)
+            .or_default()
+            .push(staging);
         data.truncate(bytes as usize);
         data
     }
@@ -532,8 +768,11 @@ impl Params {
 }
 
 impl GpuContext {
-    /// A zero-filled tensor of `shape` in a new storage buffer.
-    pub fn zeros(&self, shape: &[usize], label: &str) -> super::GpuTensor {
+    /// A tensor of `shape` in a storage buffer, for a kernel to write.
+    ///
+    /// The buffer comes from the pool; its contents are unspecified until a
+    /// kernel writes it (every kernel writes all of its outputs).
+    pub fn tensor(&self, shape: &[usize], label: &str) -> super::GpuTensor {
         let len: usize = shape.iter().product();
         super::GpuTensor {
             buffer: Arc::new(self.storage_buffer(4 * len as u64, label)),

@@ -31,7 +31,7 @@ fn params(g: &Conv2dGeometry) -> Params {
 /// `X (N, C, H, W) → X_col (N, C·kh·kw, OH·OW)`.
 pub fn im2col(ctx: &GpuContext, x: &GpuTensor, g: &Conv2dGeometry) -> GpuTensor {
     assert_eq!(x.shape, g.input_shape(), "im2col input shape");
-    let cols = ctx.zeros(&g.cols_shape(), "im2col");
+    let cols = ctx.tensor(&g.cols_shape(), "im2col");
     let kernel = ctx.kernel(&KernelSpec::new("im2col", SOURCE, "im2col", 1, 1));
     ctx.dispatch(
         &kernel,
@@ -46,7 +46,7 @@ pub fn im2col(ctx: &GpuContext, x: &GpuTensor, g: &Conv2dGeometry) -> GpuTensor 
 /// `dX_col (N, C·kh·kw, OH·OW) → dX (N, C, H, W)`, summing overlapping windows.
 pub fn col2im(ctx: &GpuContext, cols: &GpuTensor, g: &Conv2dGeometry) -> GpuTensor {
     assert_eq!(cols.shape, g.cols_shape(), "col2im input shape");
-    let x = ctx.zeros(&g.input_shape(), "col2im");
+    let x = ctx.tensor(&g.input_shape(), "col2im");
     let kernel = ctx.kernel(&KernelSpec::new("im2col", SOURCE, "col2im", 1, 1));
     ctx.dispatch(
         &kernel,
@@ -69,7 +69,7 @@ pub fn conv2d_forward(
     assert_eq!(w.shape, g.weight_shape(), "conv2d weight shape");
     assert_eq!(b.shape, [g.out_channels], "conv2d bias shape");
     let cols = im2col(ctx, x, g);
-    let y = ctx.zeros(&g.output_shape(), "conv2d.y");
+    let y = ctx.tensor(&g.output_shape(), "conv2d.y");
     let spec = GemmSpec {
         m: g.out_channels,
         n: g.out_positions(),
@@ -109,7 +109,7 @@ pub fn conv2d_backward(
     let cols = im2col(ctx, x, g);
 
     // dW (O, C·kh·kw) = Σ_n dY_n (O, OH·OW) · X_col,nᵀ
-    let dw = ctx.zeros(&g.weight_shape(), "conv2d.dw");
+    let dw = ctx.tensor(&g.weight_shape(), "conv2d.dw");
     gemm_into(
         ctx,
         &dy.buffer,
@@ -133,7 +133,7 @@ pub fn conv2d_backward(
     );
 
     // db (O) = Σ_{n, oh, ow} dY
-    let db = ctx.zeros(&[g.out_channels], "conv2d.db");
+    let db = ctx.tensor(&[g.out_channels], "conv2d.db");
     channel_sum_into(
         ctx,
         &dy.buffer,
@@ -144,7 +144,7 @@ pub fn conv2d_backward(
     );
 
     // dX_col,n (C·kh·kw, OH·OW) = W_colᵀ · dY_n, then dX = col2im(dX_col)
-    let dcols = ctx.zeros(&g.cols_shape(), "conv2d.dcols");
+    let dcols = ctx.tensor(&g.cols_shape(), "conv2d.dcols");
     gemm_into(
         ctx,
         &w.buffer,

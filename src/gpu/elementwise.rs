@@ -15,7 +15,7 @@ fn run(
     b: &GpuTensor,
 ) -> GpuTensor {
     assert_eq!(a.shape, b.shape, "{entry}: operand shapes differ");
-    let out = ctx.zeros(&a.shape, entry);
+    let out = ctx.tensor(&a.shape, entry);
     let kernel = ctx.kernel(&KernelSpec::new("elementwise", SOURCE, entry, 2, 1));
     ctx.dispatch(
         &kernel,

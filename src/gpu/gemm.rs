@@ -1,7 +1,7 @@
 //! Host side of `shaders/gemm.wgsl`: the matrix products behind convolution
 //! and the fully connected layer.
 
-use super::context::{GpuContext, KernelSpec, Params, grid};
+use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid};
 use crate::geometry::GemmSpec;
 
 const SOURCE: &str = include_str!("../../shaders/gemm.wgsl");
@@ -13,14 +13,14 @@ const BLOCK: usize = 8;
 const WORKGROUP: usize = 64;
 
 /// Which bias the epilogue adds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub enum Bias<'a> {
     /// No bias.
     None,
     /// `C[row, col] += bias[row]`.
-    PerRow(&'a wgpu::Buffer),
+    PerRow(&'a GpuBuffer),
     /// `C[row, col] += bias[col]`.
-    PerColumn(&'a wgpu::Buffer),
+    PerColumn(&'a GpuBuffer),
 }
 
 /// How a GEMM is repeated over a batch; strides are in elements.
@@ -54,10 +54,10 @@ impl Batching {
 /// (`shaders/pack.wgsl`), unless one is already in that layout.
 pub fn gemm_into(
     ctx: &GpuContext,
-    a: &wgpu::Buffer,
-    b: &wgpu::Buffer,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
     bias: Bias<'_>,
-    out: &wgpu::Buffer,
+    out: &GpuBuffer,
     spec: &GemmSpec,
     batching: Batching,
 ) {
@@ -127,8 +127,8 @@ fn workgroup_shape(spec: &GemmSpec) -> [usize; 2] {
 
 /// A GEMM operand in the packed layout: borrowed when the source already is.
 enum Packed<'a> {
-    Borrowed(&'a wgpu::Buffer),
-    Owned(wgpu::Buffer),
+    Borrowed(&'a GpuBuffer),
+    Owned(GpuBuffer),
 }
 
 /// An operand ready for the kernel and its batch stride in elements.
@@ -138,7 +138,7 @@ struct PackedOperand<'a> {
 }
 
 impl PackedOperand<'_> {
-    fn buffer(&self) -> &wgpu::Buffer {
+    fn buffer(&self) -> &GpuBuffer {
         match &self.packed {
             Packed::Borrowed(b) => b,
             Packed::Owned(b) => b,
@@ -151,7 +151,7 @@ impl PackedOperand<'_> {
 /// when `stride` is non-zero, else one shared.
 fn pack<'a>(
     ctx: &GpuContext,
-    src: &'a wgpu::Buffer,
+    src: &'a GpuBuffer,
     rows: usize,
     depth: usize,
     transposed: bool,

@@ -19,7 +19,7 @@ fn dims(x: &GpuTensor, w: &GpuTensor) -> (usize, usize, usize) {
 pub fn linear_forward(ctx: &GpuContext, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor) -> GpuTensor {
     let (n, i, o) = dims(x, w);
     assert_eq!(b.shape, [o], "linear bias shape");
-    let y = ctx.zeros(&[n, o], "linear.y");
+    let y = ctx.tensor(&[n, o], "linear.y");
     let spec = GemmSpec {
         m: n,
         n: o,
@@ -48,7 +48,7 @@ pub fn linear_backward(
 ) -> ParamGrads<GpuTensor> {
     let (n, i, o) = dims(x, w);
     assert_eq!(dy.shape, [n, o], "linear output gradient shape");
-    let dx = ctx.zeros(&[n, i], "linear.dx");
+    let dx = ctx.tensor(&[n, i], "linear.dx");
     let dx_spec = GemmSpec {
         m: n,
         n: i,
@@ -65,7 +65,7 @@ pub fn linear_backward(
         &dx_spec,
         Batching::SINGLE,
     );
-    let dw = ctx.zeros(&[o, i], "linear.dw");
+    let dw = ctx.tensor(&[o, i], "linear.dw");
     let dw_spec = GemmSpec {
         m: o,
         n: i,
@@ -82,7 +82,7 @@ pub fn linear_backward(
         &dw_spec,
         Batching::SINGLE,
     );
-    let db = ctx.zeros(&[o], "linear.db");
+    let db = ctx.tensor(&[o], "linear.db");
     channel_sum_into(ctx, &dy.buffer, &db.buffer, n, o, 1);
     ParamGrads { dx, dw, db }
 }

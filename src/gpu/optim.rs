@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use super::context::{GpuContext, KernelSpec, Params, grid};
+use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid};
 use super::tensor::GpuTensor;
-use crate::optim::{OptimizerKind, OptimizerSettings, UpdateStep};
+use crate::optim::{OptimizerKind, OptimizerSettings};
 
 const SOURCE: &str = include_str!("../../shaders/optim.wgsl");
 
@@ -24,8 +24,8 @@ fn entry(kind: OptimizerKind) -> &'static str {
 
 /// Records one update of `param` from `grad`, writing `param` and the rule's
 /// `state` buffers in place (see [`crate::cpu::optimizer_update`] for the
-/// formulas). Adam's bias corrections `1 − βᵗ` are computed here in `f32`,
-/// exactly as the CPU reference computes them.
+/// formulas). `step_values` holds `[lr, 1 − β₁ᵗ, 1 − β₂ᵗ]` (see
+/// [`crate::optim::UpdateStep::values`]).
 ///
 /// # Panics
 /// When `state` does not hold `settings.kind.state_slots()` tensors, when
@@ -34,7 +34,7 @@ fn entry(kind: OptimizerKind) -> &'static str {
 pub fn optimizer_update(
     ctx: &GpuContext,
     settings: &OptimizerSettings,
-    step: &UpdateStep,
+    step_values: &GpuTensor,
     param: &GpuTensor,
     grad: &GpuTensor,
     state: &[GpuTensor],
@@ -66,7 +66,7 @@ pub fn optimizer_update(
             param.shape
         );
     }
-    let buffers: Vec<&Arc<wgpu::Buffer>> = [grad, param]
+    let buffers: Vec<&Arc<GpuBuffer>> = [grad, param]
         .into_iter()
         .chain(state)
         .map(|t| &t.buffer)
@@ -82,33 +82,32 @@ pub fn optimizer_update(
         return;
     }
 
-    let t = i32::try_from(step.t).expect("step count fits in an i32");
-    let correction1 = 1.0 - settings.beta1.powi(t);
-    let correction2 = 1.0 - settings.beta2.powi(t);
+    assert_eq!(
+        step_values.shape,
+        [3],
+        "step values are [lr, 1 - beta1^t, 1 - beta2^t]"
+    );
     let params = Params::new()
         .u32(param.len())
-        .f32(step.lr)
         .f32(settings.weight_decay)
         .f32(settings.momentum)
         .f32(settings.alpha)
         .f32(settings.beta1)
         .f32(settings.beta2)
-        .f32(settings.eps)
-        .f32(correction1)
-        .f32(correction2);
+        .f32(settings.eps);
     let kernel = ctx.kernel(&KernelSpec::new(
         "optim",
         SOURCE,
         entry(kind),
-        1,
+        2,
         1 + state.len(),
     ));
-    let mut outputs: Vec<&wgpu::Buffer> = vec![&param.buffer];
+    let mut outputs: Vec<&GpuBuffer> = vec![&param.buffer];
     outputs.extend(state.iter().map(|s| &*s.buffer));
     ctx.dispatch(
         &kernel,
         &params,
-        &[&grad.buffer],
+        &[&grad.buffer, &step_values.buffer],
         &outputs,
         grid(param.len(), 256),
     );

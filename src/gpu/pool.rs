@@ -37,7 +37,7 @@ pub fn maxpool_forward(
     g: &Pool2dGeometry,
 ) -> (GpuTensor, GpuIndices) {
     assert_eq!(x.shape, g.input_shape(), "maxpool input shape");
-    let y = ctx.zeros(&g.output_shape(), "maxpool.y");
+    let y = ctx.tensor(&g.output_shape(), "maxpool.y");
     let argmax = GpuIndices {
         buffer: Arc::new(ctx.storage_buffer(4 * y.len() as u64, "maxpool.argmax")),
         len: y.len(),
@@ -60,7 +60,7 @@ pub fn maxpool_backward(
     g: &Pool2dGeometry,
 ) -> GpuTensor {
     assert_eq!(dy.shape, g.output_shape(), "maxpool output gradient shape");
-    let dx = ctx.zeros(&g.input_shape(), "maxpool.dx");
+    let dx = ctx.tensor(&g.input_shape(), "maxpool.dx");
     ctx.dispatch(
         &kernel(ctx, "maxpool_backward", 2, 1),
         &params(g),
@@ -74,7 +74,7 @@ pub fn maxpool_backward(
 /// Window means (padding counted).
 pub fn avgpool_forward(ctx: &GpuContext, x: &GpuTensor, g: &Pool2dGeometry) -> GpuTensor {
     assert_eq!(x.shape, g.input_shape(), "avgpool input shape");
-    let y = ctx.zeros(&g.output_shape(), "avgpool.y");
+    let y = ctx.tensor(&g.output_shape(), "avgpool.y");
     ctx.dispatch(
         &kernel(ctx, "avgpool_forward", 1, 1),
         &params(g),
@@ -88,7 +88,7 @@ pub fn avgpool_forward(ctx: &GpuContext, x: &GpuTensor, g: &Pool2dGeometry) -> G
 /// `dx` spreading each `dy` evenly over its window.
 pub fn avgpool_backward(ctx: &GpuContext, dy: &GpuTensor, g: &Pool2dGeometry) -> GpuTensor {
     assert_eq!(dy.shape, g.output_shape(), "avgpool output gradient shape");
-    let dx = ctx.zeros(&g.input_shape(), "avgpool.dx");
+    let dx = ctx.tensor(&g.input_shape(), "avgpool.dx");
     ctx.dispatch(
         &kernel(ctx, "avgpool_backward", 1, 1),
         &params(g),

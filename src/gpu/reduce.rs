@@ -1,6 +1,6 @@
 //! Host side of `shaders/reduce.wgsl`: per-channel sums for bias gradients.
 
-use super::context::{GpuContext, KernelSpec, Params, grid};
+use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid};
 
 const SOURCE: &str = include_str!("../../shaders/reduce.wgsl");
 
@@ -8,8 +8,8 @@ const SOURCE: &str = include_str!("../../shaders/reduce.wgsl");
 /// `(outer, channels, inner)`; `out` holds `channels` values.
 pub fn channel_sum_into(
     ctx: &GpuContext,
-    x: &wgpu::Buffer,
-    out: &wgpu::Buffer,
+    x: &GpuBuffer,
+    out: &GpuBuffer,
     outer: usize,
     channels: usize,
     inner: usize,

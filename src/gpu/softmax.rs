@@ -21,9 +21,9 @@ pub fn softmax_cross_entropy(
     let (rows, classes) = (logits.shape[0], logits.shape[1]);
     assert_eq!(labels.len, rows, "one label per row");
     let params = Params::new().u32(rows).u32(classes);
-    let grad = ctx.zeros(&logits.shape, "xent.grad");
-    let row_loss = ctx.zeros(&[rows], "xent.row_loss");
-    let row_correct = ctx.zeros(&[rows], "xent.row_correct");
+    let grad = ctx.tensor(&logits.shape, "xent.grad");
+    let row_loss = ctx.tensor(&[rows], "xent.row_loss");
+    let row_correct = ctx.tensor(&[rows], "xent.row_correct");
     let per_row = ctx.kernel(&KernelSpec::new("softmax_xent", SOURCE, "rows", 2, 3));
     ctx.dispatch(
         &per_row,
@@ -32,8 +32,8 @@ pub fn softmax_cross_entropy(
         &[&grad.buffer, &row_loss.buffer, &row_correct.buffer],
         grid(rows, 64),
     );
-    let loss = ctx.zeros(&[1], "xent.loss");
-    let correct = ctx.zeros(&[1], "xent.correct");
+    let loss = ctx.tensor(&[1], "xent.loss");
+    let correct = ctx.tensor(&[1], "xent.correct");
     let totals = ctx.kernel(&KernelSpec::new("softmax_xent", SOURCE, "totals", 2, 2));
     ctx.dispatch(
         &totals,

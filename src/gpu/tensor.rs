@@ -8,7 +8,7 @@ use crate::backend::Shaped;
 #[derive(Clone, Debug)]
 pub struct GpuTensor {
     /// The storage buffer holding `shape.iter().product()` `f32` values.
-    pub buffer: Arc<wgpu::Buffer>,
+    pub buffer: Arc<super::context::GpuBuffer>,
     /// Extent of each dimension, outermost first.
     pub shape: Vec<usize>,
 }
@@ -35,7 +35,7 @@ impl Shaped for GpuTensor {
 #[derive(Clone, Debug)]
 pub struct GpuIndices {
     /// The storage buffer holding `len` `u32` values.
-    pub buffer: Arc<wgpu::Buffer>,
+    pub buffer: Arc<super::context::GpuBuffer>,
     /// Number of values.
     pub len: usize,
 }

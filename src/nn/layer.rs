@@ -296,8 +296,11 @@ impl<B: Backend> Layer<B> {
                         &running_var.value,
                         &s,
                     );
-                    running_mean.value = out.running_mean;
-                    running_var.value = out.running_var;
+                    // Copied into the existing tensors rather than replacing
+                    // them, so the statistics keep their buffers from step to
+                    // step (and a GPU step reuses its cached bind groups).
+                    b.copy_into(&mut running_mean.value, 0, &out.running_mean);
+                    b.copy_into(&mut running_var.value, 0, &out.running_var);
                     *saved = Some((x.clone(), out.saved));
                     out.y
                 } else {
@@ -347,7 +350,9 @@ impl<B: Backend> Layer<B> {
         }
     }
 
-    /// Backward pass from `dy`: stores parameter gradients, returns `dx`.
+    /// Backward pass from `dy`: stores parameter gradients, returns `dx`, and
+    /// releases what the forward saved (so a step's buffers are free again
+    /// before the next step allocates).
     ///
     /// # Panics
     /// When no training-mode forward preceded it.
@@ -360,8 +365,8 @@ impl<B: Backend> Layer<B> {
                 saved,
                 ..
             } => {
-                let (x, g) = saved.as_ref().expect(NO_FORWARD);
-                let grads = b.conv2d_backward(x, &weight.value, dy, g);
+                let (x, g) = saved.take().expect(NO_FORWARD);
+                let grads = b.conv2d_backward(&x, &weight.value, dy, &g);
                 weight.grad = Some(grads.dw);
                 bias.grad = Some(grads.db);
                 grads.dx
@@ -371,37 +376,37 @@ impl<B: Backend> Layer<B> {
                 bias,
                 saved,
             } => {
-                let (x, shape) = saved.as_ref().expect(NO_FORWARD);
-                let grads = b.linear_backward(x, &weight.value, dy);
+                let (x, shape) = saved.take().expect(NO_FORWARD);
+                let grads = b.linear_backward(&x, &weight.value, dy);
                 weight.grad = Some(grads.dw);
                 bias.grad = Some(grads.db);
-                b.reshape(&grads.dx, shape)
+                b.reshape(&grads.dx, &shape)
             }
             Layer::Activation { act, saved } => {
-                let (x, y) = saved.as_ref().expect(NO_FORWARD);
-                b.activation_backward(*act, x, y, dy)
+                let (x, y) = saved.take().expect(NO_FORWARD);
+                b.activation_backward(*act, &x, &y, dy)
             }
-            Layer::Dropout { saved, .. } => match saved {
-                Some(d) => b.dropout_backward(dy, d),
+            Layer::Dropout { saved, .. } => match saved.take() {
+                Some(d) => b.dropout_backward(dy, &d),
                 None => dy.clone(),
             },
             Layer::BatchNorm {
                 gamma, beta, saved, ..
             } => {
-                let (x, stats) = saved.as_ref().expect(NO_FORWARD);
-                let grads = b.batchnorm_backward(x, &gamma.value, stats, dy, true);
+                let (x, stats) = saved.take().expect(NO_FORWARD);
+                let grads = b.batchnorm_backward(&x, &gamma.value, &stats, dy, true);
                 gamma.grad = Some(grads.dgamma);
                 beta.grad = Some(grads.dbeta);
                 grads.dx
             }
             Layer::MaxPool2d { saved, .. } => {
-                let (argmax, g) = saved.as_ref().expect(NO_FORWARD);
-                b.maxpool_backward(dy, argmax, g)
+                let (argmax, g) = saved.take().expect(NO_FORWARD);
+                b.maxpool_backward(dy, &argmax, &g)
             }
             Layer::AvgPool2d { saved, .. } => {
-                b.avgpool_backward(dy, saved.as_ref().expect(NO_FORWARD))
+                b.avgpool_backward(dy, &saved.take().expect(NO_FORWARD))
             }
-            Layer::Flatten { saved } => b.reshape(dy, saved.as_ref().expect(NO_FORWARD)),
+            Layer::Flatten { saved } => b.reshape(dy, &saved.take().expect(NO_FORWARD)),
         }
     }
 }

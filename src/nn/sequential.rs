@@ -192,6 +192,33 @@ impl<B: Backend> Sequential<B> {
         out
     }
 
+    /// Number of layers.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// True for a model without layers.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// Forward pass of layer `i` alone (for per-layer timing).
+    pub fn forward_layer(
+        &mut self,
+        i: usize,
+        backend: &B,
+        x: &B::Tensor,
+        mode: Mode,
+        step: u32,
+    ) -> B::Tensor {
+        self.layers[i].forward(backend, x, mode, step)
+    }
+
+    /// Backward pass of layer `i` alone, after its training-mode forward.
+    pub fn backward_layer(&mut self, i: usize, backend: &B, dy: &B::Tensor) -> B::Tensor {
+        self.layers[i].backward(backend, dy)
+    }
+
     /// Every named tensor, in `state_dict` order.
     pub fn params(&self) -> impl Iterator<Item = &Param<B::Tensor>> {
         self.layers.iter().flat_map(|l| l.params())

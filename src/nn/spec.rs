@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::geometry::{
-    Activation, BatchNormLayout, Conv2dGeometry, DropoutSettings, Pool2dGeometry,
+    Activation, BatchNormLayout, Conv2dGeometry, DropoutSettings, Pool2dGeometry, element_count,
 };
 
 /// One layer of a sequential model, with its settings.
@@ -101,6 +101,8 @@ impl LayerSpec {
                         "linear: out_features must be at least 1".into(),
                     ));
                 }
+                let in_features = element_count("linear input", &input[1..])?;
+                element_count("linear weight", &[out_features, in_features])?;
                 Ok(vec![input[0], out_features])
             }
             LayerSpec::Activation(Activation::LeakyRelu { negative_slope })
@@ -134,7 +136,7 @@ impl LayerSpec {
                     .output_shape()
                     .to_vec())
             }
-            LayerSpec::Flatten => Ok(vec![input[0], input[1..].iter().product()]),
+            LayerSpec::Flatten => Ok(vec![input[0], element_count("flatten input", &input[1..])?]),
         }
     }
 }
@@ -159,14 +161,18 @@ impl ModelSpec {
             )));
         }
         let mut shapes = vec![[&[batch][..], &self.input].concat()];
+        element_count("the model input", &shapes[0])?;
         for (i, layer) in self.layers.iter().enumerate() {
             let input = shapes.last().expect("starts with the input");
-            let out = layer.output_shape(input).map_err(|e| {
-                Error::Shape(format!(
-                    "layer {i} ({}) with input {input:?}: {e}",
-                    layer.kind()
-                ))
-            })?;
+            let out = layer
+                .output_shape(input)
+                .and_then(|out| element_count("the output", &out).map(|_| out))
+                .map_err(|e| {
+                    Error::Shape(format!(
+                        "layer {i} ({}) with input {input:?}: {e}",
+                        layer.kind()
+                    ))
+                })?;
             shapes.push(out);
         }
         Ok(shapes)
@@ -191,17 +197,25 @@ impl ModelSpec {
     /// im2col matrix `(N, C·k·k, OH·OW)`.
     pub fn largest_tensor(&self, batch: usize) -> Result<(usize, String)> {
         let shapes = self.shapes(batch)?;
-        let mut largest = (shapes[0].iter().product(), "the input".to_string());
+        let mut largest = (
+            element_count("the model input", &shapes[0])?,
+            "the input".to_string(),
+        );
         for (i, layer) in self.layers.iter().enumerate() {
-            let out: usize = shapes[i + 1].iter().product();
+            let out = element_count("the output", &shapes[i + 1])?;
             let mut need = (out, format!("layer {i} ({}) output", layer.kind()));
-            if let LayerSpec::Conv2d { kernel, .. } = layer {
-                let cols = shapes[i][0]
-                    * shapes[i][1]
-                    * kernel
-                    * kernel
-                    * shapes[i + 1][2]
-                    * shapes[i + 1][3];
+            if let LayerSpec::Conv2d { kernel, .. } = *layer {
+                let cols = element_count(
+                    "the im2col matrix",
+                    &[
+                        shapes[i][0],
+                        shapes[i][1],
+                        kernel,
+                        kernel,
+                        shapes[i + 1][2],
+                        shapes[i + 1][3],
+                    ],
+                )?;
                 if cols > need.0 {
                     need = (cols, format!("layer {i} (conv2d) im2col matrix"));
                 }
@@ -217,12 +231,13 @@ impl ModelSpec {
     /// `max_bytes`, or says the largest batch size that would.
     pub fn check_fits(&self, batch: usize, max_bytes: u64) -> Result<()> {
         let (elements, what) = self.largest_tensor(batch)?;
-        let bytes = 4 * elements as u64;
-        if bytes <= max_bytes {
+        // In u128: four bytes per element of a usize count cannot overflow it.
+        let bytes = 4 * elements as u128;
+        if bytes <= max_bytes as u128 {
             return Ok(());
         }
-        let per_example = bytes / batch.max(1) as u64;
-        let fits = max_bytes / per_example.max(1);
+        let per_example = bytes / batch.max(1) as u128;
+        let fits = max_bytes as u128 / per_example.max(1);
         Err(Error::Setting(format!(
             "batch size {batch} needs a {:.0} MiB buffer for {what}, but this device allows \
              {:.0} MiB per buffer; use --batch-size {fits} or less",

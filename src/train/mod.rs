@@ -1,7 +1,17 @@
 //! The training loop: epochs of shuffled batches, a test evaluation after each,
 //! metrics lines, progress, and an atomic checkpoint per epoch.
+//!
+//! A run can stop anywhere and continue exactly: after each step the loop checks
+//! [`crate::interrupt::requested`] (Ctrl-C, SIGTERM) and the `stop_after_*`
+//! options, and then writes a checkpoint of that very point — weights, optimizer
+//! state, step, and how far into the epoch it got. Everything random is a pure
+//! function of the seed and the position (epoch order of `(seed, epoch)`,
+//! dropout masks of `(seed, layer, step)`, augmentation of `(seed, epoch,
+//! batch)`), and the learning rate a function of the step and the total
+//! `epochs`, so a resumed run retraces the uninterrupted one.
 
 mod progress;
+mod stats;
 mod trainer;
 
 use std::io::Write;
@@ -11,6 +21,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 pub use progress::Progress;
+use stats::StepStats;
 pub use trainer::{Evaluation, Trainer, evaluate};
 
 use crate::backend::Backend;
@@ -45,6 +56,15 @@ pub struct TrainOptions {
     pub metrics: Option<PathBuf>,
     /// Draw a progress bar (when the output is a terminal).
     pub progress_bar: bool,
+    /// Stop once this many epochs of the run are complete (counting those of a
+    /// resumed checkpoint), leaving the rest to `--resume`. The learning-rate
+    /// schedule still spans `epochs`, so the continued run is the one that
+    /// would have run uninterrupted. `None` trains all `epochs`.
+    pub stop_after_epochs: Option<usize>,
+    /// Stop once the optimizer has taken this many steps in all (mid-epoch too),
+    /// writing the checkpoint an interruption would: a deterministic stand-in
+    /// for Ctrl-C. `None` sets no limit.
+    pub stop_after_steps: Option<usize>,
 }
 
 /// One epoch's numbers, as written to the metrics file.
@@ -76,8 +96,14 @@ pub enum Start {
     Resume(Box<Checkpoint>),
 }
 
-/// Trains `spec` on `train`, evaluating on `test` after every epoch.
-/// `describe` names the data for the checkpoint.
+/// Trains `spec` on `train`, evaluating on `test` after every epoch, and returns
+/// the metrics of the epochs it completed.
+///
+/// Returns early, with `Ok`, when `options.stop_after_epochs` or
+/// `options.stop_after_steps` is reached, and with an [`Error::Training`] that
+/// starts with `interrupted` when [`crate::interrupt::requested`] becomes true;
+/// either way after writing the checkpoint (when `options.checkpoint` is set)
+/// of the point reached, from which [`Start::Resume`] continues exactly.
 pub fn train<B: Backend>(
     backend: &B,
     spec: &ModelSpec,
@@ -126,6 +152,24 @@ pub fn train<B: Backend>(
         ),
         Start::Resume(c) => (c.model, c.optimizer, c.state),
     };
+    let slots = options.optimizer.kind.state_slots();
+    if let Some((_, saved)) = optimizer_state.first()
+        && saved.len() != slots
+    {
+        return Err(Error::Setting(format!(
+            "the checkpoint was trained with the {} optimizer, whose state ({} tensors per \
+             parameter) {} cannot continue (it keeps {slots}); resume with --optimizer {} or \
+             without --optimizer",
+            state.optimizer,
+            saved.len(),
+            options.optimizer.kind.name(),
+            state.optimizer
+        )));
+    }
+    // The checkpoint records the settings the run continues with.
+    state.optimizer = options.optimizer.kind.name().to_string();
+    state.lr = options.lr;
+    state.weight_decay = options.optimizer.weight_decay;
     // A resumed run keeps the normalisation it was trained with.
     let norm = Normalization {
         mean: state.norm_mean.clone(),
@@ -165,8 +209,24 @@ pub fn train<B: Backend>(
         None => None,
     };
 
+    let resume_batches = resume_position(&state, options.batch_size, steps_per_epoch)?;
+    if let Some(path) = &options.checkpoint {
+        crate::interrupt::watch_checkpoint(path);
+    }
+    let last_epoch = options
+        .stop_after_epochs
+        .map_or(options.epochs, |n| n.min(options.epochs));
     let mut history = Vec::new();
-    for epoch in state.epoch..options.epochs {
+    if options.stop_after_steps.is_some_and(|n| state.step >= n) {
+        return Ok(history);
+    }
+    let first_epoch = state.epoch;
+    for epoch in first_epoch..last_epoch {
+        let skip = if epoch == first_epoch {
+            resume_batches
+        } else {
+            0
+        };
         let order = epoch_order(train.len(), state.seed, epoch, true);
         let mut progress = Progress::new(
             epoch + 1,
@@ -175,12 +235,13 @@ pub fn train<B: Backend>(
             options.progress_bar,
         );
         let started = Instant::now();
-        let (mut loss_sum, mut correct_sum, mut seen) = (0.0f64, 0.0f64, 0usize);
+        let mut stats = StepStats::new(backend, steps_per_epoch);
         let mut lr = options.lr;
         for (b, indices) in order
             .chunks(options.batch_size)
             .take(steps_per_epoch)
             .enumerate()
+            .skip(skip)
         {
             lr = schedule.lr(trainer.step);
             let augment = options
@@ -189,47 +250,81 @@ pub fn train<B: Backend>(
                 .map(|a| (a, batch_seed(state.seed, epoch, b)));
             let batch = make_batch(train, indices, &norm, augment);
             let (loss, correct) = trainer.train_step(backend, &batch, lr);
-            let loss = backend.download(&loss).data[0] as f64;
-            let correct = backend.download(&correct).data[0] as f64;
-            backend.take_error()?;
-            if !loss.is_finite() {
-                return Err(Error::Training(format!(
-                    "the loss became {loss} at epoch {} step {} (learning rate {lr}); {}try a lower --lr",
-                    epoch + 1,
+            // Loss and correct count stay on the device until a report is due.
+            stats.record(backend, b, &loss, &correct, indices.len(), lr, trainer.step);
+            backend.end_step();
+            let interrupted = crate::interrupt::requested();
+            let stopping =
+                interrupted || options.stop_after_steps.is_some_and(|n| trainer.step >= n);
+            if stopping || progress.due(b + 1) {
+                if let Err(bad) = stats.read(backend) {
+                    return Err(Error::Training(format!(
+                        "the loss became {} at epoch {}, batch {}/{steps_per_epoch} (step {}, \
+                         learning rate {}); {}try a lower --lr",
+                        bad.loss,
+                        epoch + 1,
+                        bad.batch + 1,
+                        bad.step,
+                        bad.lr,
+                        match &options.checkpoint {
+                            Some(p) if p.exists() =>
+                                format!("the last good checkpoint is kept at {}; ", p.display()),
+                            _ => String::new(),
+                        }
+                    )));
+                }
+                backend.take_error()?;
+                progress.update(
                     b + 1,
-                    match &options.checkpoint {
-                        Some(p) if p.exists() =>
-                            format!("the last good checkpoint is kept at {}; ", p.display()),
-                        _ => String::new(),
-                    }
-                )));
+                    stats.loss_sum / stats.seen.max(1) as f64,
+                    stats.correct_sum / stats.seen.max(1) as f64,
+                    stats.seen as f64 / started.elapsed().as_secs_f64(),
+                );
             }
-            loss_sum += loss * indices.len() as f64;
-            correct_sum += correct;
-            seen += indices.len();
-            progress.update(
-                b + 1,
-                loss_sum / seen as f64,
-                correct_sum / seen as f64,
-                seen as f64 / started.elapsed().as_secs_f64(),
-            );
+            if stopping {
+                // Stop at this very point: after the epoch's last step that is
+                // the epoch's end (its evaluation is skipped), else mid-epoch.
+                state.step = trainer.step;
+                if b + 1 < steps_per_epoch {
+                    state.epoch = epoch;
+                    state.epoch_examples_done = (b + 1) * options.batch_size;
+                } else {
+                    state.epoch = epoch + 1;
+                    state.epoch_examples_done = 0;
+                }
+                if let Some(path) = &options.checkpoint {
+                    trainer.checkpoint(backend, state.clone()).save(path)?;
+                }
+                if interrupted {
+                    let place = format!(
+                        "epoch {}/{}, batch {}/{steps_per_epoch} (step {})",
+                        epoch + 1,
+                        options.epochs,
+                        b + 1,
+                        trainer.step
+                    );
+                    return Err(interrupted_error(&place, options));
+                }
+                return Ok(history);
+            }
         }
         let seconds = started.elapsed().as_secs_f64();
         let eval = trainer.evaluate(backend, test, &norm, options.batch_size);
         backend.take_error()?;
         let m = EpochMetrics {
             epoch: epoch + 1,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: correct_sum / seen.max(1) as f64,
+            train_loss: stats.loss_sum / stats.seen.max(1) as f64,
+            train_accuracy: stats.correct_sum / stats.seen.max(1) as f64,
             test_loss: eval.loss,
             test_accuracy: eval.accuracy,
-            images_per_second: seen as f64 / seconds,
+            images_per_second: stats.seen as f64 / seconds,
             seconds,
             lr,
         };
         progress.finish(&m);
         state.epoch = epoch + 1;
         state.step = trainer.step;
+        state.epoch_examples_done = 0;
         state.best_accuracy = state.best_accuracy.max(eval.accuracy);
         if let Some(path) = &options.checkpoint {
             trainer.checkpoint(backend, state.clone()).save(path)?;
@@ -244,8 +339,54 @@ pub fn train<B: Backend>(
             .map_err(|e| Error::file(path, format!("cannot write metrics: {e}")))?;
         }
         history.push(m);
+        if crate::interrupt::requested() {
+            let place = format!("the end of epoch {}/{}", epoch + 1, options.epochs);
+            return Err(interrupted_error(&place, options));
+        }
     }
     Ok(history)
+}
+
+/// How many batches of the checkpoint's current epoch to skip: its
+/// `epoch_examples_done` in batches of `batch_size`, which must be a whole
+/// number of batches inside the epoch.
+fn resume_position(
+    state: &TrainingState,
+    batch_size: usize,
+    steps_per_epoch: usize,
+) -> Result<usize> {
+    let done = state.epoch_examples_done;
+    if done == 0 {
+        return Ok(0);
+    }
+    if !done.is_multiple_of(batch_size) || done / batch_size >= steps_per_epoch {
+        return Err(Error::Setting(format!(
+            "the checkpoint stopped {done} examples into epoch {}, which is not a whole number \
+             of the {steps_per_epoch} batches of --batch-size {batch_size} in an epoch; resume \
+             with the --batch-size it was trained with",
+            state.epoch + 1
+        )));
+    }
+    Ok(done / batch_size)
+}
+
+/// The error that reports an interruption at `place` and how to continue.
+fn interrupted_error(place: &str, options: &TrainOptions) -> Error {
+    Error::Training(match &options.checkpoint {
+        Some(path) => format!(
+            "interrupted at {place}; the checkpoint {} holds this point: continue with \
+             `wgcnn train --resume {} --checkpoint {} --epochs {} --batch-size {}` (and the \
+             same --schedule, --warmup and --augment)",
+            path.display(),
+            path.display(),
+            path.display(),
+            options.epochs,
+            options.batch_size
+        ),
+        None => format!(
+            "interrupted at {place}; no checkpoint was written (--checkpoint PATH keeps one)"
+        ),
+    })
 }
 
 /// The data's image shape must be the model's input shape, and its labels must

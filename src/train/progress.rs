@@ -12,6 +12,7 @@ pub struct Progress {
     epochs: usize,
     steps: usize,
     next_line: usize,
+    last_update: std::time::Instant,
 }
 
 impl Progress {
@@ -35,7 +36,19 @@ impl Progress {
             epochs,
             steps,
             next_line: steps.div_ceil(10).max(1),
+            last_update: std::time::Instant::now(),
         }
+    }
+
+    /// Whether batch `step` (1-based) should be reported: every tenth of the
+    /// epoch for plain lines, a few times a second for the bar, and the last.
+    /// The trainer reads the step statistics back from the device only then.
+    pub fn due(&self, step: usize) -> bool {
+        step == self.steps
+            || match self.bar {
+                Some(_) => self.last_update.elapsed().as_secs_f64() >= 0.25,
+                None => step >= self.next_line,
+            }
     }
 
     /// After batch `step` (1-based) with running means.

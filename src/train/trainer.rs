@@ -92,21 +92,29 @@ impl<B: Backend> Trainer<B> {
     pub fn train_step(&mut self, backend: &B, batch: &Batch, lr: f32) -> (B::Tensor, B::Tensor) {
         let x = backend.upload(&batch.images);
         let labels = backend.upload_indices(&batch.labels);
+        // Uploaded with the batch, before any other work of the step is recorded.
+        let update = UpdateStep {
+            lr,
+            t: self.step as u32 + 1,
+        };
+        let step_values = backend.step_values(&self.optimizer, &update);
         let out = self
             .model
             .forward_backward(backend, &x, &labels, self.step as u32);
         self.step += 1;
-        let update = UpdateStep {
-            lr,
-            t: self.step as u32,
-        };
         let trainable = self.model.params_mut().filter(|p| p.trainable);
         for (param, slots) in trainable.zip(&mut self.state) {
             let grad = param
                 .grad
                 .take()
                 .expect("backward fills every trainable gradient");
-            backend.optimizer_update(&self.optimizer, &update, &mut param.value, &grad, slots);
+            backend.optimizer_update(
+                &self.optimizer,
+                &step_values,
+                &mut param.value,
+                &grad,
+                slots,
+            );
         }
         (out.loss, out.correct)
     }

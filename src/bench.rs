@@ -1,0 +1,226 @@
+//! Benchmarks behind `wgcnn bench`: GEMM throughput, per-layer forward and
+//! backward time, and end-to-end training throughput. Every figure is the
+//! median of several runs after a warm-up, with the device waited for before
+//! the clock stops. Timing never decides a test.
+
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::geometry::GemmSpec;
+use crate::nn::{LayerSpec, Mode, ModelSpec, Sequential, init_parameters};
+use crate::optim::{OptimizerKind, OptimizerSettings};
+use crate::rng::SplitMix64;
+use crate::tensor::HostTensor;
+use crate::train::Trainer;
+
+/// Median of `runs` timings of `f` (seconds), after one untimed warm-up.
+pub fn median_seconds(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times: Vec<f64> = (0..runs.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Throughput of one GEMM shape.
+#[derive(Clone, Debug)]
+pub struct GemmResult {
+    /// Shape label, `MxNxK` (and where it comes from).
+    pub shape: String,
+    /// Median seconds per product (device waited for).
+    pub seconds: f64,
+    /// `2·m·n·k / seconds / 1e9`.
+    pub gflops: f64,
+}
+
+/// Times `C = A·B` for `(m, k)·(k, n)` on random data.
+pub fn gemm<B: Backend>(
+    backend: &B,
+    label: String,
+    m: usize,
+    n: usize,
+    k: usize,
+    runs: usize,
+) -> GemmResult {
+    let mut rng = SplitMix64::new(7);
+    let spec = GemmSpec {
+        m,
+        n,
+        k,
+        trans_a: false,
+        trans_b: false,
+    };
+    let a = backend.upload(&HostTensor::new(
+        &spec.a_shape(),
+        rng.uniform_vec(m * k, -1.0, 1.0),
+    ));
+    let b = backend.upload(&HostTensor::new(
+        &spec.b_shape(),
+        rng.uniform_vec(k * n, -1.0, 1.0),
+    ));
+    let seconds = median_seconds(runs, || {
+        let c = backend.gemm(&a, &b, &spec);
+        backend.synchronize();
+        drop(c);
+    });
+    GemmResult {
+        shape: label,
+        seconds,
+        gflops: 2.0 * (m * n * k) as f64 / seconds / 1e9,
+    }
+}
+
+/// The forward GEMM of every convolution of `spec` at batch 1, as
+/// `(label, m, n, k)` = `(O, OH·OW, C·k·k)`.
+pub fn conv_gemm_shapes(
+    name: &str,
+    spec: &ModelSpec,
+) -> Result<Vec<(String, usize, usize, usize)>> {
+    let shapes = spec.shapes(1)?;
+    Ok(spec
+        .layers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, layer)| match layer {
+            LayerSpec::Conv2d {
+                out_channels,
+                kernel,
+                ..
+            } => {
+                let (input, output) = (&shapes[i], &shapes[i + 1]);
+                let (m, n, k) = (
+                    *out_channels,
+                    output[2] * output[3],
+                    input[1] * kernel * kernel,
+                );
+                Some((format!("{m}x{n}x{k} ({name} layer {i})"), m, n, k))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// Forward and backward time of one layer.
+#[derive(Clone, Debug)]
+pub struct LayerResult {
+    /// Layer index and kind, e.g. `3 conv2d`.
+    pub layer: String,
+    /// Output shape.
+    pub output: Vec<usize>,
+    /// Median forward milliseconds.
+    pub forward_ms: f64,
+    /// Median backward milliseconds.
+    pub backward_ms: f64,
+}
+
+/// Times each layer of `spec` forward and backward at batch `batch`.
+pub fn layers<B: Backend>(
+    backend: &B,
+    spec: &ModelSpec,
+    batch: usize,
+    runs: usize,
+) -> Result<Vec<LayerResult>> {
+    let shapes = spec.shapes(batch)?;
+    let mut model = Sequential::new(backend, spec, &init_parameters(spec, 1)?, 1)?;
+    let mut rng = SplitMix64::new(3);
+    let mut results = Vec::new();
+    for i in 0..model.len() {
+        let input = &shapes[i];
+        let x = backend.upload(&HostTensor::new(
+            input,
+            rng.uniform_vec(input.iter().product(), -1.0, 1.0),
+        ));
+        let output = shapes[i + 1].clone();
+        let dy = backend.upload(&HostTensor::new(
+            &output,
+            rng.uniform_vec(output.iter().product(), -1.0, 1.0),
+        ));
+        let forward = median_seconds(runs, || {
+            model.forward_layer(i, backend, &x, Mode::Train, 0);
+            backend.synchronize();
+        });
+        // A backward needs its forward's cache: time both, subtract the forward.
+        let both = median_seconds(runs, || {
+            model.forward_layer(i, backend, &x, Mode::Train, 0);
+            let dx = model.backward_layer(i, backend, &dy);
+            backend.synchronize();
+            drop(dx);
+        });
+        results.push(LayerResult {
+            layer: format!("{i} {}", spec.layers[i].kind()),
+            output,
+            forward_ms: forward * 1e3,
+            backward_ms: (both - forward).max(0.0) * 1e3,
+        });
+    }
+    Ok(results)
+}
+
+/// Training throughput of one model at one batch size.
+#[derive(Clone, Debug)]
+pub struct TrainResult {
+    /// Images per second over the timed steps (forward, backward, update).
+    pub images_per_second: f64,
+    /// Seconds of the very first step (pipelines compiled, buffers created).
+    pub first_step_seconds: f64,
+    /// Device bytes allocated after the run (`None` on the CPU).
+    pub allocated_bytes: Option<u64>,
+}
+
+/// Trains `spec` on random data at batch `batch` with momentum SGD (as the
+/// PyTorch reference does): one timed first step, then the median of `runs`
+/// timings of `steps` steps each (after one untimed round).
+pub fn train<B: Backend>(
+    backend: &B,
+    spec: &ModelSpec,
+    batch: usize,
+    steps: usize,
+    runs: usize,
+) -> Result<TrainResult> {
+    spec.check_trainable(batch)?;
+    if let Some(max) = backend.max_buffer_bytes() {
+        spec.check_fits(batch, max)?;
+    }
+    let classes = spec.classes()?;
+    let settings = OptimizerSettings::new(OptimizerKind::Momentum, 0.0)?;
+    let mut trainer = Trainer::new(
+        backend,
+        spec,
+        &init_parameters(spec, 1)?,
+        settings,
+        &[],
+        0,
+        1,
+    )?;
+    let mut rng = SplitMix64::new(5);
+    let shape: Vec<usize> = [&[batch][..], &spec.input].concat();
+    let batch_data = crate::data::Batch {
+        images: HostTensor::new(&shape, rng.uniform_vec(shape.iter().product(), -1.0, 1.0)),
+        labels: (0..batch).map(|_| rng.below(classes as u32)).collect(),
+    };
+    let step = |trainer: &mut Trainer<B>| {
+        trainer.train_step(backend, &batch_data, 0.01);
+        backend.end_step();
+    };
+    let start = Instant::now();
+    step(&mut trainer);
+    backend.synchronize();
+    let first_step_seconds = start.elapsed().as_secs_f64();
+    let seconds = median_seconds(runs, || {
+        for _ in 0..steps {
+            step(&mut trainer);
+        }
+        backend.synchronize();
+    });
+    Ok(TrainResult {
+        images_per_second: (steps * batch) as f64 / seconds,
+        first_step_seconds,
+        allocated_bytes: backend.allocated_bytes(),
+    })
+}

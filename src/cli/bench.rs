@@ -1,0 +1,228 @@
+//! `wgcnn bench`: GEMM GFLOP/s, per-layer times and training images/s, as a
+//! table or as JSON lines.
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+use wgcnn::Result;
+use wgcnn::backend::Backend;
+use wgcnn::bench;
+use wgcnn::cpu::CpuBackend;
+use wgcnn::gpu::GpuBackend;
+use wgcnn::nn::builtin;
+
+/// What to measure (all of it when omitted).
+#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchKind {
+    /// GEMM GFLOP/s on square sizes and the built-in models' conv shapes.
+    Gemm,
+    /// Forward and backward time of every layer of --model.
+    Layers,
+    /// Training images/s of the built-in models (or --model).
+    Train,
+}
+
+/// Settings of `wgcnn bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// What to measure; everything when omitted.
+    #[command(subcommand)]
+    pub kind: Option<BenchKind>,
+    /// Built-in model(s) for `layers` and `train` (repeatable). Default:
+    /// lenet5, fashion-cnn and cifar-cnn for `train`, fashion-cnn for `layers`.
+    #[arg(long = "model", global = true)]
+    pub models: Vec<String>,
+    /// Batch size(s) (repeatable). Default: 64, 128, 256 for `train`, 64 for
+    /// `layers`.
+    #[arg(long = "batch-size", global = true)]
+    pub batch_sizes: Vec<usize>,
+    /// Square GEMM sizes (repeatable). Default: 256, 512, 1024, 2048, 4096.
+    #[arg(long = "size", global = true)]
+    pub sizes: Vec<usize>,
+    /// Timed runs per figure (the median is reported).
+    #[arg(long, default_value_t = 5, global = true)]
+    pub runs: usize,
+    /// GPU adapter index from `wgcnn devices`.
+    #[arg(long, global = true)]
+    pub device: Option<usize>,
+    /// Benchmark the CPU path instead of a GPU adapter.
+    #[arg(long, global = true)]
+    pub cpu: bool,
+    /// One JSON object per line instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Runs `wgcnn bench`.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.cpu {
+        let cpu = CpuBackend::<f32>::fast();
+        run_on(&cpu, &cpu.name(), args)
+    } else {
+        let gpu = GpuBackend::new(args.device)?;
+        let name = gpu.ctx.describe();
+        run_on(&gpu, &name, args)
+    }
+}
+
+fn shape_of(model: &str) -> [usize; 3] {
+    if model.starts_with("cifar") {
+        [3, 32, 32]
+    } else {
+        [1, 28, 28]
+    }
+}
+
+fn run_on<B: Backend>(backend: &B, device: &str, args: &BenchArgs) -> Result<()> {
+    let all = args.kind.is_none();
+    if !args.json {
+        println!("device: {device}");
+    }
+    if all || args.kind == Some(BenchKind::Gemm) {
+        gemm(backend, device, args)?;
+    }
+    if all || args.kind == Some(BenchKind::Layers) {
+        let models = if args.models.is_empty() {
+            vec!["fashion-cnn".to_string()]
+        } else {
+            args.models.clone()
+        };
+        let batches = if args.batch_sizes.is_empty() {
+            vec![64]
+        } else {
+            args.batch_sizes.clone()
+        };
+        for model in &models {
+            for &batch in &batches {
+                layers(backend, device, model, batch, args)?;
+            }
+        }
+    }
+    if all || args.kind == Some(BenchKind::Train) {
+        let models = if args.models.is_empty() {
+            ["lenet5", "fashion-cnn", "cifar-cnn"]
+                .map(String::from)
+                .to_vec()
+        } else {
+            args.models.clone()
+        };
+        let batches = if args.batch_sizes.is_empty() {
+            vec![64, 128, 256]
+        } else {
+            args.batch_sizes.clone()
+        };
+        if !args.json {
+            println!(
+                "\n{:<14} {:>6} {:>12} {:>14} {:>12}",
+                "train model", "batch", "images/s", "first step s", "memory MiB"
+            );
+        }
+        for model in &models {
+            for &batch in &batches {
+                let spec = builtin(model, shape_of(model), 10)?;
+                // About two seconds per timed run, judged from one step.
+                let probe = bench::train(backend, &spec, batch, 1, 1)?;
+                let steps =
+                    ((2.0 * probe.images_per_second / batch as f64).round() as usize).clamp(1, 50);
+                let r = bench::train(backend, &spec, batch, steps, args.runs.min(3))?;
+                let memory = r.allocated_bytes.map(|b| b as f64 / 1048576.0);
+                if args.json {
+                    println!(
+                        "{}",
+                        json!({"kind": "train", "model": model, "batch_size": batch, "device": device,
+                               "images_per_second": r.images_per_second, "first_step_seconds": probe.first_step_seconds,
+                               "allocated_mib": memory})
+                    );
+                } else {
+                    println!(
+                        "{model:<14} {batch:>6} {:>12.1} {:>14.3} {:>12}",
+                        r.images_per_second,
+                        probe.first_step_seconds,
+                        memory.map_or("-".to_string(), |m| format!("{m:.1}"))
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn gemm<B: Backend>(backend: &B, device: &str, args: &BenchArgs) -> Result<()> {
+    let sizes = if args.sizes.is_empty() {
+        vec![256, 512, 1024, 2048, 4096]
+    } else {
+        args.sizes.clone()
+    };
+    let mut shapes: Vec<(String, usize, usize, usize)> = sizes
+        .iter()
+        .map(|&s| (format!("{s}x{s}x{s}"), s, s, s))
+        .collect();
+    for model in ["lenet5", "fashion-cnn", "cifar-cnn"] {
+        shapes.extend(bench::conv_gemm_shapes(
+            model,
+            &builtin(model, shape_of(model), 10)?,
+        )?);
+    }
+    if !args.json {
+        println!("\n{:<40} {:>12} {:>10}", "gemm (MxNxK)", "ms", "GFLOP/s");
+    }
+    for (label, m, n, k) in shapes {
+        // Large products: fewer runs keep the whole bench in minutes.
+        let runs = if m * n * k > 1 << 31 {
+            args.runs.min(3)
+        } else {
+            args.runs
+        };
+        let r = bench::gemm(backend, label, m, n, k, runs);
+        if args.json {
+            println!(
+                "{}",
+                json!({"kind": "gemm", "shape": r.shape, "device": device, "seconds": r.seconds, "gflops": r.gflops})
+            );
+        } else {
+            println!(
+                "{:<40} {:>12.3} {:>10.2}",
+                r.shape,
+                r.seconds * 1e3,
+                r.gflops
+            );
+        }
+    }
+    Ok(())
+}
+
+fn layers<B: Backend>(
+    backend: &B,
+    device: &str,
+    model: &str,
+    batch: usize,
+    args: &BenchArgs,
+) -> Result<()> {
+    let spec = builtin(model, shape_of(model), 10)?;
+    let results = bench::layers(backend, &spec, batch, args.runs)?;
+    if !args.json {
+        println!(
+            "\n{model} batch {batch}: {:<18} {:>20} {:>12} {:>12}",
+            "layer", "output", "forward ms", "backward ms"
+        );
+    }
+    for r in results {
+        if args.json {
+            println!(
+                "{}",
+                json!({"kind": "layer", "model": model, "batch_size": batch, "layer": r.layer, "device": device,
+                       "forward_ms": r.forward_ms, "backward_ms": r.backward_ms})
+            );
+        } else {
+            println!(
+                "{:>width$} {:<18} {:>20} {:>12.3} {:>12.3}",
+                "",
+                r.layer,
+                format!("{:?}", r.output),
+                r.forward_ms,
+                r.backward_ms,
+                width = model.len() + format!(" batch {batch}:").len()
+            );
+        }
+    }
+    Ok(())
+}

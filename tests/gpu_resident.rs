@@ -1,0 +1,69 @@
+//! A training step on the GPU is recorded into one command encoder and
+//! submitted once; after the first step it creates nothing (buffers come back
+//! from the pool in the same order, so pipelines and bind groups are reused).
+
+mod common;
+
+use wgcnn::backend::Backend;
+use wgcnn::data::{Normalization, epoch_order, make_batch, synthetic};
+use wgcnn::nn::{builtin, init_parameters};
+use wgcnn::optim::{OptimizerKind, OptimizerSettings};
+use wgcnn::tensor::HostTensor;
+use wgcnn::train::Trainer;
+
+#[test]
+fn one_submit_per_step_and_nothing_created_after_the_first() {
+    let Some(gpu) = common::gpu() else { return };
+    for model in ["lenet5", "fashion-cnn"] {
+        let spec = builtin(model, [1, 28, 28], 10).unwrap();
+        let data = synthetic(3, 5 * 16, 1).train;
+        let norm = Normalization::of(&data);
+        let settings = OptimizerSettings::new(OptimizerKind::AdamW, 1e-4).unwrap();
+        let mut trainer = Trainer::new(
+            gpu,
+            &spec,
+            &init_parameters(&spec, 1).unwrap(),
+            settings,
+            &[],
+            0,
+            1,
+        )
+        .unwrap();
+        let order = epoch_order(data.len(), 1, 0, true);
+        let steps = order.len() / 16;
+        // Per-step loss and correct count stay on the GPU until the end.
+        let mut stats = gpu.upload(&HostTensor::zeros(&[2 * steps]));
+        let mut after_first = None;
+        for (step, indices) in order.chunks(16).enumerate() {
+            let batch = make_batch(&data, indices, &norm, None);
+            let before = gpu.ctx.counters();
+            let (loss, correct) = trainer.train_step(gpu, &batch, 1e-3);
+            gpu.copy_into(&mut stats, step, &loss);
+            gpu.copy_into(&mut stats, steps + step, &correct);
+            gpu.end_step();
+            let after = gpu.ctx.counters();
+            assert_eq!(
+                after.submits - before.submits,
+                1,
+                "{model} step {step}: one submission"
+            );
+            match after_first {
+                None => after_first = Some(after),
+                Some(first) => assert_eq!(
+                    after.creations(),
+                    first.creations(),
+                    "{model} step {step} created something: {first:?} -> {after:?}"
+                ),
+            }
+        }
+        let losses = gpu.download(&stats);
+        assert!(
+            losses.data[..steps]
+                .iter()
+                .all(|l| l.is_finite() && *l > 0.0),
+            "{:?}",
+            losses.data
+        );
+        gpu.take_error().unwrap();
+    }
+}

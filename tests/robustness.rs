@@ -1,0 +1,138 @@
+//! Failures during training are errors that say what to do, never panics: a
+//! diverging loss stops with its epoch, batch and step, keeps the last good
+//! checkpoint and suggests a lower learning rate; a lost GPU device is reported
+//! by `take_error`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use wgcnn::checkpoint::Checkpoint;
+use wgcnn::gpu::GpuBackend;
+
+fn wgcnn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgcnn"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("run wgcnn")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wgcnn-robust-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn divergence_stops_with_its_position_keeps_the_last_good_checkpoint_and_suggests_a_lower_lr() {
+    let dir = temp_dir("diverge");
+    let checkpoint = dir.join("run.safetensors");
+    let ck = checkpoint.to_str().unwrap();
+    let base = [
+        "train",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlp",
+        "--cpu",
+        "--optimizer",
+        "sgd",
+        "--checkpoint",
+        ck,
+    ];
+    let out = wgcnn(&[&base[..], &["--lr", "0.01", "--epochs", "1"]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let good = std::fs::read(&checkpoint).unwrap();
+
+    // Resume with a learning rate a million times too large: epoch 2 diverges.
+    let out = wgcnn(&[&base[..], &["--lr", "1e6", "--epochs", "2", "--resume", ck]].concat());
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(!all.contains("panicked"), "{all}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for part in [
+        "training stopped: the loss became",
+        "at epoch 2, batch ",
+        "(step ",
+        &format!("the last good checkpoint is kept at {ck}"),
+        "try a lower --lr",
+    ] {
+        assert!(stderr.contains(part), "{part:?} in {stderr}");
+    }
+    assert_eq!(
+        std::fs::read(&checkpoint).unwrap(),
+        good,
+        "the checkpoint is untouched"
+    );
+    assert_eq!(Checkpoint::load(&checkpoint).unwrap().state.epoch, 1);
+    assert_eq!(files_in(&dir), ["run.safetensors"], "no stray files");
+
+    // Without a checkpoint the message says nothing of one.
+    let out = wgcnn(&[
+        "train",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "lenet5",
+        "--cpu",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e6",
+        "--epochs",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr.contains("the loss became") && stderr.contains("at epoch 1, batch "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("try a lower --lr") && !stderr.contains("checkpoint"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_lost_gpu_device_is_reported_by_take_error() {
+    // A device of its own, since this one is destroyed.
+    let gpu = match GpuBackend::new(None) {
+        Ok(gpu) => gpu,
+        Err(e) => {
+            assert!(
+                !std::env::var("WGCNN_REQUIRE_GPU").is_ok_and(|v| v == "1"),
+                "WGCNN_REQUIRE_GPU=1 but no GPU: {e}"
+            );
+            eprintln!("\n!!! SKIPPED: no GPU adapter ({e}) !!!\n");
+            return;
+        }
+    };
+    gpu.ctx.take_error().expect("a fresh device has no error");
+    gpu.ctx.device.destroy();
+    let _ = gpu.ctx.device.poll(wgpu::PollType::wait_indefinitely());
+    let err = gpu
+        .ctx
+        .take_error()
+        .expect_err("the loss is reported")
+        .to_string();
+    assert!(err.contains("the GPU device was lost"), "{err}");
+}
