@@ -313,10 +313,20 @@ impl Checkpoint {
 }
 
 /// What a checkpoint's training state must satisfy to be written and read back
-/// and to be used: finite numbers (JSON has no NaN or infinity), and one finite
-/// mean and one positive, finite standard deviation per input channel of an
-/// image model (evaluation and resuming normalise inputs with them).
+/// and to be used: counters that training can continue from (the next step's
+/// 1-based count must fit the `i32` of Adam's bias correction), finite numbers
+/// (JSON has no NaN or infinity), and one finite mean and one positive, finite
+/// standard deviation per input channel of an image model (evaluation and
+/// resuming normalise inputs with them).
 fn check_state(spec: &ModelSpec, state: &TrainingState) -> std::result::Result<(), String> {
+    const MAX_COUNT: usize = i32::MAX as usize - 1;
+    for (name, value) in [("epoch", state.epoch), ("step", state.step)] {
+        if value > MAX_COUNT {
+            return Err(format!(
+                "{name} = {value} is past the {MAX_COUNT} that training counts to"
+            ));
+        }
+    }
     for (name, value) in [
         ("lr", f64::from(state.lr)),
         ("weight_decay", f64::from(state.weight_decay)),

@@ -47,6 +47,11 @@ enum Command {
     },
     /// List the GPU adapters wgpu can see (index, name, backend, type).
     Devices,
+    /// Download a data set (mnist, fashion-mnist, cifar10) from its official
+    /// mirrors, verify its SHA-256 checksums and put it where `train` looks.
+    Fetch(cli::fetch::FetchArgs),
+    /// Draw the loss and accuracy curves of a `--metrics` file to PNG or SVG.
+    Plot(cli::plot::PlotArgs),
     /// Measure GEMM GFLOP/s, per-layer times and training images/s.
     Bench(cli::bench::BenchArgs),
 }
@@ -73,6 +78,8 @@ fn main() -> ExitCode {
         } => return cli::check::run(device, &ops, verbose),
         Command::Devices => return cli::check::devices(),
         Command::Bench(args) => cli::bench::run(&args),
+        Command::Plot(args) => cli::plot::run(&args),
+        Command::Fetch(args) => cli::fetch::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -56,7 +56,7 @@ use wgcnn::train::Trainer;
 // ---------------------------------------------------------------------------
 
 /// Cases per property in CI (each property also has a weight below).
-const CASES: u32 = 256;
+const CASES: u32 = 1024;
 
 /// `CASES × weight` cases from a fixed seed, so CI is reproducible; with
 /// `PROPTEST_CASES` set, that many cases from a fresh random seed (or from
@@ -1438,6 +1438,9 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
             json!(1),
             json!(u64::MAX),
             json!(i64::MIN),
+            json!(i32::MAX),
+            json!(i32::MAX - 1),
+            json!(u32::MAX),
             json!(1e300),
             json!(-1e300),
             json!(1e-300),
@@ -1815,8 +1818,9 @@ fn training_state() -> impl Strategy<Value = TrainingState> {
             1 => select(vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, 1e-45, -0.0]),
         ]
     };
+    let count = || prop_oneof![4 => 0usize..100_000, 1 => any::<usize>()];
     (
-        (any::<usize>(), any::<usize>(), any::<u64>()),
+        (count(), count(), any::<u64>()),
         (text.clone(), number(), number(), text.clone()),
         prop::collection::vec(number(), 1..2),
         prop::collection::vec(number(), 1..2),
@@ -2126,4 +2130,64 @@ fn regression_idx_train_and_test_images_must_have_one_size() {
         }
         other => panic!("expected a file error, got {other:?}"),
     }
+}
+
+// ---------------------------------------------------------------------------
+// Lying headers, at sizes past the properties' allocation slack
+// ---------------------------------------------------------------------------
+
+/// A 4 KB gzip file (stored, not compressed) whose header claims 4 MB of
+/// pixels: within what deflate could expand to, so the claim is not refused
+/// up front, but the reader must not reserve the 4 MB before the data is there.
+#[test]
+fn idx_gzip_header_claiming_more_than_the_file_holds_reserves_little() {
+    let content = idx_file(IMAGES_MAGIC, &[1, 2000, 2000], &noise(4000, 9));
+    let mut enc = GzEncoder::new(Vec::new(), Compression::none());
+    enc.write_all(&content).unwrap();
+    let bytes = enc.finish().unwrap();
+    let path = Path::new("lying/train-images-idx3-ubyte.gz");
+    let (result, peak) = with_peak(|| parse_idx(path, &bytes, IdxKind::Images));
+    let err = result.unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+    assert!(
+        peak <= 64 * bytes.len(),
+        "reserved {peak} bytes for a {}-byte file",
+        bytes.len()
+    );
+}
+
+/// A checkpoint whose `step` is beyond the optimizer's step counter loaded,
+/// and the first training step then panicked: `self.step as u32 + 1`
+/// overflowed (found by `checkpoint_loader_survives_semantic_damage` in a debug
+/// build, `step = u64::MAX`), and from `step = 2^31 - 1` on, in release too,
+/// `UpdateStep::values` panicked ("step count fits in an i32"; found by this
+/// test's boundary case).
+#[test]
+fn regression_checkpoint_counters_must_fit_the_trainer() {
+    let base = &base_checkpoints()[0];
+    let path = Path::new("regression/counters.safetensors");
+    for (field, value) in [
+        ("step", serde_json::json!(u64::MAX)),
+        ("step", serde_json::json!(u32::MAX)),
+        ("step", serde_json::json!(i32::MAX)),
+        ("epoch", serde_json::json!(u64::MAX)),
+    ] {
+        let mut parts = Parts::of(base);
+        edit_checkpoint(
+            &mut parts,
+            &CheckpointEdit::StateField(field, Some(value.clone())),
+        );
+        let err = Checkpoint::from_bytes(path, &parts.bytes(false).unwrap())
+            .map(|_| ())
+            .expect_err(&format!("{field} = {value} must be refused"));
+        assert!(err.to_string().contains(field), "{err}");
+    }
+    // The largest step that loads still trains.
+    let mut parts = Parts::of(base);
+    edit_checkpoint(
+        &mut parts,
+        &CheckpointEdit::StateField("step", Some(serde_json::json!(i32::MAX - 1))),
+    );
+    let c = Checkpoint::from_bytes(path, &parts.bytes(false).unwrap()).unwrap();
+    check_usable(&c).unwrap();
 }

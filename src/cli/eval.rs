@@ -46,6 +46,9 @@ pub struct EvalArgs {
     /// Run on the CPU path.
     #[arg(long)]
     pub cpu: bool,
+    /// Also draw the confusion matrix to this PNG or SVG file.
+    #[arg(long, value_name = "PATH")]
+    pub confusion: Option<PathBuf>,
 }
 
 /// Settings of `wgcnn predict`.
@@ -101,6 +104,9 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     if args.batch_size == 0 {
         return Err(Error::Setting("--batch-size must be at least 1".into()));
     }
+    if let Some(path) = &args.confusion {
+        wgcnn::plot::check_picture_path(path)?;
+    }
     let c = Checkpoint::load(&args.checkpoint)?;
     let data = load_split(&c, &args.data)?;
     check_data_fits(&c.spec, &data)?;
@@ -129,6 +135,10 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             print!("{count:>width$}");
         }
         println!();
+    }
+    if let Some(path) = &args.confusion {
+        wgcnn::plot::plot_confusion(&result.confusion, &data.class_names, path)?;
+        println!("confusion matrix image: {}", path.display());
     }
     Ok(())
 }

@@ -5,4 +5,6 @@ pub mod check;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod fetch;
+pub mod plot;
 pub mod train;

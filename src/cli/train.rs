@@ -2,6 +2,9 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use wgcnn::checkpoint::Checkpoint;
@@ -103,6 +106,11 @@ pub struct TrainArgs {
     /// Append one JSON object per epoch to this file.
     #[arg(long)]
     pub metrics: Option<PathBuf>,
+    /// Draw the loss and accuracy curves to this PNG or SVG file when training
+    /// ends or is interrupted; with --metrics also after every epoch, from every
+    /// epoch in that file (earlier installments of a resumed run too).
+    #[arg(long, value_name = "PATH")]
+    pub plot: Option<PathBuf>,
 }
 
 fn parse_dataset(name: &str) -> std::result::Result<DatasetKind, String> {
@@ -116,6 +124,9 @@ const DEFAULT_WEIGHT_DECAY: f32 = 5e-4;
 
 /// Rejects flags out of their range before any work, naming the flag.
 fn check_flags(args: &TrainArgs) -> Result<()> {
+    if let Some(path) = &args.plot {
+        wgcnn::plot::check_picture_path(path)?;
+    }
     let fail = |message: String| Err(Error::Setting(message));
     if args.epochs == 0 {
         return fail("--epochs 0: train at least 1 epoch".into());
@@ -288,7 +299,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if let Err(e) = interrupt::install() {
         eprintln!("warning: {e}; Ctrl-C will stop training without a checkpoint");
     }
-    let outcome = match choose(args.device, args.cpu)? {
+    let device = choose(args.device, args.cpu)?;
+    let watcher = match (&args.plot, &args.metrics) {
+        (Some(plot), Some(metrics)) => Some(PlotWatcher::start(plot.clone(), metrics.clone())),
+        _ => None,
+    };
+    let outcome = match device {
         Device::Gpu(gpu) => train(&gpu, &spec, &train_set, &eval_set, &options, start),
         Device::Cpu => train(
             &CpuBackend::<f32>::fast(),
@@ -299,9 +315,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             start,
         ),
     };
+    if let Some(watcher) = watcher {
+        watcher.stop();
+    }
     let history = match outcome {
         Err(e @ Error::Training(_)) if interrupt::requested() => {
             eprintln!("{e}");
+            if let Err(e) = draw_plot(args, &[]) {
+                eprintln!("warning: {e}");
+            }
             std::process::exit(interrupt::EXIT_CODE);
         }
         other => other?,
@@ -319,6 +341,64 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             args.epochs
         );
     }
+    draw_plot(args, &history)
+}
+
+/// Redraws `--plot` from the `--metrics` file each time training appends an
+/// epoch to it, on a thread of its own, until stopped.
+struct PlotWatcher {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PlotWatcher {
+    fn start(plot: PathBuf, metrics: PathBuf) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let size = || std::fs::metadata(&metrics).map(|m| m.len()).ok();
+            let mut drawn = size();
+            while !stopped.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                let now = size();
+                if now.is_none() || now == drawn {
+                    continue;
+                }
+                // A line caught half-written fails to parse: try again later.
+                if let Ok(rows) = wgcnn::plot::read_metrics(&metrics)
+                    && !rows.is_empty()
+                    && wgcnn::plot::plot_metrics(&rows, &plot).is_ok()
+                {
+                    drawn = now;
+                }
+            }
+        });
+        PlotWatcher { stop, thread }
+    }
+
+    /// Stops the thread and waits for it (so the final drawing is the last).
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// Draws `--plot` from the `--metrics` file when there is one (the whole
+/// history, earlier installments too), else from this run's `history`.
+fn draw_plot(args: &TrainArgs, history: &[wgcnn::train::EpochMetrics]) -> Result<()> {
+    let Some(path) = &args.plot else {
+        return Ok(());
+    };
+    let rows = match &args.metrics {
+        Some(metrics) if metrics.exists() => wgcnn::plot::read_metrics(metrics)?,
+        _ => history.iter().map(wgcnn::plot::MetricsRow::from).collect(),
+    };
+    if rows.is_empty() {
+        println!("no complete epoch to plot; {} not written", path.display());
+        return Ok(());
+    }
+    wgcnn::plot::plot_metrics(&rows, path)?;
+    println!("plot: {}", path.display());
     Ok(())
 }
 
