@@ -71,22 +71,24 @@ pub struct CaseResult {
 
 /// Comparison of one output tensor.
 #[derive(Clone, Debug)]
-struct Compared {
-    max_abs: f64,
-    max_rel: f64,
-    /// Largest `|gpu − cpu| / (ATOL + RTOL·mag)`: above 1 fails.
-    max_ratio: f64,
-    worst: String,
+pub(crate) struct Compared {
+    pub(crate) max_abs: f64,
+    pub(crate) max_rel: f64,
+    /// Largest `|got − reference| / (ATOL + RTOL·mag)`: above 1 fails.
+    pub(crate) max_ratio: f64,
+    pub(crate) worst: String,
 }
 
-fn compare(
+/// Element-by-element comparison of `got` against `reference` (same shapes)
+/// with per-element magnitudes `mag`; `labels` name the two sides in the
+/// worst-element message (`("gpu", "cpu")`, `("got", "expected")`).
+pub(crate) fn compare_elements(
     name: &str,
-    gpu: &HostTensor<f32>,
-    cpu: &HostTensor<f32>,
-    mag: &HostTensor<f32>,
+    got: &HostTensor<f32>,
+    reference: &HostTensor<f32>,
+    mag: impl Fn(usize) -> f64,
+    labels: (&str, &str),
 ) -> Compared {
-    assert_eq!(gpu.shape, cpu.shape, "{name}: GPU and CPU shapes differ");
-    assert_eq!(mag.shape, cpu.shape, "{name}: magnitude shape");
     let mut out = Compared {
         max_abs: 0.0,
         max_rel: 0.0,
@@ -94,9 +96,9 @@ fn compare(
         worst: String::new(),
     };
     let mut worst_ratio = -1.0;
-    for (i, ((&g, &c), &m)) in gpu.data.iter().zip(&cpu.data).zip(&mag.data).enumerate() {
-        let (g, c, m) = (g as f64, c as f64, (m as f64).abs());
-        let diff = if g == c { 0.0 } else { (g - c).abs() };
+    for (i, (&g, &r)) in got.data.iter().zip(&reference.data).enumerate() {
+        let (g, r, m) = (g as f64, r as f64, mag(i).abs());
+        let diff = if g == r { 0.0 } else { (g - r).abs() };
         let diff = if diff.is_nan() { f64::INFINITY } else { diff };
         let ratio = diff / (ATOL + RTOL * m);
         out.max_abs = out.max_abs.max(diff);
@@ -107,15 +109,29 @@ fn compare(
         if ratio > worst_ratio {
             worst_ratio = ratio;
             out.worst = format!(
-                "{name}[{}] gpu {g:.7e} cpu {c:.7e} (|diff| {diff:.2e}, magnitude {m:.2e})",
-                index_string(&cpu.shape, i)
+                "{name}[{}] {} {g:.7e} {} {r:.7e} (|diff| {diff:.2e}, magnitude {m:.2e})",
+                index_string(&reference.shape, i),
+                labels.0,
+                labels.1
             );
         }
     }
     out
 }
 
-fn index_string(shape: &[usize], mut flat: usize) -> String {
+fn compare(
+    name: &str,
+    gpu: &HostTensor<f32>,
+    cpu: &HostTensor<f32>,
+    mag: &HostTensor<f32>,
+) -> Compared {
+    assert_eq!(gpu.shape, cpu.shape, "{name}: GPU and CPU shapes differ");
+    assert_eq!(mag.shape, cpu.shape, "{name}: magnitude shape");
+    compare_elements(name, gpu, cpu, |i| mag.data[i] as f64, ("gpu", "cpu"))
+}
+
+/// A multi-index `i,j,k` from a flat row-major index into `shape`.
+pub(crate) fn index_string(shape: &[usize], mut flat: usize) -> String {
     let mut index = vec![0; shape.len()];
     for (slot, &extent) in index.iter_mut().zip(shape).rev() {
         *slot = flat % extent.max(1);

@@ -62,6 +62,41 @@ impl OptimizerKind {
             })
     }
 
+    /// Checks an update's operands: `state_slots()` state tensors, and the
+    /// gradient and every state shaped like the parameter.
+    ///
+    /// # Panics
+    /// On a mismatch: the caller built the operands wrong.
+    pub fn check_operands<'a>(
+        self,
+        param: &[usize],
+        grad: &[usize],
+        state: impl ExactSizeIterator<Item = &'a [usize]>,
+    ) {
+        assert_eq!(
+            state.len(),
+            self.state_slots(),
+            "{}: expected {} state tensors, got {}",
+            self.name(),
+            self.state_slots(),
+            state.len()
+        );
+        assert_eq!(
+            grad,
+            param,
+            "{}: gradient shape {grad:?} differs from parameter shape {param:?}",
+            self.name()
+        );
+        for (slot, s) in state.enumerate() {
+            assert_eq!(
+                s,
+                param,
+                "{}: state {slot} shape {s:?} differs from parameter shape {param:?}",
+                self.name()
+            );
+        }
+    }
+
     /// State tensors per parameter, each shaped like the parameter and
     /// starting at zero: 0 for sgd, 1 (velocity or squared-gradient average)
     /// for momentum, nesterov, adagrad and rmsprop, 2 (first and second

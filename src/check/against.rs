@@ -44,7 +44,7 @@ use std::str::FromStr;
 
 use safetensors::{Dtype, SafeTensors};
 
-use super::{ATOL, RTOL};
+use super::{Compared, compare_elements};
 use crate::backend::{Backend, BatchNormSaved};
 use crate::cpu;
 use crate::error::{Error, Result};
@@ -953,15 +953,6 @@ fn batchnorm_magnitudes(
     m.insert("grad_bias", HostTensor::new(&c, sum_dy));
 }
 
-/// Comparison of one expected tensor.
-struct Compared {
-    max_abs: f64,
-    max_rel: f64,
-    /// Largest `|got − expected| / (ATOL + RTOL·mag)`: above 1 fails.
-    max_ratio: f64,
-    worst: String,
-}
-
 fn compare(
     name: &str,
     got: &HostTensor<f32>,
@@ -980,54 +971,19 @@ fn compare(
             ),
         };
     }
-    let mut out = Compared {
-        max_abs: 0.0,
-        max_rel: 0.0,
-        max_ratio: 0.0,
-        worst: String::new(),
-    };
-    let mut worst_ratio = -1.0;
-    for (i, ((&g, &e), &m)) in got
-        .data
-        .iter()
-        .zip(&expected.data)
-        .zip(&mag.data)
-        .enumerate()
-    {
-        let (g, e) = (g as f64, e as f64);
-        // The tolerance scales with the larger of our bound and the expected
-        // value itself (a fixture's value can only be as large as its terms).
-        let m = (m as f64).abs().max(e.abs());
-        let diff = if g == e { 0.0 } else { (g - e).abs() };
-        let diff = if diff.is_nan() { f64::INFINITY } else { diff };
-        let ratio = diff / (ATOL + RTOL * m);
-        out.max_abs = out.max_abs.max(diff);
-        if diff > 0.0 {
-            out.max_rel = out.max_rel.max(diff / m.max(f64::MIN_POSITIVE));
-        }
-        out.max_ratio = out.max_ratio.max(ratio);
-        if ratio > worst_ratio {
-            worst_ratio = ratio;
-            out.worst = format!(
-                "{name}[{}] got {g:.7e} expected {e:.7e} (|diff| {diff:.2e}, magnitude {m:.2e})",
-                index_string(&expected.shape, i)
-            );
-        }
-    }
-    out
-}
-
-fn index_string(shape: &[usize], mut flat: usize) -> String {
-    let mut index = vec![0; shape.len()];
-    for (slot, &extent) in index.iter_mut().zip(shape).rev() {
-        *slot = flat % extent.max(1);
-        flat /= extent.max(1);
-    }
-    index
-        .iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
+    // The tolerance scales with the larger of our bound and the expected
+    // value itself (a fixture's value can only be as large as its terms).
+    compare_elements(
+        name,
+        got,
+        expected,
+        |i| {
+            (mag.data[i] as f64)
+                .abs()
+                .max((expected.data[i] as f64).abs())
+        },
+        ("got", "expected"),
+    )
 }
 
 /// Reads every `*.safetensors` file in `dir`, in file-name order. Each entry

@@ -58,32 +58,11 @@ pub fn optimizer_update_with<F: Real>(
     state: &mut [HostTensor<F>],
 ) {
     let kind = settings.kind;
-    assert_eq!(
-        state.len(),
-        kind.state_slots(),
-        "{}: expected {} state tensors, got {}",
-        kind.name(),
-        kind.state_slots(),
-        state.len()
+    kind.check_operands(
+        &param.shape,
+        &grad.shape,
+        state.iter().map(|s| &s.shape[..]),
     );
-    assert_eq!(
-        grad.shape,
-        param.shape,
-        "{}: gradient shape {:?} differs from parameter shape {:?}",
-        kind.name(),
-        grad.shape,
-        param.shape
-    );
-    for (slot, s) in state.iter().enumerate() {
-        assert_eq!(
-            s.shape,
-            param.shape,
-            "{}: state {slot} shape {:?} differs from parameter shape {:?}",
-            kind.name(),
-            s.shape,
-            param.shape
-        );
-    }
 
     let f = F::from_f32;
     let one = F::one();
