@@ -2,36 +2,16 @@
 //! non-zero exit status, a message that names the file or setting at fault, and
 //! never a panic. Run with `--nocapture` to see each case's message.
 
+mod common;
+
+use common::cli::{temp_dir, text, wgcnn};
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-
-fn wgcnn(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgcnn"))
-        .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .expect("run wgcnn")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wgcnn-bad-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn s(p: &Path) -> String {
     p.display().to_string()
@@ -126,7 +106,7 @@ fn mnist_dir(
     train_images: Option<(&str, Vec<u8>)>,
     train_labels: Option<Vec<u8>>,
 ) -> PathBuf {
-    let dir = temp_dir(tag);
+    let dir = temp_dir("bad", tag);
     let (images, labels) = mnist_bytes(20);
     let (test_images, test_labels) = mnist_bytes(10);
     match train_images {
@@ -211,7 +191,7 @@ fn bad_idx_data_is_a_clear_error() {
     let label_range = mnist_dir("labels", None, Some(labels));
     let empty = mnist_dir("empty", Some((raw, idx(0x0803, &[0, 28, 28], &[]))), None);
     let flat = mnist_dir("flat", Some((raw, idx(0x0803, &[20, 0, 28], &[]))), None);
-    let partial = temp_dir("partial");
+    let partial = temp_dir("bad", "partial");
     std::fs::write(partial.join("train-images-idx3-ubyte.gz"), &gz).unwrap();
     let not_a_dir = partial.join("train-images-idx3-ubyte.gz");
 
@@ -299,7 +279,7 @@ const RECORD: usize = 3073;
 /// A CIFAR-10 directory of 2 records per batch file, with `broken` (a file
 /// name) replaced by `bytes`, or removed when `bytes` is `None`.
 fn cifar_dir(tag: &str, broken: Option<(&str, Option<Vec<u8>>)>) -> PathBuf {
-    let dir = temp_dir(tag);
+    let dir = temp_dir("bad", tag);
     let names = [
         "data_batch_1.bin",
         "data_batch_2.bin",
@@ -337,7 +317,7 @@ fn on_cifar(dir: &Path, extra: &[&str]) -> Vec<String> {
 
 fn models_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| temp_dir("models")).clone()
+    DIR.get_or_init(|| temp_dir("bad", "models")).clone()
 }
 
 /// Writes a model file called `name` into the shared models directory.
@@ -580,7 +560,7 @@ fn lenet5_checkpoint() -> (PathBuf, PathBuf) {
 fn bad_checkpoints_are_clear_errors() {
     let (good, mnist) = lenet5_checkpoint();
     let bytes = std::fs::read(&good).unwrap();
-    let dir = temp_dir("checkpoints");
+    let dir = temp_dir("bad", "checkpoints");
     let write = |name: &str, b: &[u8]| {
         let p = dir.join(name);
         std::fs::write(&p, b).unwrap();

@@ -1,57 +1,13 @@
 //! The `wgcnn` binary end to end: MNIST-format data from any directory,
 //! metrics, checkpoints, eval, predict, and clear errors for bad flags.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn wgcnn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgcnn"))
-        .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .expect("run wgcnn")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wgcnn-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Writes an MNIST-layout directory: `n` images of 28×28 whose label is the
-/// row holding a bright bar (so the set is learnable), raw IDX files.
-fn write_mnist(dir: &Path, prefix: &str, n: usize) {
-    let mut images = vec![0, 0, 8, 3];
-    for d in [n as u32, 28, 28] {
-        images.extend(d.to_be_bytes());
-    }
-    let mut labels = vec![0, 0, 8, 1];
-    labels.extend((n as u32).to_be_bytes());
-    for i in 0..n {
-        let label = (i % 10) as u8;
-        let mut pixels = [0u8; 784];
-        let row = 2 + 2 * label as usize;
-        for col in 4..24 {
-            pixels[row * 28 + col] = 255;
-        }
-        images.extend(pixels);
-        labels.push(label);
-    }
-    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
-    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
-}
+use common::cli::{temp_dir, text, wgcnn, write_mnist};
 
 #[test]
 fn mnist_from_a_directory_trains_evaluates_and_predicts() {
-    let dir = temp_dir("mnist");
+    let dir = temp_dir("cli", "mnist");
     write_mnist(&dir, "train", 200);
     write_mnist(&dir, "t10k", 50);
     let d = dir.to_str().unwrap();
@@ -158,7 +114,7 @@ fn mnist_from_a_directory_trains_evaluates_and_predicts() {
 
 #[test]
 fn bad_flags_and_files_are_clear_errors() {
-    let dir = temp_dir("bad");
+    let dir = temp_dir("cli", "bad");
     let missing = dir.join("none.safetensors");
     let cases: [(&[&str], &str); 5] = [
         (
@@ -217,7 +173,7 @@ fn bad_flags_and_files_are_clear_errors() {
 
 #[test]
 fn a_model_file_is_accepted_and_checked_against_the_data() {
-    let dir = temp_dir("model");
+    let dir = temp_dir("cli", "model");
     let model = dir.join("tiny.toml");
     std::fs::write(&model, "input = [3, 32, 32]\n[[layers]]\ntype = \"flatten\"\n[[layers]]\ntype = \"linear\"\nout_features = 10\n").unwrap();
     let out = wgcnn(&[

@@ -1,6 +1,10 @@
 //! Pictures: training curves and confusion matrices to PNG and SVG
 //! (`src/plot.rs`, `wgcnn plot`).
 
+mod common;
+
+use common::cli::write_mnist;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -244,29 +248,6 @@ fn plot_command_writes_next_to_the_metrics() {
         stderr.contains("fm.jsonl") && stderr.contains("line 1"),
         "{stderr}"
     );
-}
-
-/// Writes an MNIST-layout directory: `n` images of 28×28 whose label is the
-/// row holding a bright bar (so the set is learnable), raw IDX files.
-fn write_mnist(dir: &Path, prefix: &str, n: usize) {
-    let mut images = vec![0, 0, 8, 3];
-    for d in [n as u32, 28, 28] {
-        images.extend(d.to_be_bytes());
-    }
-    let mut labels = vec![0, 0, 8, 1];
-    labels.extend((n as u32).to_be_bytes());
-    for i in 0..n {
-        let label = (i % 10) as u8;
-        let mut pixels = [0u8; 784];
-        let row = 2 + 2 * label as usize;
-        for col in 4..24 {
-            pixels[row * 28 + col] = 255;
-        }
-        images.extend(pixels);
-        labels.push(label);
-    }
-    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
-    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
 }
 
 #[test]

@@ -3,34 +3,14 @@
 //! checkpoint and suggests a lower learning rate; a lost GPU device is reported
 //! by `take_error`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::cli::{temp_dir, text, wgcnn};
+
+use std::path::Path;
 
 use wgcnn::checkpoint::Checkpoint;
 use wgcnn::gpu::GpuBackend;
-
-fn wgcnn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgcnn"))
-        .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .expect("run wgcnn")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wgcnn-robust-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -43,7 +23,7 @@ fn files_in(dir: &Path) -> Vec<String> {
 
 #[test]
 fn divergence_stops_with_its_position_keeps_the_last_good_checkpoint_and_suggests_a_lower_lr() {
-    let dir = temp_dir("diverge");
+    let dir = temp_dir("robust", "diverge");
     let checkpoint = dir.join("run.safetensors");
     let ck = checkpoint.to_str().unwrap();
     let base = [

@@ -1,4 +1,8 @@
-//! Shared set-up for the GPU tests: one device for the whole test binary.
+//! Shared set-up for the tests: one GPU device for the whole test binary, and
+//! helpers for running the binary. Each test file uses some of it.
+#![allow(dead_code)]
+
+pub mod cli;
 
 use std::sync::OnceLock;
 
