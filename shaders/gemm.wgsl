@@ -9,9 +9,9 @@
 // is summed inside each invocation instead, C = Σ_z A_z · B_z: the conv weight
 // gradient dW = Σ_n dY_n · X_col,nᵀ as a deterministic in-register reduction.
 //
-// Register blocking: each invocation computes an 8×8 block of C. Per k it
-// loads two vec4 of A (8 rows) and two vec4 of B (8 columns) and does 64
-// multiply-adds into 16 vec4 accumulators (acc_r_h: row r, columns 4h..4h+3 of
+// Register blocking: each invocation computes an 8×16 block of C. Per k it
+// loads two vec4 of A (8 rows) and four vec4 of B (16 columns) and does 128
+// multiply-adds into 32 vec4 accumulators (acc_r_h: row r, columns 4h..4h+3 of
 // the block). Padding makes every vec4 load whole and in bounds; results past
 // M or N are computed from zeros and not stored.
 //
@@ -40,12 +40,12 @@ override WG_Y: u32 = 8u;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
-fn store_row(base_c: u32, row: u32, col0: u32, lo: vec4<f32>, hi: vec4<f32>) {
+fn store_row(base_c: u32, row: u32, col0: u32, q0: vec4<f32>, q1: vec4<f32>, q2: vec4<f32>, q3: vec4<f32>) {
     if row >= p.m {
         return;
     }
-    let block = array<vec4<f32>, 2>(lo, hi);
-    for (var j = 0u; j < 8u; j++) {
+    let block = array<vec4<f32>, 4>(q0, q1, q2, q3);
+    for (var j = 0u; j < 16u; j++) {
         let col = col0 + j;
         if col >= p.n {
             return;
@@ -63,26 +63,30 @@ fn store_row(base_c: u32, row: u32, col0: u32, lo: vec4<f32>, hi: vec4<f32>) {
 @compute @workgroup_size(WG_X, WG_Y, 1)
 fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row0 = gid.y * 8u;
-    let col0 = gid.x * 8u;
+    let col0 = gid.x * 16u;
     if row0 >= p.m || col0 >= p.n {
         return;
     }
     // Row strides of the packed operands, in vec4s.
     let a_stride = (p.m + 3u) / 4u;
     let b_stride = (p.n + 3u) / 4u;
-    // The block's second vec4 may lie past a padded row of 4·k + (1..3)
-    // elements; clamp it to the row's last vec4 (its results are not stored).
-    let a_hi = min(row0 / 4u + 1u, a_stride - 1u);
-    let b_hi = min(col0 / 4u + 1u, b_stride - 1u);
+    // vec4s of the block past a padded row are clamped to the row's last
+    // vec4 (their results are not stored).
+    let a0 = row0 / 4u;
+    let a1 = min(a0 + 1u, a_stride - 1u);
+    let b0 = col0 / 4u;
+    let b1 = min(b0 + 1u, b_stride - 1u);
+    let b2 = min(b0 + 2u, b_stride - 1u);
+    let b3 = min(b0 + 3u, b_stride - 1u);
 
-    var acc_0_0 = vec4<f32>(0.0); var acc_0_1 = vec4<f32>(0.0);
-    var acc_1_0 = vec4<f32>(0.0); var acc_1_1 = vec4<f32>(0.0);
-    var acc_2_0 = vec4<f32>(0.0); var acc_2_1 = vec4<f32>(0.0);
-    var acc_3_0 = vec4<f32>(0.0); var acc_3_1 = vec4<f32>(0.0);
-    var acc_4_0 = vec4<f32>(0.0); var acc_4_1 = vec4<f32>(0.0);
-    var acc_5_0 = vec4<f32>(0.0); var acc_5_1 = vec4<f32>(0.0);
-    var acc_6_0 = vec4<f32>(0.0); var acc_6_1 = vec4<f32>(0.0);
-    var acc_7_0 = vec4<f32>(0.0); var acc_7_1 = vec4<f32>(0.0);
+    var acc_0_0 = vec4<f32>(0.0); var acc_0_1 = vec4<f32>(0.0); var acc_0_2 = vec4<f32>(0.0); var acc_0_3 = vec4<f32>(0.0);
+    var acc_1_0 = vec4<f32>(0.0); var acc_1_1 = vec4<f32>(0.0); var acc_1_2 = vec4<f32>(0.0); var acc_1_3 = vec4<f32>(0.0);
+    var acc_2_0 = vec4<f32>(0.0); var acc_2_1 = vec4<f32>(0.0); var acc_2_2 = vec4<f32>(0.0); var acc_2_3 = vec4<f32>(0.0);
+    var acc_3_0 = vec4<f32>(0.0); var acc_3_1 = vec4<f32>(0.0); var acc_3_2 = vec4<f32>(0.0); var acc_3_3 = vec4<f32>(0.0);
+    var acc_4_0 = vec4<f32>(0.0); var acc_4_1 = vec4<f32>(0.0); var acc_4_2 = vec4<f32>(0.0); var acc_4_3 = vec4<f32>(0.0);
+    var acc_5_0 = vec4<f32>(0.0); var acc_5_1 = vec4<f32>(0.0); var acc_5_2 = vec4<f32>(0.0); var acc_5_3 = vec4<f32>(0.0);
+    var acc_6_0 = vec4<f32>(0.0); var acc_6_1 = vec4<f32>(0.0); var acc_6_2 = vec4<f32>(0.0); var acc_6_3 = vec4<f32>(0.0);
+    var acc_7_0 = vec4<f32>(0.0); var acc_7_1 = vec4<f32>(0.0); var acc_7_2 = vec4<f32>(0.0); var acc_7_3 = vec4<f32>(0.0);
 
     var z_begin = gid.z;
     var z_end = gid.z + 1u;
@@ -94,18 +98,28 @@ fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
         var ia = z * p.stride_a / 4u;
         var ib = z * p.stride_b / 4u;
         for (var kk = 0u; kk < p.k; kk++) {
-            let a_lo = a[ia + row0 / 4u];
-            let a_hi_v = a[ia + a_hi];
-            let b_lo = b[ib + col0 / 4u];
-            let b_hi_v = b[ib + b_hi];
-            acc_0_0 = fma(vec4<f32>(a_lo.x), b_lo, acc_0_0); acc_0_1 = fma(vec4<f32>(a_lo.x), b_hi_v, acc_0_1);
-            acc_1_0 = fma(vec4<f32>(a_lo.y), b_lo, acc_1_0); acc_1_1 = fma(vec4<f32>(a_lo.y), b_hi_v, acc_1_1);
-            acc_2_0 = fma(vec4<f32>(a_lo.z), b_lo, acc_2_0); acc_2_1 = fma(vec4<f32>(a_lo.z), b_hi_v, acc_2_1);
-            acc_3_0 = fma(vec4<f32>(a_lo.w), b_lo, acc_3_0); acc_3_1 = fma(vec4<f32>(a_lo.w), b_hi_v, acc_3_1);
-            acc_4_0 = fma(vec4<f32>(a_hi_v.x), b_lo, acc_4_0); acc_4_1 = fma(vec4<f32>(a_hi_v.x), b_hi_v, acc_4_1);
-            acc_5_0 = fma(vec4<f32>(a_hi_v.y), b_lo, acc_5_0); acc_5_1 = fma(vec4<f32>(a_hi_v.y), b_hi_v, acc_5_1);
-            acc_6_0 = fma(vec4<f32>(a_hi_v.z), b_lo, acc_6_0); acc_6_1 = fma(vec4<f32>(a_hi_v.z), b_hi_v, acc_6_1);
-            acc_7_0 = fma(vec4<f32>(a_hi_v.w), b_lo, acc_7_0); acc_7_1 = fma(vec4<f32>(a_hi_v.w), b_hi_v, acc_7_1);
+            let av0 = a[ia + a0];
+            let av1 = a[ia + a1];
+            let bv0 = b[ib + b0];
+            let bv1 = b[ib + b1];
+            let bv2 = b[ib + b2];
+            let bv3 = b[ib + b3];
+            let s0 = vec4<f32>(av0.x);
+            acc_0_0 = fma(s0, bv0, acc_0_0); acc_0_1 = fma(s0, bv1, acc_0_1); acc_0_2 = fma(s0, bv2, acc_0_2); acc_0_3 = fma(s0, bv3, acc_0_3);
+            let s1 = vec4<f32>(av0.y);
+            acc_1_0 = fma(s1, bv0, acc_1_0); acc_1_1 = fma(s1, bv1, acc_1_1); acc_1_2 = fma(s1, bv2, acc_1_2); acc_1_3 = fma(s1, bv3, acc_1_3);
+            let s2 = vec4<f32>(av0.z);
+            acc_2_0 = fma(s2, bv0, acc_2_0); acc_2_1 = fma(s2, bv1, acc_2_1); acc_2_2 = fma(s2, bv2, acc_2_2); acc_2_3 = fma(s2, bv3, acc_2_3);
+            let s3 = vec4<f32>(av0.w);
+            acc_3_0 = fma(s3, bv0, acc_3_0); acc_3_1 = fma(s3, bv1, acc_3_1); acc_3_2 = fma(s3, bv2, acc_3_2); acc_3_3 = fma(s3, bv3, acc_3_3);
+            let s4 = vec4<f32>(av1.x);
+            acc_4_0 = fma(s4, bv0, acc_4_0); acc_4_1 = fma(s4, bv1, acc_4_1); acc_4_2 = fma(s4, bv2, acc_4_2); acc_4_3 = fma(s4, bv3, acc_4_3);
+            let s5 = vec4<f32>(av1.y);
+            acc_5_0 = fma(s5, bv0, acc_5_0); acc_5_1 = fma(s5, bv1, acc_5_1); acc_5_2 = fma(s5, bv2, acc_5_2); acc_5_3 = fma(s5, bv3, acc_5_3);
+            let s6 = vec4<f32>(av1.z);
+            acc_6_0 = fma(s6, bv0, acc_6_0); acc_6_1 = fma(s6, bv1, acc_6_1); acc_6_2 = fma(s6, bv2, acc_6_2); acc_6_3 = fma(s6, bv3, acc_6_3);
+            let s7 = vec4<f32>(av1.w);
+            acc_7_0 = fma(s7, bv0, acc_7_0); acc_7_1 = fma(s7, bv1, acc_7_1); acc_7_2 = fma(s7, bv2, acc_7_2); acc_7_3 = fma(s7, bv3, acc_7_3);
             ia += a_stride;
             ib += b_stride;
         }
@@ -115,12 +129,12 @@ fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
     if SUM_BATCH {
         base_c = 0u;
     }
-    store_row(base_c, row0, col0, acc_0_0, acc_0_1);
-    store_row(base_c, row0 + 1u, col0, acc_1_0, acc_1_1);
-    store_row(base_c, row0 + 2u, col0, acc_2_0, acc_2_1);
-    store_row(base_c, row0 + 3u, col0, acc_3_0, acc_3_1);
-    store_row(base_c, row0 + 4u, col0, acc_4_0, acc_4_1);
-    store_row(base_c, row0 + 5u, col0, acc_5_0, acc_5_1);
-    store_row(base_c, row0 + 6u, col0, acc_6_0, acc_6_1);
-    store_row(base_c, row0 + 7u, col0, acc_7_0, acc_7_1);
+    store_row(base_c, row0, col0, acc_0_0, acc_0_1, acc_0_2, acc_0_3);
+    store_row(base_c, row0 + 1u, col0, acc_1_0, acc_1_1, acc_1_2, acc_1_3);
+    store_row(base_c, row0 + 2u, col0, acc_2_0, acc_2_1, acc_2_2, acc_2_3);
+    store_row(base_c, row0 + 3u, col0, acc_3_0, acc_3_1, acc_3_2, acc_3_3);
+    store_row(base_c, row0 + 4u, col0, acc_4_0, acc_4_1, acc_4_2, acc_4_3);
+    store_row(base_c, row0 + 5u, col0, acc_5_0, acc_5_1, acc_5_2, acc_5_3);
+    store_row(base_c, row0 + 6u, col0, acc_6_0, acc_6_1, acc_6_2, acc_6_3);
+    store_row(base_c, row0 + 7u, col0, acc_7_0, acc_7_1, acc_7_2, acc_7_3);
 }

@@ -7,8 +7,10 @@ use crate::geometry::GemmSpec;
 const SOURCE: &str = include_str!("../../shaders/gemm.wgsl");
 const PACK_SOURCE: &str = include_str!("../../shaders/pack.wgsl");
 
-/// Rows and columns of C per invocation.
-const BLOCK: usize = 8;
+/// Rows of C per invocation.
+const BLOCK_ROWS: usize = 8;
+/// Columns of C per invocation.
+const BLOCK_COLS: usize = 16;
 /// Invocations per workgroup.
 const WORKGROUP: usize = 64;
 
@@ -111,8 +113,8 @@ pub fn gemm_into(
         &[a.buffer(), b.buffer(), bias_buffer],
         &[out],
         [
-            spec.n.div_ceil(BLOCK * wg_x) as u32,
-            spec.m.div_ceil(BLOCK * wg_y) as u32,
+            spec.n.div_ceil(BLOCK_COLS * wg_x) as u32,
+            spec.m.div_ceil(BLOCK_ROWS * wg_y) as u32,
             z as u32,
         ],
     );
@@ -121,7 +123,11 @@ pub fn gemm_into(
 /// Invocations along N and M: as wide along N as its blocks fill (up to the
 /// whole workgroup), the rest along M.
 fn workgroup_shape(spec: &GemmSpec) -> [usize; 2] {
-    let x = spec.n.div_ceil(BLOCK).next_power_of_two().min(WORKGROUP);
+    let x = spec
+        .n
+        .div_ceil(BLOCK_COLS)
+        .next_power_of_two()
+        .min(WORKGROUP);
     [x, WORKGROUP / x]
 }
 
