@@ -1,9 +1,14 @@
-// im2col and col2im for a convolution over NCHW input.
+// im2col, its transposed form im2row, and col2im for a convolution over NCHW
+// input.
 //
 //   X:     (N, C, H, W)
 //   X_col: (N, C·kh·kw, OH·OW)
 //   X_col[n, (c·kh + i)·kw + j, oh·OW + ow] = X[n, c, oh·s − p + i, ow·s − p + j]
 //                                            (0 where that falls in the padding)
+//   X_row: (N, OH·OW, R), R = C·kh·kw rounded up to a multiple of 4:
+//   X_row[n, pos, row] = X_col[n, row, pos] (0 for row ≥ C·kh·kw) — the
+//   depth-major packed layout (shaders/pack.wgsl) the GEMM reads for
+//   dW = Σ_n dY_n · X_col,nᵀ, written directly instead of transposed later.
 //
 // col2im is im2col's adjoint, written as a gather (core WGSL has no float
 // atomics, and a gather is deterministic): each input element sums the column
@@ -11,6 +16,11 @@
 //   dX[n, c, h, w] = Σ_{i, j} dX_col[n, (c·kh + i)·kw + j, oh·OW + ow]
 // over the (i, j) for which oh = (h + p − i)/s and ow = (w + p − j)/s are
 // whole numbers inside the output.
+//
+// Each invocation decodes its indices once and then walks a run of elements
+// with running offsets: integer division is slow on CPU-like adapters
+// (lavapipe scalarises it), so none happens per element. Batches (and planes)
+// beyond the grid's y or z extent are walked in a loop.
 
 struct Params {
     batch: u32,
@@ -23,84 +33,116 @@ struct Params {
     padding: u32,
     out_h: u32,
     out_w: u32,
+    rows_padded: u32,
 }
+
+// The convolution's stride as a constant, so col2im's divisions by it fold.
+override STRIDE: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 
-fn linear_index(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wid.x + wid.y * nwg.x) * 256u + lid.x;
-}
-
-@compute @workgroup_size(256)
-fn im2col(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_id) lid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
+// One invocation per (output position, image): walks every row (c, i, j).
+@compute @workgroup_size(64)
+fn im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let positions = p.out_h * p.out_w;
-    let rows = p.channels * p.kernel_h * p.kernel_w;
-    let idx = linear_index(wid, lid, nwg);
-    if idx >= p.batch * rows * positions {
+    let pos = gid.x;
+    if pos >= positions {
         return;
     }
-    let pos = idx % positions;
-    let row = (idx / positions) % rows;
-    let n = idx / (positions * rows);
-    let ow = pos % p.out_w;
-    let oh = pos / p.out_w;
+    let rows = p.channels * p.kernel_h * p.kernel_w;
+    let plane = p.height * p.width;
+    let h0 = i32((pos / p.out_w) * p.stride) - i32(p.padding);
+    let w0 = i32((pos % p.out_w) * p.stride) - i32(p.padding);
+    for (var n = gid.y; n < p.batch; n += nwg.y) {
+        var out = n * rows * positions + pos;
+        var image = n * p.channels * plane;
+        for (var c = 0u; c < p.channels; c++) {
+            for (var i = 0u; i < p.kernel_h; i++) {
+                let h = h0 + i32(i);
+                let h_inside = h >= 0 && h < i32(p.height);
+                for (var j = 0u; j < p.kernel_w; j++) {
+                    let w = w0 + i32(j);
+                    var value = 0.0;
+                    if h_inside && w >= 0 && w < i32(p.width) {
+                        value = src[image + u32(h) * p.width + u32(w)];
+                    }
+                    dst[out] = value;
+                    out += positions;
+                }
+            }
+            image += plane;
+        }
+    }
+}
+
+// One invocation per (row, output row oh, image): walks ow.
+@compute @workgroup_size(16, 4)
+fn im2row(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = gid.x;
+    let oh = gid.y;
+    if row >= p.rows_padded || oh >= p.out_h {
+        return;
+    }
+    let rows = p.channels * p.kernel_h * p.kernel_w;
+    let real = row < rows;
     let j = row % p.kernel_w;
     let i = (row / p.kernel_w) % p.kernel_h;
     let c = row / (p.kernel_w * p.kernel_h);
     let h = i32(oh * p.stride + i) - i32(p.padding);
-    let w = i32(ow * p.stride + j) - i32(p.padding);
-    var value = 0.0;
-    if h >= 0 && h < i32(p.height) && w >= 0 && w < i32(p.width) {
-        value = src[((n * p.channels + c) * p.height + u32(h)) * p.width + u32(w)];
+    let h_inside = real && h >= 0 && h < i32(p.height);
+    let positions = p.out_h * p.out_w;
+    for (var n = gid.z; n < p.batch; n += nwg.z) {
+        var out = (n * positions + oh * p.out_w) * p.rows_padded + row;
+        let line = ((n * p.channels + c) * p.height + u32(max(h, 0))) * p.width;
+        var w = i32(j) - i32(p.padding);
+        for (var ow = 0u; ow < p.out_w; ow++) {
+            var value = 0.0;
+            if h_inside && w >= 0 && w < i32(p.width) {
+                value = src[line + u32(w)];
+            }
+            dst[out] = value;
+            out += p.rows_padded;
+            w += i32(p.stride);
+        }
     }
-    dst[idx] = value;
 }
 
-@compute @workgroup_size(256)
-fn col2im(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_id) lid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let idx = linear_index(wid, lid, nwg);
-    if idx >= p.batch * p.channels * p.height * p.width {
+// One invocation per (input position, plane n·C + c).
+@compute @workgroup_size(64)
+fn col2im(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let plane_len = p.height * p.width;
+    let at = gid.x;
+    if at >= plane_len {
         return;
     }
-    let w = idx % p.width;
-    let h = (idx / p.width) % p.height;
-    let c = (idx / (p.width * p.height)) % p.channels;
-    let n = idx / (p.width * p.height * p.channels);
+    let h = at / p.width;
+    let w = at % p.width;
     let positions = p.out_h * p.out_w;
-    let rows = p.channels * p.kernel_h * p.kernel_w;
-    let col_base = n * rows * positions;
-    var sum = 0.0;
-    for (var i = 0u; i < p.kernel_h; i++) {
-        let hi = i32(h + p.padding) - i32(i);
-        if hi < 0 || hi % i32(p.stride) != 0 {
-            continue;
-        }
-        let oh = u32(hi) / p.stride;
-        if oh >= p.out_h {
-            continue;
-        }
-        for (var j = 0u; j < p.kernel_w; j++) {
-            let wj = i32(w + p.padding) - i32(j);
-            if wj < 0 || wj % i32(p.stride) != 0 {
+    let window = p.kernel_h * p.kernel_w;
+    let rows = p.channels * window;
+    for (var plane = gid.y; plane < p.batch * p.channels; plane += nwg.y) {
+        let n = plane / p.channels;
+        let c = plane % p.channels;
+        // Column entries of row (c, 0, 0) of image n.
+        let base = (n * rows + c * window) * positions;
+        var sum = 0.0;
+        for (var i = 0u; i < p.kernel_h; i++) {
+            let hi = i32(h + p.padding) - i32(i);
+            if hi < 0 || u32(hi) % STRIDE != 0u || u32(hi) / STRIDE >= p.out_h {
                 continue;
             }
-            let ow = u32(wj) / p.stride;
-            if ow >= p.out_w {
-                continue;
+            let oh = u32(hi) / STRIDE;
+            for (var j = 0u; j < p.kernel_w; j++) {
+                let wj = i32(w + p.padding) - i32(j);
+                if wj < 0 || u32(wj) % STRIDE != 0u || u32(wj) / STRIDE >= p.out_w {
+                    continue;
+                }
+                let ow = u32(wj) / STRIDE;
+                sum += src[base + (i * p.kernel_w + j) * positions + oh * p.out_w + ow];
             }
-            let row = (c * p.kernel_h + i) * p.kernel_w + j;
-            sum += src[col_base + row * positions + oh * p.out_w + ow];
         }
+        dst[plane * plane_len + at] = sum;
     }
-    dst[idx] = sum;
 }

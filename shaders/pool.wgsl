@@ -10,6 +10,12 @@
 //
 // Both backwards are gathers over the windows that contain (h, w):
 // deterministic and free of float atomics.
+//
+// Grid: x covers the positions of one plane (output positions forward, input
+// positions backward), y the N·C planes, walked in a loop past the grid. The
+// window size and stride are pipeline constants, so dividing by them folds
+// into cheap arithmetic; the one division by the width happens once per
+// invocation.
 
 struct Params {
     batch: u32,
@@ -23,20 +29,19 @@ struct Params {
     out_w: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+override KERNEL: u32 = 2u;
+override STRIDE: u32 = 2u;
 
-fn element(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wid.x + wid.y * nwg.x) * 256u + lid.x;
-}
+@group(0) @binding(0) var<uniform> p: Params;
 
 // First and one-past-last output index whose window covers input index `x`
 // along an axis with `out_len` outputs: o·s − p ≤ x ≤ o·s − p + k − 1.
 fn covering(x: u32, out_len: u32) -> vec2<u32> {
-    let hi = (x + p.padding) / p.stride;
-    let reach = i32(x + p.padding) - i32(p.kernel) + 1;
+    let hi = (x + p.padding) / STRIDE;
+    let reach = i32(x + p.padding) - i32(KERNEL) + 1;
     var lo = 0u;
     if reach > 0 {
-        lo = (u32(reach) + p.stride - 1u) / p.stride;
+        lo = (u32(reach) + STRIDE - 1u) / STRIDE;
     }
     return vec2<u32>(lo, min(hi + 1u, out_len));
 }
@@ -46,26 +51,27 @@ fn covering(x: u32, out_len: u32) -> vec2<u32> {
 @group(0) @binding(2) var<storage, read_write> maxf_y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> maxf_argmax: array<u32>;
 
-@compute @workgroup_size(256)
-fn maxpool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element(wid, lid, nwg);
-    if i >= p.batch * p.channels * p.out_h * p.out_w {
+@compute @workgroup_size(64)
+fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let at_out = gid.x;
+    if at_out >= p.out_h * p.out_w {
         return;
     }
-    let ow = i % p.out_w;
-    let oh = (i / p.out_w) % p.out_h;
-    let plane = i / (p.out_w * p.out_h);
+    let ow = at_out % p.out_w;
+    let oh = at_out / p.out_w;
+    for (var plane = gid.y; plane < p.batch * p.channels; plane += nwg.y) {
+    let i = plane * p.out_h * p.out_w + at_out;
     let base = plane * p.height * p.width;
     var best = 0.0;
     var best_at = 0u;
     var found = false;
-    for (var ki = 0u; ki < p.kernel; ki++) {
-        let h = i32(oh * p.stride + ki) - i32(p.padding);
+    for (var ki = 0u; ki < KERNEL; ki++) {
+        let h = i32(oh * STRIDE + ki) - i32(p.padding);
         if h < 0 || h >= i32(p.height) {
             continue;
         }
-        for (var kj = 0u; kj < p.kernel; kj++) {
-            let w = i32(ow * p.stride + kj) - i32(p.padding);
+        for (var kj = 0u; kj < KERNEL; kj++) {
+            let w = i32(ow * STRIDE + kj) - i32(p.padding);
             if w < 0 || w >= i32(p.width) {
                 continue;
             }
@@ -80,6 +86,7 @@ fn maxpool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     }
     maxf_y[i] = best;
     maxf_argmax[i] = best_at;
+    }
 }
 
 // ---- max pooling backward: one input element per invocation ----
@@ -87,18 +94,19 @@ fn maxpool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 @group(0) @binding(2) var<storage, read> maxb_argmax: array<u32>;
 @group(0) @binding(3) var<storage, read_write> maxb_dx: array<f32>;
 
-@compute @workgroup_size(256)
-fn maxpool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element(wid, lid, nwg);
-    if i >= p.batch * p.channels * p.height * p.width {
+@compute @workgroup_size(64)
+fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let at_in = gid.x;
+    if at_in >= p.height * p.width {
         return;
     }
-    let w = i % p.width;
-    let h = (i / p.width) % p.height;
-    let plane = i / (p.width * p.height);
-    let at = h * p.width + w;
+    let w = at_in % p.width;
+    let h = at_in / p.width;
     let rows = covering(h, p.out_h);
     let cols = covering(w, p.out_w);
+    for (var plane = gid.y; plane < p.batch * p.channels; plane += nwg.y) {
+    let i = plane * p.height * p.width + at_in;
+    let at = at_in;
     var sum = 0.0;
     for (var oh = rows.x; oh < rows.y; oh++) {
         for (var ow = cols.x; ow < cols.y; ow++) {
@@ -109,58 +117,63 @@ fn maxpool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         }
     }
     maxb_dx[i] = sum;
+    }
 }
 
 // ---- average pooling forward ----
 @group(0) @binding(1) var<storage, read> avgf_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> avgf_y: array<f32>;
 
-@compute @workgroup_size(256)
-fn avgpool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element(wid, lid, nwg);
-    if i >= p.batch * p.channels * p.out_h * p.out_w {
+@compute @workgroup_size(64)
+fn avgpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let at_out = gid.x;
+    if at_out >= p.out_h * p.out_w {
         return;
     }
-    let ow = i % p.out_w;
-    let oh = (i / p.out_w) % p.out_h;
-    let plane = i / (p.out_w * p.out_h);
+    let ow = at_out % p.out_w;
+    let oh = at_out / p.out_w;
+    for (var plane = gid.y; plane < p.batch * p.channels; plane += nwg.y) {
+    let i = plane * p.out_h * p.out_w + at_out;
     let base = plane * p.height * p.width;
     var sum = 0.0;
-    for (var ki = 0u; ki < p.kernel; ki++) {
-        let h = i32(oh * p.stride + ki) - i32(p.padding);
+    for (var ki = 0u; ki < KERNEL; ki++) {
+        let h = i32(oh * STRIDE + ki) - i32(p.padding);
         if h < 0 || h >= i32(p.height) {
             continue;
         }
-        for (var kj = 0u; kj < p.kernel; kj++) {
-            let w = i32(ow * p.stride + kj) - i32(p.padding);
+        for (var kj = 0u; kj < KERNEL; kj++) {
+            let w = i32(ow * STRIDE + kj) - i32(p.padding);
             if w >= 0 && w < i32(p.width) {
                 sum += avgf_x[base + u32(h) * p.width + u32(w)];
             }
         }
     }
-    avgf_y[i] = sum / f32(p.kernel * p.kernel);
+    avgf_y[i] = sum / f32(KERNEL * KERNEL);
+    }
 }
 
 // ---- average pooling backward ----
 @group(0) @binding(1) var<storage, read> avgb_dy: array<f32>;
 @group(0) @binding(2) var<storage, read_write> avgb_dx: array<f32>;
 
-@compute @workgroup_size(256)
-fn avgpool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element(wid, lid, nwg);
-    if i >= p.batch * p.channels * p.height * p.width {
+@compute @workgroup_size(64)
+fn avgpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let at_in = gid.x;
+    if at_in >= p.height * p.width {
         return;
     }
-    let w = i % p.width;
-    let h = (i / p.width) % p.height;
-    let plane = i / (p.width * p.height);
+    let w = at_in % p.width;
+    let h = at_in / p.width;
     let rows = covering(h, p.out_h);
     let cols = covering(w, p.out_w);
+    for (var plane = gid.y; plane < p.batch * p.channels; plane += nwg.y) {
+    let i = plane * p.height * p.width + at_in;
     var sum = 0.0;
     for (var oh = rows.x; oh < rows.y; oh++) {
         for (var ow = cols.x; ow < cols.y; ow++) {
             sum += avgb_dy[(plane * p.out_h + oh) * p.out_w + ow];
         }
     }
-    avgb_dx[i] = sum / f32(p.kernel * p.kernel);
+    avgb_dx[i] = sum / f32(KERNEL * KERNEL);
+    }
 }

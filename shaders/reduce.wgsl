@@ -1,8 +1,11 @@
-// Per-channel sums: the bias gradients db[o] = Σ_{n, s} dY[n, o, s].
+// Sums over the outer dimension of x: (outer, C, inner).
 //
-//   x: (outer, C, inner) → out: (C)
+// channel_sum — the bias gradients db[o] = Σ_{n, s} dY[n, o, s]:
 //   out[c] = Σ_{o < outer, i < inner} x[(o·C + c)·inner + i]
+// slice_sum (inner = 1) — adds `outer` partial results slice by slice:
+//   out[c] = Σ_{o < outer} x[o·C + c]
 //
+// channel_sum:
 // One workgroup per channel. Each invocation sums a fixed strided subset, then
 // a tree reduction in workgroup memory adds the 256 partial sums: the order of
 // additions is fixed, so results are the same run to run (no atomics).
@@ -31,12 +34,22 @@ fn channel_sum(
     if c >= p.channels {
         return;
     }
+    // Element e = o·inner + i, stepped by WG with running (o, i): no
+    // division per element.
     let count = p.outer * p.inner;
+    let step_o = WG / p.inner;
+    let step_i = WG % p.inner;
+    var o = lid.x / p.inner;
+    var i = lid.x % p.inner;
     var sum = 0.0;
     for (var e = lid.x; e < count; e += WG) {
-        let o = e / p.inner;
-        let i = e % p.inner;
         sum += x[(o * p.channels + c) * p.inner + i];
+        o += step_o;
+        i += step_i;
+        if i >= p.inner {
+            i -= p.inner;
+            o += 1u;
+        }
     }
     partial[lid.x] = sum;
     workgroupBarrier();
@@ -49,4 +62,21 @@ fn channel_sum(
     if lid.x == 0u {
         out[c] = partial[0];
     }
+}
+
+@compute @workgroup_size(256)
+fn slice_sum(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let c = (wid.x + wid.y * nwg.x) * WG + lid.x;
+    if c >= p.channels {
+        return;
+    }
+    var sum = 0.0;
+    for (var o = 0u; o < p.outer; o++) {
+        sum += x[o * p.channels + c];
+    }
+    out[c] = sum;
 }

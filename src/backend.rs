@@ -158,6 +158,18 @@ pub trait Backend {
         dy: &Self::Tensor,
         g: &Conv2dGeometry,
     ) -> ParamGrads<Self::Tensor>;
+    /// `(dW, db)` of [`Backend::conv2d_backward`] alone, for a layer whose
+    /// input needs no gradient (a model's first layer): backends skip `dX`.
+    fn conv2d_weight_grads(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        dy: &Self::Tensor,
+        g: &Conv2dGeometry,
+    ) -> (Self::Tensor, Self::Tensor) {
+        let grads = self.conv2d_backward(x, w, dy, g);
+        (grads.dw, grads.db)
+    }
 
     /// `Y = X · Wᵀ + b`: `(N, I)·(I, O) → (N, O)` with `W` stored `(O, I)`.
     fn linear_forward(&self, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
@@ -168,6 +180,17 @@ pub trait Backend {
         w: &Self::Tensor,
         dy: &Self::Tensor,
     ) -> ParamGrads<Self::Tensor>;
+    /// `(dW, db)` of [`Backend::linear_backward`] alone, for a layer whose
+    /// input needs no gradient: backends skip `dX`.
+    fn linear_weight_grads(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        dy: &Self::Tensor,
+    ) -> (Self::Tensor, Self::Tensor) {
+        let grads = self.linear_backward(x, w, dy);
+        (grads.dw, grads.db)
+    }
 
     /// `y = f(x)` elementwise.
     fn activation_forward(&self, act: Activation, x: &Self::Tensor) -> Self::Tensor;

@@ -173,23 +173,20 @@ pub struct TrainResult {
     pub allocated_bytes: Option<u64>,
 }
 
-/// Trains `spec` on random data at batch `batch` with momentum SGD (as the
-/// PyTorch reference does): one timed first step, then the median of `runs`
-/// timings of `steps` steps each (after one untimed round).
-pub fn train<B: Backend>(
+/// A momentum-SGD trainer of `spec` (as the PyTorch reference uses) and one
+/// random batch for it.
+fn bench_trainer<B: Backend>(
     backend: &B,
     spec: &ModelSpec,
     batch: usize,
-    steps: usize,
-    runs: usize,
-) -> Result<TrainResult> {
+) -> Result<(Trainer<B>, crate::data::Batch)> {
     spec.check_trainable(batch)?;
     if let Some(max) = backend.max_buffer_bytes() {
         spec.check_fits(batch, max)?;
     }
     let classes = spec.classes()?;
     let settings = OptimizerSettings::new(OptimizerKind::Momentum, 0.0)?;
-    let mut trainer = Trainer::new(
+    let trainer = Trainer::new(
         backend,
         spec,
         &init_parameters(spec, 1)?,
@@ -204,6 +201,20 @@ pub fn train<B: Backend>(
         images: HostTensor::new(&shape, rng.uniform_vec(shape.iter().product(), -1.0, 1.0)),
         labels: (0..batch).map(|_| rng.below(classes as u32)).collect(),
     };
+    Ok((trainer, batch_data))
+}
+
+/// Trains `spec` on random data at batch `batch` with momentum SGD (as the
+/// PyTorch reference does): one timed first step, then the median of `runs`
+/// timings of `steps` steps each (after one untimed round).
+pub fn train<B: Backend>(
+    backend: &B,
+    spec: &ModelSpec,
+    batch: usize,
+    steps: usize,
+    runs: usize,
+) -> Result<TrainResult> {
+    let (mut trainer, batch_data) = bench_trainer(backend, spec, batch)?;
     let step = |trainer: &mut Trainer<B>| {
         trainer.train_step(backend, &batch_data, 0.01);
         backend.end_step();
@@ -223,4 +234,45 @@ pub fn train<B: Backend>(
         first_step_seconds,
         allocated_bytes: backend.allocated_bytes(),
     })
+}
+
+/// One kernel's share of a training step.
+#[derive(Clone, Debug)]
+pub struct KernelShare {
+    /// Kernel label (shader family, entry point, constants) and its grid.
+    pub kernel: String,
+    /// Dispatches per step.
+    pub calls_per_step: f64,
+    /// Milliseconds per step, each dispatch waited for on its own.
+    pub ms_per_step: f64,
+}
+
+/// Where a training step's GPU time goes: after one untimed step, `steps`
+/// steps run with every dispatch submitted and waited for on its own
+/// ([`crate::gpu::GpuContext::set_profiling`]). Slowest first.
+pub fn kernels(
+    gpu: &crate::gpu::GpuBackend,
+    spec: &ModelSpec,
+    batch: usize,
+    steps: usize,
+) -> Result<Vec<KernelShare>> {
+    let (mut trainer, batch_data) = bench_trainer(gpu, spec, batch)?;
+    trainer.train_step(gpu, &batch_data, 0.01);
+    gpu.synchronize();
+    gpu.ctx.set_profiling(true);
+    for _ in 0..steps {
+        trainer.train_step(gpu, &batch_data, 0.01);
+        gpu.end_step();
+    }
+    let profile = gpu.ctx.profile();
+    gpu.ctx.set_profiling(false);
+    let steps = steps.max(1) as f64;
+    Ok(profile
+        .into_iter()
+        .map(|(kernel, t)| KernelShare {
+            kernel,
+            calls_per_step: t.calls as f64 / steps,
+            ms_per_step: t.seconds * 1e3 / steps,
+        })
+        .collect())
 }

@@ -333,6 +333,11 @@ fn conv_geometries() -> Vec<Conv2dGeometry> {
         (2, 3, 9, 5, 2, 2, 3, 2, 0),
         (1, 16, 10, 10, 33, 3, 3, 1, 1),
         (4, 6, 14, 14, 16, 5, 5, 1, 0),
+        // A batch big enough that the weight gradient is split into partial
+        // sums of unequal size.
+        (67, 2, 5, 5, 3, 3, 3, 1, 1),
+        // More images (and planes) than a grid dimension holds.
+        (65_537, 1, 1, 1, 2, 1, 1, 1, 0),
     ]
     .iter()
     .map(|&(n, c, h, w, o, kh, kw, s, p)| {
@@ -393,6 +398,10 @@ fn conv2d_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Conv2dGeometry) -> Ca
     case.check("dx", &gpu.download(&gpu_grads.dx), &cpu_grads.dx, &mags.dx);
     case.check("dw", &gpu.download(&gpu_grads.dw), &cpu_grads.dw, &mags.dw);
     case.check("db", &gpu.download(&gpu_grads.db), &cpu_grads.db, &mags.db);
+    // The first layer's backward: weight gradients alone.
+    let (dw, db) = gpu.conv2d_weight_grads(&gx, &gw, &gdy, g);
+    case.check("dw (no dx)", &gpu.download(&dw), &cpu_grads.dw, &mags.dw);
+    case.check("db (no dx)", &gpu.download(&db), &cpu_grads.db, &mags.db);
     case.finish()
 }
 
@@ -431,6 +440,9 @@ fn linear_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {
         case.check("dx", &gpu.download(&gpu_grads.dx), &cpu_grads.dx, &mags.dx);
         case.check("dw", &gpu.download(&gpu_grads.dw), &cpu_grads.dw, &mags.dw);
         case.check("db", &gpu.download(&gpu_grads.db), &cpu_grads.db, &mags.db);
+        let (dw, db) = gpu.linear_weight_grads(&gx, &gw, &gdy);
+        case.check("dw (no dx)", &gpu.download(&dw), &cpu_grads.dw, &mags.dw);
+        case.check("db (no dx)", &gpu.download(&db), &cpu_grads.db, &mags.db);
         case.finish()
     })
     .collect()
@@ -698,6 +710,8 @@ fn pool_geometries() -> Vec<Pool2dGeometry> {
         (3, 1, 8, 5, 3, 1, 1),
         (2, 4, 28, 28, 2, 2, 0),
         (1, 3, 5, 11, 4, 3, 2),
+        // More planes than a grid dimension holds.
+        (1, 65_537, 2, 2, 2, 2, 0),
     ]
     .iter()
     .map(|&(n, c, h, w, k, s, p)| {

@@ -19,6 +19,9 @@ pub enum BenchKind {
     Layers,
     /// Training images/s of the built-in models (or --model).
     Train,
+    /// GPU time per kernel in a training step of --model (each dispatch
+    /// waited for on its own).
+    Kernels,
 }
 
 /// Settings of `wgcnn bench`.
@@ -60,8 +63,56 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     } else {
         let gpu = GpuBackend::new(args.device)?;
         let name = gpu.ctx.describe();
+        if args.kind == Some(BenchKind::Kernels) {
+            return kernels(&gpu, &name, args);
+        }
         run_on(&gpu, &name, args)
     }
+}
+
+fn kernels(gpu: &GpuBackend, device: &str, args: &BenchArgs) -> Result<()> {
+    let models = if args.models.is_empty() {
+        vec!["fashion-cnn".to_string()]
+    } else {
+        args.models.clone()
+    };
+    let batches = if args.batch_sizes.is_empty() {
+        vec![64]
+    } else {
+        args.batch_sizes.clone()
+    };
+    if !args.json {
+        println!("device: {device}");
+    }
+    for model in &models {
+        for &batch in &batches {
+            let spec = builtin(model, shape_of(model), 10)?;
+            let shares = bench::kernels(gpu, &spec, batch, args.runs)?;
+            let total: f64 = shares.iter().map(|s| s.ms_per_step).sum();
+            if !args.json {
+                println!("\n{model} batch {batch}: {total:.3} ms per step in kernels");
+                println!("{:>10} {:>8} {:>6}  kernel [grid]", "ms/step", "calls", "%");
+            }
+            for s in shares {
+                if args.json {
+                    println!(
+                        "{}",
+                        json!({"kind": "kernel", "model": model, "batch_size": batch, "device": device,
+                               "kernel": s.kernel, "calls_per_step": s.calls_per_step, "ms_per_step": s.ms_per_step})
+                    );
+                } else {
+                    println!(
+                        "{:>10.3} {:>8.1} {:>6.1}  {}",
+                        s.ms_per_step,
+                        s.calls_per_step,
+                        100.0 * s.ms_per_step / total,
+                        s.kernel
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn shape_of(model: &str) -> [usize; 3] {

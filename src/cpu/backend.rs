@@ -125,6 +125,21 @@ impl<F: Real> Backend for CpuBackend<F> {
         }
     }
 
+    fn conv2d_weight_grads(
+        &self,
+        x: &HostTensor<F>,
+        w: &HostTensor<F>,
+        dy: &HostTensor<F>,
+        g: &Conv2dGeometry,
+    ) -> (HostTensor<F>, HostTensor<F>) {
+        if self.fast {
+            super::fast::conv2d_weight_grads(x, w, dy, g)
+        } else {
+            let grads = super::conv2d_backward(x, w, dy, g);
+            (grads.dw, grads.db)
+        }
+    }
+
     fn linear_forward(
         &self,
         x: &HostTensor<F>,
@@ -148,6 +163,20 @@ impl<F: Real> Backend for CpuBackend<F> {
             super::fast::linear_backward(x, w, dy)
         } else {
             super::linear_backward(x, w, dy)
+        }
+    }
+
+    fn linear_weight_grads(
+        &self,
+        x: &HostTensor<F>,
+        w: &HostTensor<F>,
+        dy: &HostTensor<F>,
+    ) -> (HostTensor<F>, HostTensor<F>) {
+        if self.fast {
+            super::fast::linear_weight_grads(x, w, dy)
+        } else {
+            let grads = super::linear_backward(x, w, dy);
+            (grads.dw, grads.db)
         }
     }
 

@@ -106,25 +106,58 @@ pub fn conv2d_backward<F: Real>(
     dy: &HostTensor<F>,
     g: &Conv2dGeometry,
 ) -> ParamGrads<HostTensor<F>> {
+    let (dx, dw, db) = conv2d_grads(x, w, dy, g, true);
+    ParamGrads {
+        dx: dx.expect("dX was asked for"),
+        dw,
+        db,
+    }
+}
+
+/// `(dW, db)` of the convolution, without `dX`.
+pub fn conv2d_weight_grads<F: Real>(
+    x: &HostTensor<F>,
+    w: &HostTensor<F>,
+    dy: &HostTensor<F>,
+    g: &Conv2dGeometry,
+) -> (HostTensor<F>, HostTensor<F>) {
+    let (_, dw, db) = conv2d_grads(x, w, dy, g, false);
+    (dw, db)
+}
+
+type ConvGrads<F> = (Option<HostTensor<F>>, HostTensor<F>, HostTensor<F>);
+
+/// `dX` (when `need_dx`), `dW` and `db`, one image per task.
+fn conv2d_grads<F: Real>(
+    x: &HostTensor<F>,
+    w: &HostTensor<F>,
+    dy: &HostTensor<F>,
+    g: &Conv2dGeometry,
+    need_dx: bool,
+) -> ConvGrads<F> {
     assert_eq!(dy.shape, g.output_shape(), "conv2d output gradient shape");
     let (o, rows, positions) = (g.out_channels, g.col_rows(), g.out_positions());
     let image_len = g.channels * g.height * g.width;
-    let mut dx = HostTensor::zeros(&g.input_shape());
+    let mut dx = need_dx.then(|| HostTensor::zeros(&g.input_shape()));
     let chunk = g.batch.div_ceil(workers(g.batch));
+    // Each task's slice of dX (empty when dX is not wanted).
+    let dx_slices: Vec<&mut [F]> = match dx.as_mut() {
+        Some(dx) => dx.data.chunks_mut(chunk * image_len).collect(),
+        None => (0..g.batch.div_ceil(chunk)).map(|_| &mut [][..]).collect(),
+    };
     // Each worker sums its images' dW and db; partial sums are added in worker
     // order, so the result does not depend on timing.
     let partials: Vec<(Vec<F>, Vec<F>)> = thread::scope(|s| {
-        let handles: Vec<_> = dx
-            .data
-            .chunks_mut(chunk * image_len)
+        let handles: Vec<_> = dx_slices
+            .into_iter()
             .enumerate()
             .map(|(c, dx_chunk)| {
                 s.spawn(move || {
                     let mut dw = vec![F::zero(); o * rows];
                     let mut db = vec![F::zero(); o];
                     let mut dcols = HostTensor::zeros(&[1, rows, positions]);
-                    for (i, dx_n) in dx_chunk.chunks_mut(image_len).enumerate() {
-                        let n = c * chunk + i;
+                    let images = c * chunk..((c + 1) * chunk).min(g.batch);
+                    for (i, n) in images.enumerate() {
                         let dy_n = &dy.data[n * o * positions..(n + 1) * o * positions];
                         let cols = image_cols(x, n, g);
                         F::matmul(
@@ -139,6 +172,9 @@ pub fn conv2d_backward<F: Real>(
                         for (sum, row) in db.iter_mut().zip(dy_n.chunks(positions)) {
                             *sum += row.iter().copied().sum::<F>();
                         }
+                        if !need_dx {
+                            continue;
+                        }
                         F::matmul(
                             rows,
                             o,
@@ -148,7 +184,8 @@ pub fn conv2d_backward<F: Real>(
                             F::zero(),
                             (&mut dcols.data, positions as isize, 1),
                         );
-                        dx_n.copy_from_slice(&col2im(&dcols, &single(g)).data);
+                        dx_chunk[i * image_len..(i + 1) * image_len]
+                            .copy_from_slice(&col2im(&dcols, &single(g)).data);
                     }
                     (dw, db)
                 })
@@ -165,7 +202,7 @@ pub fn conv2d_backward<F: Real>(
         dw.data.iter_mut().zip(pdw).for_each(|(a, b)| *a += b);
         db.data.iter_mut().zip(pdb).for_each(|(a, b)| *a += b);
     }
-    ParamGrads { dx, dw, db }
+    (dx, dw, db)
 }
 
 /// `Y = X · Wᵀ + b`, `(N, O)`.
@@ -210,6 +247,18 @@ pub fn linear_backward<F: Real>(
         F::zero(),
         (&mut dx.data, i as isize, 1),
     );
+    let (dw, db) = linear_weight_grads(x, w, dy);
+    ParamGrads { dx, dw, db }
+}
+
+/// `dW = dYᵀ · X` and `db = Σ_n dY`, without `dX`.
+pub fn linear_weight_grads<F: Real>(
+    x: &HostTensor<F>,
+    w: &HostTensor<F>,
+    dy: &HostTensor<F>,
+) -> (HostTensor<F>, HostTensor<F>) {
+    let (n, i, o) = (x.shape[0], x.shape[1], w.shape[0]);
+    assert_eq!(dy.shape, [n, o], "linear output gradient shape");
     let mut dw = HostTensor::zeros(&[o, i]);
     F::matmul(
         o,
@@ -224,5 +273,5 @@ pub fn linear_backward<F: Real>(
     for row in dy.data.chunks(o) {
         db.data.iter_mut().zip(row).for_each(|(s, v)| *s += *v);
     }
-    ParamGrads { dx, dw, db }
+    (dw, db)
 }

@@ -157,6 +157,16 @@ impl Backend for GpuBackend {
         conv::conv2d_backward(&self.ctx, x, w, dy, g)
     }
 
+    fn conv2d_weight_grads(
+        &self,
+        x: &GpuTensor,
+        _w: &GpuTensor,
+        dy: &GpuTensor,
+        g: &Conv2dGeometry,
+    ) -> (GpuTensor, GpuTensor) {
+        conv::conv2d_weight_grads(&self.ctx, x, dy, g)
+    }
+
     fn linear_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor) -> GpuTensor {
         linear::linear_forward(&self.ctx, x, w, b)
     }
@@ -168,6 +178,15 @@ impl Backend for GpuBackend {
         dy: &GpuTensor,
     ) -> ParamGrads<GpuTensor> {
         linear::linear_backward(&self.ctx, x, w, dy)
+    }
+
+    fn linear_weight_grads(
+        &self,
+        x: &GpuTensor,
+        w: &GpuTensor,
+        dy: &GpuTensor,
+    ) -> (GpuTensor, GpuTensor) {
+        linear::linear_weight_grads(&self.ctx, x, w, dy)
     }
 
     fn activation_forward(&self, act: Activation, x: &GpuTensor) -> GpuTensor {

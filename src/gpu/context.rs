@@ -284,6 +284,17 @@ pub struct GpuContext {
     /// The submission of the previous step, waited for before the next one is
     /// submitted so at most one step is in flight.
     in_flight: Mutex<Option<wgpu::SubmissionIndex>>,
+    /// Per-kernel wall time when profiling (see [`GpuContext::set_profiling`]).
+    profile: Mutex<Option<HashMap<String, KernelTime>>>,
+}
+
+/// Time spent in one kernel while profiling.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KernelTime {
+    /// Dispatches timed.
+    pub calls: u64,
+    /// Wall seconds from submit to completion, summed.
+    pub seconds: f64,
 }
 
 impl GpuContext {
@@ -364,6 +375,7 @@ impl GpuContext {
             staging: Mutex::new(HashMap::new()),
             next_buffer_id: Mutex::new(0),
             in_flight: Mutex::new(None),
+            profile: Mutex::new(None),
         })
     }
 
@@ -547,10 +559,60 @@ impl GpuContext {
         buffer
     }
 
+    /// Turns per-kernel profiling on or off. While on, every dispatch is
+    /// submitted on its own and waited for, and its wall time is added to its
+    /// kernel's entry: far slower than normal running, but it shows where a
+    /// step's time goes on adapters without timestamp queries.
+    pub fn set_profiling(&self, on: bool) {
+        self.synchronize();
+        *self.profile.lock().unwrap() = on.then(HashMap::new);
+    }
+
+    /// The per-kernel times gathered since profiling was turned on, slowest
+    /// first (empty when it is off).
+    pub fn profile(&self) -> Vec<(String, KernelTime)> {
+        let mut rows: Vec<_> = self
+            .profile
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        rows.sort_by(|a, b| b.1.seconds.total_cmp(&a.1.seconds));
+        rows
+    }
+
     /// Records one dispatch of `kernel` into the pending command encoder.
     /// `params` fills the uniform at binding 0; `inputs` and `outputs` must match
     /// the kernel's signature.
     pub fn dispatch(
+        &self,
+        kernel: &Kernel,
+        params: &Params,
+        inputs: &[&GpuBuffer],
+        outputs: &[&GpuBuffer],
+        workgroups: [u32; 3],
+    ) {
+        if self.profile.lock().unwrap().is_none() {
+            self.record_dispatch(kernel, params, inputs, outputs, workgroups);
+            return;
+        }
+        self.synchronize();
+        let start = std::time::Instant::now();
+        self.record_dispatch(kernel, params, inputs, outputs, workgroups);
+        self.synchronize();
+        let seconds = start.elapsed().as_secs_f64();
+        if let Some(profile) = self.profile.lock().unwrap().as_mut() {
+            let entry = profile
+                .entry(format!("{} {workgroups:?}", kernel.label))
+                .or_default();
+            entry.calls += 1;
+            entry.seconds += seconds;
+        }
+    }
+
+    fn record_dispatch(
         &self,
         kernel: &Kernel,
         params: &Params,

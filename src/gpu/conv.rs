@@ -2,11 +2,12 @@
 //!
 //! - forward: `Y_n = W_col (O, C·kh·kw) · X_col,n (C·kh·kw, OH·OW) + b`, one
 //!   batched GEMM whose output is already NCHW;
-//! - backward: `dW = Σ_n dY_n · X_col,nᵀ` (GEMM summing over the batch),
+//! - backward: `dW = Σ_n dY_n · X_col,nᵀ` (GEMM summing over the batch, its
+//!   second operand written by im2row straight into the packed layout),
 //!   `db = Σ_{n, oh, ow} dY`, `dX = col2im(W_colᵀ · dY_n)`.
 
-use super::context::{GpuContext, KernelSpec, Params, grid};
-use super::gemm::{Batching, Bias, gemm_into};
+use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, Params};
+use super::gemm::{Batching, Bias, Packed, gemm_into, gemm_packed_b_into};
 use super::reduce::channel_sum_into;
 use super::tensor::GpuTensor;
 use crate::backend::ParamGrads;
@@ -26,34 +27,69 @@ fn params(g: &Conv2dGeometry) -> Params {
         .u32(g.padding)
         .u32(g.out_h)
         .u32(g.out_w)
+        .u32(g.col_rows().next_multiple_of(4))
 }
+
+/// The im2col family's kernel `entry`, specialised to the stride.
+fn kernel(ctx: &GpuContext, entry: &'static str, g: &Conv2dGeometry) -> std::sync::Arc<Kernel> {
+    ctx.kernel(&KernelSpec::new("im2col", SOURCE, entry, 1, 1).with("STRIDE", g.stride as f64))
+}
+
+/// Grid extent along y/z for `count` items walked in a loop past it.
+fn extent(count: usize) -> u32 {
+    count.clamp(1, MAX_GRID_EXTENT) as u32
+}
+
+/// Largest workgroup count along one dimension that every adapter supports.
+const MAX_GRID_EXTENT: usize = 65_535;
 
 /// `X (N, C, H, W) → X_col (N, C·kh·kw, OH·OW)`.
 pub fn im2col(ctx: &GpuContext, x: &GpuTensor, g: &Conv2dGeometry) -> GpuTensor {
     assert_eq!(x.shape, g.input_shape(), "im2col input shape");
     let cols = ctx.tensor(&g.cols_shape(), "im2col");
-    let kernel = ctx.kernel(&KernelSpec::new("im2col", SOURCE, "im2col", 1, 1));
     ctx.dispatch(
-        &kernel,
+        &kernel(ctx, "im2col", g),
         &params(g),
         &[&x.buffer],
         &[&cols.buffer],
-        grid(cols.len(), 256),
+        [g.out_positions().div_ceil(64) as u32, extent(g.batch), 1],
     );
     cols
+}
+
+/// `X (N, C, H, W) → X_row (N, OH·OW, R)`, `R = ⌈C·kh·kw/4⌉·4`: `X_col,nᵀ`
+/// per image in the GEMM's packed layout, zero padded.
+fn im2row(ctx: &GpuContext, x: &GpuTensor, g: &Conv2dGeometry) -> GpuBuffer {
+    let padded = g.col_rows().next_multiple_of(4);
+    let rows = ctx.storage_buffer(4 * (g.batch * g.out_positions() * padded) as u64, "im2row");
+    ctx.dispatch(
+        &kernel(ctx, "im2row", g),
+        &params(g),
+        &[&x.buffer],
+        &[&rows],
+        [
+            padded.div_ceil(16) as u32,
+            g.out_h.div_ceil(4) as u32,
+            extent(g.batch),
+        ],
+    );
+    rows
 }
 
 /// `dX_col (N, C·kh·kw, OH·OW) → dX (N, C, H, W)`, summing overlapping windows.
 pub fn col2im(ctx: &GpuContext, cols: &GpuTensor, g: &Conv2dGeometry) -> GpuTensor {
     assert_eq!(cols.shape, g.cols_shape(), "col2im input shape");
     let x = ctx.tensor(&g.input_shape(), "col2im");
-    let kernel = ctx.kernel(&KernelSpec::new("im2col", SOURCE, "col2im", 1, 1));
     ctx.dispatch(
-        &kernel,
+        &kernel(ctx, "col2im", g),
         &params(g),
         &[&cols.buffer],
         &[&x.buffer],
-        grid(x.len(), 256),
+        [
+            (g.height * g.width).div_ceil(64) as u32,
+            extent(g.batch * g.channels),
+            1,
+        ],
     );
     x
 }
@@ -103,17 +139,32 @@ pub fn conv2d_backward(
     dy: &GpuTensor,
     g: &Conv2dGeometry,
 ) -> ParamGrads<GpuTensor> {
+    let (dw, db) = conv2d_weight_grads(ctx, x, dy, g);
+    let dx = conv2d_input_grad(ctx, w, dy, g);
+    ParamGrads { dx, dw, db }
+}
+
+/// `dW (O, C·kh·kw) = Σ_n dY_n (O, OH·OW) · X_col,nᵀ` and
+/// `db (O) = Σ_{n, oh, ow} dY`.
+pub fn conv2d_weight_grads(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    dy: &GpuTensor,
+    g: &Conv2dGeometry,
+) -> (GpuTensor, GpuTensor) {
+    assert_eq!(x.shape, g.input_shape(), "conv2d input shape");
     assert_eq!(dy.shape, g.output_shape(), "conv2d output gradient shape");
     let rows = g.col_rows();
     let positions = g.out_positions();
-    let cols = im2col(ctx, x, g);
-
-    // dW (O, C·kh·kw) = Σ_n dY_n (O, OH·OW) · X_col,nᵀ
+    let x_rows = im2row(ctx, x, g);
     let dw = ctx.tensor(&g.weight_shape(), "conv2d.dw");
-    gemm_into(
+    gemm_packed_b_into(
         ctx,
         &dy.buffer,
-        &cols.buffer,
+        Packed {
+            buffer: &x_rows,
+            stride: positions * rows.next_multiple_of(4),
+        },
         Bias::None,
         &dw.buffer,
         &GemmSpec {
@@ -126,13 +177,11 @@ pub fn conv2d_backward(
         Batching {
             count: g.batch,
             stride_a: g.out_channels * positions,
-            stride_b: rows * positions,
+            stride_b: 0,
             stride_c: 0,
             sum: true,
         },
     );
-
-    // db (O) = Σ_{n, oh, ow} dY
     let db = ctx.tensor(&[g.out_channels], "conv2d.db");
     channel_sum_into(
         ctx,
@@ -142,8 +191,18 @@ pub fn conv2d_backward(
         g.out_channels,
         positions,
     );
+    (dw, db)
+}
 
-    // dX_col,n (C·kh·kw, OH·OW) = W_colᵀ · dY_n, then dX = col2im(dX_col)
+/// `dX = col2im(dX_col)` with `dX_col,n (C·kh·kw, OH·OW) = W_colᵀ · dY_n`.
+fn conv2d_input_grad(
+    ctx: &GpuContext,
+    w: &GpuTensor,
+    dy: &GpuTensor,
+    g: &Conv2dGeometry,
+) -> GpuTensor {
+    let rows = g.col_rows();
+    let positions = g.out_positions();
     let dcols = ctx.tensor(&g.cols_shape(), "conv2d.dcols");
     gemm_into(
         ctx,
@@ -166,6 +225,5 @@ pub fn conv2d_backward(
             sum: false,
         },
     );
-    let dx = col2im(ctx, &dcols, g);
-    ParamGrads { dx, dw, db }
+    col2im(ctx, &dcols, g)
 }

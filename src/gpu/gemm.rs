@@ -2,6 +2,7 @@
 //! and the fully connected layer.
 
 use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid};
+use super::reduce::slice_sum_into;
 use crate::geometry::GemmSpec;
 
 const SOURCE: &str = include_str!("../../shaders/gemm.wgsl");
@@ -63,16 +64,6 @@ pub fn gemm_into(
     spec: &GemmSpec,
     batching: Batching,
 ) {
-    // op(A) is (m, k): A stored (m, k) is packed transposed.
-    let a = pack(
-        ctx,
-        a,
-        spec.m,
-        spec.k,
-        !spec.trans_a,
-        batching.stride_a,
-        batching.count,
-    );
     // op(B) is (k, n): B stored (n, k) is packed transposed.
     let b = pack(
         ctx,
@@ -83,19 +74,83 @@ pub fn gemm_into(
         batching.stride_b,
         batching.count,
     );
+    gemm_packed_b_into(ctx, a, b.view(), bias, out, spec, batching);
+}
+
+/// [`gemm_into`] with `op(B)` already packed (`spec.trans_b` is ignored), as
+/// `shaders/im2col.wgsl`'s im2row writes it.
+pub fn gemm_packed_b_into(
+    ctx: &GpuContext,
+    a: &GpuBuffer,
+    b: Packed<'_>,
+    bias: Bias<'_>,
+    out: &GpuBuffer,
+    spec: &GemmSpec,
+    batching: Batching,
+) {
+    // op(A) is (m, k): A stored (m, k) is packed transposed.
+    let a = pack(
+        ctx,
+        a,
+        spec.m,
+        spec.k,
+        !spec.trans_a,
+        batching.stride_a,
+        batching.count,
+    );
+    gemm_packed_into(ctx, a.view(), b, bias, out, spec, batching);
+}
+
+/// Workgroups a batch-summed GEMM aims for: a product too small to fill
+/// them is split over the batch into partial sums, added afterwards. Fixed
+/// (not per device), so every adapter adds in the same order.
+const SPLIT_TARGET_WORKGROUPS: usize = 64;
+
+/// Largest workgroup count along one dimension that every adapter supports;
+/// the kernel walks batch elements past it in a loop.
+const MAX_GRID_EXTENT: usize = 65_535;
+
+/// The GEMM dispatch itself, on packed operands.
+fn gemm_packed_into(
+    ctx: &GpuContext,
+    a: Packed<'_>,
+    b: Packed<'_>,
+    bias: Bias<'_>,
+    out: &GpuBuffer,
+    spec: &GemmSpec,
+    batching: Batching,
+) {
     let [wg_x, wg_y] = workgroup_shape(spec);
+    let tiles_x = spec.n.div_ceil(BLOCK_COLS * wg_x);
+    let tiles_y = spec.m.div_ceil(BLOCK_ROWS * wg_y);
     let kernel = ctx.kernel(
         &KernelSpec::new("gemm", SOURCE, "gemm", 3, 1)
-            .with("SUM_BATCH", batching.sum as u8 as f64)
             .with("WG_X", wg_x as f64)
             .with("WG_Y", wg_y as f64),
     );
     let (bias_buffer, bias_mode) = match bias {
         // Never read with bias_mode 0; `a` stands in because binding the output
         // read-only as well as read-write in one dispatch is a usage conflict.
-        Bias::None => (a.buffer(), 0),
+        Bias::None => (a.buffer, 0),
         Bias::PerRow(buffer) => (buffer, 1),
         Bias::PerColumn(buffer) => (buffer, 2),
+    };
+    // A summed batch runs as `slices` partial sums of `chunk` products each.
+    let (slices, chunk) = if batching.sum {
+        let wanted = SPLIT_TARGET_WORKGROUPS
+            .div_ceil(tiles_x * tiles_y)
+            .clamp(1, batching.count.max(1));
+        let chunk = batching.count.div_ceil(wanted).max(1);
+        (batching.count.div_ceil(chunk).max(1), chunk)
+    } else {
+        (batching.count, 1)
+    };
+    let partial = (batching.sum && slices > 1)
+        .then(|| ctx.storage_buffer(4 * (slices * spec.m * spec.n) as u64, "gemm.partial"));
+    let stride_c = if batching.sum {
+        spec.m * spec.n
+    } else {
+        batching.stride_c
     };
     let params = Params::new()
         .u32(spec.m)
@@ -104,50 +159,65 @@ pub fn gemm_into(
         .u32(batching.count)
         .u32(a.stride)
         .u32(b.stride)
-        .u32(batching.stride_c)
-        .u32(bias_mode);
-    let z = if batching.sum { 1 } else { batching.count };
+        .u32(stride_c)
+        .u32(bias_mode)
+        .u32(chunk);
     ctx.dispatch(
         &kernel,
         &params,
-        &[a.buffer(), b.buffer(), bias_buffer],
-        &[out],
+        &[a.buffer, b.buffer, bias_buffer],
+        &[partial.as_ref().unwrap_or(out)],
         [
-            spec.n.div_ceil(BLOCK_COLS * wg_x) as u32,
-            spec.m.div_ceil(BLOCK_ROWS * wg_y) as u32,
-            z as u32,
+            tiles_x as u32,
+            tiles_y as u32,
+            slices.clamp(1, MAX_GRID_EXTENT) as u32,
         ],
     );
+    if let Some(partial) = &partial {
+        slice_sum_into(ctx, partial, out, slices, spec.m * spec.n);
+    }
 }
 
 /// Invocations along N and M: as wide along N as its blocks fill (up to the
-/// whole workgroup), the rest along M.
+/// whole workgroup), then along M as far as its blocks fill the rest. Small
+/// products get small workgroups: idle invocations cost as much as busy ones
+/// on CPU-like adapters.
 fn workgroup_shape(spec: &GemmSpec) -> [usize; 2] {
     let x = spec
         .n
         .div_ceil(BLOCK_COLS)
         .next_power_of_two()
         .min(WORKGROUP);
-    [x, WORKGROUP / x]
+    let y = spec
+        .m
+        .div_ceil(BLOCK_ROWS)
+        .next_power_of_two()
+        .min(WORKGROUP / x);
+    [x, y]
 }
 
-/// A GEMM operand in the packed layout: borrowed when the source already is.
-enum Packed<'a> {
-    Borrowed(&'a GpuBuffer),
-    Owned(GpuBuffer),
+/// A GEMM operand in the packed layout: `(K, ⌈rows/4⌉·4)` per batch
+/// element, `stride` elements apart (0: one shared by every element).
+#[derive(Clone, Copy, Debug)]
+pub struct Packed<'a> {
+    /// The packed values.
+    pub buffer: &'a GpuBuffer,
+    /// Elements between consecutive batch elements' matrices.
+    pub stride: usize,
 }
 
-/// An operand ready for the kernel and its batch stride in elements.
+/// A packed operand: borrowed when the source already was packed, else owned.
 struct PackedOperand<'a> {
-    packed: Packed<'a>,
+    owned: Option<GpuBuffer>,
+    borrowed: &'a GpuBuffer,
     stride: usize,
 }
 
 impl PackedOperand<'_> {
-    fn buffer(&self) -> &GpuBuffer {
-        match &self.packed {
-            Packed::Borrowed(b) => b,
-            Packed::Owned(b) => b,
+    fn view(&self) -> Packed<'_> {
+        Packed {
+            buffer: self.owned.as_ref().unwrap_or(self.borrowed),
+            stride: self.stride,
         }
     }
 }
@@ -169,7 +239,8 @@ fn pack<'a>(
     let dst_stride = if stride == 0 { 0 } else { depth * padded };
     if !transposed && padded == rows && (stride == 0 || stride == depth * rows) {
         return PackedOperand {
-            packed: Packed::Borrowed(src),
+            owned: None,
+            borrowed: src,
             stride,
         };
     }
@@ -193,7 +264,8 @@ fn pack<'a>(
         grid(count * depth * padded, 256),
     );
     PackedOperand {
-        packed: Packed::Owned(dst),
+        owned: Some(dst),
+        borrowed: src,
         stride: dst_stride,
     }
 }

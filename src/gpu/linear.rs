@@ -65,6 +65,19 @@ pub fn linear_backward(
         &dx_spec,
         Batching::SINGLE,
     );
+    let (dw, db) = linear_weight_grads(ctx, x, w, dy);
+    ParamGrads { dx, dw, db }
+}
+
+/// `dW = dYᵀ · X` `(O, I)` and `db = Σ_n dY` `(O)`, without `dX`.
+pub fn linear_weight_grads(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    dy: &GpuTensor,
+) -> (GpuTensor, GpuTensor) {
+    let (n, i, o) = dims(x, w);
+    assert_eq!(dy.shape, [n, o], "linear output gradient shape");
     let dw = ctx.tensor(&[o, i], "linear.dw");
     let dw_spec = GemmSpec {
         m: o,
@@ -84,5 +97,5 @@ pub fn linear_backward(
     );
     let db = ctx.tensor(&[o], "linear.db");
     channel_sum_into(ctx, &dy.buffer, &db.buffer, n, o, 1);
-    ParamGrads { dx, dw, db }
+    (dw, db)
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::context::{GpuContext, KernelSpec, Params, grid};
+use super::context::{GpuContext, KernelSpec, Params};
 use super::tensor::{GpuIndices, GpuTensor};
 use crate::geometry::Pool2dGeometry;
 
@@ -26,8 +26,22 @@ fn kernel(
     entry: &'static str,
     inputs: usize,
     outputs: usize,
+    g: &Pool2dGeometry,
 ) -> Arc<super::context::Kernel> {
-    ctx.kernel(&KernelSpec::new("pool", SOURCE, entry, inputs, outputs))
+    ctx.kernel(
+        &KernelSpec::new("pool", SOURCE, entry, inputs, outputs)
+            .with("KERNEL", g.kernel as f64)
+            .with("STRIDE", g.stride as f64),
+    )
+}
+
+/// Workgroups over `positions` per plane and the batch's planes.
+fn plane_grid(positions: usize, g: &Pool2dGeometry) -> [u32; 3] {
+    [
+        positions.div_ceil(64) as u32,
+        (g.batch * g.channels).clamp(1, 65_535) as u32,
+        1,
+    ]
 }
 
 /// Window maxima and their arg-max positions `h·W + w`.
@@ -43,11 +57,11 @@ pub fn maxpool_forward(
         len: y.len(),
     };
     ctx.dispatch(
-        &kernel(ctx, "maxpool_forward", 1, 2),
+        &kernel(ctx, "maxpool_forward", 1, 2, g),
         &params(g),
         &[&x.buffer],
         &[&y.buffer, &argmax.buffer],
-        grid(y.len(), 256),
+        plane_grid(g.out_h * g.out_w, g),
     );
     (y, argmax)
 }
@@ -62,11 +76,11 @@ pub fn maxpool_backward(
     assert_eq!(dy.shape, g.output_shape(), "maxpool output gradient shape");
     let dx = ctx.tensor(&g.input_shape(), "maxpool.dx");
     ctx.dispatch(
-        &kernel(ctx, "maxpool_backward", 2, 1),
+        &kernel(ctx, "maxpool_backward", 2, 1, g),
         &params(g),
         &[&dy.buffer, &argmax.buffer],
         &[&dx.buffer],
-        grid(dx.len(), 256),
+        plane_grid(g.height * g.width, g),
     );
     dx
 }
@@ -76,11 +90,11 @@ pub fn avgpool_forward(ctx: &GpuContext, x: &GpuTensor, g: &Pool2dGeometry) -> G
     assert_eq!(x.shape, g.input_shape(), "avgpool input shape");
     let y = ctx.tensor(&g.output_shape(), "avgpool.y");
     ctx.dispatch(
-        &kernel(ctx, "avgpool_forward", 1, 1),
+        &kernel(ctx, "avgpool_forward", 1, 1, g),
         &params(g),
         &[&x.buffer],
         &[&y.buffer],
-        grid(y.len(), 256),
+        plane_grid(g.out_h * g.out_w, g),
     );
     y
 }
@@ -90,11 +104,11 @@ pub fn avgpool_backward(ctx: &GpuContext, dy: &GpuTensor, g: &Pool2dGeometry) ->
     assert_eq!(dy.shape, g.output_shape(), "avgpool output gradient shape");
     let dx = ctx.tensor(&g.input_shape(), "avgpool.dx");
     ctx.dispatch(
-        &kernel(ctx, "avgpool_backward", 1, 1),
+        &kernel(ctx, "avgpool_backward", 1, 1, g),
         &params(g),
         &[&dy.buffer],
         &[&dx.buffer],
-        grid(dx.len(), 256),
+        plane_grid(g.height * g.width, g),
     );
     dx
 }

@@ -1,4 +1,5 @@
-//! Host side of `shaders/reduce.wgsl`: per-channel sums for bias gradients.
+//! Host side of `shaders/reduce.wgsl`: per-channel sums for bias gradients,
+//! and slice sums that add partial results.
 
 use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid};
 
@@ -17,4 +18,12 @@ pub fn channel_sum_into(
     let kernel = ctx.kernel(&KernelSpec::new("reduce", SOURCE, "channel_sum", 1, 1));
     let params = Params::new().u32(outer).u32(channels).u32(inner);
     ctx.dispatch(&kernel, &params, &[x], &[out], grid(channels, 1));
+}
+
+/// Records `out[c] = Σ_{o < slices} x[o·len + c]` for `c < len`: adds
+/// `slices` partial results of `len` values each, in slice order.
+pub fn slice_sum_into(ctx: &GpuContext, x: &GpuBuffer, out: &GpuBuffer, slices: usize, len: usize) {
+    let kernel = ctx.kernel(&KernelSpec::new("reduce", SOURCE, "slice_sum", 1, 1));
+    let params = Params::new().u32(slices).u32(len).u32(1);
+    ctx.dispatch(&kernel, &params, &[x], &[out], grid(len, 256));
 }

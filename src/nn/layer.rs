@@ -357,8 +357,35 @@ impl<B: Backend> Layer<B> {
     /// # Panics
     /// When no training-mode forward preceded it.
     pub(crate) fn backward(&mut self, b: &B, dy: &B::Tensor) -> B::Tensor {
-        const NO_FORWARD: &str = "backward needs a training-mode forward first";
+        self.backward_needing(b, dy, true)
+            .expect("the input gradient was asked for")
+    }
+
+    /// Drops what the forward saved for the backward.
+    pub(crate) fn release_saved(&mut self) {
         match self {
+            Layer::Conv2d { saved, .. } => *saved = None,
+            Layer::Linear { saved, .. } => *saved = None,
+            Layer::Activation { saved, .. } => *saved = None,
+            Layer::Dropout { saved, .. } => *saved = None,
+            Layer::BatchNorm { saved, .. } => *saved = None,
+            Layer::MaxPool2d { saved, .. } => *saved = None,
+            Layer::AvgPool2d { saved, .. } => *saved = None,
+            Layer::Flatten { saved } => *saved = None,
+        }
+    }
+
+    /// Backward pass that leaves the parameter gradients in place and returns
+    /// the input gradient only when `need_dx` (a model's first layer needs
+    /// none, and skipping it saves a convolution's biggest product).
+    pub(crate) fn backward_needing(
+        &mut self,
+        b: &B,
+        dy: &B::Tensor,
+        need_dx: bool,
+    ) -> Option<B::Tensor> {
+        const NO_FORWARD: &str = "backward needs a training-mode forward first";
+        Some(match self {
             Layer::Conv2d {
                 weight,
                 bias,
@@ -366,6 +393,12 @@ impl<B: Backend> Layer<B> {
                 ..
             } => {
                 let (x, g) = saved.take().expect(NO_FORWARD);
+                if !need_dx {
+                    let (dw, db) = b.conv2d_weight_grads(&x, &weight.value, dy, &g);
+                    weight.grad = Some(dw);
+                    bias.grad = Some(db);
+                    return None;
+                }
                 let grads = b.conv2d_backward(&x, &weight.value, dy, &g);
                 weight.grad = Some(grads.dw);
                 bias.grad = Some(grads.db);
@@ -377,19 +410,17 @@ impl<B: Backend> Layer<B> {
                 saved,
             } => {
                 let (x, shape) = saved.take().expect(NO_FORWARD);
+                if !need_dx {
+                    let (dw, db) = b.linear_weight_grads(&x, &weight.value, dy);
+                    weight.grad = Some(dw);
+                    bias.grad = Some(db);
+                    return None;
+                }
                 let grads = b.linear_backward(&x, &weight.value, dy);
                 weight.grad = Some(grads.dw);
                 bias.grad = Some(grads.db);
                 b.reshape(&grads.dx, &shape)
             }
-            Layer::Activation { act, saved } => {
-                let (x, y) = saved.take().expect(NO_FORWARD);
-                b.activation_backward(*act, &x, &y, dy)
-            }
-            Layer::Dropout { saved, .. } => match saved.take() {
-                Some(d) => b.dropout_backward(dy, &d),
-                None => dy.clone(),
-            },
             Layer::BatchNorm {
                 gamma, beta, saved, ..
             } => {
@@ -399,6 +430,20 @@ impl<B: Backend> Layer<B> {
                 beta.grad = Some(grads.dbeta);
                 grads.dx
             }
+            // Layers without parameters: nothing to do when no one needs dX
+            // (their saved state is released all the same).
+            _ if !need_dx => {
+                self.release_saved();
+                return None;
+            }
+            Layer::Activation { act, saved } => {
+                let (x, y) = saved.take().expect(NO_FORWARD);
+                b.activation_backward(*act, &x, &y, dy)
+            }
+            Layer::Dropout { saved, .. } => match saved.take() {
+                Some(d) => b.dropout_backward(dy, &d),
+                None => dy.clone(),
+            },
             Layer::MaxPool2d { saved, .. } => {
                 let (argmax, g) = saved.take().expect(NO_FORWARD);
                 b.maxpool_backward(dy, &argmax, &g)
@@ -407,6 +452,6 @@ impl<B: Backend> Layer<B> {
                 b.avgpool_backward(dy, &saved.take().expect(NO_FORWARD))
             }
             Layer::Flatten { saved } => b.reshape(dy, &saved.take().expect(NO_FORWARD)),
-        }
+        })
     }
 }

@@ -188,7 +188,26 @@ impl<B: Backend> Sequential<B> {
     ) -> SoftmaxXent<B::Tensor> {
         let logits = self.forward(backend, x, Mode::Train, step);
         let out = backend.softmax_cross_entropy(&logits, labels);
-        self.backward(backend, &out.grad);
+        // Parameter gradients only: no input gradient is computed below the
+        // first layer with parameters, since nothing reads it.
+        let first = self
+            .layers
+            .iter()
+            .position(|l| !l.params().is_empty())
+            .unwrap_or(self.layers.len());
+        let mut d = out.grad.clone();
+        for i in (0..self.layers.len()).rev() {
+            match self.layers[i].backward_needing(backend, &d, i > first) {
+                Some(next) => d = next,
+                None => {
+                    // Layers below release what their forward saved.
+                    for below in &mut self.layers[..i] {
+                        below.release_saved();
+                    }
+                    break;
+                }
+            }
+        }
         out
     }
 
