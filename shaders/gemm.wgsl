@@ -13,11 +13,19 @@
 // batch instead: each slot writes a partial sum, and the host adds them in
 // order (shaders/reduce.wgsl).
 //
-// Register blocking: each invocation computes an 8×16 block of C. Per k it
-// loads two vec4 of A (8 rows) and four vec4 of B (16 columns) and does 128
-// multiply-adds into 32 vec4 accumulators (acc_r_h: row r, columns 4h..4h+3 of
-// the block). Padding makes every vec4 load whole and in bounds; results past
-// M or N are computed from zeros and not stored.
+// Register blocking: each invocation computes an R×C block of C. Per k it
+// loads R/4 vec4 of A (R rows) and C/4 vec4 of B (C columns) and does R·C
+// multiply-adds into R·C/4 vec4 accumulators (acc_r_h: row r, columns
+// 4h..4h+3 of the block). Padding makes every vec4 load whole and in bounds
+// (loads past a padded row are clamped to its last vec4); results past M or N
+// are computed from zeros and not stored. Every output sums its k terms in
+// order, so all block shapes give bit-identical results.
+//
+// The kernels themselves are unrolled per block shape and appended to this
+// file by src/gpu/gemm_source.rs (WGSL has no macros, and the unrolled
+// accumulators must be separate variables to stay in registers):
+//   gemm_8x16   small products, few output rows (convolutions' O)
+//   gemm_32x16  large products: half the loads per multiply-add
 //
 // Epilogue: bias_mode 0 adds nothing, 1 adds bias[row] (conv: one per output
 // channel), 2 adds bias[col] (linear: Y = X·Wᵀ + b).
@@ -34,7 +42,7 @@ struct Params {
     chunk: u32,
 }
 
-// Workgroup shape (invocations along N and M); 64 invocations either way.
+// Workgroup shape (invocations along N and M), at most 64 invocations.
 override WG_X: u32 = 8u;
 override WG_Y: u32 = 8u;
 
@@ -75,90 +83,92 @@ fn store4(base_c: u32, row: u32, col: u32, q: vec4<f32>) {
     }
 }
 
-fn store_row(base_c: u32, row: u32, col0: u32, q0: vec4<f32>, q1: vec4<f32>, q2: vec4<f32>, q3: vec4<f32>) {
-    if row >= p.m {
-        return;
-    }
-    store4(base_c, row, col0, q0);
-    store4(base_c, row, col0 + 4u, q1);
-    store4(base_c, row, col0 + 8u, q2);
-    store4(base_c, row, col0 + 12u, q3);
+// ---- Workgroup-memory tiles, for GPUs ----
+//
+// A 128×128 block of C per workgroup of 16×16 invocations, each computing an
+// 8×8 sub-block (rows 8·ty.., columns 8·tx..). K advances 8 at a time: the
+// workgroup stages an 8×128 slice of A and of B in workgroup memory (one vec4
+// of each per invocation), then every invocation runs 8 rank-1 updates from
+// it. On GPUs this turns most global loads into fast shared-memory reads; on
+// CPU-like adapters barriers are costly, so the tuner offers these kernels to
+// GPUs only (check runs them everywhere).
+
+const TILE_K: u32 = 8u;
+var<workgroup> tile_a: array<vec4<f32>, 256>;
+var<workgroup> tile_b: array<vec4<f32>, 256>;
+
+fn rank1(av: vec4<f32>, bv0: vec4<f32>, bv1: vec4<f32>, acc0: ptr<function, vec4<f32>>, acc1: ptr<function, vec4<f32>>, acc2: ptr<function, vec4<f32>>, acc3: ptr<function, vec4<f32>>, acc4: ptr<function, vec4<f32>>, acc5: ptr<function, vec4<f32>>, acc6: ptr<function, vec4<f32>>, acc7: ptr<function, vec4<f32>>) {
+    *acc0 = fma(vec4<f32>(av.x), bv0, *acc0);
+    *acc1 = fma(vec4<f32>(av.x), bv1, *acc1);
+    *acc2 = fma(vec4<f32>(av.y), bv0, *acc2);
+    *acc3 = fma(vec4<f32>(av.y), bv1, *acc3);
+    *acc4 = fma(vec4<f32>(av.z), bv0, *acc4);
+    *acc5 = fma(vec4<f32>(av.z), bv1, *acc5);
+    *acc6 = fma(vec4<f32>(av.w), bv0, *acc6);
+    *acc7 = fma(vec4<f32>(av.w), bv1, *acc7);
 }
 
-@compute @workgroup_size(WG_X, WG_Y, 1)
-fn gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row0 = gid.y * 8u;
-    let col0 = gid.x * 16u;
-    if row0 >= p.m || col0 >= p.n {
-        return;
-    }
-    // Row strides of the packed operands, in vec4s.
+@compute @workgroup_size(16, 16, 1)
+fn gemm_tiled(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let tx = lid.x;
+    let ty = lid.y;
+    let li = ty * 16u + tx;
     let a_stride = (p.m + 3u) / 4u;
     let b_stride = (p.n + 3u) / 4u;
-    // vec4s of the block past a padded row are clamped to the row's last
-    // vec4 (their results are not stored).
-    let a0 = row0 / 4u;
-    let a1 = min(a0 + 1u, a_stride - 1u);
-    let b0 = col0 / 4u;
-    let b1 = min(b0 + 1u, b_stride - 1u);
-    let b2 = min(b0 + 2u, b_stride - 1u);
-    let b3 = min(b0 + 3u, b_stride - 1u);
-
-    // Slot z: products z·chunk .. z·chunk + chunk − 1 (one product, or one
-    // partial sum over the batch), walked in a loop past the grid's z extent.
+    // The vec4 this invocation stages: row li/32 of the K slice, vec4 li%32.
+    let stage_k = li / 32u;
+    let a_col = wid.y * 32u + li % 32u;
+    let b_col = wid.x * 32u + li % 32u;
+    let row0 = wid.y * 128u + ty * 8u;
+    let col0 = wid.x * 128u + tx * 8u;
+    // Uniform across the workgroup, so barriers stay in uniform control flow.
     let slots = (p.batch + p.chunk - 1u) / p.chunk;
-    for (var slot = gid.z; slot < slots; slot += nwg.z) {
-        var acc_0_0 = vec4<f32>(0.0); var acc_0_1 = vec4<f32>(0.0); var acc_0_2 = vec4<f32>(0.0); var acc_0_3 = vec4<f32>(0.0);
-        var acc_1_0 = vec4<f32>(0.0); var acc_1_1 = vec4<f32>(0.0); var acc_1_2 = vec4<f32>(0.0); var acc_1_3 = vec4<f32>(0.0);
-        var acc_2_0 = vec4<f32>(0.0); var acc_2_1 = vec4<f32>(0.0); var acc_2_2 = vec4<f32>(0.0); var acc_2_3 = vec4<f32>(0.0);
-        var acc_3_0 = vec4<f32>(0.0); var acc_3_1 = vec4<f32>(0.0); var acc_3_2 = vec4<f32>(0.0); var acc_3_3 = vec4<f32>(0.0);
-        var acc_4_0 = vec4<f32>(0.0); var acc_4_1 = vec4<f32>(0.0); var acc_4_2 = vec4<f32>(0.0); var acc_4_3 = vec4<f32>(0.0);
-        var acc_5_0 = vec4<f32>(0.0); var acc_5_1 = vec4<f32>(0.0); var acc_5_2 = vec4<f32>(0.0); var acc_5_3 = vec4<f32>(0.0);
-        var acc_6_0 = vec4<f32>(0.0); var acc_6_1 = vec4<f32>(0.0); var acc_6_2 = vec4<f32>(0.0); var acc_6_3 = vec4<f32>(0.0);
-        var acc_7_0 = vec4<f32>(0.0); var acc_7_1 = vec4<f32>(0.0); var acc_7_2 = vec4<f32>(0.0); var acc_7_3 = vec4<f32>(0.0);
-
+    for (var slot = wid.z; slot < slots; slot += nwg.z) {
+        var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0); var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
+        var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0); var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
+        var c40 = vec4<f32>(0.0); var c41 = vec4<f32>(0.0); var c50 = vec4<f32>(0.0); var c51 = vec4<f32>(0.0);
+        var c60 = vec4<f32>(0.0); var c61 = vec4<f32>(0.0); var c70 = vec4<f32>(0.0); var c71 = vec4<f32>(0.0);
         let z_begin = slot * p.chunk;
         let z_end = min(z_begin + p.chunk, p.batch);
         for (var z = z_begin; z < z_end; z++) {
-            var ia = z * p.stride_a / 4u;
-            var ib = z * p.stride_b / 4u;
-            for (var kk = 0u; kk < p.k; kk++) {
-                let av0 = a[ia + a0];
-                let av1 = a[ia + a1];
-                let bv0 = b[ib + b0];
-                let bv1 = b[ib + b1];
-                let bv2 = b[ib + b2];
-                let bv3 = b[ib + b3];
-                let s0 = vec4<f32>(av0.x);
-                acc_0_0 = fma(s0, bv0, acc_0_0); acc_0_1 = fma(s0, bv1, acc_0_1); acc_0_2 = fma(s0, bv2, acc_0_2); acc_0_3 = fma(s0, bv3, acc_0_3);
-                let s1 = vec4<f32>(av0.y);
-                acc_1_0 = fma(s1, bv0, acc_1_0); acc_1_1 = fma(s1, bv1, acc_1_1); acc_1_2 = fma(s1, bv2, acc_1_2); acc_1_3 = fma(s1, bv3, acc_1_3);
-                let s2 = vec4<f32>(av0.z);
-                acc_2_0 = fma(s2, bv0, acc_2_0); acc_2_1 = fma(s2, bv1, acc_2_1); acc_2_2 = fma(s2, bv2, acc_2_2); acc_2_3 = fma(s2, bv3, acc_2_3);
-                let s3 = vec4<f32>(av0.w);
-                acc_3_0 = fma(s3, bv0, acc_3_0); acc_3_1 = fma(s3, bv1, acc_3_1); acc_3_2 = fma(s3, bv2, acc_3_2); acc_3_3 = fma(s3, bv3, acc_3_3);
-                let s4 = vec4<f32>(av1.x);
-                acc_4_0 = fma(s4, bv0, acc_4_0); acc_4_1 = fma(s4, bv1, acc_4_1); acc_4_2 = fma(s4, bv2, acc_4_2); acc_4_3 = fma(s4, bv3, acc_4_3);
-                let s5 = vec4<f32>(av1.y);
-                acc_5_0 = fma(s5, bv0, acc_5_0); acc_5_1 = fma(s5, bv1, acc_5_1); acc_5_2 = fma(s5, bv2, acc_5_2); acc_5_3 = fma(s5, bv3, acc_5_3);
-                let s6 = vec4<f32>(av1.z);
-                acc_6_0 = fma(s6, bv0, acc_6_0); acc_6_1 = fma(s6, bv1, acc_6_1); acc_6_2 = fma(s6, bv2, acc_6_2); acc_6_3 = fma(s6, bv3, acc_6_3);
-                let s7 = vec4<f32>(av1.w);
-                acc_7_0 = fma(s7, bv0, acc_7_0); acc_7_1 = fma(s7, bv1, acc_7_1); acc_7_2 = fma(s7, bv2, acc_7_2); acc_7_3 = fma(s7, bv3, acc_7_3);
-                ia += a_stride;
-                ib += b_stride;
+            let ia = z * p.stride_a / 4u;
+            let ib = z * p.stride_b / 4u;
+            for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
+                let k = k0 + stage_k;
+                var av = vec4<f32>(0.0);
+                if k < p.k && a_col < a_stride {
+                    av = a[ia + k * a_stride + a_col];
+                }
+                var bv = vec4<f32>(0.0);
+                if k < p.k && b_col < b_stride {
+                    bv = b[ib + k * b_stride + b_col];
+                }
+                tile_a[li] = av;
+                tile_b[li] = bv;
+                workgroupBarrier();
+                for (var t = 0u; t < TILE_K; t++) {
+                    let a0 = tile_a[t * 32u + ty * 2u];
+                    let a1 = tile_a[t * 32u + ty * 2u + 1u];
+                    let b0 = tile_b[t * 32u + tx * 2u];
+                    let b1 = tile_b[t * 32u + tx * 2u + 1u];
+                    rank1(a0, b0, b1, &c00, &c01, &c10, &c11, &c20, &c21, &c30, &c31);
+                    rank1(a1, b0, b1, &c40, &c41, &c50, &c51, &c60, &c61, &c70, &c71);
+                }
+                workgroupBarrier();
             }
         }
-
         let base_c = slot * p.stride_c;
-
-        store_row(base_c, row0, col0, acc_0_0, acc_0_1, acc_0_2, acc_0_3);
-        store_row(base_c, row0 + 1u, col0, acc_1_0, acc_1_1, acc_1_2, acc_1_3);
-        store_row(base_c, row0 + 2u, col0, acc_2_0, acc_2_1, acc_2_2, acc_2_3);
-        store_row(base_c, row0 + 3u, col0, acc_3_0, acc_3_1, acc_3_2, acc_3_3);
-        store_row(base_c, row0 + 4u, col0, acc_4_0, acc_4_1, acc_4_2, acc_4_3);
-        store_row(base_c, row0 + 5u, col0, acc_5_0, acc_5_1, acc_5_2, acc_5_3);
-        store_row(base_c, row0 + 6u, col0, acc_6_0, acc_6_1, acc_6_2, acc_6_3);
-        store_row(base_c, row0 + 7u, col0, acc_7_0, acc_7_1, acc_7_2, acc_7_3);
+        if row0 < p.m { store4(base_c, row0, col0, c00); store4(base_c, row0, col0 + 4u, c01); }
+        if row0 + 1u < p.m { store4(base_c, row0 + 1u, col0, c10); store4(base_c, row0 + 1u, col0 + 4u, c11); }
+        if row0 + 2u < p.m { store4(base_c, row0 + 2u, col0, c20); store4(base_c, row0 + 2u, col0 + 4u, c21); }
+        if row0 + 3u < p.m { store4(base_c, row0 + 3u, col0, c30); store4(base_c, row0 + 3u, col0 + 4u, c31); }
+        if row0 + 4u < p.m { store4(base_c, row0 + 4u, col0, c40); store4(base_c, row0 + 4u, col0 + 4u, c41); }
+        if row0 + 5u < p.m { store4(base_c, row0 + 5u, col0, c50); store4(base_c, row0 + 5u, col0 + 4u, c51); }
+        if row0 + 6u < p.m { store4(base_c, row0 + 6u, col0, c60); store4(base_c, row0 + 6u, col0 + 4u, c61); }
+        if row0 + 7u < p.m { store4(base_c, row0 + 7u, col0, c70); store4(base_c, row0 + 7u, col0 + 4u, c71); }
     }
 }

@@ -16,6 +16,7 @@ use crate::geometry::{
     Pool2dGeometry,
 };
 use crate::gpu::GpuBackend;
+use crate::gpu::gemm_source::BLOCKS;
 use crate::optim::{OptimizerKind, OptimizerSettings, UpdateStep};
 use crate::rng::SplitMix64;
 use crate::tensor::{HostTensor, shape_string};
@@ -286,6 +287,8 @@ pub fn run_all(gpu: &GpuBackend) -> Vec<CaseResult> {
     OPS.iter().flat_map(|op| run_op(gpu, op)).collect()
 }
 
+/// Every GEMM kernel (block shape) on every size and transpose combination:
+/// whichever the device's tuning picks, it has been checked.
 fn gemm_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {
     let sizes = [
         (1, 1, 1),
@@ -295,28 +298,33 @@ fn gemm_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {
         (100, 37, 129),
         (1, 300, 2),
         (129, 3, 250),
+        (70, 45, 9),
     ];
     let mut rows = Vec::new();
-    for &(m, n, k) in &sizes {
-        for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
-            let spec = GemmSpec {
-                m,
-                n,
-                k,
-                trans_a,
-                trans_b,
-            };
-            let a = random(rng, &spec.a_shape());
-            let b = random(rng, &spec.b_shape());
-            let cpu_c = cpu::gemm(&a, &b, &spec);
-            let gpu_c = gpu.download(&gpu.gemm(&gpu.upload(&a), &gpu.upload(&b), &spec));
-            let mag = cpu::gemm(&abs(&a), &abs(&b), &spec);
-            let mut case =
-                CaseBuilder::new("gemm", format!("{}x{}x{} {}", m, n, k, spec.case_name()));
-            case.check("c", &gpu_c, &cpu_c, &mag);
-            rows.push(case.finish());
+    for block in BLOCKS {
+        gpu.ctx.gemm_tuner.force(Some(block));
+        for &(m, n, k) in &sizes {
+            for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+                let spec = GemmSpec {
+                    m,
+                    n,
+                    k,
+                    trans_a,
+                    trans_b,
+                };
+                let a = random(rng, &spec.a_shape());
+                let b = random(rng, &spec.b_shape());
+                let cpu_c = cpu::gemm(&a, &b, &spec);
+                let gpu_c = gpu.download(&gpu.gemm(&gpu.upload(&a), &gpu.upload(&b), &spec));
+                let mag = cpu::gemm(&abs(&a), &abs(&b), &spec);
+                let label = format!("{m}x{n}x{k} {} {}", spec.case_name(), block.entry());
+                let mut case = CaseBuilder::new("gemm", label);
+                case.check("c", &gpu_c, &cpu_c, &mag);
+                rows.push(case.finish());
+            }
         }
     }
+    gpu.ctx.gemm_tuner.force(None);
     rows
 }
 

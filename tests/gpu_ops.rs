@@ -99,3 +99,60 @@ fn impossible_geometry_is_an_error() {
     let err = Pool2dGeometry::new(1, 1, 4, 4, 2, 2, 2).unwrap_err();
     assert!(err.to_string().contains("padding 2"), "{err}");
 }
+
+/// Every GEMM kernel adds the same terms in the same order, so the device's
+/// tuning choice never changes a result: a convolution's forward and
+/// backward (batched, batch-summed and split-K products) are bit-identical
+/// whichever kernel runs them.
+#[test]
+fn every_gemm_kernel_gives_bit_identical_results() {
+    use wgcnn::backend::Backend;
+    use wgcnn::geometry::Conv2dGeometry;
+    use wgcnn::gpu::GpuBackend;
+    use wgcnn::gpu::gemm_source::BLOCKS;
+    use wgcnn::rng::SplitMix64;
+    use wgcnn::tensor::HostTensor;
+    if common::gpu().is_none() {
+        return;
+    }
+    // A context of its own: forcing a kernel must not reach other tests.
+    let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    let g = Conv2dGeometry::new(5, 8, 12, 12, 64, 3, 3, 1, 1).unwrap();
+    let mut rng = SplitMix64::new(11);
+    let mut random = |shape: &[usize]| {
+        let len = shape.iter().product();
+        gpu.upload(&HostTensor::new(shape, rng.uniform_vec(len, -1.0, 1.0)))
+    };
+    let (x, w, b, dy) = (
+        random(&g.input_shape()),
+        random(&g.weight_shape()),
+        random(&[g.out_channels]),
+        random(&g.output_shape()),
+    );
+    let results: Vec<Vec<Vec<f32>>> = BLOCKS
+        .iter()
+        .map(|&block| {
+            gpu.ctx.gemm_tuner.force(Some(block));
+            let y = gpu.conv2d_forward(&x, &w, &b, &g);
+            let grads = gpu.conv2d_backward(&x, &w, &dy, &g);
+            [y, grads.dx, grads.dw, grads.db]
+                .iter()
+                .map(|t| gpu.download(t).data)
+                .collect()
+        })
+        .collect();
+    for (block, result) in BLOCKS.iter().zip(&results).skip(1) {
+        for (i, name) in ["y", "dx", "dw", "db"].iter().enumerate() {
+            let same = result[i]
+                .iter()
+                .zip(&results[0][i])
+                .all(|(a, b)| a.to_bits() == b.to_bits() || (*a == 0.0 && *b == 0.0));
+            assert!(
+                same,
+                "{name} from {} differs from {}",
+                block.entry(),
+                BLOCKS[0].entry()
+            );
+        }
+    }
+}

@@ -42,11 +42,14 @@ fn one_submit_per_step_and_nothing_created_after_the_first() {
             gpu.copy_into(&mut stats, steps + step, &correct);
             gpu.end_step();
             let after = gpu.ctx.counters();
-            assert_eq!(
-                after.submits - before.submits,
-                1,
-                "{model} step {step}: one submission"
-            );
+            // The first step may also time GEMM kernels (tuning at first use).
+            if step > 0 {
+                assert_eq!(
+                    after.submits - before.submits,
+                    1,
+                    "{model} step {step}: one submission"
+                );
+            }
             match after_first {
                 None => after_first = Some(after),
                 Some(first) => assert_eq!(

@@ -284,6 +284,8 @@ pub struct GpuContext {
     /// The submission of the previous step, waited for before the next one is
     /// submitted so at most one step is in flight.
     in_flight: Mutex<Option<wgpu::SubmissionIndex>>,
+    /// The GEMM block choices for this device.
+    pub gemm_tuner: super::tune::GemmTuner,
     /// Per-kernel wall time when profiling (see [`GpuContext::set_profiling`]).
     profile: Mutex<Option<HashMap<String, KernelTime>>>,
 }
@@ -356,6 +358,7 @@ impl GpuContext {
             });
         });
         Ok(Self {
+            gemm_tuner: super::tune::GemmTuner::new(&info),
             device,
             queue,
             info,

@@ -1,17 +1,13 @@
 //! Host side of `shaders/gemm.wgsl`: the matrix products behind convolution
 //! and the fully connected layer.
 
-use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid};
+use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, Params, grid};
+use super::gemm_source::{self, Block, SMALL};
 use super::reduce::slice_sum_into;
 use crate::geometry::GemmSpec;
 
-const SOURCE: &str = include_str!("../../shaders/gemm.wgsl");
 const PACK_SOURCE: &str = include_str!("../../shaders/pack.wgsl");
 
-/// Rows of C per invocation.
-const BLOCK_ROWS: usize = 8;
-/// Columns of C per invocation.
-const BLOCK_COLS: usize = 16;
 /// Invocations per workgroup.
 const WORKGROUP: usize = 64;
 
@@ -120,14 +116,6 @@ fn gemm_packed_into(
     spec: &GemmSpec,
     batching: Batching,
 ) {
-    let [wg_x, wg_y] = workgroup_shape(spec);
-    let tiles_x = spec.n.div_ceil(BLOCK_COLS * wg_x);
-    let tiles_y = spec.m.div_ceil(BLOCK_ROWS * wg_y);
-    let kernel = ctx.kernel(
-        &KernelSpec::new("gemm", SOURCE, "gemm", 3, 1)
-            .with("WG_X", wg_x as f64)
-            .with("WG_Y", wg_y as f64),
-    );
     let (bias_buffer, bias_mode) = match bias {
         // Never read with bias_mode 0; `a` stands in because binding the output
         // read-only as well as read-write in one dispatch is a usage conflict.
@@ -135,10 +123,14 @@ fn gemm_packed_into(
         Bias::PerRow(buffer) => (buffer, 1),
         Bias::PerColumn(buffer) => (buffer, 2),
     };
-    // A summed batch runs as `slices` partial sums of `chunk` products each.
+    // A summed batch runs as `slices` partial sums of `chunk` products each,
+    // sized from the smallest block so that every block shape adds the same
+    // terms in the same order.
     let (slices, chunk) = if batching.sum {
+        let [sx, sy] = workgroup_shape(spec, SMALL);
+        let small_tiles = spec.n.div_ceil(SMALL.cols * sx) * spec.m.div_ceil(SMALL.rows * sy);
         let wanted = SPLIT_TARGET_WORKGROUPS
-            .div_ceil(tiles_x * tiles_y)
+            .div_ceil(small_tiles)
             .clamp(1, batching.count.max(1));
         let chunk = batching.count.div_ceil(wanted).max(1);
         (batching.count.div_ceil(chunk).max(1), chunk)
@@ -162,35 +154,91 @@ fn gemm_packed_into(
         .u32(stride_c)
         .u32(bias_mode)
         .u32(chunk);
-    ctx.dispatch(
-        &kernel,
-        &params,
-        &[a.buffer, b.buffer, bias_buffer],
-        &[partial.as_ref().unwrap_or(out)],
-        [
-            tiles_x as u32,
-            tiles_y as u32,
+    let target = partial.as_ref().unwrap_or(out);
+    let kernel = |block: Block| {
+        let [wg_x, wg_y] = workgroup_shape(spec, block);
+        let mut kernel = KernelSpec::new("gemm", gemm_source::source(), block.entry(), 3, 1);
+        if !block.tiled {
+            kernel = kernel.with("WG_X", wg_x as f64).with("WG_Y", wg_y as f64);
+        }
+        let kernel = ctx.kernel(&kernel);
+        let grid = [
+            spec.n.div_ceil(block.cols * wg_x) as u32,
+            spec.m.div_ceil(block.rows * wg_y) as u32,
             slices.clamp(1, MAX_GRID_EXTENT) as u32,
-        ],
-    );
+        ];
+        (kernel, grid)
+    };
+    let record = |(kernel, grid): &(std::sync::Arc<Kernel>, [u32; 3])| {
+        ctx.dispatch(
+            kernel,
+            &params,
+            &[a.buffer, b.buffer, bias_buffer],
+            &[target],
+            *grid,
+        );
+    };
+    match ctx.gemm_tuner.choice(spec, batching.count) {
+        Ok(block) => record(&kernel(block)),
+        Err(candidates) => {
+            // First product of its class on this device: time each block on
+            // these very operands (every run writes the same result), with
+            // the pipelines compiled beforehand.
+            let prepared: Vec<_> = candidates.iter().map(|&b| kernel(b)).collect();
+            let best = candidates
+                .into_iter()
+                .zip(&prepared)
+                .map(|(block, k)| (time_block(ctx, || record(k)), block))
+                .min_by(|x, y| x.0.total_cmp(&y.0))
+                .map(|(_, block)| block)
+                .expect("there is always a candidate");
+            ctx.gemm_tuner.remember(spec, batching.count, best);
+        }
+    }
     if let Some(partial) = &partial {
         slice_sum_into(ctx, partial, out, slices, spec.m * spec.n);
     }
 }
 
+/// Seconds one GEMM dispatch takes, waited for: the best of three runs, or
+/// of one when a run takes long.
+fn time_block(ctx: &GpuContext, record: impl Fn()) -> f64 {
+    ctx.synchronize();
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let start = std::time::Instant::now();
+        record();
+        ctx.synchronize();
+        let seconds = start.elapsed().as_secs_f64();
+        best = best.min(seconds);
+        if seconds > 0.05 {
+            break;
+        }
+    }
+    best
+}
+
 /// Invocations along N and M: as wide along N as its blocks fill (up to the
 /// whole workgroup), then along M as far as its blocks fill the rest. Small
 /// products get small workgroups: idle invocations cost as much as busy ones
-/// on CPU-like adapters.
-fn workgroup_shape(spec: &GemmSpec) -> [usize; 2] {
+/// on CPU-like adapters. Large blocks, used on large products only, keep one
+/// shape: each shape is a pipeline compiled anew, and theirs compile slowly.
+/// Tiled kernels have their workgroup built in.
+fn workgroup_shape(spec: &GemmSpec, block: Block) -> [usize; 2] {
+    if block.tiled {
+        return [16, 16];
+    }
+    if block != SMALL {
+        return [16, WORKGROUP / 16];
+    }
     let x = spec
         .n
-        .div_ceil(BLOCK_COLS)
+        .div_ceil(block.cols)
         .next_power_of_two()
         .min(WORKGROUP);
     let y = spec
         .m
-        .div_ceil(BLOCK_ROWS)
+        .div_ceil(block.rows)
         .next_power_of_two()
         .min(WORKGROUP / x);
     [x, y]

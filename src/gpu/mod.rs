@@ -10,12 +10,14 @@ pub mod context;
 pub mod conv;
 pub mod elementwise;
 pub mod gemm;
+pub mod gemm_source;
 pub mod linear;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
 pub mod softmax;
 mod tensor;
+pub mod tune;
 
 pub use backend::GpuBackend;
 pub use context::{AdapterSummary, GpuContext, GpuCounters, list_adapters};

@@ -1,0 +1,172 @@
+//! The WGSL source of the GEMM kernels: `shaders/gemm.wgsl` (parameters,
+//! bindings, the epilogue) followed by one register-blocked kernel per block
+//! shape, unrolled here because WGSL has no macros and the accumulators must
+//! be separate variables for the compiler to keep them in registers.
+
+use std::fmt::Write;
+use std::sync::OnceLock;
+
+/// The shared part of the GEMM module.
+const COMMON: &str = include_str!("../../shaders/gemm.wgsl");
+
+/// One GEMM kernel: each invocation computes `rows × cols` outputs, from
+/// registers alone or (`tiled`) from tiles shared through workgroup memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Block {
+    /// Rows of C per invocation (a multiple of 4).
+    pub rows: usize,
+    /// Columns of C per invocation (a multiple of 4).
+    pub cols: usize,
+    /// Workgroup-memory tiles (`gemm_tiled` in shaders/gemm.wgsl, 16×16
+    /// invocations per workgroup) instead of registers alone.
+    pub tiled: bool,
+}
+
+impl Block {
+    /// Entry point name, e.g. `gemm_8x16`.
+    pub fn entry(self) -> &'static str {
+        match (self.rows, self.cols, self.tiled) {
+            (8, 16, false) => "gemm_8x16",
+            (32, 16, false) => "gemm_32x16",
+            (8, 8, true) => "gemm_tiled",
+            _ => unreachable!("no GEMM kernel is generated for {self:?}"),
+        }
+    }
+}
+
+/// The default kernel: small register blocks, good everywhere.
+pub const SMALL: Block = Block {
+    rows: 8,
+    cols: 16,
+    tiled: false,
+};
+/// Tall register blocks: half the loads per multiply-add, for large products
+/// on CPU-like adapters (on GPUs its 128 accumulators would spill).
+pub const TALL: Block = Block {
+    rows: 32,
+    cols: 16,
+    tiled: false,
+};
+/// Workgroup-memory tiles of 128×128, for large products on GPUs.
+pub const TILED: Block = Block {
+    rows: 8,
+    cols: 8,
+    tiled: true,
+};
+
+/// Every GEMM kernel the module holds.
+pub const BLOCKS: [Block; 3] = [SMALL, TALL, TILED];
+
+/// The complete GEMM module source (built once).
+pub fn source() -> &'static str {
+    static SOURCE: OnceLock<String> = OnceLock::new();
+    SOURCE.get_or_init(|| {
+        let mut s = COMMON.to_string();
+        for block in BLOCKS.iter().filter(|b| !b.tiled) {
+            s.push('\n');
+            s.push_str(&register_blocked(block));
+        }
+        s
+    })
+}
+
+/// One kernel computing a `rows × cols` block of C per invocation.
+fn register_blocked(block: &Block) -> String {
+    let (rows, vecs) = (block.rows, block.cols / 4);
+    let mut s = String::new();
+    let w = &mut s;
+    let _ = writeln!(w, "// {rows}×{} block per invocation.", block.cols);
+    let _ = writeln!(w, "@compute @workgroup_size(WG_X, WG_Y, 1)");
+    let _ = writeln!(
+        w,
+        "fn {}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{",
+        block.entry()
+    );
+    let _ = writeln!(w, "    let row0 = gid.y * {rows}u;");
+    let _ = writeln!(w, "    let col0 = gid.x * {}u;", block.cols);
+    let _ = writeln!(
+        w,
+        "    if row0 >= p.m || col0 >= p.n {{\n        return;\n    }}"
+    );
+    let _ = writeln!(w, "    // Row strides of the packed operands, in vec4s.");
+    let _ = writeln!(w, "    let a_stride = (p.m + 3u) / 4u;");
+    let _ = writeln!(w, "    let b_stride = (p.n + 3u) / 4u;");
+    for q in 0..rows / 4 {
+        let _ = writeln!(w, "    let a{q} = min(row0 / 4u + {q}u, a_stride - 1u);");
+    }
+    for h in 0..vecs {
+        let _ = writeln!(w, "    let b{h} = min(col0 / 4u + {h}u, b_stride - 1u);");
+    }
+    let _ = writeln!(
+        w,
+        "    // Slot z: products z·chunk .. z·chunk + chunk − 1 (one product, or one\n    \
+         // partial sum over the batch), walked in a loop past the grid's z extent."
+    );
+    let _ = writeln!(w, "    let slots = (p.batch + p.chunk - 1u) / p.chunk;");
+    let _ = writeln!(
+        w,
+        "    for (var slot = gid.z; slot < slots; slot += nwg.z) {{"
+    );
+    for r in 0..rows {
+        let line: Vec<String> = (0..vecs)
+            .map(|h| format!("var acc_{r}_{h} = vec4<f32>(0.0);"))
+            .collect();
+        let _ = writeln!(w, "        {}", line.join(" "));
+    }
+    let _ = writeln!(w, "        let z_begin = slot * p.chunk;");
+    let _ = writeln!(w, "        let z_end = min(z_begin + p.chunk, p.batch);");
+    let _ = writeln!(w, "        for (var z = z_begin; z < z_end; z++) {{");
+    let _ = writeln!(w, "            var ia = z * p.stride_a / 4u;");
+    let _ = writeln!(w, "            var ib = z * p.stride_b / 4u;");
+    let _ = writeln!(w, "            for (var kk = 0u; kk < p.k; kk++) {{");
+    for q in 0..rows / 4 {
+        let _ = writeln!(w, "                let av{q} = a[ia + a{q}];");
+    }
+    for h in 0..vecs {
+        let _ = writeln!(w, "                let bv{h} = b[ib + b{h}];");
+    }
+    for r in 0..rows {
+        let lane = ["x", "y", "z", "w"][r % 4];
+        let _ = writeln!(
+            w,
+            "                let s{r} = vec4<f32>(av{}.{lane});",
+            r / 4
+        );
+        let line: Vec<String> = (0..vecs)
+            .map(|h| format!("acc_{r}_{h} = fma(s{r}, bv{h}, acc_{r}_{h});"))
+            .collect();
+        let _ = writeln!(w, "                {}", line.join(" "));
+    }
+    let _ = writeln!(w, "                ia += a_stride;");
+    let _ = writeln!(w, "                ib += b_stride;");
+    let _ = writeln!(w, "            }}");
+    let _ = writeln!(w, "        }}");
+    let _ = writeln!(w, "        let base_c = slot * p.stride_c;");
+    for r in 0..rows {
+        let _ = writeln!(w, "        if row0 + {r}u < p.m {{");
+        for h in 0..vecs {
+            let _ = writeln!(
+                w,
+                "            store4(base_c, row0 + {r}u, col0 + {}u, acc_{r}_{h});",
+                4 * h
+            );
+        }
+        let _ = writeln!(w, "        }}");
+    }
+    let _ = writeln!(w, "    }}");
+    let _ = writeln!(w, "}}");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_block_has_its_entry_point() {
+        let source = source();
+        for block in BLOCKS {
+            assert!(source.contains(&format!("fn {}(", block.entry())));
+        }
+    }
+}

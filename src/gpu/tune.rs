@@ -1,0 +1,257 @@
+//! Which GEMM kernel to run on this device: the block shapes of
+//! [`super::gemm_source`] each win somewhere (small blocks fill the device on
+//! small products, tall blocks halve the loads per multiply-add on large
+//! ones), and where the line falls depends on the adapter. The first product
+//! of each shape class is timed with every eligible block, and the winner is
+//! remembered for the device in the user's cache directory
+//! (`$XDG_CACHE_HOME/wgcnn` or `~/.cache/wgcnn`), so later runs skip the
+//! timing. Every block gives bit-identical results, so the choice only ever
+//! changes speed. `WGCNN_GEMM_TUNE=0` turns the timing off (a fixed rule
+//! decides instead).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use super::gemm_source::{BLOCKS, Block, SMALL, TALL, TILED};
+use crate::geometry::GemmSpec;
+
+/// Cache file format version; files of another version are ignored.
+const VERSION: u64 = 1;
+
+/// The per-device memory of GEMM block choices.
+pub struct GemmTuner {
+    /// Identifies adapter, driver and wgcnn version in the cache file.
+    device: String,
+    /// Cache file, `None` when no cache directory is known.
+    path: Option<PathBuf>,
+    /// Whether unseen shape classes are timed.
+    timing: bool,
+    /// A CPU-like adapter (software rasteriser): register blocks only.
+    cpu_like: bool,
+    choices: Mutex<BTreeMap<String, Block>>,
+    forced: Mutex<Option<Block>>,
+}
+
+impl GemmTuner {
+    /// The tuner of the adapter `info`, with what earlier runs chose for it.
+    pub fn new(info: &wgpu::AdapterInfo) -> Self {
+        let device = format!(
+            "{} | {} {} | {:?} | wgcnn {}",
+            info.name,
+            info.driver,
+            info.driver_info,
+            info.backend,
+            env!("CARGO_PKG_VERSION")
+        );
+        let timing = std::env::var("WGCNN_GEMM_TUNE").map_or(true, |v| v != "0");
+        let path = cache_dir().map(|dir| dir.join(format!("gemm-tune-{:016x}.json", fnv(&device))));
+        let choices = path
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|text| parse(&text, &device))
+            .unwrap_or_default();
+        Self {
+            device,
+            path,
+            timing,
+            cpu_like: info.device_type == wgpu::DeviceType::Cpu,
+            choices: Mutex::new(choices),
+            forced: Mutex::new(None),
+        }
+    }
+
+    /// Makes every GEMM use `block` (for checks of each kernel), or lifts that.
+    pub fn force(&self, block: Option<Block>) {
+        *self.forced.lock().unwrap() = block;
+    }
+
+    /// The block to use for `spec` batched `count` times: forced, remembered,
+    /// or `None` when it should be timed now (see [`GemmTuner::remember`]).
+    pub fn choice(&self, spec: &GemmSpec, count: usize) -> Result<Block, Vec<Block>> {
+        if let Some(block) = *self.forced.lock().unwrap() {
+            return Ok(block);
+        }
+        let candidates = candidates(spec, self.cpu_like);
+        if candidates.len() == 1 {
+            return Ok(candidates[0]);
+        }
+        if let Some(&block) = self.choices.lock().unwrap().get(&shape_class(spec, count)) {
+            return Ok(block);
+        }
+        if self.timing {
+            Err(candidates)
+        } else {
+            Ok(rule(spec, count, self.cpu_like))
+        }
+    }
+
+    /// Remembers the winner for `spec`'s shape class and saves the cache.
+    pub fn remember(&self, spec: &GemmSpec, count: usize, block: Block) {
+        let mut choices = self.choices.lock().unwrap();
+        choices.insert(shape_class(spec, count), block);
+        if let Some(path) = &self.path {
+            // The cache only saves time; failing to write it is not an error.
+            let _ = save(path, &self.device, &choices);
+        }
+    }
+
+    /// The remembered choices, `class → entry point`.
+    pub fn choices(&self) -> Vec<(String, &'static str)> {
+        let choices = self.choices.lock().unwrap();
+        choices
+            .iter()
+            .map(|(k, b)| (k.clone(), b.entry()))
+            .collect()
+    }
+}
+
+/// Kernels worth trying for `spec` on this kind of adapter: a block taller
+/// or wider than C never pays; CPU-like adapters get register blocks (their
+/// barriers are slow), GPUs workgroup-memory tiles (their registers are few).
+fn candidates(spec: &GemmSpec, cpu_like: bool) -> Vec<Block> {
+    let large = if cpu_like { TALL } else { TILED };
+    let fits = spec.m >= 32 && (cpu_like || spec.n >= 64);
+    if fits {
+        vec![SMALL, large]
+    } else {
+        vec![SMALL]
+    }
+}
+
+/// The choice without timing: the large kernel once C (times the batch)
+/// gives it enough invocations to keep a device busy.
+fn rule(spec: &GemmSpec, count: usize, cpu_like: bool) -> Block {
+    let candidates = candidates(spec, cpu_like);
+    let large = *candidates.last().expect("SMALL is always a candidate");
+    let per_workgroup = if large.tiled {
+        128 * 128
+    } else {
+        large.rows * large.cols
+    };
+    let workgroups = (spec.m * spec.n * count).div_ceil(per_workgroup);
+    if large != SMALL && workgroups >= 1024 {
+        large
+    } else {
+        SMALL
+    }
+}
+
+/// Shapes whose sizes round up to the same powers of two share a choice.
+fn shape_class(spec: &GemmSpec, count: usize) -> String {
+    let log2 = |x: usize| usize::BITS - (x.max(1) - 1).leading_zeros();
+    format!(
+        "m{}n{}k{}z{}",
+        log2(spec.m),
+        log2(spec.n),
+        log2(spec.k),
+        log2(count)
+    )
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("XDG_CACHE_HOME")
+        .filter(|p| p.is_absolute())
+        .or_else(|| var("HOME").map(|h| h.join(".cache")))
+        .map(|c| c.join("wgcnn"))
+}
+
+/// FNV-1a, to name the cache file after the device.
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The choices in a cache file written for `device`; anything else (another
+/// device or version, damage) gives none, and they are timed again.
+fn parse(text: &str, device: &str) -> BTreeMap<String, Block> {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+        return BTreeMap::new();
+    };
+    if value["version"].as_u64() != Some(VERSION) || value["device"].as_str() != Some(device) {
+        return BTreeMap::new();
+    }
+    let Some(choices) = value["choices"].as_object() else {
+        return BTreeMap::new();
+    };
+    choices
+        .iter()
+        .filter_map(|(class, entry)| {
+            let block = BLOCKS.iter().find(|b| Some(b.entry()) == entry.as_str())?;
+            Some((class.clone(), *block))
+        })
+        .collect()
+}
+
+/// Writes the cache atomically (a temporary file renamed over the old one),
+/// so a concurrent reader never sees half a file.
+fn save(
+    path: &std::path::Path,
+    device: &str,
+    choices: &BTreeMap<String, Block>,
+) -> std::io::Result<()> {
+    let entries: serde_json::Map<String, serde_json::Value> = choices
+        .iter()
+        .map(|(k, b)| (k.clone(), b.entry().into()))
+        .collect();
+    let text = serde_json::json!({"version": VERSION, "device": device, "choices": entries});
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, text.to_string())?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(m: usize, n: usize, k: usize) -> GemmSpec {
+        GemmSpec {
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: false,
+        }
+    }
+
+    #[test]
+    fn cache_files_round_trip_and_foreign_or_damaged_ones_are_ignored() {
+        let dir = std::env::temp_dir().join(format!("wgcnn-tune-{}", std::process::id()));
+        let path = dir.join("t.json");
+        let mut choices = BTreeMap::new();
+        choices.insert(shape_class(&spec(1024, 1024, 1024), 1), TALL);
+        choices.insert(shape_class(&spec(64, 64, 64), 1), SMALL);
+        save(&path, "dev", &choices).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(parse(&text, "dev"), choices);
+        assert!(parse(&text, "another device").is_empty());
+        assert!(parse(&text[..text.len() / 2], "dev").is_empty());
+        assert!(parse(&text.replace("gemm_32x16", "gemm_1x1"), "dev").len() == 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn only_kernels_that_fit_c_and_the_adapter_are_candidates() {
+        assert_eq!(candidates(&spec(6, 784, 25), true), vec![SMALL]);
+        assert_eq!(candidates(&spec(32, 784, 288), true), vec![SMALL, TALL]);
+        assert_eq!(candidates(&spec(32, 784, 288), false), vec![SMALL, TILED]);
+        assert_eq!(candidates(&spec(64, 10, 288), false), vec![SMALL]);
+    }
+
+    #[test]
+    fn shape_classes_round_sizes_up_to_powers_of_two() {
+        assert_eq!(shape_class(&spec(1000, 1024, 513), 1), "m10n10k10z0");
+        assert_eq!(shape_class(&spec(1, 2, 3), 64), "m0n1k2z6");
+    }
+}
