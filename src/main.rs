@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use wgcnn::check;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Train convolutional neural networks on any GPU through wgpu compute shaders.
 #[derive(Parser)]
 #[command(name = "wgcnn", version, about)]
