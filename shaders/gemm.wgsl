@@ -42,44 +42,52 @@ struct Params {
     chunk: u32,
 }
 
-// Workgroup shape (invocations along N and M), at most 64 invocations.
-override WG_X: u32 = 8u;
-override WG_Y: u32 = 8u;
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
-fn bias_at(col: u32) -> f32 {
-    if col < p.n {
-        return bias[col];
+// The bias of columns col .. col + 3 (bias_mode 2; zero past N).
+fn column_bias(col: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    if p.bias_mode == 2u {
+        for (var j = 0u; j < 4u; j++) {
+            if col + j < p.n {
+                v[j] = bias[col + j];
+            }
+        }
+    }
+    return v;
+}
+
+// The bias of row `row` (bias_mode 1).
+fn row_bias(row: u32) -> f32 {
+    if p.bias_mode == 1u {
+        return bias[row];
     }
     return 0.0;
 }
 
-// Stores C[row, col..col+4] (the part inside N), plus the bias.
-fn store4(base_c: u32, row: u32, col: u32, q: vec4<f32>) {
-    if col >= p.n {
+// Stores C[row, col .. col + 3], the part inside N, plus the biases: `cb`
+// from column_bias(col), computed once per block column by the caller.
+fn store4(base_c: u32, row: u32, col: u32, q: vec4<f32>, cb: vec4<f32>) {
+    if row >= p.m || col >= p.n {
         return;
     }
-    var v = q;
-    if p.bias_mode == 1u {
-        v += vec4<f32>(bias[row]);
-    } else if p.bias_mode == 2u {
-        v += vec4<f32>(bias_at(col), bias_at(col + 1u), bias_at(col + 2u), bias_at(col + 3u));
-    }
+    let v = q + cb + vec4<f32>(row_bias(row));
     let at = base_c + row * p.n + col;
-    c[at] = v.x;
-    if col + 1u < p.n {
-        c[at + 1u] = v.y;
-    }
-    if col + 2u < p.n {
-        c[at + 2u] = v.z;
-    }
     if col + 3u < p.n {
+        c[at] = v.x;
+        c[at + 1u] = v.y;
+        c[at + 2u] = v.z;
         c[at + 3u] = v.w;
+        return;
+    }
+    for (var j = 0u; j < 3u; j++) {
+        if col + j < p.n {
+            c[at + j] = v[j];
+        }
     }
 }
 
@@ -162,13 +170,15 @@ fn gemm_tiled(
             }
         }
         let base_c = slot * p.stride_c;
-        if row0 < p.m { store4(base_c, row0, col0, c00); store4(base_c, row0, col0 + 4u, c01); }
-        if row0 + 1u < p.m { store4(base_c, row0 + 1u, col0, c10); store4(base_c, row0 + 1u, col0 + 4u, c11); }
-        if row0 + 2u < p.m { store4(base_c, row0 + 2u, col0, c20); store4(base_c, row0 + 2u, col0 + 4u, c21); }
-        if row0 + 3u < p.m { store4(base_c, row0 + 3u, col0, c30); store4(base_c, row0 + 3u, col0 + 4u, c31); }
-        if row0 + 4u < p.m { store4(base_c, row0 + 4u, col0, c40); store4(base_c, row0 + 4u, col0 + 4u, c41); }
-        if row0 + 5u < p.m { store4(base_c, row0 + 5u, col0, c50); store4(base_c, row0 + 5u, col0 + 4u, c51); }
-        if row0 + 6u < p.m { store4(base_c, row0 + 6u, col0, c60); store4(base_c, row0 + 6u, col0 + 4u, c61); }
-        if row0 + 7u < p.m { store4(base_c, row0 + 7u, col0, c70); store4(base_c, row0 + 7u, col0 + 4u, c71); }
+        let cb0 = column_bias(col0);
+        let cb1 = column_bias(col0 + 4u);
+        if row0 < p.m { store4(base_c, row0, col0, c00, cb0); store4(base_c, row0, col0 + 4u, c01, cb1); }
+        if row0 + 1u < p.m { store4(base_c, row0 + 1u, col0, c10, cb0); store4(base_c, row0 + 1u, col0 + 4u, c11, cb1); }
+        if row0 + 2u < p.m { store4(base_c, row0 + 2u, col0, c20, cb0); store4(base_c, row0 + 2u, col0 + 4u, c21, cb1); }
+        if row0 + 3u < p.m { store4(base_c, row0 + 3u, col0, c30, cb0); store4(base_c, row0 + 3u, col0 + 4u, c31, cb1); }
+        if row0 + 4u < p.m { store4(base_c, row0 + 4u, col0, c40, cb0); store4(base_c, row0 + 4u, col0 + 4u, c41, cb1); }
+        if row0 + 5u < p.m { store4(base_c, row0 + 5u, col0, c50, cb0); store4(base_c, row0 + 5u, col0 + 4u, c51, cb1); }
+        if row0 + 6u < p.m { store4(base_c, row0 + 6u, col0, c60, cb0); store4(base_c, row0 + 6u, col0 + 4u, c61, cb1); }
+        if row0 + 7u < p.m { store4(base_c, row0 + 7u, col0, c70, cb0); store4(base_c, row0 + 7u, col0 + 4u, c71, cb1); }
     }
 }

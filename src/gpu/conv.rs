@@ -6,7 +6,7 @@
 //!   second operand written by im2row straight into the packed layout),
 //!   `db = Σ_{n, oh, ow} dY`, `dX = col2im(W_colᵀ · dY_n)`.
 
-use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, Params};
+use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, MAX_WORKGROUPS_PER_DIM, Params};
 use super::gemm::{Batching, Bias, Packed, gemm_into, gemm_packed_b_into};
 use super::reduce::channel_sum_into;
 use super::tensor::GpuTensor;
@@ -37,11 +37,8 @@ fn kernel(ctx: &GpuContext, entry: &'static str, g: &Conv2dGeometry) -> std::syn
 
 /// Grid extent along y/z for `count` items walked in a loop past it.
 fn extent(count: usize) -> u32 {
-    count.clamp(1, MAX_GRID_EXTENT) as u32
+    count.clamp(1, MAX_WORKGROUPS_PER_DIM as usize) as u32
 }
-
-/// Largest workgroup count along one dimension that every adapter supports.
-const MAX_GRID_EXTENT: usize = 65_535;
 
 /// `X (N, C, H, W) → X_col (N, C·kh·kw, OH·OW)`.
 pub fn im2col(ctx: &GpuContext, x: &GpuTensor, g: &Conv2dGeometry) -> GpuTensor {

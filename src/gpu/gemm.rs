@@ -1,15 +1,14 @@
 //! Host side of `shaders/gemm.wgsl`: the matrix products behind convolution
 //! and the fully connected layer.
 
-use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, Params, grid};
+use super::context::{
+    GpuBuffer, GpuContext, Kernel, KernelSpec, MAX_WORKGROUPS_PER_DIM, Params, grid,
+};
 use super::gemm_source::{self, Block, SMALL};
 use super::reduce::slice_sum_into;
 use crate::geometry::GemmSpec;
 
 const PACK_SOURCE: &str = include_str!("../../shaders/pack.wgsl");
-
-/// Invocations per workgroup.
-const WORKGROUP: usize = 64;
 
 /// Which bias the epilogue adds.
 #[derive(Clone, Copy, Debug)]
@@ -102,10 +101,6 @@ pub fn gemm_packed_b_into(
 /// (not per device), so every adapter adds in the same order.
 const SPLIT_TARGET_WORKGROUPS: usize = 64;
 
-/// Largest workgroup count along one dimension that every adapter supports;
-/// the kernel walks batch elements past it in a loop.
-const MAX_GRID_EXTENT: usize = 65_535;
-
 /// The GEMM dispatch itself, on packed operands.
 fn gemm_packed_into(
     ctx: &GpuContext,
@@ -127,7 +122,7 @@ fn gemm_packed_into(
     // sized from the smallest block so that every block shape adds the same
     // terms in the same order.
     let (slices, chunk) = if batching.sum {
-        let [sx, sy] = workgroup_shape(spec, SMALL);
+        let [sx, sy] = SMALL.workgroup;
         let small_tiles = spec.n.div_ceil(SMALL.cols * sx) * spec.m.div_ceil(SMALL.rows * sy);
         let wanted = SPLIT_TARGET_WORKGROUPS
             .div_ceil(small_tiles)
@@ -156,16 +151,19 @@ fn gemm_packed_into(
         .u32(chunk);
     let target = partial.as_ref().unwrap_or(out);
     let kernel = |block: Block| {
-        let [wg_x, wg_y] = workgroup_shape(spec, block);
-        let mut kernel = KernelSpec::new("gemm", gemm_source::source(), block.entry(), 3, 1);
-        if !block.tiled {
-            kernel = kernel.with("WG_X", wg_x as f64).with("WG_Y", wg_y as f64);
-        }
-        let kernel = ctx.kernel(&kernel);
+        let [wg_x, wg_y] = block.workgroup;
+        let kernel = ctx.kernel(&KernelSpec::new(
+            "gemm",
+            gemm_source::source(),
+            block.entry(),
+            3,
+            1,
+        ));
         let grid = [
             spec.n.div_ceil(block.cols * wg_x) as u32,
             spec.m.div_ceil(block.rows * wg_y) as u32,
-            slices.clamp(1, MAX_GRID_EXTENT) as u32,
+            // Slots past the grid's z extent are walked in a loop.
+            slices.clamp(1, MAX_WORKGROUPS_PER_DIM as usize) as u32,
         ];
         (kernel, grid)
     };
@@ -216,32 +214,6 @@ fn time_block(ctx: &GpuContext, record: impl Fn()) -> f64 {
         }
     }
     best
-}
-
-/// Invocations along N and M: as wide along N as its blocks fill (up to the
-/// whole workgroup), then along M as far as its blocks fill the rest. Small
-/// products get small workgroups: idle invocations cost as much as busy ones
-/// on CPU-like adapters. Large blocks, used on large products only, keep one
-/// shape: each shape is a pipeline compiled anew, and theirs compile slowly.
-/// Tiled kernels have their workgroup built in.
-fn workgroup_shape(spec: &GemmSpec, block: Block) -> [usize; 2] {
-    if block.tiled {
-        return [16, 16];
-    }
-    if block != SMALL {
-        return [16, WORKGROUP / 16];
-    }
-    let x = spec
-        .n
-        .div_ceil(block.cols)
-        .next_power_of_two()
-        .min(WORKGROUP);
-    let y = spec
-        .m
-        .div_ceil(block.rows)
-        .next_power_of_two()
-        .min(WORKGROUP / x);
-    [x, y]
 }
 
 /// A GEMM operand in the packed layout: `(K, ⌈rows/4⌉·4)` per batch

@@ -17,9 +17,15 @@ pub struct Block {
     pub rows: usize,
     /// Columns of C per invocation (a multiple of 4).
     pub cols: usize,
-    /// Workgroup-memory tiles (`gemm_tiled` in shaders/gemm.wgsl, 16×16
-    /// invocations per workgroup) instead of registers alone.
+    /// Workgroup-memory tiles (`gemm_tiled` in shaders/gemm.wgsl) instead of
+    /// registers alone.
     pub tiled: bool,
+    /// Invocations per workgroup along N and M. One shape per kernel: every
+    /// shape is a pipeline of its own, and on CPU-like adapters each takes
+    /// about a second to compile, which a cold first step pays for. (Shapes
+    /// fitted to each product ran no faster in training; idle invocations of
+    /// a small product mostly skip.)
+    pub workgroup: [usize; 2],
 }
 
 impl Block {
@@ -39,6 +45,7 @@ pub const SMALL: Block = Block {
     rows: 8,
     cols: 16,
     tiled: false,
+    workgroup: [8, 8],
 };
 /// Tall register blocks: half the loads per multiply-add, for large products
 /// on CPU-like adapters (on GPUs its 128 accumulators would spill).
@@ -46,12 +53,14 @@ pub const TALL: Block = Block {
     rows: 32,
     cols: 16,
     tiled: false,
+    workgroup: [16, 4],
 };
 /// Workgroup-memory tiles of 128×128, for large products on GPUs.
 pub const TILED: Block = Block {
     rows: 8,
     cols: 8,
     tiled: true,
+    workgroup: [16, 16],
 };
 
 /// Every GEMM kernel the module holds.
@@ -76,7 +85,8 @@ fn register_blocked(block: &Block) -> String {
     let mut s = String::new();
     let w = &mut s;
     let _ = writeln!(w, "// {rows}×{} block per invocation.", block.cols);
-    let _ = writeln!(w, "@compute @workgroup_size(WG_X, WG_Y, 1)");
+    let [wg_x, wg_y] = block.workgroup;
+    let _ = writeln!(w, "@compute @workgroup_size({wg_x}, {wg_y}, 1)");
     let _ = writeln!(
         w,
         "fn {}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{",
@@ -142,12 +152,15 @@ fn register_blocked(block: &Block) -> String {
     let _ = writeln!(w, "            }}");
     let _ = writeln!(w, "        }}");
     let _ = writeln!(w, "        let base_c = slot * p.stride_c;");
+    for h in 0..vecs {
+        let _ = writeln!(w, "        let cb{h} = column_bias(col0 + {}u);", 4 * h);
+    }
     for r in 0..rows {
         let _ = writeln!(w, "        if row0 + {r}u < p.m {{");
         for h in 0..vecs {
             let _ = writeln!(
                 w,
-                "            store4(base_c, row0 + {r}u, col0 + {}u, acc_{r}_{h});",
+                "            store4(base_c, row0 + {r}u, col0 + {}u, acc_{r}_{h}, cb{h});",
                 4 * h
             );
         }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::context::{GpuContext, KernelSpec, Params};
+use super::context::{GpuContext, KernelSpec, MAX_WORKGROUPS_PER_DIM, Params};
 use super::tensor::{GpuIndices, GpuTensor};
 use crate::geometry::Pool2dGeometry;
 
@@ -39,7 +39,7 @@ fn kernel(
 fn plane_grid(positions: usize, g: &Pool2dGeometry) -> [u32; 3] {
     [
         positions.div_ceil(64) as u32,
-        (g.batch * g.channels).clamp(1, 65_535) as u32,
+        (g.batch * g.channels).clamp(1, MAX_WORKGROUPS_PER_DIM as usize) as u32,
         1,
     ]
 }

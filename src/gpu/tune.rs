@@ -72,7 +72,7 @@ impl GemmTuner {
         if let Some(block) = *self.forced.lock().unwrap() {
             return Ok(block);
         }
-        let candidates = candidates(spec, self.cpu_like);
+        let candidates = candidates(spec, count, self.cpu_like);
         if candidates.len() == 1 {
             return Ok(candidates[0]);
         }
@@ -109,9 +109,16 @@ impl GemmTuner {
 /// Kernels worth trying for `spec` on this kind of adapter: a block taller
 /// or wider than C never pays; CPU-like adapters get register blocks (their
 /// barriers are slow), GPUs workgroup-memory tiles (their registers are few).
-fn candidates(spec: &GemmSpec, cpu_like: bool) -> Vec<Block> {
+fn candidates(spec: &GemmSpec, count: usize, cpu_like: bool) -> Vec<Block> {
     let large = if cpu_like { TALL } else { TILED };
-    let fits = spec.m >= 32 && (cpu_like || spec.n >= 64);
+    // The tall block also compiles slowly (seconds on lavapipe): only worth
+    // it for products of half a GFLOP or more.
+    let fits = spec.m >= 32
+        && if cpu_like {
+            spec.m * spec.n * spec.k * count >= 1 << 28
+        } else {
+            spec.n >= 64
+        };
     if fits {
         vec![SMALL, large]
     } else {
@@ -122,7 +129,7 @@ fn candidates(spec: &GemmSpec, cpu_like: bool) -> Vec<Block> {
 /// The choice without timing: the large kernel once C (times the batch)
 /// gives it enough invocations to keep a device busy.
 fn rule(spec: &GemmSpec, count: usize, cpu_like: bool) -> Block {
-    let candidates = candidates(spec, cpu_like);
+    let candidates = candidates(spec, count, cpu_like);
     let large = *candidates.last().expect("SMALL is always a candidate");
     let per_workgroup = if large.tiled {
         128 * 128
@@ -243,10 +250,14 @@ mod tests {
 
     #[test]
     fn only_kernels_that_fit_c_and_the_adapter_are_candidates() {
-        assert_eq!(candidates(&spec(6, 784, 25), true), vec![SMALL]);
-        assert_eq!(candidates(&spec(32, 784, 288), true), vec![SMALL, TALL]);
-        assert_eq!(candidates(&spec(32, 784, 288), false), vec![SMALL, TILED]);
-        assert_eq!(candidates(&spec(64, 10, 288), false), vec![SMALL]);
+        assert_eq!(candidates(&spec(6, 784, 25), 64, true), vec![SMALL]);
+        assert_eq!(candidates(&spec(32, 784, 288), 64, true), vec![SMALL, TALL]);
+        assert_eq!(candidates(&spec(150, 100, 16), 64, true), vec![SMALL]);
+        assert_eq!(
+            candidates(&spec(32, 784, 288), 1, false),
+            vec![SMALL, TILED]
+        );
+        assert_eq!(candidates(&spec(64, 10, 288), 1, false), vec![SMALL]);
     }
 
     #[test]
