@@ -1,0 +1,59 @@
+//! The GEMM kernel choice is timed once per shape class and device, then
+//! remembered in the user's cache directory for later runs.
+
+mod common;
+
+use wgcnn::backend::Backend;
+use wgcnn::geometry::GemmSpec;
+use wgcnn::gpu::GpuBackend;
+use wgcnn::tensor::HostTensor;
+
+#[test]
+fn the_first_product_of_a_class_is_timed_and_remembered_across_runs() {
+    let cache = std::env::temp_dir().join(format!("wgcnn-gemm-tune-{}", std::process::id()));
+    // The only test in this process, so nothing else reads the environment.
+    unsafe { std::env::set_var("XDG_CACHE_HOME", &cache) };
+    unsafe { std::env::remove_var("WGCNN_GEMM_TUNE") };
+    if common::gpu().is_none() {
+        return;
+    }
+    let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    assert!(gpu.ctx.gemm_tuner.choices().is_empty(), "a fresh cache");
+    // Large enough for two candidate kernels on any adapter.
+    let spec = GemmSpec {
+        m: 1024,
+        n: 1024,
+        k: 256,
+        trans_a: false,
+        trans_b: false,
+    };
+    let a = HostTensor::new(&spec.a_shape(), vec![0.5; spec.m * spec.k]);
+    let b = HostTensor::new(&spec.b_shape(), vec![0.25; spec.k * spec.n]);
+    let c = gpu.download(&gpu.gemm(&gpu.upload(&a), &gpu.upload(&b), &spec));
+    assert!(
+        c.data.iter().all(|&v| v == 32.0),
+        "the timed product's result"
+    );
+    let chosen = gpu.ctx.gemm_tuner.choices();
+    assert_eq!(chosen.len(), 1, "{chosen:?}");
+
+    let files: Vec<_> = std::fs::read_dir(cache.join("wgcnn"))
+        .expect("the cache directory was created")
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        files.len(),
+        1,
+        "one cache file, no temporary left: {files:?}"
+    );
+
+    // A new run on the same device starts with the choice.
+    let again = GpuBackend::new(None).expect("a GPU adapter");
+    assert_eq!(again.ctx.gemm_tuner.choices(), chosen);
+
+    // A damaged cache file is ignored, not an error.
+    std::fs::write(&files[0], "{not json").unwrap();
+    let damaged = GpuBackend::new(None).expect("a GPU adapter");
+    assert!(damaged.ctx.gemm_tuner.choices().is_empty());
+    std::fs::remove_dir_all(&cache).unwrap();
+}
