@@ -60,6 +60,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Output piped into a command that stops reading (`wgcnn bench | head`)
+    // ends the process quietly, as for other command-line tools, instead of
+    // a panic on the failed write: Rust ignores SIGPIPE unless told not to.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => cli::train::run(&args),

@@ -116,7 +116,8 @@ fn mnist_from_a_directory_trains_evaluates_and_predicts() {
 fn bad_flags_and_files_are_clear_errors() {
     let dir = temp_dir("cli", "bad");
     let missing = dir.join("none.safetensors");
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
+        (&["bench", "kernels", "--cpu"], "no --cpu form"),
         (
             &[
                 "train",
@@ -192,4 +193,26 @@ fn a_model_file_is_accepted_and_checked_against_the_data() {
         "{}",
         text(&out)
     );
+}
+
+/// A reader that stops early (`wgcnn bench | head`) ends wgcnn quietly by
+/// SIGPIPE, like other command-line tools, not with a panic.
+#[cfg(unix)]
+#[test]
+fn a_closed_output_pipe_ends_the_run_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wgcnn"))
+        .args([
+            "bench", "gemm", "--cpu", "--size", "64", "--size", "128", "--runs", "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run wgcnn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for wgcnn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
 }

@@ -57,6 +57,12 @@ pub struct BenchArgs {
 
 /// Runs `wgcnn bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.cpu && args.kind == Some(BenchKind::Kernels) {
+        return Err(wgcnn::Error::Setting(
+            "`bench kernels` times GPU kernels; it has no --cpu form (try `bench layers --cpu`)"
+                .into(),
+        ));
+    }
     if args.cpu {
         let cpu = CpuBackend::<f32>::fast();
         run_on(&cpu, &cpu.name(), args)
