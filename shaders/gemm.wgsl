@@ -28,7 +28,9 @@
 //   gemm_32x16  large products: half the loads per multiply-add
 //
 // Epilogue: bias_mode 0 adds nothing, 1 adds bias[row] (conv: one per output
-// channel), 2 adds bias[col] (linear: Y = X·Wᵀ + b).
+// channel), 2 adds bias[col] (linear: Y = X·Wᵀ + b). Then act_mode 0 leaves
+// the value, 1 applies relu, 2 leaky relu with `slope` — the same float
+// operations as the activation kernels, so fusing changes no result.
 
 struct Params {
     m: u32,
@@ -40,6 +42,8 @@ struct Params {
     stride_c: u32,
     bias_mode: u32,
     chunk: u32,
+    act_mode: u32,
+    slope: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -69,13 +73,25 @@ fn row_bias(row: u32) -> f32 {
     return 0.0;
 }
 
+// The fused activation, written as elementwise.wgsl's relu and leaky relu
+// (a NaN passes through either).
+fn activate(v: vec4<f32>) -> vec4<f32> {
+    if p.act_mode == 1u {
+        return select(v, vec4<f32>(0.0), v <= vec4<f32>(0.0));
+    }
+    if p.act_mode == 2u {
+        return select(p.slope * v, v, v > vec4<f32>(0.0));
+    }
+    return v;
+}
+
 // Stores C[row, col .. col + 3], the part inside N, plus the biases: `cb`
 // from column_bias(col), computed once per block column by the caller.
 fn store4(base_c: u32, row: u32, col: u32, q: vec4<f32>, cb: vec4<f32>) {
     if row >= p.m || col >= p.n {
         return;
     }
-    let v = q + cb + vec4<f32>(row_bias(row));
+    let v = activate(q + cb + vec4<f32>(row_bias(row)));
     let at = base_c + row * p.n + col;
     if col + 3u < p.n {
         c[at] = v.x;

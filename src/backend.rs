@@ -158,6 +158,18 @@ pub trait Backend {
         dy: &Self::Tensor,
         g: &Conv2dGeometry,
     ) -> ParamGrads<Self::Tensor>;
+    /// `act(conv2d_forward(x, w, b))`; backends may apply `act` in the
+    /// product's epilogue instead of a pass of its own.
+    fn conv2d_forward_activated(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: &Self::Tensor,
+        g: &Conv2dGeometry,
+        act: Activation,
+    ) -> Self::Tensor {
+        self.activation_forward(act, &self.conv2d_forward(x, w, b, g))
+    }
     /// `(dW, db)` of [`Backend::conv2d_backward`] alone, for a layer whose
     /// input needs no gradient (a model's first layer): backends skip `dX`.
     fn conv2d_weight_grads(
@@ -180,6 +192,17 @@ pub trait Backend {
         w: &Self::Tensor,
         dy: &Self::Tensor,
     ) -> ParamGrads<Self::Tensor>;
+    /// `act(linear_forward(x, w, b))`; backends may apply `act` in the
+    /// product's epilogue instead of a pass of its own.
+    fn linear_forward_activated(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: &Self::Tensor,
+        act: Activation,
+    ) -> Self::Tensor {
+        self.activation_forward(act, &self.linear_forward(x, w, b))
+    }
     /// `(dW, db)` of [`Backend::linear_backward`] alone, for a layer whose
     /// input needs no gradient: backends skip `dX`.
     fn linear_weight_grads(

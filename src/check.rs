@@ -382,6 +382,15 @@ fn col2im_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Conv2dGeometry) -> Ca
     case.finish()
 }
 
+/// Activations the GEMM epilogue applies; the layer output is checked with
+/// each.
+const FUSED_ACTIVATIONS: [Activation; 2] = [
+    Activation::Relu,
+    Activation::LeakyRelu {
+        negative_slope: 0.1,
+    },
+];
+
 fn conv2d_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Conv2dGeometry) -> CaseResult {
     let x = random(rng, &g.input_shape());
     let w = random(rng, &g.weight_shape());
@@ -400,6 +409,16 @@ fn conv2d_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Conv2dGeometry) -> Ca
         &cpu::conv2d_forward(&x, &w, &b, g),
         &cpu::conv2d_forward(&abs(&x), &abs(&w), &abs(&b), g),
     );
+    let y = cpu::conv2d_forward(&x, &w, &b, g);
+    let y_mag = cpu::conv2d_forward(&abs(&x), &abs(&w), &abs(&b), g);
+    for act in FUSED_ACTIVATIONS {
+        case.check(
+            &format!("{} (fused)", act.name()),
+            &gpu.download(&gpu.conv2d_forward_activated(&gx, &gw, &gb, g, act)),
+            &cpu::activation_forward(act, &y),
+            &y_mag,
+        );
+    }
     let cpu_grads = cpu::conv2d_backward(&x, &w, &dy, g);
     let mags = cpu::conv2d_backward(&abs(&x), &abs(&w), &abs(&dy), g);
     let gpu_grads = gpu.conv2d_backward(&gx, &gw, &gdy, g);
@@ -442,6 +461,16 @@ fn linear_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {
             &cpu::linear_forward(&x, &w, &b),
             &cpu::linear_forward(&abs(&x), &abs(&w), &abs(&b)),
         );
+        let y = cpu::linear_forward(&x, &w, &b);
+        let y_mag = cpu::linear_forward(&abs(&x), &abs(&w), &abs(&b));
+        for act in FUSED_ACTIVATIONS {
+            case.check(
+                &format!("{} (fused)", act.name()),
+                &gpu.download(&gpu.linear_forward_activated(&gx, &gw, &gb, act)),
+                &cpu::activation_forward(act, &y),
+                &y_mag,
+            );
+        }
         let cpu_grads = cpu::linear_backward(&x, &w, &dy);
         let mags = cpu::linear_backward(&abs(&x), &abs(&w), &abs(&dy));
         let gpu_grads = gpu.linear_backward(&gx, &gw, &gdy);

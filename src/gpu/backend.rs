@@ -144,7 +144,22 @@ impl Backend for GpuBackend {
         b: &GpuTensor,
         g: &Conv2dGeometry,
     ) -> GpuTensor {
-        conv::conv2d_forward(&self.ctx, x, w, b, g)
+        conv::conv2d_forward(&self.ctx, x, w, b, g, None)
+    }
+
+    fn conv2d_forward_activated(
+        &self,
+        x: &GpuTensor,
+        w: &GpuTensor,
+        b: &GpuTensor,
+        g: &Conv2dGeometry,
+        act: Activation,
+    ) -> GpuTensor {
+        if super::gemm::fuses(act) {
+            conv::conv2d_forward(&self.ctx, x, w, b, g, Some(act))
+        } else {
+            self.activation_forward(act, &conv::conv2d_forward(&self.ctx, x, w, b, g, None))
+        }
     }
 
     fn conv2d_backward(
@@ -168,7 +183,21 @@ impl Backend for GpuBackend {
     }
 
     fn linear_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor) -> GpuTensor {
-        linear::linear_forward(&self.ctx, x, w, b)
+        linear::linear_forward(&self.ctx, x, w, b, None)
+    }
+
+    fn linear_forward_activated(
+        &self,
+        x: &GpuTensor,
+        w: &GpuTensor,
+        b: &GpuTensor,
+        act: Activation,
+    ) -> GpuTensor {
+        if super::gemm::fuses(act) {
+            linear::linear_forward(&self.ctx, x, w, b, Some(act))
+        } else {
+            self.activation_forward(act, &linear::linear_forward(&self.ctx, x, w, b, None))
+        }
     }
 
     fn linear_backward(

@@ -7,11 +7,11 @@
 //!   `db = Σ_{n, oh, ow} dY`, `dX = col2im(W_colᵀ · dY_n)`.
 
 use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, MAX_WORKGROUPS_PER_DIM, Params};
-use super::gemm::{Batching, Bias, Packed, gemm_into, gemm_packed_b_into};
+use super::gemm::{Batching, Bias, Epilogue, Packed, gemm_into, gemm_packed_b_into};
 use super::reduce::channel_sum_into;
 use super::tensor::GpuTensor;
 use crate::backend::ParamGrads;
-use crate::geometry::{Conv2dGeometry, GemmSpec};
+use crate::geometry::{Activation, Conv2dGeometry, GemmSpec};
 
 const SOURCE: &str = include_str!("../../shaders/im2col.wgsl");
 
@@ -91,13 +91,16 @@ pub fn col2im(ctx: &GpuContext, cols: &GpuTensor, g: &Conv2dGeometry) -> GpuTens
     x
 }
 
-/// `Y (N, O, OH, OW) = W_col · X_col,n + b[o]`.
+/// `Y (N, O, OH, OW) = act(W_col · X_col,n + b[o])`, the activation (if
+/// any; relu or leaky relu, see [`super::gemm::fuses`]) in the GEMM's
+/// epilogue.
 pub fn conv2d_forward(
     ctx: &GpuContext,
     x: &GpuTensor,
     w: &GpuTensor,
     b: &GpuTensor,
     g: &Conv2dGeometry,
+    activation: Option<Activation>,
 ) -> GpuTensor {
     assert_eq!(w.shape, g.weight_shape(), "conv2d weight shape");
     assert_eq!(b.shape, [g.out_channels], "conv2d bias shape");
@@ -114,7 +117,10 @@ pub fn conv2d_forward(
         ctx,
         &w.buffer,
         &cols.buffer,
-        Bias::PerRow(&b.buffer),
+        Epilogue {
+            bias: Bias::PerRow(&b.buffer),
+            activation,
+        },
         &y.buffer,
         &spec,
         Batching {

@@ -6,7 +6,7 @@ use super::context::{
 };
 use super::gemm_source::{self, Block, SMALL};
 use super::reduce::slice_sum_into;
-use crate::geometry::GemmSpec;
+use crate::geometry::{Activation, GemmSpec};
 
 const PACK_SOURCE: &str = include_str!("../../shaders/pack.wgsl");
 
@@ -19,6 +19,38 @@ pub enum Bias<'a> {
     PerRow(&'a GpuBuffer),
     /// `C[row, col] += bias[col]`.
     PerColumn(&'a GpuBuffer),
+}
+
+/// What the epilogue does to each output: add the bias, then apply the
+/// activation (relu or leaky relu; others run as a pass of their own).
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    /// The bias to add.
+    pub bias: Bias<'a>,
+    /// The activation to apply after the bias.
+    pub activation: Option<Activation>,
+}
+
+impl<'a> From<Bias<'a>> for Epilogue<'a> {
+    fn from(bias: Bias<'a>) -> Self {
+        Epilogue {
+            bias,
+            activation: None,
+        }
+    }
+}
+
+impl Epilogue<'_> {
+    /// The kernel's `act_mode` and slope, or `None` for an activation the
+    /// epilogue does not implement.
+    fn activation_mode(&self) -> Option<(u32, f32)> {
+        match self.activation {
+            None => Some((0, 0.0)),
+            Some(Activation::Relu) => Some((1, 0.0)),
+            Some(Activation::LeakyRelu { negative_slope }) => Some((2, negative_slope)),
+            Some(_) => None,
+        }
+    }
 }
 
 /// How a GEMM is repeated over a batch; strides are in elements.
@@ -50,11 +82,11 @@ impl Batching {
 /// Records `out = op(A)·op(B) (+ bias)` for every batch element (or their sum).
 /// Both operands are first packed depth-major with rows padded to whole vec4s
 /// (`shaders/pack.wgsl`), unless one is already in that layout.
-pub fn gemm_into(
+pub fn gemm_into<'e>(
     ctx: &GpuContext,
     a: &GpuBuffer,
     b: &GpuBuffer,
-    bias: Bias<'_>,
+    epilogue: impl Into<Epilogue<'e>>,
     out: &GpuBuffer,
     spec: &GemmSpec,
     batching: Batching,
@@ -69,16 +101,16 @@ pub fn gemm_into(
         batching.stride_b,
         batching.count,
     );
-    gemm_packed_b_into(ctx, a, b.view(), bias, out, spec, batching);
+    gemm_packed_b_into(ctx, a, b.view(), epilogue, out, spec, batching);
 }
 
 /// [`gemm_into`] with `op(B)` already packed (`spec.trans_b` is ignored), as
 /// `shaders/im2col.wgsl`'s im2row writes it.
-pub fn gemm_packed_b_into(
+pub fn gemm_packed_b_into<'e>(
     ctx: &GpuContext,
     a: &GpuBuffer,
     b: Packed<'_>,
-    bias: Bias<'_>,
+    epilogue: impl Into<Epilogue<'e>>,
     out: &GpuBuffer,
     spec: &GemmSpec,
     batching: Batching,
@@ -93,7 +125,7 @@ pub fn gemm_packed_b_into(
         batching.stride_a,
         batching.count,
     );
-    gemm_packed_into(ctx, a.view(), b, bias, out, spec, batching);
+    gemm_packed_into(ctx, a.view(), b, epilogue.into(), out, spec, batching);
 }
 
 /// Workgroups a batch-summed GEMM aims for: a product too small to fill
@@ -106,12 +138,15 @@ fn gemm_packed_into(
     ctx: &GpuContext,
     a: Packed<'_>,
     b: Packed<'_>,
-    bias: Bias<'_>,
+    epilogue: Epilogue<'_>,
     out: &GpuBuffer,
     spec: &GemmSpec,
     batching: Batching,
 ) {
-    let (bias_buffer, bias_mode) = match bias {
+    let (act_mode, slope) = epilogue
+        .activation_mode()
+        .expect("only relu and leaky relu are fused into a GEMM");
+    let (bias_buffer, bias_mode) = match epilogue.bias {
         // Never read with bias_mode 0; `a` stands in because binding the output
         // read-only as well as read-write in one dispatch is a usage conflict.
         Bias::None => (a.buffer, 0),
@@ -148,7 +183,9 @@ fn gemm_packed_into(
         .u32(b.stride)
         .u32(stride_c)
         .u32(bias_mode)
-        .u32(chunk);
+        .u32(chunk)
+        .u32(act_mode as usize)
+        .f32(slope);
     let target = partial.as_ref().unwrap_or(out);
     let kernel = |block: Block| {
         let [wg_x, wg_y] = block.workgroup;
@@ -288,4 +325,14 @@ fn pack<'a>(
         borrowed: src,
         stride: dst_stride,
     }
+}
+
+/// Whether [`Epilogue`] can apply `act` (else it runs as a pass of its own).
+pub fn fuses(act: Activation) -> bool {
+    Epilogue {
+        bias: Bias::None,
+        activation: Some(act),
+    }
+    .activation_mode()
+    .is_some()
 }

@@ -2,11 +2,11 @@
 //! `(O, I)` as PyTorch stores it.
 
 use super::context::GpuContext;
-use super::gemm::{Batching, Bias, gemm_into};
+use super::gemm::{Batching, Bias, Epilogue, gemm_into};
 use super::reduce::channel_sum_into;
 use super::tensor::GpuTensor;
 use crate::backend::ParamGrads;
-use crate::geometry::GemmSpec;
+use crate::geometry::{Activation, GemmSpec};
 
 fn dims(x: &GpuTensor, w: &GpuTensor) -> (usize, usize, usize) {
     assert_eq!(x.shape.len(), 2, "linear input must be (N, I)");
@@ -15,8 +15,16 @@ fn dims(x: &GpuTensor, w: &GpuTensor) -> (usize, usize, usize) {
     (x.shape[0], x.shape[1], w.shape[0])
 }
 
-/// `Y (N, O) = X (N, I) · Wᵀ + b`: GEMM with `B` transposed, bias per column.
-pub fn linear_forward(ctx: &GpuContext, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor) -> GpuTensor {
+/// `Y (N, O) = act(X (N, I) · Wᵀ + b)`: GEMM with `B` transposed, bias per
+/// column, the activation (if any; see [`super::gemm::fuses`]) in the
+/// epilogue.
+pub fn linear_forward(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    b: &GpuTensor,
+    activation: Option<Activation>,
+) -> GpuTensor {
     let (n, i, o) = dims(x, w);
     assert_eq!(b.shape, [o], "linear bias shape");
     let y = ctx.tensor(&[n, o], "linear.y");
@@ -31,7 +39,10 @@ pub fn linear_forward(ctx: &GpuContext, x: &GpuTensor, w: &GpuTensor, b: &GpuTen
         ctx,
         &x.buffer,
         &w.buffer,
-        Bias::PerColumn(&b.buffer),
+        Epilogue {
+            bias: Bias::PerColumn(&b.buffer),
+            activation,
+        },
         &y.buffer,
         &spec,
         Batching::SINGLE,

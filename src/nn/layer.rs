@@ -222,6 +222,45 @@ impl<B: Backend> Layer<B> {
 
     /// Forward pass; keeps what the backward needs when `mode` is `Train`.
     pub(crate) fn forward(&mut self, b: &B, x: &B::Tensor, mode: Mode, step: u32) -> B::Tensor {
+        self.forward_then(b, x, mode, step, None)
+    }
+
+    /// The activation that can run fused into this layer's output (the
+    /// epilogue of its matrix product) when `next` follows it: relu, or leaky
+    /// relu with a slope ≥ 0 — those whose derivative can be read from the
+    /// output instead of the input (`y > 0 ⇔ x > 0`), since the input is
+    /// never stored.
+    pub(crate) fn fusable(&self, next: &Layer<B>) -> Option<Activation> {
+        let product = matches!(self, Layer::Conv2d { .. } | Layer::Linear { .. });
+        match next {
+            Layer::Activation { act, .. } if product => match act {
+                Activation::Relu => Some(*act),
+                Activation::LeakyRelu { negative_slope } if *negative_slope >= 0.0 => Some(*act),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The output `y` of an activation layer whose input was never formed
+    /// (fused into the layer before): saved as both input and output, which
+    /// is exact for the activations [`Layer::fusable`] admits.
+    pub(crate) fn save_fused_output(&mut self, y: &B::Tensor, mode: Mode) {
+        if let Layer::Activation { saved, .. } = self {
+            *saved = (mode == Mode::Train).then(|| (y.clone(), y.clone()));
+        }
+    }
+
+    /// Forward pass, with `then` applied to the output inside the layer's
+    /// matrix product (see [`Layer::fusable`]).
+    pub(crate) fn forward_then(
+        &mut self,
+        b: &B,
+        x: &B::Tensor,
+        mode: Mode,
+        step: u32,
+        then: Option<Activation>,
+    ) -> B::Tensor {
         let train = mode == Mode::Train;
         match self {
             Layer::Conv2d {
@@ -246,7 +285,10 @@ impl<B: Backend> Layer<B> {
                     *padding,
                 )
                 .expect("validated by the model spec");
-                let y = b.conv2d_forward(x, &weight.value, &bias.value, &g);
+                let y = match then {
+                    Some(act) => b.conv2d_forward_activated(x, &weight.value, &bias.value, &g, act),
+                    None => b.conv2d_forward(x, &weight.value, &bias.value, &g),
+                };
                 *saved = train.then(|| (x.clone(), g));
                 y
             }
@@ -257,7 +299,10 @@ impl<B: Backend> Layer<B> {
             } => {
                 let shape = x.shape().to_vec();
                 let flat = b.reshape(x, &[shape[0], shape[1..].iter().product()]);
-                let y = b.linear_forward(&flat, &weight.value, &bias.value);
+                let y = match then {
+                    Some(act) => b.linear_forward_activated(&flat, &weight.value, &bias.value, act),
+                    None => b.linear_forward(&flat, &weight.value, &bias.value),
+                };
                 *saved = train.then_some((flat, shape));
                 y
             }

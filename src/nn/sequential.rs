@@ -161,8 +161,20 @@ impl<B: Backend> Sequential<B> {
     /// the dropout mask.
     pub fn forward(&mut self, backend: &B, x: &B::Tensor, mode: Mode, step: u32) -> B::Tensor {
         let mut h = x.clone();
-        for layer in &mut self.layers {
-            h = layer.forward(backend, &h, mode, step);
+        let mut i = 0;
+        while i < self.layers.len() {
+            // A relu after a convolution or linear layer runs in its product's
+            // epilogue: one pass over the output fewer.
+            let fused = self
+                .layers
+                .get(i + 1)
+                .and_then(|next| self.layers[i].fusable(next));
+            h = self.layers[i].forward_then(backend, &h, mode, step, fused);
+            if fused.is_some() {
+                self.layers[i + 1].save_fused_output(&h, mode);
+                i += 1;
+            }
+            i += 1;
         }
         h
     }
