@@ -1,4 +1,4 @@
-// GEMM: C = A · B (+ bias), batched, from packed operands (shaders/pack.wgsl):
+// GEMM: C = act(A · B + bias), batched, from packed operands (shaders/pack.wgsl):
 //
 //   a: (K, Mp) — A transposed, rows padded to Mp = ⌈M/4⌉·4 with zeros
 //   b: (K, Np) — B, columns padded to Np = ⌈N/4⌉·4 with zeros
@@ -25,7 +25,10 @@
 // file by src/gpu/gemm_source.rs (WGSL has no macros, and the unrolled
 // accumulators must be separate variables to stay in registers):
 //   gemm_8x16   small products, few output rows (convolutions' O)
-//   gemm_32x16  large products: half the loads per multiply-add
+//   gemm_32x16  large products on CPU-like adapters: half the loads per
+//               multiply-add
+// and gemm_tiled (below, written out) stages tiles in workgroup memory for
+// GPUs. src/gpu/tune.rs picks one per device and shape class.
 //
 // Epilogue: bias_mode 0 adds nothing, 1 adds bias[row] (conv: one per output
 // channel), 2 adds bias[col] (linear: Y = X·Wᵀ + b). Then act_mode 0 leaves
