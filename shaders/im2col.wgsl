@@ -29,14 +29,13 @@ struct Params {
     width: u32,
     kernel_h: u32,
     kernel_w: u32,
-    stride: u32,
     padding: u32,
     out_h: u32,
     out_w: u32,
     rows_padded: u32,
 }
 
-// The convolution's stride as a constant, so col2im's divisions by it fold.
+// The convolution's stride, a pipeline constant so divisions by it fold.
 override STRIDE: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -53,8 +52,8 @@ fn im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     }
     let rows = p.channels * p.kernel_h * p.kernel_w;
     let plane = p.height * p.width;
-    let h0 = i32((pos / p.out_w) * p.stride) - i32(p.padding);
-    let w0 = i32((pos % p.out_w) * p.stride) - i32(p.padding);
+    let h0 = i32((pos / p.out_w) * STRIDE) - i32(p.padding);
+    let w0 = i32((pos % p.out_w) * STRIDE) - i32(p.padding);
     for (var n = gid.y; n < p.batch; n += nwg.y) {
         var out = n * rows * positions + pos;
         var image = n * p.channels * plane;
@@ -90,7 +89,7 @@ fn im2row(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let j = row % p.kernel_w;
     let i = (row / p.kernel_w) % p.kernel_h;
     let c = row / (p.kernel_w * p.kernel_h);
-    let h = i32(oh * p.stride + i) - i32(p.padding);
+    let h = i32(oh * STRIDE + i) - i32(p.padding);
     let h_inside = real && h >= 0 && h < i32(p.height);
     let positions = p.out_h * p.out_w;
     for (var n = gid.z; n < p.batch; n += nwg.z) {
@@ -104,7 +103,7 @@ fn im2row(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
             }
             dst[out] = value;
             out += p.rows_padded;
-            w += i32(p.stride);
+            w += i32(STRIDE);
         }
     }
 }

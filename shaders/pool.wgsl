@@ -22,13 +22,12 @@ struct Params {
     channels: u32,
     height: u32,
     width: u32,
-    kernel: u32,
-    stride: u32,
     padding: u32,
     out_h: u32,
     out_w: u32,
 }
 
+// Window size and stride: pipeline constants (see the header).
 override KERNEL: u32 = 2u;
 override STRIDE: u32 = 2u;
 
@@ -46,7 +45,7 @@ fn covering(x: u32, out_len: u32) -> vec2<u32> {
     return vec2<u32>(lo, min(hi + 1u, out_len));
 }
 
-// ---- max pooling forward: one output per invocation ----
+// ---- max pooling forward: one output position per invocation, every plane ----
 @group(0) @binding(1) var<storage, read> maxf_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> maxf_y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> maxf_argmax: array<u32>;
@@ -60,36 +59,36 @@ fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     let ow = at_out % p.out_w;
     let oh = at_out / p.out_w;
     for (var plane = gid.y; plane < p.batch * p.channels; plane += nwg.y) {
-    let i = plane * p.out_h * p.out_w + at_out;
-    let base = plane * p.height * p.width;
-    var best = 0.0;
-    var best_at = 0u;
-    var found = false;
-    for (var ki = 0u; ki < KERNEL; ki++) {
-        let h = i32(oh * STRIDE + ki) - i32(p.padding);
-        if h < 0 || h >= i32(p.height) {
-            continue;
-        }
-        for (var kj = 0u; kj < KERNEL; kj++) {
-            let w = i32(ow * STRIDE + kj) - i32(p.padding);
-            if w < 0 || w >= i32(p.width) {
+        let i = plane * p.out_h * p.out_w + at_out;
+        let base = plane * p.height * p.width;
+        var best = 0.0;
+        var best_at = 0u;
+        var found = false;
+        for (var ki = 0u; ki < KERNEL; ki++) {
+            let h = i32(oh * STRIDE + ki) - i32(p.padding);
+            if h < 0 || h >= i32(p.height) {
                 continue;
             }
-            let at = u32(h) * p.width + u32(w);
-            let v = maxf_x[base + at];
-            if !found || v > best {
-                best = v;
-                best_at = at;
-                found = true;
+            for (var kj = 0u; kj < KERNEL; kj++) {
+                let w = i32(ow * STRIDE + kj) - i32(p.padding);
+                if w < 0 || w >= i32(p.width) {
+                    continue;
+                }
+                let at = u32(h) * p.width + u32(w);
+                let v = maxf_x[base + at];
+                if !found || v > best {
+                    best = v;
+                    best_at = at;
+                    found = true;
+                }
             }
         }
-    }
-    maxf_y[i] = best;
-    maxf_argmax[i] = best_at;
+        maxf_y[i] = best;
+        maxf_argmax[i] = best_at;
     }
 }
 
-// ---- max pooling backward: one input element per invocation ----
+// ---- max pooling backward: one input position per invocation, every plane ----
 @group(0) @binding(1) var<storage, read> maxb_dy: array<f32>;
 @group(0) @binding(2) var<storage, read> maxb_argmax: array<u32>;
 @group(0) @binding(3) var<storage, read_write> maxb_dx: array<f32>;
@@ -105,18 +104,17 @@ fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     let rows = covering(h, p.out_h);
     let cols = covering(w, p.out_w);
     for (var plane = gid.y; plane < p.batch * p.channels; plane += nwg.y) {
-    let i = plane * p.height * p.width + at_in;
-    let at = at_in;
-    var sum = 0.0;
-    for (var oh = rows.x; oh < rows.y; oh++) {
-        for (var ow = cols.x; ow < cols.y; ow++) {
-            let o = (plane * p.out_h + oh) * p.out_w + ow;
-            if maxb_argmax[o] == at {
-                sum += maxb_dy[o];
+        let i = plane * p.height * p.width + at_in;
+        var sum = 0.0;
+        for (var oh = rows.x; oh < rows.y; oh++) {
+            for (var ow = cols.x; ow < cols.y; ow++) {
+                let o = (plane * p.out_h + oh) * p.out_w + ow;
+                if maxb_argmax[o] == at_in {
+                    sum += maxb_dy[o];
+                }
             }
         }
-    }
-    maxb_dx[i] = sum;
+        maxb_dx[i] = sum;
     }
 }
 
@@ -133,22 +131,22 @@ fn avgpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     let ow = at_out % p.out_w;
     let oh = at_out / p.out_w;
     for (var plane = gid.y; plane < p.batch * p.channels; plane += nwg.y) {
-    let i = plane * p.out_h * p.out_w + at_out;
-    let base = plane * p.height * p.width;
-    var sum = 0.0;
-    for (var ki = 0u; ki < KERNEL; ki++) {
-        let h = i32(oh * STRIDE + ki) - i32(p.padding);
-        if h < 0 || h >= i32(p.height) {
-            continue;
-        }
-        for (var kj = 0u; kj < KERNEL; kj++) {
-            let w = i32(ow * STRIDE + kj) - i32(p.padding);
-            if w >= 0 && w < i32(p.width) {
-                sum += avgf_x[base + u32(h) * p.width + u32(w)];
+        let i = plane * p.out_h * p.out_w + at_out;
+        let base = plane * p.height * p.width;
+        var sum = 0.0;
+        for (var ki = 0u; ki < KERNEL; ki++) {
+            let h = i32(oh * STRIDE + ki) - i32(p.padding);
+            if h < 0 || h >= i32(p.height) {
+                continue;
+            }
+            for (var kj = 0u; kj < KERNEL; kj++) {
+                let w = i32(ow * STRIDE + kj) - i32(p.padding);
+                if w >= 0 && w < i32(p.width) {
+                    sum += avgf_x[base + u32(h) * p.width + u32(w)];
+                }
             }
         }
-    }
-    avgf_y[i] = sum / f32(KERNEL * KERNEL);
+        avgf_y[i] = sum / f32(KERNEL * KERNEL);
     }
 }
 
@@ -167,13 +165,13 @@ fn avgpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     let rows = covering(h, p.out_h);
     let cols = covering(w, p.out_w);
     for (var plane = gid.y; plane < p.batch * p.channels; plane += nwg.y) {
-    let i = plane * p.height * p.width + at_in;
-    var sum = 0.0;
-    for (var oh = rows.x; oh < rows.y; oh++) {
-        for (var ow = cols.x; ow < cols.y; ow++) {
-            sum += avgb_dy[(plane * p.out_h + oh) * p.out_w + ow];
+        let i = plane * p.height * p.width + at_in;
+        var sum = 0.0;
+        for (var oh = rows.x; oh < rows.y; oh++) {
+            for (var ow = cols.x; ow < cols.y; ow++) {
+                sum += avgb_dy[(plane * p.out_h + oh) * p.out_w + ow];
+            }
         }
-    }
-    avgb_dx[i] = sum / f32(KERNEL * KERNEL);
+        avgb_dx[i] = sum / f32(KERNEL * KERNEL);
     }
 }

@@ -391,6 +391,24 @@ const FUSED_ACTIVATIONS: [Activation; 2] = [
     },
 ];
 
+/// Checks a layer's GPU output with each fused activation (`fused(act)`)
+/// against the reference activation of its unactivated output `y`.
+fn check_fused_activations(
+    case: &mut CaseBuilder,
+    y: &HostTensor<f32>,
+    y_mag: &HostTensor<f32>,
+    fused: impl Fn(Activation) -> HostTensor<f32>,
+) {
+    for act in FUSED_ACTIVATIONS {
+        case.check(
+            &format!("{} (fused)", act.name()),
+            &fused(act),
+            &cpu::activation_forward(act, y),
+            y_mag,
+        );
+    }
+}
+
 fn conv2d_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Conv2dGeometry) -> CaseResult {
     let x = random(rng, &g.input_shape());
     let w = random(rng, &g.weight_shape());
@@ -411,14 +429,9 @@ fn conv2d_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Conv2dGeometry) -> Ca
     );
     let y = cpu::conv2d_forward(&x, &w, &b, g);
     let y_mag = cpu::conv2d_forward(&abs(&x), &abs(&w), &abs(&b), g);
-    for act in FUSED_ACTIVATIONS {
-        case.check(
-            &format!("{} (fused)", act.name()),
-            &gpu.download(&gpu.conv2d_forward_activated(&gx, &gw, &gb, g, act)),
-            &cpu::activation_forward(act, &y),
-            &y_mag,
-        );
-    }
+    check_fused_activations(&mut case, &y, &y_mag, |act| {
+        gpu.download(&gpu.conv2d_forward_activated(&gx, &gw, &gb, g, act))
+    });
     let cpu_grads = cpu::conv2d_backward(&x, &w, &dy, g);
     let mags = cpu::conv2d_backward(&abs(&x), &abs(&w), &abs(&dy), g);
     let gpu_grads = gpu.conv2d_backward(&gx, &gw, &gdy, g);
@@ -463,14 +476,9 @@ fn linear_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {
         );
         let y = cpu::linear_forward(&x, &w, &b);
         let y_mag = cpu::linear_forward(&abs(&x), &abs(&w), &abs(&b));
-        for act in FUSED_ACTIVATIONS {
-            case.check(
-                &format!("{} (fused)", act.name()),
-                &gpu.download(&gpu.linear_forward_activated(&gx, &gw, &gb, act)),
-                &cpu::activation_forward(act, &y),
-                &y_mag,
-            );
-        }
+        check_fused_activations(&mut case, &y, &y_mag, |act| {
+            gpu.download(&gpu.linear_forward_activated(&gx, &gw, &gb, act))
+        });
         let cpu_grads = cpu::linear_backward(&x, &w, &dy);
         let mags = cpu::linear_backward(&abs(&x), &abs(&w), &abs(&dy));
         let gpu_grads = gpu.linear_backward(&gx, &gw, &gdy);

@@ -139,19 +139,13 @@ impl View for AnyView<'_> {
 fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>) -> String {
     let mut items: Vec<_> = tensors.collect();
     items.sort_by(|a, b| a.0.cmp(b.0));
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut h = crate::fnv::Fnv1a::default();
     for (name, dtype, shape, data) in items {
-        feed(name.as_bytes());
-        feed(format!("{dtype:?}{shape:?}").as_bytes());
-        feed(data);
+        h.feed(name.as_bytes());
+        h.feed(format!("{dtype:?}{shape:?}").as_bytes());
+        h.feed(data);
     }
-    format!("{h:016x}")
+    format!("{:016x}", h.finish())
 }
 
 fn optimizer_name(param: &str, slot: usize) -> String {

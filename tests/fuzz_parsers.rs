@@ -1394,19 +1394,13 @@ impl Parts {
     fn checksum(&self) -> String {
         let mut tensors: Vec<&RawTensor> = self.tensors.iter().collect();
         tensors.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut feed = |bytes: &[u8]| {
-            for &b in bytes {
-                h ^= b as u64;
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-        };
+        let mut h = wgcnn::fnv::Fnv1a::default();
         for t in tensors {
-            feed(t.name.as_bytes());
-            feed(format!("{:?}{:?}", t.dtype, t.shape).as_bytes());
-            feed(&t.data);
+            h.feed(t.name.as_bytes());
+            h.feed(format!("{:?}{:?}", t.dtype, t.shape).as_bytes());
+            h.feed(&t.data);
         }
-        format!("{h:016x}")
+        format!("{:016x}", h.finish())
     }
 
     /// The file, with the checksum recomputed when `fix_checksum`; `None`

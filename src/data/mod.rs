@@ -324,21 +324,12 @@ pub fn search_paths(kind: DatasetKind) -> Vec<PathBuf> {
         return Vec::new();
     }
     let name = kind.name();
-    let env_dir = |var: &str| {
-        std::env::var_os(var)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
     let mut paths = Vec::new();
-    if let Some(root) = env_dir("WGCNN_DATA") {
+    if let Some(root) = crate::dirs::env_path("WGCNN_DATA") {
         paths.push(root.join(name));
     }
-    // XDG: a relative $XDG_CACHE_HOME is invalid and is ignored.
-    let cache = env_dir("XDG_CACHE_HOME")
-        .filter(|p| p.is_absolute())
-        .or_else(|| env_dir("HOME").map(|h| h.join(".cache")));
-    if let Some(cache) = cache {
-        paths.push(cache.join("wgcnn").join(name));
+    if let Some(cache) = crate::dirs::user_cache_dir() {
+        paths.push(cache.join(name));
     }
     paths.push(Path::new("/usr/share/datasets").join(name));
     paths

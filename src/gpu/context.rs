@@ -246,6 +246,12 @@ struct Recording {
 /// Largest workgroup count per grid dimension that every WebGPU device accepts.
 pub const MAX_WORKGROUPS_PER_DIM: u32 = 65_535;
 
+/// Grid extent along one dimension for `count` items (images, planes,
+/// batch slots) that the kernel walks in a loop past the extent.
+pub fn grid_extent(count: usize) -> u32 {
+    count.clamp(1, MAX_WORKGROUPS_PER_DIM as usize) as u32
+}
+
 /// Splits `count` workgroups over x and y so neither exceeds
 /// [`MAX_WORKGROUPS_PER_DIM`]; kernels rebuild the linear index as
 /// `wid.x + wid.y · num_workgroups.x` and skip indices past the end.

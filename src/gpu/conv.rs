@@ -6,7 +6,7 @@
 //!   second operand written by im2row straight into the packed layout),
 //!   `db = Σ_{n, oh, ow} dY`, `dX = col2im(W_colᵀ · dY_n)`.
 
-use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, MAX_WORKGROUPS_PER_DIM, Params};
+use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, Params, grid_extent};
 use super::gemm::{Batching, Bias, Epilogue, Packed, gemm_into, gemm_packed_b_into};
 use super::reduce::channel_sum_into;
 use super::tensor::GpuTensor;
@@ -15,6 +15,7 @@ use crate::geometry::{Activation, Conv2dGeometry, GemmSpec};
 
 const SOURCE: &str = include_str!("../../shaders/im2col.wgsl");
 
+/// The uniform parameters; the stride is a pipeline constant instead.
 fn params(g: &Conv2dGeometry) -> Params {
     Params::new()
         .u32(g.batch)
@@ -23,7 +24,6 @@ fn params(g: &Conv2dGeometry) -> Params {
         .u32(g.width)
         .u32(g.kernel_h)
         .u32(g.kernel_w)
-        .u32(g.stride)
         .u32(g.padding)
         .u32(g.out_h)
         .u32(g.out_w)
@@ -35,11 +35,6 @@ fn kernel(ctx: &GpuContext, entry: &'static str, g: &Conv2dGeometry) -> std::syn
     ctx.kernel(&KernelSpec::new("im2col", SOURCE, entry, 1, 1).with("STRIDE", g.stride as f64))
 }
 
-/// Grid extent along y/z for `count` items walked in a loop past it.
-fn extent(count: usize) -> u32 {
-    count.clamp(1, MAX_WORKGROUPS_PER_DIM as usize) as u32
-}
-
 /// `X (N, C, H, W) → X_col (N, C·kh·kw, OH·OW)`.
 pub fn im2col(ctx: &GpuContext, x: &GpuTensor, g: &Conv2dGeometry) -> GpuTensor {
     assert_eq!(x.shape, g.input_shape(), "im2col input shape");
@@ -49,7 +44,11 @@ pub fn im2col(ctx: &GpuContext, x: &GpuTensor, g: &Conv2dGeometry) -> GpuTensor 
         &params(g),
         &[&x.buffer],
         &[&cols.buffer],
-        [g.out_positions().div_ceil(64) as u32, extent(g.batch), 1],
+        [
+            g.out_positions().div_ceil(64) as u32,
+            grid_extent(g.batch),
+            1,
+        ],
     );
     cols
 }
@@ -67,7 +66,7 @@ fn im2row(ctx: &GpuContext, x: &GpuTensor, g: &Conv2dGeometry) -> GpuBuffer {
         [
             padded.div_ceil(16) as u32,
             g.out_h.div_ceil(4) as u32,
-            extent(g.batch),
+            grid_extent(g.batch),
         ],
     );
     rows
@@ -84,7 +83,7 @@ pub fn col2im(ctx: &GpuContext, cols: &GpuTensor, g: &Conv2dGeometry) -> GpuTens
         &[&x.buffer],
         [
             (g.height * g.width).div_ceil(64) as u32,
-            extent(g.batch * g.channels),
+            grid_extent(g.batch * g.channels),
             1,
         ],
     );

@@ -1,9 +1,7 @@
 //! Host side of `shaders/gemm.wgsl`: the matrix products behind convolution
 //! and the fully connected layer.
 
-use super::context::{
-    GpuBuffer, GpuContext, Kernel, KernelSpec, MAX_WORKGROUPS_PER_DIM, Params, grid,
-};
+use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, Params, grid, grid_extent};
 use super::gemm_source::{self, Block, SMALL};
 use super::reduce::slice_sum_into;
 use crate::geometry::{Activation, GemmSpec};
@@ -199,8 +197,7 @@ fn gemm_packed_into(
         let grid = [
             spec.n.div_ceil(block.cols * wg_x) as u32,
             spec.m.div_ceil(block.rows * wg_y) as u32,
-            // Slots past the grid's z extent are walked in a loop.
-            slices.clamp(1, MAX_WORKGROUPS_PER_DIM as usize) as u32,
+            grid_extent(slices),
         ];
         (kernel, grid)
     };
@@ -221,7 +218,8 @@ fn gemm_packed_into(
             // the pipelines compiled beforehand.
             let prepared: Vec<_> = candidates.iter().map(|&b| kernel(b)).collect();
             let best = candidates
-                .into_iter()
+                .iter()
+                .copied()
                 .zip(&prepared)
                 .map(|(block, k)| (time_block(ctx, || record(k)), block))
                 .min_by(|x, y| x.0.total_cmp(&y.0))

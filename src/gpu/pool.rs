@@ -2,20 +2,20 @@
 
 use std::sync::Arc;
 
-use super::context::{GpuContext, KernelSpec, MAX_WORKGROUPS_PER_DIM, Params};
+use super::context::{GpuContext, KernelSpec, Params, grid_extent};
 use super::tensor::{GpuIndices, GpuTensor};
 use crate::geometry::Pool2dGeometry;
 
 const SOURCE: &str = include_str!("../../shaders/pool.wgsl");
 
+/// The uniform parameters; window size and stride are pipeline constants
+/// instead ([`kernel`]).
 fn params(g: &Pool2dGeometry) -> Params {
     Params::new()
         .u32(g.batch)
         .u32(g.channels)
         .u32(g.height)
         .u32(g.width)
-        .u32(g.kernel)
-        .u32(g.stride)
         .u32(g.padding)
         .u32(g.out_h)
         .u32(g.out_w)
@@ -39,7 +39,7 @@ fn kernel(
 fn plane_grid(positions: usize, g: &Pool2dGeometry) -> [u32; 3] {
     [
         positions.div_ceil(64) as u32,
-        (g.batch * g.channels).clamp(1, MAX_WORKGROUPS_PER_DIM as usize) as u32,
+        grid_extent(g.batch * g.channels),
         1,
     ]
 }

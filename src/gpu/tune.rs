@@ -14,6 +14,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::gemm_source::{BLOCKS, Block, SMALL, TALL, TILED};
+use crate::dirs::user_cache_dir;
+use crate::fnv::fnv1a;
 use crate::geometry::GemmSpec;
 
 /// Cache file format version; files of another version are ignored.
@@ -45,7 +47,8 @@ impl GemmTuner {
             env!("CARGO_PKG_VERSION")
         );
         let timing = std::env::var("WGCNN_GEMM_TUNE").map_or(true, |v| v != "0");
-        let path = cache_dir().map(|dir| dir.join(format!("gemm-tune-{:016x}.json", fnv(&device))));
+        let path = user_cache_dir()
+            .map(|dir| dir.join(format!("gemm-tune-{:016x}.json", fnv1a(device.as_bytes()))));
         let choices = path
             .as_ref()
             .and_then(|p| std::fs::read_to_string(p).ok())
@@ -67,8 +70,8 @@ impl GemmTuner {
     }
 
     /// The block to use for `spec` batched `count` times: forced, remembered,
-    /// or `None` when it should be timed now (see [`GemmTuner::remember`]).
-    pub fn choice(&self, spec: &GemmSpec, count: usize) -> Result<Block, Vec<Block>> {
+    /// or the candidates to time now (see [`GemmTuner::remember`]).
+    pub fn choice(&self, spec: &GemmSpec, count: usize) -> Result<Block, &'static [Block]> {
         if let Some(block) = *self.forced.lock().unwrap() {
             return Ok(block);
         }
@@ -109,8 +112,7 @@ impl GemmTuner {
 /// Kernels worth trying for `spec` on this kind of adapter: a block taller
 /// or wider than C never pays; CPU-like adapters get register blocks (their
 /// barriers are slow), GPUs workgroup-memory tiles (their registers are few).
-fn candidates(spec: &GemmSpec, count: usize, cpu_like: bool) -> Vec<Block> {
-    let large = if cpu_like { TALL } else { TILED };
+fn candidates(spec: &GemmSpec, count: usize, cpu_like: bool) -> &'static [Block] {
     // The tall block also compiles slowly (seconds on lavapipe): only worth
     // it for products of half a GFLOP or more.
     let fits = spec.m >= 32
@@ -119,10 +121,10 @@ fn candidates(spec: &GemmSpec, count: usize, cpu_like: bool) -> Vec<Block> {
         } else {
             spec.n >= 64
         };
-    if fits {
-        vec![SMALL, large]
-    } else {
-        vec![SMALL]
+    match (fits, cpu_like) {
+        (false, _) => &[SMALL],
+        (true, true) => &[SMALL, TALL],
+        (true, false) => &[SMALL, TILED],
     }
 }
 
@@ -154,25 +156,6 @@ fn shape_class(spec: &GemmSpec, count: usize) -> String {
         log2(spec.k),
         log2(count)
     )
-}
-
-fn cache_dir() -> Option<PathBuf> {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    var("XDG_CACHE_HOME")
-        .filter(|p| p.is_absolute())
-        .or_else(|| var("HOME").map(|h| h.join(".cache")))
-        .map(|c| c.join("wgcnn"))
-}
-
-/// FNV-1a, to name the cache file after the device.
-fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// The choices in a cache file written for `device`; anything else (another
