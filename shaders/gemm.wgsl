@@ -23,7 +23,9 @@
 //
 // The kernels themselves are unrolled per block shape and appended to this
 // file by src/gpu/gemm_source.rs (WGSL has no macros, and the unrolled
-// accumulators must be separate variables to stay in registers):
+// accumulators must be separate variables to stay in registers; the epilogue
+// stores one row per loop pass and shifts the rows below it up, so the store
+// code appears once, which keeps LLVM's compile time on lavapipe short):
 //   gemm_8x16   small products, few output rows (convolutions' O)
 //   gemm_32x16  large products on CPU-like adapters: half the loads per
 //               multiply-add

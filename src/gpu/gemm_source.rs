@@ -21,8 +21,8 @@ pub struct Block {
     /// registers alone.
     pub tiled: bool,
     /// Invocations per workgroup along N and M. One shape per kernel: every
-    /// shape is a pipeline of its own, and on CPU-like adapters each takes
-    /// about a second to compile, which a cold first step pays for. (Shapes
+    /// shape is a pipeline of its own, and on CPU-like adapters each is
+    /// compiled anew, which a cold first step pays for. (Shapes
     /// fitted to each product ran no faster in training; idle invocations of
     /// a small product mostly skip.)
     pub workgroup: [usize; 2],
@@ -155,17 +155,27 @@ fn register_blocked(block: &Block) -> String {
     for h in 0..vecs {
         let _ = writeln!(w, "        let cb{h} = column_bias(col0 + {}u);", 4 * h);
     }
-    for r in 0..rows {
-        let _ = writeln!(w, "        if row0 + {r}u < p.m {{");
-        for h in 0..vecs {
-            let _ = writeln!(
-                w,
-                "            store4(base_c, row0 + {r}u, col0 + {}u, acc_{r}_{h}, cb{h});",
-                4 * h
-            );
-        }
-        let _ = writeln!(w, "        }}");
+    // One row per pass, shifting the next row's accumulators down: the store
+    // code appears once instead of once per row, which on CPU-like adapters
+    // (lavapipe) cuts the kernel's compile time several-fold.
+    let _ = writeln!(
+        w,
+        "        for (var r = 0u; r < {rows}u && row0 + r < p.m; r++) {{"
+    );
+    for h in 0..vecs {
+        let _ = writeln!(
+            w,
+            "            store4(base_c, row0 + r, col0 + {}u, acc_0_{h}, cb{h});",
+            4 * h
+        );
     }
+    for r in 1..rows {
+        let line: Vec<String> = (0..vecs)
+            .map(|h| format!("acc_{}_{h} = acc_{r}_{h};", r - 1))
+            .collect();
+        let _ = writeln!(w, "            {}", line.join(" "));
+    }
+    let _ = writeln!(w, "        }}");
     let _ = writeln!(w, "    }}");
     let _ = writeln!(w, "}}");
     s

@@ -113,8 +113,8 @@ impl GemmTuner {
 /// or wider than C never pays; CPU-like adapters get register blocks (their
 /// barriers are slow), GPUs workgroup-memory tiles (their registers are few).
 fn candidates(spec: &GemmSpec, count: usize, cpu_like: bool) -> &'static [Block] {
-    // The tall block also compiles slowly (seconds on lavapipe): only worth
-    // it for products of half a GFLOP or more.
+    // The tall block idles on small products: only worth timing for products
+    // of half a GFLOP or more.
     let fits = spec.m >= 32
         && if cpu_like {
             spec.m * spec.n * spec.k * count >= 1 << 28
