@@ -49,6 +49,17 @@ struct Params {
     chunk: u32,
     act_mode: u32,
     slope: f32,
+    // Implicit GEMM (conv_* kernels) only: B = X_col of a zero-padded
+    // image batch (N, C, Hp, Wp) — image_stride = C·Hp·Wp, image_plane =
+    // Hp·Wp, image_width = Wp — for a kernel_h × kernel_w window moved
+    // conv_stride at a time over out_w columns.
+    image_stride: u32,
+    image_plane: u32,
+    image_width: u32,
+    kernel_h: u32,
+    kernel_w: u32,
+    conv_stride: u32,
+    out_w: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -56,6 +67,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
+// B of the implicit kernels, in b's place.
+@group(0) @binding(2) var<storage, read> image: array<f32>;
 
 // The bias of columns col .. col + 3 (bias_mode 2; zero past N).
 fn column_bias(col: u32) -> vec4<f32> {

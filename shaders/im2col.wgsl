@@ -145,3 +145,31 @@ fn col2im(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         dst[plane * plane_len + at] = sum;
     }
 }
+
+// The zero-padded input (N, C, H + 2p, W + 2p) that the implicit GEMM
+// kernels read (shaders/gemm.wgsl, conv_*): one invocation per padded row
+// (N·C·(H + 2p) of them, over a folded grid) copies the row's inside and
+// zeros its margins.
+@compute @workgroup_size(64)
+fn pad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let padded_h = p.height + 2u * p.padding;
+    let padded_w = p.width + 2u * p.padding;
+    let r = gid.x + gid.y * nwg.x * 64u;
+    if r >= p.batch * p.channels * padded_h {
+        return;
+    }
+    let plane = r / padded_h;
+    let h = i32(r % padded_h) - i32(p.padding);
+    let inside = h >= 0 && h < i32(p.height);
+    let line = (plane * p.height + u32(max(h, 0))) * p.width;
+    var out = r * padded_w;
+    for (var w = 0u; w < padded_w; w++) {
+        let x = i32(w) - i32(p.padding);
+        var value = 0.0;
+        if inside && x >= 0 && x < i32(p.width) {
+            value = src[line + u32(x)];
+        }
+        dst[out] = value;
+        out++;
+    }
+}

@@ -16,7 +16,7 @@ use crate::geometry::{
     Pool2dGeometry,
 };
 use crate::gpu::GpuBackend;
-use crate::gpu::gemm_source::BLOCKS;
+use crate::gpu::gemm_source::{BLOCKS, CONV_BLOCKS};
 use crate::optim::{OptimizerKind, OptimizerSettings, UpdateStep};
 use crate::rng::SplitMix64;
 use crate::tensor::{HostTensor, shape_string};
@@ -429,6 +429,13 @@ fn conv2d_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Conv2dGeometry) -> Ca
     );
     let y = cpu::conv2d_forward(&x, &w, &b, g);
     let y_mag = cpu::conv2d_forward(&abs(&x), &abs(&w), &abs(&b), g);
+    // Each implicit-GEMM kernel, whichever the tuner picked above.
+    for block in CONV_BLOCKS {
+        gpu.ctx.gemm_tuner.force(Some(block));
+        let y_implicit = gpu.download(&gpu.conv2d_forward(&gx, &gw, &gb, g));
+        gpu.ctx.gemm_tuner.force(None);
+        case.check(&format!("y {}", block.entry()), &y_implicit, &y, &y_mag);
+    }
     check_fused_activations(&mut case, &y, &y_mag, |act| {
         gpu.download(&gpu.conv2d_forward_activated(&gx, &gw, &gb, g, act))
     });

@@ -106,19 +106,35 @@ fn impossible_geometry_is_an_error() {
 /// whichever kernel runs them.
 #[test]
 fn every_gemm_kernel_gives_bit_identical_results() {
-    use wgcnn::backend::Backend;
     use wgcnn::geometry::Conv2dGeometry;
     use wgcnn::gpu::GpuBackend;
-    use wgcnn::gpu::gemm_source::BLOCKS;
+    use wgcnn::gpu::gemm_source::{BLOCKS, CONV_BLOCKS};
     use wgcnn::rng::SplitMix64;
-    use wgcnn::tensor::HostTensor;
     if common::gpu().is_none() {
         return;
     }
     // A context of its own: forcing a kernel must not reach other tests.
     let gpu = GpuBackend::new(None).expect("a GPU adapter");
-    let g = Conv2dGeometry::new(5, 8, 12, 12, 64, 3, 3, 1, 1).unwrap();
+    let blocks: Vec<_> = BLOCKS.iter().chain(&CONV_BLOCKS).copied().collect();
     let mut rng = SplitMix64::new(11);
+    // Padded; then strided and unpadded, with positions (4·5) that fill no
+    // block of columns.
+    for g in [
+        Conv2dGeometry::new(5, 8, 12, 12, 64, 3, 3, 1, 1).unwrap(),
+        Conv2dGeometry::new(3, 5, 9, 11, 37, 3, 2, 2, 0).unwrap(),
+    ] {
+        same_results_from_every_kernel(&gpu, &blocks, &g, &mut rng);
+    }
+}
+
+fn same_results_from_every_kernel(
+    gpu: &wgcnn::gpu::GpuBackend,
+    blocks: &[wgcnn::gpu::gemm_source::Block],
+    g: &wgcnn::geometry::Conv2dGeometry,
+    rng: &mut wgcnn::rng::SplitMix64,
+) {
+    use wgcnn::backend::Backend;
+    use wgcnn::tensor::HostTensor;
     let mut random = |shape: &[usize]| {
         let len = shape.iter().product();
         gpu.upload(&HostTensor::new(shape, rng.uniform_vec(len, -1.0, 1.0)))
@@ -129,19 +145,20 @@ fn every_gemm_kernel_gives_bit_identical_results() {
         random(&[g.out_channels]),
         random(&g.output_shape()),
     );
-    let results: Vec<Vec<Vec<f32>>> = BLOCKS
+    let results: Vec<Vec<Vec<f32>>> = blocks
         .iter()
         .map(|&block| {
             gpu.ctx.gemm_tuner.force(Some(block));
-            let y = gpu.conv2d_forward(&x, &w, &b, &g);
-            let grads = gpu.conv2d_backward(&x, &w, &dy, &g);
+            let y = gpu.conv2d_forward(&x, &w, &b, g);
+            let grads = gpu.conv2d_backward(&x, &w, &dy, g);
             [y, grads.dx, grads.dw, grads.db]
                 .iter()
                 .map(|t| gpu.download(t).data)
                 .collect()
         })
         .collect();
-    for (block, result) in BLOCKS.iter().zip(&results).skip(1) {
+    gpu.ctx.gemm_tuner.force(None);
+    for (block, result) in blocks.iter().zip(&results).skip(1) {
         for (i, name) in ["y", "dx", "dw", "db"].iter().enumerate() {
             let same = result[i]
                 .iter()
@@ -151,7 +168,7 @@ fn every_gemm_kernel_gives_bit_identical_results() {
                 same,
                 "{name} from {} differs from {}",
                 block.entry(),
-                BLOCKS[0].entry()
+                blocks[0].entry()
             );
         }
     }

@@ -229,8 +229,9 @@ impl Drop for GpuBuffer {
 /// of it: they live in the parameter ring, selected by a dynamic offset.
 type BindKey = (String, Vec<u64>);
 
-/// Bytes of parameters one dispatch may have (16 words).
-const PARAMS_BYTES: u64 = 64;
+/// Bytes of parameters one dispatch may have (32 words; the ring's offsets
+/// are aligned to 256 bytes on most adapters anyway).
+const PARAMS_BYTES: u64 = 128;
 /// Size of the parameter ring: room for the parameters of this many
 /// dispatches (at the largest offset alignment, 256 bytes) per submission.
 const PARAMS_RING_BYTES: u64 = 1 << 22;
@@ -678,7 +679,7 @@ impl GpuContext {
         let bytes = params.padded_bytes();
         assert!(
             bytes.len() as u64 <= PARAMS_BYTES,
-            "kernel {} has more than 16 parameter words",
+            "kernel {} has more than 32 parameter words",
             kernel.label
         );
         recording.params.resize(offset as usize, 0);

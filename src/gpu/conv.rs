@@ -1,13 +1,19 @@
 //! Convolution as im2col + GEMM (`shaders/im2col.wgsl`, `shaders/gemm.wgsl`):
 //!
 //! - forward: `Y_n = W_col (O, C·kh·kw) · X_col,n (C·kh·kw, OH·OW) + b`, one
-//!   batched GEMM whose output is already NCHW;
+//!   batched GEMM whose output is already NCHW; either explicit (im2col, then
+//!   the GEMM) or implicit (the GEMM reads `X_col` from the zero-padded
+//!   input), whichever the tuner timed faster for the shape on this device;
 //! - backward: `dW = Σ_n dY_n · X_col,nᵀ` (GEMM summing over the batch, its
 //!   second operand written by im2row straight into the packed layout),
 //!   `db = Σ_{n, oh, ow} dY`, `dX = col2im(W_colᵀ · dY_n)`.
 
 use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, Params, grid_extent};
-use super::gemm::{Batching, Bias, Epilogue, Packed, gemm_into, gemm_packed_b_into};
+use super::gemm::{
+    Batching, Bias, Epilogue, Image, Packed, conv_implicit_into, fastest, gemm_into,
+    gemm_packed_b_into, gemm_with_block_into,
+};
+use super::gemm_source::{Block, CONV_BLOCKS};
 use super::reduce::channel_sum_into;
 use super::tensor::GpuTensor;
 use crate::backend::ParamGrads;
@@ -72,6 +78,27 @@ fn im2row(ctx: &GpuContext, x: &GpuTensor, g: &Conv2dGeometry) -> GpuBuffer {
     rows
 }
 
+/// `X (N, C, H, W) → (N, C, H + 2p, W + 2p)` with zero margins; `None` when
+/// the convolution has no padding (X itself serves).
+fn pad(ctx: &GpuContext, x: &GpuTensor, g: &Conv2dGeometry) -> Option<GpuBuffer> {
+    if g.padding == 0 {
+        return None;
+    }
+    let (height, width) = (g.height + 2 * g.padding, g.width + 2 * g.padding);
+    let padded = ctx.storage_buffer(
+        4 * (g.batch * g.channels * height * width) as u64,
+        "conv2d.padded",
+    );
+    ctx.dispatch(
+        &kernel(ctx, "pad", g),
+        &params(g),
+        &[&x.buffer],
+        &[&padded],
+        super::context::grid(g.batch * g.channels * height, 64),
+    );
+    Some(padded)
+}
+
 /// `dX_col (N, C·kh·kw, OH·OW) → dX (N, C, H, W)`, summing overlapping windows.
 pub fn col2im(ctx: &GpuContext, cols: &GpuTensor, g: &Conv2dGeometry) -> GpuTensor {
     assert_eq!(cols.shape, g.cols_shape(), "col2im input shape");
@@ -103,8 +130,12 @@ pub fn conv2d_forward(
 ) -> GpuTensor {
     assert_eq!(w.shape, g.weight_shape(), "conv2d weight shape");
     assert_eq!(b.shape, [g.out_channels], "conv2d bias shape");
-    let cols = im2col(ctx, x, g);
+    assert_eq!(x.shape, g.input_shape(), "conv2d input shape");
     let y = ctx.tensor(&g.output_shape(), "conv2d.y");
+    let epilogue = Epilogue {
+        bias: Bias::PerRow(&b.buffer),
+        activation,
+    };
     let spec = GemmSpec {
         m: g.out_channels,
         n: g.out_positions(),
@@ -112,24 +143,51 @@ pub fn conv2d_forward(
         trans_a: false,
         trans_b: false,
     };
-    gemm_into(
-        ctx,
-        &w.buffer,
-        &cols.buffer,
-        Epilogue {
-            bias: Bias::PerRow(&b.buffer),
-            activation,
-        },
-        &y.buffer,
-        &spec,
-        Batching {
-            count: g.batch,
-            stride_a: 0,
-            stride_b: g.col_rows() * g.out_positions(),
-            stride_c: g.out_channels * g.out_positions(),
-            sum: false,
-        },
-    );
+    let explicit = |block: Option<Block>| {
+        let cols = im2col(ctx, x, g);
+        gemm_with_block_into(
+            ctx,
+            &w.buffer,
+            &cols.buffer,
+            epilogue,
+            &y.buffer,
+            &spec,
+            Batching {
+                count: g.batch,
+                stride_a: 0,
+                stride_b: g.col_rows() * g.out_positions(),
+                stride_c: g.out_channels * g.out_positions(),
+                sum: false,
+            },
+            block,
+        );
+    };
+    let implicit = |block: Block| {
+        let padded = pad(ctx, x, g);
+        let image = Image {
+            buffer: padded.as_ref().unwrap_or(&x.buffer),
+            geometry: g,
+        };
+        conv_implicit_into(ctx, &w.buffer, image, epilogue, &y.buffer, block);
+    };
+    match ctx.gemm_tuner.conv_choice(&spec, g.batch) {
+        Some(block) if block.implicit => implicit(block),
+        Some(block) => explicit(Some(block)),
+        None => {
+            // First convolution of its class on this device: the explicit
+            // path tunes its GEMM, then races the implicit twin of the
+            // GEMM's block, each with its preparation (im2col or padding).
+            explicit(None);
+            let block = ctx
+                .gemm_tuner
+                .choice(&spec, g.batch)
+                .unwrap_or_else(|candidates| candidates[0]);
+            let twin = block.implicit_twin().unwrap_or(CONV_BLOCKS[0]);
+            let runs: [&dyn Fn(); 2] = [&|| explicit(Some(block)), &|| implicit(twin)];
+            let best = [block, twin][fastest(ctx, &runs)];
+            ctx.gemm_tuner.remember_conv(&spec, g.batch, best);
+        }
+    }
     y
 }
 

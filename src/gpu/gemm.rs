@@ -4,6 +4,7 @@
 use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, Params, grid, grid_extent};
 use super::gemm_source::{self, Block, SMALL};
 use super::reduce::slice_sum_into;
+use crate::geometry::Conv2dGeometry;
 use crate::geometry::{Activation, GemmSpec};
 
 const PACK_SOURCE: &str = include_str!("../../shaders/pack.wgsl");
@@ -89,6 +90,21 @@ pub fn gemm_into<'e>(
     spec: &GemmSpec,
     batching: Batching,
 ) {
+    gemm_with_block_into(ctx, a, b, epilogue, out, spec, batching, None);
+}
+
+/// [`gemm_into`] with the kernel chosen by the caller (`None`: the tuner's).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_with_block_into<'e>(
+    ctx: &GpuContext,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    epilogue: impl Into<Epilogue<'e>>,
+    out: &GpuBuffer,
+    spec: &GemmSpec,
+    batching: Batching,
+    block: Option<Block>,
+) {
     // op(B) is (k, n): B stored (n, k) is packed transposed.
     let b = pack(
         ctx,
@@ -99,7 +115,95 @@ pub fn gemm_into<'e>(
         batching.stride_b,
         batching.count,
     );
-    gemm_packed_b_into(ctx, a, b.view(), epilogue, out, spec, batching);
+    let a = pack_a(ctx, a, spec, batching);
+    gemm_packed_into(
+        ctx,
+        a.view(),
+        Operand::Packed(b.view()),
+        epilogue.into(),
+        out,
+        spec,
+        batching,
+        block,
+    );
+}
+
+/// A convolution's zero-padded input `(N, C, H + 2p, W + 2p)`, read by the
+/// implicit kernels as the B operand `X_col` of its forward product.
+#[derive(Clone, Copy, Debug)]
+pub struct Image<'a> {
+    /// The padded input.
+    pub buffer: &'a GpuBuffer,
+    /// The convolution (its `padding` is already applied to `buffer`).
+    pub geometry: &'a Conv2dGeometry,
+}
+
+/// B as the GEMM reads it.
+#[derive(Clone, Copy, Debug)]
+enum Operand<'a> {
+    Packed(Packed<'a>),
+    Image(Image<'a>),
+}
+
+/// `Y_n = act(W · X_col,n + bias)` by the implicit kernel `block`, reading
+/// `X_col` from `image` instead of an im2col matrix.
+pub fn conv_implicit_into(
+    ctx: &GpuContext,
+    w: &GpuBuffer,
+    image: Image<'_>,
+    epilogue: Epilogue<'_>,
+    out: &GpuBuffer,
+    block: Block,
+) {
+    assert!(
+        block.implicit,
+        "{} is not an implicit kernel",
+        block.entry()
+    );
+    let g = image.geometry;
+    let spec = GemmSpec {
+        m: g.out_channels,
+        n: g.out_positions(),
+        k: g.col_rows(),
+        trans_a: false,
+        trans_b: false,
+    };
+    let batching = Batching {
+        count: g.batch,
+        stride_a: 0,
+        stride_b: 0,
+        stride_c: g.out_channels * g.out_positions(),
+        sum: false,
+    };
+    let a = pack_a(ctx, w, &spec, batching);
+    gemm_packed_into(
+        ctx,
+        a.view(),
+        Operand::Image(image),
+        epilogue,
+        out,
+        &spec,
+        batching,
+        Some(block),
+    );
+}
+
+/// op(A) is (m, k): A stored (m, k) is packed transposed.
+fn pack_a<'a>(
+    ctx: &GpuContext,
+    a: &'a GpuBuffer,
+    spec: &GemmSpec,
+    batching: Batching,
+) -> PackedOperand<'a> {
+    pack(
+        ctx,
+        a,
+        spec.m,
+        spec.k,
+        !spec.trans_a,
+        batching.stride_a,
+        batching.count,
+    )
 }
 
 /// [`gemm_into`] with `op(B)` already packed (`spec.trans_b` is ignored), as
@@ -113,17 +217,17 @@ pub fn gemm_packed_b_into<'e>(
     spec: &GemmSpec,
     batching: Batching,
 ) {
-    // op(A) is (m, k): A stored (m, k) is packed transposed.
-    let a = pack(
+    let a = pack_a(ctx, a, spec, batching);
+    gemm_packed_into(
         ctx,
-        a,
-        spec.m,
-        spec.k,
-        !spec.trans_a,
-        batching.stride_a,
-        batching.count,
+        a.view(),
+        Operand::Packed(b),
+        epilogue.into(),
+        out,
+        spec,
+        batching,
+        None,
     );
-    gemm_packed_into(ctx, a.view(), b, epilogue.into(), out, spec, batching);
 }
 
 /// Workgroups a batch-summed GEMM aims for: a product too small to fill
@@ -131,15 +235,18 @@ pub fn gemm_packed_b_into<'e>(
 /// (not per device), so every adapter adds in the same order.
 const SPLIT_TARGET_WORKGROUPS: usize = 64;
 
-/// The GEMM dispatch itself, on packed operands.
+/// The GEMM dispatch itself, on a packed A, with `block` or the tuner's
+/// choice.
+#[allow(clippy::too_many_arguments)]
 fn gemm_packed_into(
     ctx: &GpuContext,
     a: Packed<'_>,
-    b: Packed<'_>,
+    b: Operand<'_>,
     epilogue: Epilogue<'_>,
     out: &GpuBuffer,
     spec: &GemmSpec,
     batching: Batching,
+    block: Option<Block>,
 ) {
     let (act_mode, slope) = epilogue
         .activation_mode()
@@ -172,18 +279,33 @@ fn gemm_packed_into(
     } else {
         batching.stride_c
     };
-    let params = Params::new()
+    let (b_buffer, b_stride) = match b {
+        Operand::Packed(b) => (b.buffer, b.stride),
+        Operand::Image(image) => (image.buffer, 0),
+    };
+    let mut params = Params::new()
         .u32(spec.m)
         .u32(spec.n)
         .u32(spec.k)
         .u32(batching.count)
         .u32(a.stride)
-        .u32(b.stride)
+        .u32(b_stride)
         .u32(stride_c)
         .u32(bias_mode)
         .u32(chunk)
         .u32(act_mode as usize)
         .f32(slope);
+    if let Operand::Image(Image { geometry: g, .. }) = b {
+        let (height, width) = (g.height + 2 * g.padding, g.width + 2 * g.padding);
+        params = params
+            .u32(g.channels * height * width)
+            .u32(height * width)
+            .u32(width)
+            .u32(g.kernel_h)
+            .u32(g.kernel_w)
+            .u32(g.stride)
+            .u32(g.out_w);
+    }
     let target = partial.as_ref().unwrap_or(out);
     let kernel = |block: Block| {
         let [wg_x, wg_y] = block.workgroup;
@@ -205,26 +327,20 @@ fn gemm_packed_into(
         ctx.dispatch(
             kernel,
             &params,
-            &[a.buffer, b.buffer, bias_buffer],
+            &[a.buffer, b_buffer, bias_buffer],
             &[target],
             *grid,
         );
     };
-    match ctx.gemm_tuner.choice(spec, batching.count) {
+    match block.map_or_else(|| ctx.gemm_tuner.choice(spec, batching.count), Ok) {
         Ok(block) => record(&kernel(block)),
         Err(candidates) => {
             // First product of its class on this device: time each block on
             // these very operands (every run writes the same result), with
             // the pipelines compiled beforehand.
             let prepared: Vec<_> = candidates.iter().map(|&b| kernel(b)).collect();
-            let best = candidates
-                .iter()
-                .copied()
-                .zip(&prepared)
-                .map(|(block, k)| (time_block(ctx, || record(k)), block))
-                .min_by(|x, y| x.0.total_cmp(&y.0))
-                .map(|(_, block)| block)
-                .expect("there is always a candidate");
+            let runs: Vec<_> = prepared.iter().map(|k| move || record(k)).collect();
+            let best = candidates[fastest(ctx, &runs)];
             ctx.gemm_tuner.remember(spec, batching.count, best);
         }
     }
@@ -233,22 +349,30 @@ fn gemm_packed_into(
     }
 }
 
-/// Seconds one GEMM dispatch takes, waited for: the best of three runs, or
-/// of one when a run takes long.
-fn time_block(ctx: &GpuContext, record: impl Fn()) -> f64 {
+/// Index of the fastest of `runs` (each records work that writes the same
+/// result), waited for: candidates take turns for up to three rounds, so a
+/// burst of load elsewhere on the machine hits them alike, and each keeps its
+/// best time. Fewer rounds when a run takes long.
+pub(super) fn fastest(ctx: &GpuContext, runs: &[impl Fn()]) -> usize {
     ctx.synchronize();
-    let mut best = f64::INFINITY;
+    let mut best = vec![f64::INFINITY; runs.len()];
     for _ in 0..3 {
-        let start = std::time::Instant::now();
-        record();
-        ctx.synchronize();
-        let seconds = start.elapsed().as_secs_f64();
-        best = best.min(seconds);
-        if seconds > 0.05 {
+        let mut slow = false;
+        for (run, best) in runs.iter().zip(&mut best) {
+            let start = std::time::Instant::now();
+            run();
+            ctx.synchronize();
+            let seconds = start.elapsed().as_secs_f64();
+            *best = best.min(seconds);
+            slow |= seconds > 0.05;
+        }
+        if slow {
             break;
         }
     }
-    best
+    (0..runs.len())
+        .min_by(|&i, &j| best[i].total_cmp(&best[j]))
+        .expect("there is always a candidate")
 }
 
 /// A GEMM operand in the packed layout: `(K, ⌈rows/4⌉·4)` per batch

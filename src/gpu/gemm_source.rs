@@ -20,6 +20,9 @@ pub struct Block {
     /// Workgroup-memory tiles (`gemm_tiled` in shaders/gemm.wgsl) instead of
     /// registers alone.
     pub tiled: bool,
+    /// Implicit GEMM for a convolution's forward: B is `X_col`, read straight
+    /// from the (zero-padded) input image instead of from an im2col matrix.
+    pub implicit: bool,
     /// Invocations per workgroup along N and M. One shape per kernel: every
     /// shape is a pipeline of its own, and on CPU-like adapters each is
     /// compiled anew, which a cold first step pays for. (Shapes
@@ -31,11 +34,29 @@ pub struct Block {
 impl Block {
     /// Entry point name, e.g. `gemm_8x16`.
     pub fn entry(self) -> &'static str {
-        match (self.rows, self.cols, self.tiled) {
-            (8, 16, false) => "gemm_8x16",
-            (32, 16, false) => "gemm_32x16",
-            (8, 8, true) => "gemm_tiled",
+        match (self.rows, self.cols, self.tiled, self.implicit) {
+            (8, 16, false, false) => "gemm_8x16",
+            (32, 16, false, false) => "gemm_32x16",
+            (8, 8, true, false) => "gemm_tiled",
+            (8, 16, false, true) => "conv_8x16",
+            (32, 16, false, true) => "conv_32x16",
             _ => unreachable!("no GEMM kernel is generated for {self:?}"),
+        }
+    }
+
+    /// The same block reading B from an image (implicit GEMM), where one is
+    /// generated; the tiled kernel has none.
+    pub fn implicit_twin(self) -> Option<Block> {
+        CONV_BLOCKS
+            .into_iter()
+            .find(|b| (b.rows, b.cols) == (self.rows, self.cols) && !self.tiled)
+    }
+
+    /// The same block reading a packed B.
+    pub fn explicit_twin(self) -> Block {
+        Block {
+            implicit: false,
+            ..self
         }
     }
 }
@@ -45,6 +66,7 @@ pub const SMALL: Block = Block {
     rows: 8,
     cols: 16,
     tiled: false,
+    implicit: false,
     workgroup: [8, 8],
 };
 /// Tall register blocks: half the loads per multiply-add, for large products
@@ -53,6 +75,7 @@ pub const TALL: Block = Block {
     rows: 32,
     cols: 16,
     tiled: false,
+    implicit: false,
     workgroup: [16, 4],
 };
 /// Workgroup-memory tiles of 128×128, for large products on GPUs.
@@ -60,18 +83,32 @@ pub const TILED: Block = Block {
     rows: 8,
     cols: 8,
     tiled: true,
+    implicit: false,
     workgroup: [16, 16],
 };
 
-/// Every GEMM kernel the module holds.
+/// Every GEMM kernel on packed operands.
 pub const BLOCKS: [Block; 3] = [SMALL, TALL, TILED];
+
+/// Every implicit-GEMM convolution kernel: the register blocks with B read
+/// from the image.
+pub const CONV_BLOCKS: [Block; 2] = [
+    Block {
+        implicit: true,
+        ..SMALL
+    },
+    Block {
+        implicit: true,
+        ..TALL
+    },
+];
 
 /// The complete GEMM module source (built once).
 pub fn source() -> &'static str {
     static SOURCE: OnceLock<String> = OnceLock::new();
     SOURCE.get_or_init(|| {
         let mut s = COMMON.to_string();
-        for block in BLOCKS.iter().filter(|b| !b.tiled) {
+        for block in BLOCKS.iter().chain(&CONV_BLOCKS).filter(|b| !b.tiled) {
             s.push('\n');
             s.push_str(&register_blocked(block));
         }
@@ -104,8 +141,12 @@ fn register_blocked(block: &Block) -> String {
     for q in 0..rows / 4 {
         let _ = writeln!(w, "    let a{q} = min(row0 / 4u + {q}u, a_stride - 1u);");
     }
-    for h in 0..vecs {
-        let _ = writeln!(w, "    let b{h} = min(col0 / 4u + {h}u, b_stride - 1u);");
+    if block.implicit {
+        image_offsets(w, block.cols);
+    } else {
+        for h in 0..vecs {
+            let _ = writeln!(w, "    let b{h} = min(col0 / 4u + {h}u, b_stride - 1u);");
+        }
     }
     let _ = writeln!(
         w,
@@ -127,13 +168,38 @@ fn register_blocked(block: &Block) -> String {
     let _ = writeln!(w, "        let z_end = min(z_begin + p.chunk, p.batch);");
     let _ = writeln!(w, "        for (var z = z_begin; z < z_end; z++) {{");
     let _ = writeln!(w, "            var ia = z * p.stride_a / 4u;");
-    let _ = writeln!(w, "            var ib = z * p.stride_b / 4u;");
+    if block.implicit {
+        let _ = writeln!(
+            w,
+            "            // X_col row k = (c, i, j) lies chan + row + j past a column's\n            \
+             // window corner: chan = image start + c·plane, row = i·width.\n            \
+             var chan = z * p.image_stride;\n            \
+             var row = 0u;\n            \
+             var j = 0u;"
+        );
+    } else {
+        let _ = writeln!(w, "            var ib = z * p.stride_b / 4u;");
+    }
     let _ = writeln!(w, "            for (var kk = 0u; kk < p.k; kk++) {{");
     for q in 0..rows / 4 {
         let _ = writeln!(w, "                let av{q} = a[ia + a{q}];");
     }
+    if block.implicit {
+        let _ = writeln!(w, "                let window = chan + row + j;");
+    }
     for h in 0..vecs {
-        let _ = writeln!(w, "                let bv{h} = b[ib + b{h}];");
+        if block.implicit {
+            let at: Vec<String> = (0..4)
+                .map(|t| format!("image[corner{} + window]", 4 * h + t))
+                .collect();
+            let _ = writeln!(
+                w,
+                "                let bv{h} = vec4<f32>({});",
+                at.join(", ")
+            );
+        } else {
+            let _ = writeln!(w, "                let bv{h} = b[ib + b{h}];");
+        }
     }
     for r in 0..rows {
         let lane = ["x", "y", "z", "w"][r % 4];
@@ -148,7 +214,24 @@ fn register_blocked(block: &Block) -> String {
         let _ = writeln!(w, "                {}", line.join(" "));
     }
     let _ = writeln!(w, "                ia += a_stride;");
-    let _ = writeln!(w, "                ib += b_stride;");
+    if block.implicit {
+        // Next (c, i, j): along the window's row, then down, then a channel on
+        // (the image is padded, so a channel follows its last window row).
+        let _ = writeln!(
+            w,
+            "                j++;\n                \
+             if j == p.kernel_w {{\n                    \
+                 j = 0u;\n                    \
+                 row += p.image_width;\n                    \
+                 if row == window_rows {{\n                        \
+                     row = 0u;\n                        \
+                     chan += p.image_plane;\n                    \
+                 }}\n                \
+             }}"
+        );
+    } else {
+        let _ = writeln!(w, "                ib += b_stride;");
+    }
     let _ = writeln!(w, "            }}");
     let _ = writeln!(w, "        }}");
     let _ = writeln!(w, "        let base_c = slot * p.stride_c;");
@@ -181,6 +264,39 @@ fn register_blocked(block: &Block) -> String {
     s
 }
 
+/// The implicit kernels' window corners: `corner{t}`, the offset in an image
+/// of the top-left input of output position `col0 + t` (positions past N
+/// repeat the last one; their results are not stored), found by one division
+/// and then walked.
+fn image_offsets(w: &mut String, cols: usize) {
+    let _ = writeln!(
+        w,
+        "    let window_rows = p.kernel_h * p.image_width;\n    \
+         var pos = min(col0, p.n - 1u);\n    \
+         var oh = pos / p.out_w;\n    \
+         var ow = pos - oh * p.out_w;"
+    );
+    for t in 0..cols {
+        if t > 0 {
+            let _ = writeln!(
+                w,
+                "    if pos + 1u < p.n {{\n        \
+                 pos++;\n        \
+                 ow++;\n        \
+                 if ow == p.out_w {{\n            \
+                     ow = 0u;\n            \
+                     oh++;\n        \
+                 }}\n    \
+                 }}"
+            );
+        }
+        let _ = writeln!(
+            w,
+            "    let corner{t} = oh * p.conv_stride * p.image_width + ow * p.conv_stride;"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,7 +304,7 @@ mod tests {
     #[test]
     fn every_block_has_its_entry_point() {
         let source = source();
-        for block in BLOCKS {
+        for block in BLOCKS.iter().chain(&CONV_BLOCKS) {
             assert!(source.contains(&format!("fn {}(", block.entry())));
         }
     }

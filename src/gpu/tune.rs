@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use super::gemm_source::{BLOCKS, Block, SMALL, TALL, TILED};
+use super::gemm_source::{BLOCKS, Block, CONV_BLOCKS, SMALL, TALL, TILED};
 use crate::dirs::user_cache_dir;
 use crate::fnv::fnv1a;
 use crate::geometry::GemmSpec;
@@ -65,15 +65,42 @@ impl GemmTuner {
     }
 
     /// Makes every GEMM use `block` (for checks of each kernel), or lifts that.
+    /// An implicit block runs convolutions' forward products as implicit
+    /// GEMMs and every other product with its explicit twin.
     pub fn force(&self, block: Option<Block>) {
         *self.forced.lock().unwrap() = block;
+    }
+
+    /// How a convolution's forward product `spec` (batched `count` times)
+    /// runs: an implicit block, or an explicit one after im2col. `None`: not
+    /// known yet; the caller times the explicit path (with the GEMM's own
+    /// choice) against its implicit twin and calls
+    /// [`GemmTuner::remember_conv`].
+    pub fn conv_choice(&self, spec: &GemmSpec, count: usize) -> Option<Block> {
+        if let Some(block) = *self.forced.lock().unwrap() {
+            return Some(block);
+        }
+        let class = format!("conv-{}", shape_class(spec, count));
+        if let Some(&block) = self.choices.lock().unwrap().get(&class) {
+            return Some(block);
+        }
+        if self.timing {
+            None
+        } else {
+            Some(rule(spec, count, self.cpu_like))
+        }
+    }
+
+    /// Remembers how convolutions of `spec`'s shape class run best.
+    pub fn remember_conv(&self, spec: &GemmSpec, count: usize, block: Block) {
+        self.remember_class(format!("conv-{}", shape_class(spec, count)), block);
     }
 
     /// The block to use for `spec` batched `count` times: forced, remembered,
     /// or the candidates to time now (see [`GemmTuner::remember`]).
     pub fn choice(&self, spec: &GemmSpec, count: usize) -> Result<Block, &'static [Block]> {
         if let Some(block) = *self.forced.lock().unwrap() {
-            return Ok(block);
+            return Ok(block.explicit_twin());
         }
         let candidates = candidates(spec, count, self.cpu_like);
         if candidates.len() == 1 {
@@ -91,8 +118,12 @@ impl GemmTuner {
 
     /// Remembers the winner for `spec`'s shape class and saves the cache.
     pub fn remember(&self, spec: &GemmSpec, count: usize, block: Block) {
+        self.remember_class(shape_class(spec, count), block);
+    }
+
+    fn remember_class(&self, class: String, block: Block) {
         let mut choices = self.choices.lock().unwrap();
-        choices.insert(shape_class(spec, count), block);
+        choices.insert(class, block);
         if let Some(path) = &self.path {
             // The cache only saves time; failing to write it is not an error.
             let _ = save(path, &self.device, &choices);
@@ -173,7 +204,10 @@ fn parse(text: &str, device: &str) -> BTreeMap<String, Block> {
     choices
         .iter()
         .filter_map(|(class, entry)| {
-            let block = BLOCKS.iter().find(|b| Some(b.entry()) == entry.as_str())?;
+            let block = BLOCKS
+                .iter()
+                .chain(&CONV_BLOCKS)
+                .find(|b| Some(b.entry()) == entry.as_str())?;
             Some((class.clone(), *block))
         })
         .collect()
