@@ -80,6 +80,18 @@ pub struct SoftmaxXent<T> {
     pub grad: T,
 }
 
+/// Marks on a device's own clock around recorded work; see
+/// [`Backend::span_timer`].
+pub trait SpanTimer {
+    /// Starts a span: work recorded after this call is in it.
+    fn begin(&mut self);
+    /// Ends the span.
+    fn end(&mut self);
+    /// The span's seconds on the device clock; submits pending work and
+    /// waits for it.
+    fn seconds(&mut self) -> f64;
+}
+
 /// Every op both paths implement. Tensors stay where the backend keeps them
 /// (host memory or GPU buffers); only [`Backend::download`] brings data back.
 pub trait Backend {
@@ -116,6 +128,14 @@ pub trait Backend {
 
     /// Waits until all recorded work has finished (for timing).
     fn synchronize(&self) {}
+
+    /// A timer of recorded work on the device's own clock (GPU timestamp
+    /// queries), or `None` where the backend has none: the CPU, adapters
+    /// without timestamp queries. Wall clocks around
+    /// [`Backend::synchronize`] are the fallback.
+    fn span_timer(&self) -> Option<Box<dyn SpanTimer + '_>> {
+        None
+    }
 
     /// Bytes of device buffers allocated so far (a high-water mark: freed
     /// buffers are pooled, not released); `None` where not tracked.

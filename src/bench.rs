@@ -1,7 +1,8 @@
 //! Benchmarks behind `wgcnn bench`: GEMM throughput, per-layer forward and
 //! backward time, and end-to-end training throughput. Every figure is the
 //! median of several runs after a warm-up, with the device waited for before
-//! the clock stops. Timing never decides a test.
+//! the clock stops (or, for layers, read from the device's own timestamps
+//! where it has them). Timing never decides a test.
 
 use std::time::Instant;
 
@@ -16,14 +17,18 @@ use crate::train::Trainer;
 
 /// Median of `runs` timings of `f` (seconds), after one untimed warm-up.
 pub fn median_seconds(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut times: Vec<f64> = (0..runs.max(1))
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
+    median_of(runs, || {
+        let start = Instant::now();
+        f();
+        start.elapsed().as_secs_f64()
+    })
+}
+
+/// Median of `runs` values of `measure` (each a time it took itself), after
+/// one untimed warm-up.
+fn median_of(runs: usize, mut measure: impl FnMut() -> f64) -> f64 {
+    measure();
+    let mut times: Vec<f64> = (0..runs.max(1)).map(|_| measure()).collect();
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
 }
@@ -106,6 +111,25 @@ pub fn conv_gemm_shapes(
         .collect())
 }
 
+/// Which clock a time was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// The device's own timestamps around the work's dispatches.
+    GpuTimestamps,
+    /// Wall time from recording to completion (submit and wait included).
+    Wall,
+}
+
+impl Clock {
+    /// `gpu-timestamps` or `wall`, as tables and JSON show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Clock::GpuTimestamps => "gpu-timestamps",
+            Clock::Wall => "wall",
+        }
+    }
+}
+
 /// Forward and backward time of one layer.
 #[derive(Clone, Debug)]
 pub struct LayerResult {
@@ -117,9 +141,14 @@ pub struct LayerResult {
     pub forward_ms: f64,
     /// Median backward milliseconds.
     pub backward_ms: f64,
+    /// The clock both times come from.
+    pub clock: Clock,
 }
 
-/// Times each layer of `spec` forward and backward at batch `batch`.
+/// Times each layer of `spec` forward and backward at batch `batch`: with
+/// the device's timestamps around each pass's dispatches where the backend
+/// has them ([`Backend::span_timer`]), else with wall clocks (the backward
+/// then as forward-and-backward minus forward).
 pub fn layers<B: Backend>(
     backend: &B,
     spec: &ModelSpec,
@@ -128,6 +157,12 @@ pub fn layers<B: Backend>(
 ) -> Result<Vec<LayerResult>> {
     let shapes = spec.shapes(batch)?;
     let mut model = Sequential::new(backend, spec, &init_parameters(spec, 1)?, 1)?;
+    let mut timer = backend.span_timer();
+    let clock = if timer.is_some() {
+        Clock::GpuTimestamps
+    } else {
+        Clock::Wall
+    };
     let mut rng = SplitMix64::new(3);
     let mut results = Vec::new();
     for i in 0..model.len() {
@@ -141,22 +176,47 @@ pub fn layers<B: Backend>(
             &output,
             rng.uniform_vec(output.iter().product(), -1.0, 1.0),
         ));
-        let forward = median_seconds(runs, || {
-            model.forward_layer(i, backend, &x, Mode::Train, 0);
-            backend.synchronize();
-        });
-        // A backward needs its forward's cache: time both, subtract the forward.
-        let both = median_seconds(runs, || {
-            model.forward_layer(i, backend, &x, Mode::Train, 0);
-            let dx = model.backward_layer(i, backend, &dy);
-            backend.synchronize();
-            drop(dx);
-        });
+        let (forward, backward) = match timer.as_mut() {
+            Some(timer) => {
+                let forward = median_of(runs, || {
+                    timer.begin();
+                    model.forward_layer(i, backend, &x, Mode::Train, 0);
+                    timer.end();
+                    timer.seconds()
+                });
+                // The backward alone: its forward (which fills the cache it
+                // reads) runs before the span begins.
+                let backward = median_of(runs, || {
+                    model.forward_layer(i, backend, &x, Mode::Train, 0);
+                    timer.begin();
+                    model.backward_layer(i, backend, &dy);
+                    timer.end();
+                    timer.seconds()
+                });
+                (forward, backward)
+            }
+            None => {
+                let forward = median_seconds(runs, || {
+                    model.forward_layer(i, backend, &x, Mode::Train, 0);
+                    backend.synchronize();
+                });
+                // A backward needs its forward's cache: time both, subtract
+                // the forward.
+                let both = median_seconds(runs, || {
+                    model.forward_layer(i, backend, &x, Mode::Train, 0);
+                    let dx = model.backward_layer(i, backend, &dy);
+                    backend.synchronize();
+                    drop(dx);
+                });
+                (forward, (both - forward).max(0.0))
+            }
+        };
         results.push(LayerResult {
             layer: format!("{i} {}", spec.layers[i].kind()),
             output,
             forward_ms: forward * 1e3,
-            backward_ms: (both - forward).max(0.0) * 1e3,
+            backward_ms: backward * 1e3,
+            clock,
         });
     }
     Ok(results)

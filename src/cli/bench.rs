@@ -15,7 +15,8 @@ use wgcnn::nn::builtin;
 pub enum BenchKind {
     /// GEMM GFLOP/s on square sizes and the built-in models' conv shapes.
     Gemm,
-    /// Forward and backward time of every layer of --model.
+    /// Forward and backward time of every layer of --model (GPU timestamps
+    /// where the adapter has them, else wall clock).
     Layers,
     /// Training images/s of the built-in models (or --model).
     Train,
@@ -258,7 +259,7 @@ fn layers<B: Backend>(
     let results = bench::layers(backend, &spec, batch, args.runs)?;
     if !args.json {
         println!(
-            "\n{model} batch {batch}: {:<18} {:>20} {:>12} {:>12}",
+            "\n{model} batch {batch}: {:<18} {:>20} {:>12} {:>12}  clock",
             "layer", "output", "forward ms", "backward ms"
         );
     }
@@ -267,16 +268,17 @@ fn layers<B: Backend>(
             println!(
                 "{}",
                 json!({"kind": "layer", "model": model, "batch_size": batch, "layer": r.layer, "device": device,
-                       "forward_ms": r.forward_ms, "backward_ms": r.backward_ms})
+                       "forward_ms": r.forward_ms, "backward_ms": r.backward_ms, "clock": r.clock.as_str()})
             );
         } else {
             println!(
-                "{:>width$} {:<18} {:>20} {:>12.3} {:>12.3}",
+                "{:>width$} {:<18} {:>20} {:>12.3} {:>12.3}  {}",
                 "",
                 r.layer,
                 format!("{:?}", r.output),
                 r.forward_ms,
                 r.backward_ms,
+                r.clock.as_str(),
                 width = model.len() + format!(" batch {batch}:").len()
             );
         }

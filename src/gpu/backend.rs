@@ -96,6 +96,12 @@ impl Backend for GpuBackend {
         Some(self.ctx.counters().buffer_bytes)
     }
 
+    fn span_timer(&self) -> Option<Box<dyn crate::backend::SpanTimer + '_>> {
+        self.ctx
+            .gpu_timer()
+            .map(|t| Box::new(t) as Box<dyn crate::backend::SpanTimer>)
+    }
+
     fn end_step(&self) {
         self.ctx.end_step();
     }

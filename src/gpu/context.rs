@@ -275,6 +275,9 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     /// The limits the device was created with (the adapter's own).
     pub limits: wgpu::Limits,
+    /// The optional features the device was created with: `TIMESTAMP_QUERY`
+    /// where the adapter offers it (see [`GpuContext::gpu_timer`]), else none.
+    pub features: wgpu::Features,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     kernels: Mutex<HashMap<String, Arc<Kernel>>>,
     recording: Mutex<Recording>,
@@ -332,8 +335,18 @@ impl GpuContext {
         };
         let info = adapter.get_info();
         let limits = adapter.limits();
+        // Timestamp queries only where the adapter has them, so any adapter
+        // still opens; `WGCNN_TIMESTAMPS=0` leaves them off, to see (and test)
+        // the wall-clock fallback on an adapter that has them.
+        let wanted = if std::env::var("WGCNN_TIMESTAMPS").is_ok_and(|v| v == "0") {
+            wgpu::Features::empty()
+        } else {
+            wgpu::Features::TIMESTAMP_QUERY
+        };
+        let features = adapter.features() & wanted;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgcnn"),
+            required_features: features,
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -370,6 +383,7 @@ impl GpuContext {
             queue,
             info,
             limits,
+            features,
             modules: Mutex::new(HashMap::new()),
             kernels: Mutex::new(HashMap::new()),
             recording: Mutex::new(Recording {
@@ -702,12 +716,17 @@ impl GpuContext {
 
     /// Records a copy of `bytes` bytes from `src` to `dst` at `dst_offset`.
     pub fn copy(&self, src: &wgpu::Buffer, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) {
+        self.record(|encoder| encoder.copy_buffer_to_buffer(src, 0, dst, dst_offset, bytes));
+    }
+
+    /// Records commands into the pending encoder (made if there is none).
+    pub(super) fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
         let mut recording = self.recording.lock().unwrap();
         let encoder = recording.encoder.get_or_insert_with(|| {
             self.device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ops") })
         });
-        encoder.copy_buffer_to_buffer(src, 0, dst, dst_offset, bytes);
+        f(encoder);
     }
 
     /// Submits everything recorded so far (one submission).

@@ -17,8 +17,10 @@ pub mod pool;
 pub mod reduce;
 pub mod softmax;
 mod tensor;
+pub mod timer;
 pub mod tune;
 
 pub use backend::GpuBackend;
 pub use context::{AdapterSummary, GpuContext, GpuCounters, list_adapters};
 pub use tensor::{GpuIndices, GpuTensor};
+pub use timer::GpuTimer;
