@@ -37,6 +37,9 @@ fn convolution_matches_the_reference() {
         (5, 3, 11, 7, 6, 5, 5, 2, 2),
         (2, 3, 9, 5, 2, 2, 3, 2, 0),
         (7, 4, 6, 6, 3, 1, 1, 1, 0),
+        // A window wider than the input; a stride of 3 that skips columns.
+        (1, 2, 3, 3, 2, 5, 5, 1, 2),
+        (2, 1, 4, 5, 2, 3, 3, 3, 1),
     ] {
         let g = Conv2dGeometry::new(n, c, h, w, o, kh, kw, s, p).unwrap();
         let x = random(&mut rng, &g.input_shape());
@@ -94,5 +97,28 @@ fn linear_and_gemm_match_the_reference() {
                 &reference.gemm(&a, &b, &spec),
             );
         }
+    }
+}
+
+#[test]
+fn max_pooling_matches_the_reference_including_ties() {
+    use wgcnn::geometry::Pool2dGeometry;
+    let fast = CpuBackend::<f64>::fast();
+    let reference = CpuBackend::<f64>::new();
+    let mut rng = SplitMix64::new(5);
+    for (n, c, h, w, k, s, p) in [
+        (2, 3, 8, 8, 2, 2, 0),
+        (3, 2, 7, 9, 3, 2, 1),
+        (1, 5, 5, 6, 3, 1, 1),
+        (4, 1, 11, 5, 2, 3, 1),
+    ] {
+        let g = Pool2dGeometry::new(n, c, h, w, k, s, p).unwrap();
+        // Values from a handful of levels, so windows hold ties.
+        let mut x = random(&mut rng, &g.input_shape());
+        x.data.iter_mut().for_each(|v| *v = (*v * 3.0).round());
+        let (fy, fa) = fast.maxpool_forward(&x, &g);
+        let (ry, ra) = reference.maxpool_forward(&x, &g);
+        assert_eq!(fy.data, ry.data, "pooled values of {g:?}");
+        assert_eq!(fa, ra, "arg-max of {g:?}");
     }
 }

@@ -222,3 +222,97 @@ fn batchnorm1d_evaluates_a_single_example() {
         "{err}"
     );
 }
+
+/// The training pass (`forward_backward`: relu fused into the product before
+/// it, and applied to the pooled gradient of a max pool after it) gives the
+/// very gradients of the layer-by-layer backward, on the CPU and the GPU.
+/// The second pool overlaps (stride < window), where the relu must not move.
+#[test]
+fn training_pass_equals_the_layer_by_layer_backward() {
+    let spec = ModelSpec {
+        input: vec![2, 12, 12],
+        layers: vec![
+            LayerSpec::Conv2d {
+                out_channels: 4,
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+            },
+            LayerSpec::Activation(Activation::Relu),
+            LayerSpec::MaxPool2d {
+                kernel: 2,
+                stride: 2,
+                padding: 0,
+            },
+            LayerSpec::Conv2d {
+                out_channels: 5,
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+            },
+            LayerSpec::Activation(Activation::LeakyRelu {
+                negative_slope: 0.1,
+            }),
+            LayerSpec::MaxPool2d {
+                kernel: 3,
+                stride: 2,
+                padding: 1,
+            },
+            LayerSpec::Activation(Activation::LeakyRelu {
+                negative_slope: 0.2,
+            }),
+            LayerSpec::MaxPool2d {
+                kernel: 2,
+                stride: 2,
+                padding: 0,
+            },
+            LayerSpec::Linear { out_features: 3 },
+        ],
+    };
+    let mut weights = init_parameters(&spec, 5).unwrap();
+    // Mostly negative inputs to the leaky relus, so their slopes matter.
+    for (name, tensor) in &mut weights {
+        if name == "3.bias" {
+            tensor.data.fill(-0.5);
+        }
+    }
+    let batch = 4;
+    let mut rng = SplitMix64::new(13);
+    let x = HostTensor::new(
+        &[batch, 2, 12, 12],
+        rng.uniform_vec(batch * 2 * 12 * 12, -1.0, 1.0),
+    );
+    let labels: Vec<u32> = (0..batch).map(|_| rng.below(3)).collect();
+    fn both_ways<B: Backend>(
+        b: &B,
+        spec: &ModelSpec,
+        weights: &StateDict,
+        x: &HostTensor<f32>,
+        labels: &[u32],
+    ) {
+        let grads = |model: &Sequential<B>| -> StateDict {
+            model
+                .params()
+                .filter_map(|p| p.grad.as_ref().map(|g| (p.name.clone(), b.download(g))))
+                .collect()
+        };
+        let (xb, lb) = (b.upload(x), b.upload_indices(labels));
+        let mut model = Sequential::new(b, spec, weights, 1).unwrap();
+        let logits = model.forward(b, &xb, Mode::Train, 0);
+        let out = b.softmax_cross_entropy(&logits, &lb);
+        model.backward(b, &out.grad);
+        let layer_by_layer = grads(&model);
+        let mut model = Sequential::new(b, spec, weights, 1).unwrap();
+        model.forward_backward(b, &xb, &lb, 0);
+        let training = grads(&model);
+        assert_eq!(training.len(), 6);
+        for ((name, t), (_, l)) in training.iter().zip(&layer_by_layer) {
+            assert_eq!(t.data, l.data, "grad {name}");
+        }
+    }
+    both_ways(&CpuBackend::<f32>::new(), &spec, &weights, &x, &labels);
+    both_ways(&CpuBackend::<f32>::fast(), &spec, &weights, &x, &labels);
+    if let Some(gpu) = common::gpu() {
+        both_ways(gpu, &spec, &weights, &x, &labels);
+    }
+}

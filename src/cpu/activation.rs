@@ -78,12 +78,23 @@ pub fn activation_backward<F: Real>(
         y.shape,
         dy.shape
     );
-    let data = x
-        .data
-        .iter()
-        .zip(&y.data)
-        .zip(&dy.data)
-        .map(|((&xv, &yv), &d)| d * derivative(act, xv, yv))
-        .collect();
+    // One loop per activation, so each compiles without a branch on `act`
+    // per element.
+    let per_element = |act: Activation| -> Vec<F> {
+        x.data
+            .iter()
+            .zip(&y.data)
+            .zip(&dy.data)
+            .map(|((&xv, &yv), &d)| d * derivative(act, xv, yv))
+            .collect()
+    };
+    let data = match act {
+        Activation::Relu => per_element(Activation::Relu),
+        Activation::LeakyRelu { negative_slope } => {
+            per_element(Activation::LeakyRelu { negative_slope })
+        }
+        Activation::Sigmoid => per_element(Activation::Sigmoid),
+        Activation::Tanh => per_element(Activation::Tanh),
+    };
     HostTensor::new(&dy.shape, data)
 }

@@ -238,7 +238,11 @@ impl<F: Real> Backend for CpuBackend<F> {
     }
 
     fn maxpool_forward(&self, x: &HostTensor<F>, g: &Pool2dGeometry) -> (HostTensor<F>, Vec<u32>) {
-        super::maxpool_forward(x, g)
+        if self.fast {
+            super::fast::maxpool_forward(x, g)
+        } else {
+            super::maxpool_forward(x, g)
+        }
     }
 
     fn maxpool_backward(

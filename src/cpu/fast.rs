@@ -5,9 +5,9 @@
 
 use std::thread;
 
-use super::{Real, col2im, im2col};
+use super::Real;
 use crate::backend::ParamGrads;
-use crate::geometry::{Conv2dGeometry, GemmSpec};
+use crate::geometry::{Conv2dGeometry, GemmSpec, Pool2dGeometry};
 use crate::tensor::HostTensor;
 
 /// Threads to split a batch over.
@@ -47,19 +47,88 @@ pub fn gemm<F: Real>(a: &HostTensor<F>, b: &HostTensor<F>, spec: &GemmSpec) -> H
     c
 }
 
-/// The geometry of one image of the batch.
-fn single(g: &Conv2dGeometry) -> Conv2dGeometry {
-    Conv2dGeometry { batch: 1, ..*g }
+/// The outputs `o` along one axis whose tap `tap` lands inside an input of
+/// `len` (`o·stride + tap − padding ∈ [0, len)`), as a range of `o` below
+/// `out_len`.
+fn inside(
+    tap: usize,
+    stride: usize,
+    padding: usize,
+    len: usize,
+    out_len: usize,
+) -> std::ops::Range<usize> {
+    let first = padding.saturating_sub(tap).div_ceil(stride);
+    let end = (len + padding)
+        .checked_sub(tap)
+        .map_or(0, |room| room.div_ceil(stride))
+        .min(out_len);
+    first..end.max(first)
 }
 
-/// im2col of image `n`: `(C·kh·kw, OH·OW)`.
-fn image_cols<F: Real>(x: &HostTensor<F>, n: usize, g: &Conv2dGeometry) -> HostTensor<F> {
-    let len = g.channels * g.height * g.width;
-    let image = HostTensor::new(
-        &[1, g.channels, g.height, g.width],
-        x.data[n * len..(n + 1) * len].to_vec(),
-    );
-    im2col(&image, &single(g))
+/// im2col of one image `x_n (C, H, W)` into `cols (C·kh·kw, OH·OW)`, a row
+/// of the window at a time: runs of whole input rows are copied, and only
+/// the padding is zeroed (the reference [`super::im2col`] tests every
+/// element).
+fn image_cols_into<F: Real>(x_n: &[F], g: &Conv2dGeometry, cols: &mut [F]) {
+    let (h_n, w_n, ow_n) = (g.height, g.width, g.out_w);
+    let positions = g.out_positions();
+    let mut rows = cols.chunks_mut(positions);
+    for plane in x_n.chunks(h_n * w_n) {
+        for i in 0..g.kernel_h {
+            let hs = inside(i, g.stride, g.padding, h_n, g.out_h);
+            for j in 0..g.kernel_w {
+                let ws = inside(j, g.stride, g.padding, w_n, ow_n);
+                let row = rows.next().expect("C·kh·kw rows");
+                for (oh, out) in row.chunks_mut(ow_n).enumerate() {
+                    if !hs.contains(&oh) || ws.is_empty() {
+                        out.fill(F::zero());
+                        continue;
+                    }
+                    let line = &plane[(oh * g.stride + i - g.padding) * w_n..][..w_n];
+                    out[..ws.start].fill(F::zero());
+                    out[ws.end..].fill(F::zero());
+                    let w0 = ws.start * g.stride + j - g.padding;
+                    if g.stride == 1 {
+                        out[ws.clone()].copy_from_slice(&line[w0..w0 + ws.len()]);
+                    } else {
+                        for (v, &x) in out[ws.clone()]
+                            .iter_mut()
+                            .zip(line[w0..].iter().step_by(g.stride))
+                        {
+                            *v = x;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// col2im of one image, `dcols (C·kh·kw, OH·OW) → dx_n (C, H, W)`, zeroing
+/// `dx_n` first. Every element sums its terms in the reference's order
+/// ([`super::col2im`]: by window row, then column), so results are equal.
+fn col2im_into<F: Real>(dcols: &[F], g: &Conv2dGeometry, dx_n: &mut [F]) {
+    let (h_n, w_n, ow_n) = (g.height, g.width, g.out_w);
+    let positions = g.out_positions();
+    dx_n.fill(F::zero());
+    let mut rows = dcols.chunks(positions);
+    for plane in dx_n.chunks_mut(h_n * w_n) {
+        for i in 0..g.kernel_h {
+            let hs = inside(i, g.stride, g.padding, h_n, g.out_h);
+            for j in 0..g.kernel_w {
+                let ws = inside(j, g.stride, g.padding, w_n, ow_n);
+                let row = rows.next().expect("C·kh·kw rows");
+                for oh in hs.clone() {
+                    let line = &mut plane[(oh * g.stride + i - g.padding) * w_n..][..w_n];
+                    let w0 = ws.start * g.stride + j - g.padding;
+                    let terms = &row[oh * ow_n..][ws.clone()];
+                    for (v, &t) in line[w0..].iter_mut().step_by(g.stride).zip(terms) {
+                        *v += t;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `Y_n = W_col · X_col,n + b`, `(N, O, OH, OW)`.
@@ -78,8 +147,11 @@ pub fn conv2d_forward<F: Real>(
     thread::scope(|s| {
         for (c, out) in y.data.chunks_mut(chunk * per_image).enumerate() {
             s.spawn(move || {
+                let image_len = g.channels * g.height * g.width;
+                let mut cols = vec![F::zero(); rows * positions];
                 for (i, y_n) in out.chunks_mut(per_image).enumerate() {
-                    let cols = image_cols(x, c * chunk + i, g);
+                    let n = c * chunk + i;
+                    image_cols_into(&x.data[n * image_len..][..image_len], g, &mut cols);
                     for (row, bias) in y_n.chunks_mut(positions).zip(&b.data) {
                         row.fill(*bias);
                     }
@@ -88,7 +160,7 @@ pub fn conv2d_forward<F: Real>(
                         rows,
                         positions,
                         (&w.data, rows as isize, 1),
-                        (&cols.data, positions as isize, 1),
+                        (&cols, positions as isize, 1),
                         F::one(),
                         (y_n, positions as isize, 1),
                     );
@@ -155,17 +227,18 @@ fn conv2d_grads<F: Real>(
                 s.spawn(move || {
                     let mut dw = vec![F::zero(); o * rows];
                     let mut db = vec![F::zero(); o];
-                    let mut dcols = HostTensor::zeros(&[1, rows, positions]);
+                    let mut cols = vec![F::zero(); rows * positions];
+                    let mut dcols = if need_dx { cols.clone() } else { Vec::new() };
                     let images = c * chunk..((c + 1) * chunk).min(g.batch);
                     for (i, n) in images.enumerate() {
                         let dy_n = &dy.data[n * o * positions..(n + 1) * o * positions];
-                        let cols = image_cols(x, n, g);
+                        image_cols_into(&x.data[n * image_len..][..image_len], g, &mut cols);
                         F::matmul(
                             o,
                             positions,
                             rows,
                             (dy_n, positions as isize, 1),
-                            (&cols.data, 1, positions as isize),
+                            (&cols, 1, positions as isize),
                             F::one(),
                             (&mut dw, rows as isize, 1),
                         );
@@ -182,10 +255,9 @@ fn conv2d_grads<F: Real>(
                             (&w.data, 1, rows as isize),
                             (dy_n, positions as isize, 1),
                             F::zero(),
-                            (&mut dcols.data, positions as isize, 1),
+                            (&mut dcols, positions as isize, 1),
                         );
-                        dx_chunk[i * image_len..(i + 1) * image_len]
-                            .copy_from_slice(&col2im(&dcols, &single(g)).data);
+                        col2im_into(&dcols, g, &mut dx_chunk[i * image_len..][..image_len]);
                     }
                     (dw, db)
                 })
@@ -274,4 +346,63 @@ pub fn linear_weight_grads<F: Real>(
         db.data.iter_mut().zip(row).for_each(|(s, v)| *s += *v);
     }
     (dw, db)
+}
+
+/// Max pooling, `(N, C, H, W) → (N, C, OH, OW)` with each output's arg-max
+/// (`h·W + w` in its plane), planes split over the cores. Windows are walked
+/// over their inside only, in the reference's order with its tie rule (the
+/// first maximum wins, a NaN is never replaced), so results are equal to
+/// [`super::maxpool_forward`]'s.
+pub fn maxpool_forward<F: Real>(
+    x: &HostTensor<F>,
+    g: &Pool2dGeometry,
+) -> (HostTensor<F>, Vec<u32>) {
+    assert_eq!(x.shape, g.input_shape(), "maxpool input shape");
+    let mut y = HostTensor::zeros(&g.output_shape());
+    let mut argmax = vec![0u32; y.len()];
+    let (plane_in, plane_out) = (g.height * g.width, g.out_h * g.out_w);
+    let planes = g.batch * g.channels;
+    let chunk = planes.div_ceil(workers(planes));
+    thread::scope(|s| {
+        let outputs = y.data.chunks_mut(chunk * plane_out);
+        let indices = argmax.chunks_mut(chunk * plane_out);
+        for ((y_c, arg_c), x_c) in outputs.zip(indices).zip(x.data.chunks(chunk * plane_in)) {
+            s.spawn(move || {
+                let planes = x_c.chunks(plane_in).zip(y_c.chunks_mut(plane_out));
+                for ((x_p, y_p), arg_p) in planes.zip(arg_c.chunks_mut(plane_out)) {
+                    pool_plane(x_p, g, y_p, arg_p);
+                }
+            });
+        }
+    });
+    (y, argmax)
+}
+
+/// One plane of [`maxpool_forward`].
+fn pool_plane<F: Real>(x: &[F], g: &Pool2dGeometry, y: &mut [F], argmax: &mut [u32]) {
+    // The taps of a window starting at `o·stride − padding` that land inside.
+    let taps = |o: usize, len: usize| {
+        let start = o * g.stride;
+        g.padding.saturating_sub(start)..g.kernel.min((len + g.padding).saturating_sub(start))
+    };
+    for oh in 0..g.out_h {
+        let rows = taps(oh, g.height);
+        for ow in 0..g.out_w {
+            let cols = taps(ow, g.width);
+            let mut best: Option<(F, usize)> = None;
+            for i in rows.clone() {
+                let line = (oh * g.stride + i - g.padding) * g.width;
+                for j in cols.clone() {
+                    let at = line + ow * g.stride + j - g.padding;
+                    let v = x[at];
+                    if best.is_none_or(|(b, _)| v > b) {
+                        best = Some((v, at));
+                    }
+                }
+            }
+            let (v, at) = best.expect("padding is at most half the window");
+            y[oh * g.out_w + ow] = v;
+            argmax[oh * g.out_w + ow] = at as u32;
+        }
+    }
 }

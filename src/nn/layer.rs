@@ -80,6 +80,9 @@ pub(crate) enum Layer<B: Backend> {
         stride: usize,
         padding: usize,
         saved: Option<(B::Indices, Pool2dGeometry)>,
+        /// The output, kept when the activation before this layer is applied
+        /// to the gradient here instead (see [`Layer::masks_through`]).
+        pooled: Option<B::Tensor>,
     },
     AvgPool2d {
         kernel: usize,
@@ -171,6 +174,7 @@ impl<B: Backend> Layer<B> {
                 stride,
                 padding,
                 saved: None,
+                pooled: None,
             },
             LayerSpec::AvgPool2d {
                 kernel,
@@ -240,6 +244,50 @@ impl<B: Backend> Layer<B> {
             },
             _ => None,
         }
+    }
+
+    /// The activation whose backward can run on this max pool's (smaller)
+    /// output gradient instead of on its input gradient, when `self` is that
+    /// activation and `pool` follows it. For relu and leaky relu with a slope
+    /// ≥ 0 the derivative at a window's arg-max depends only on the sign of
+    /// the pooled value, and every other input gets no gradient; with windows
+    /// that do not overlap (stride ≥ window) each input gets at most one term,
+    /// so masking before routing gives exactly the values masking after would.
+    pub(crate) fn masks_through(&self, pool: &Layer<B>) -> Option<Activation> {
+        let Layer::Activation { act, .. } = self else {
+            return None;
+        };
+        let commutes = match act {
+            Activation::Relu => true,
+            Activation::LeakyRelu { negative_slope } => *negative_slope >= 0.0,
+            _ => false,
+        };
+        match pool {
+            Layer::MaxPool2d { kernel, stride, .. } if commutes && stride >= kernel => Some(*act),
+            _ => None,
+        }
+    }
+
+    /// Keeps a max pool's training-mode output for [`Layer::masks_through`].
+    pub(crate) fn keep_pooled(&mut self, y: &B::Tensor) {
+        if let Layer::MaxPool2d { pooled, saved, .. } = self {
+            *pooled = saved.is_some().then(|| y.clone());
+        }
+    }
+
+    /// `dy` with the activation before this max pool applied, from the
+    /// pooled output kept by [`Layer::keep_pooled`]; `None` when none was kept.
+    pub(crate) fn mask_pooled_gradient(
+        &mut self,
+        b: &B,
+        act: Activation,
+        dy: &B::Tensor,
+    ) -> Option<B::Tensor> {
+        let Layer::MaxPool2d { pooled, .. } = self else {
+            return None;
+        };
+        let y = pooled.take()?;
+        Some(b.activation_backward(act, &y, &y, dy))
     }
 
     /// The output `y` of an activation layer whose input was never formed
@@ -366,6 +414,7 @@ impl<B: Backend> Layer<B> {
                 stride,
                 padding,
                 saved,
+                ..
             } => {
                 let [n, c, h, w] = image_dims(x.shape());
                 let g = Pool2dGeometry::new(n, c, h, w, *kernel, *stride, *padding)
@@ -414,7 +463,10 @@ impl<B: Backend> Layer<B> {
             Layer::Activation { saved, .. } => *saved = None,
             Layer::Dropout { saved, .. } => *saved = None,
             Layer::BatchNorm { saved, .. } => *saved = None,
-            Layer::MaxPool2d { saved, .. } => *saved = None,
+            Layer::MaxPool2d { saved, pooled, .. } => {
+                *saved = None;
+                *pooled = None;
+            }
             Layer::AvgPool2d { saved, .. } => *saved = None,
             Layer::Flatten { saved } => *saved = None,
         }
@@ -489,8 +541,9 @@ impl<B: Backend> Layer<B> {
                 Some(d) => b.dropout_backward(dy, &d),
                 None => dy.clone(),
             },
-            Layer::MaxPool2d { saved, .. } => {
+            Layer::MaxPool2d { saved, pooled, .. } => {
                 let (argmax, g) = saved.take().expect(NO_FORWARD);
+                *pooled = None;
                 b.maxpool_backward(dy, &argmax, &g)
             }
             Layer::AvgPool2d { saved, .. } => {

@@ -174,6 +174,11 @@ impl<B: Backend> Sequential<B> {
                 self.layers[i + 1].save_fused_output(&h, mode);
                 i += 1;
             }
+            // A relu before a max pool: its backward will run on the pooled
+            // gradient, from the pooled output.
+            if i > 0 && self.layers[i - 1].masks_through(&self.layers[i]).is_some() {
+                self.layers[i].keep_pooled(&h);
+            }
             i += 1;
         }
         h
@@ -208,7 +213,23 @@ impl<B: Backend> Sequential<B> {
             .position(|l| !l.params().is_empty())
             .unwrap_or(self.layers.len());
         let mut d = out.grad.clone();
+        // The activation below a max pool whose gradient was masked at the
+        // pool (see `Layer::masks_through`): its own backward is skipped.
+        let mut masked_below = false;
         for i in (0..self.layers.len()).rev() {
+            if std::mem::take(&mut masked_below) {
+                self.layers[i].release_saved();
+                continue;
+            }
+            if let Some(act) = i
+                .checked_sub(1)
+                .and_then(|below| self.layers[below].masks_through(&self.layers[i]))
+                && i > first
+                && let Some(masked) = self.layers[i].mask_pooled_gradient(backend, act, &d)
+            {
+                d = masked;
+                masked_below = true;
+            }
             match self.layers[i].backward_needing(backend, &d, i > first) {
                 Some(next) => d = next,
                 None => {
