@@ -211,7 +211,7 @@ impl<F: Real> Backend for CpuBackend<F> {
         running_var: &HostTensor<F>,
         s: &BatchNormSettings,
     ) -> BatchNormTrain<HostTensor<F>> {
-        super::batchnorm_forward_train(x, gamma, beta, running_mean, running_var, s)
+        super::batchnorm::forward_train_on(x, gamma, beta, running_mean, running_var, s, self.fast)
     }
 
     fn batchnorm_forward_eval(
@@ -234,7 +234,7 @@ impl<F: Real> Backend for CpuBackend<F> {
         dy: &HostTensor<F>,
         training: bool,
     ) -> BatchNormGrads<HostTensor<F>> {
-        super::batchnorm_backward(x, gamma, saved, dy, training)
+        super::batchnorm::backward_on(x, gamma, saved, dy, training, self.fast)
     }
 
     fn maxpool_forward(&self, x: &HostTensor<F>, g: &Pool2dGeometry) -> (HostTensor<F>, Vec<u32>) {

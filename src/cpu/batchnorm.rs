@@ -32,6 +32,71 @@ fn at(l: &BatchNormLayout, n: usize, c: usize, s: usize) -> usize {
     (n * l.channels + c) * l.spatial + s
 }
 
+/// Threads to use: the machine's cores when `parallel` (the CPU training
+/// path), else one (the reference). Either way every value is computed by
+/// the same operations in the same order.
+fn threads(parallel: bool, items: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if parallel { cores.min(items).max(1) } else { 1 }
+}
+
+/// `f(c)` for every channel, in channel order.
+fn per_channel<T: Send>(
+    l: &BatchNormLayout,
+    parallel: bool,
+    f: impl Fn(usize) -> T + Sync,
+) -> Vec<T> {
+    let chunk = l.channels.div_ceil(threads(parallel, l.channels)).max(1);
+    std::thread::scope(|scope| {
+        let f = &f;
+        let handles: Vec<_> = (0..l.channels)
+            .step_by(chunk)
+            .map(|start| {
+                scope.spawn(move || {
+                    (start..(start + chunk).min(l.channels))
+                        .map(f)
+                        .collect::<Vec<T>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("batchnorm worker"))
+            .collect()
+    })
+}
+
+/// A tensor shaped like `x` whose element `(n, c, s)` is `f(i, c)` (`i` the
+/// flat index), written a run of images per thread.
+fn per_element<F: Real>(
+    l: &BatchNormLayout,
+    x: &HostTensor<F>,
+    parallel: bool,
+    f: impl Fn(usize, usize) -> F + Sync,
+) -> HostTensor<F> {
+    let mut out = HostTensor::zeros(&x.shape);
+    let image = l.channels * l.spatial;
+    let images = l.batch.div_ceil(threads(parallel, l.batch)).max(1);
+    std::thread::scope(|scope| {
+        for (part, run) in out.data.chunks_mut(images * image.max(1)).enumerate() {
+            let f = &f;
+            scope.spawn(move || {
+                let first = part * images * image;
+                for (k, out_n) in run.chunks_mut(image).enumerate() {
+                    let base = first + k * image;
+                    for (c, plane) in out_n.chunks_mut(l.spatial).enumerate() {
+                        let start = base + c * l.spatial;
+                        for (s, v) in plane.iter_mut().enumerate() {
+                            *v = f(start + s, c);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    out
+}
+
 /// `y = γ[c]·(x − mean[c])·invstd[c] + β[c]`, same shape as `x`.
 fn normalise<F: Real>(
     l: &BatchNormLayout,
@@ -40,17 +105,11 @@ fn normalise<F: Real>(
     beta: &HostTensor<F>,
     mean: &[F],
     invstd: &[F],
+    parallel: bool,
 ) -> HostTensor<F> {
-    let mut y = HostTensor::zeros(&x.shape);
-    for n in 0..l.batch {
-        for c in 0..l.channels {
-            for s in 0..l.spatial {
-                let i = at(l, n, c, s);
-                y.data[i] = gamma.data[c] * (x.data[i] - mean[c]) * invstd[c] + beta.data[c];
-            }
-        }
-    }
-    y
+    per_element(l, x, parallel, |i, c| {
+        gamma.data[c] * (x.data[i] - mean[c]) * invstd[c] + beta.data[c]
+    })
 }
 
 /// Training-mode forward over `x (N, D)` or `(N, C, H, W)` with `M = N·S` values
@@ -68,6 +127,19 @@ pub fn batchnorm_forward_train<F: Real>(
     running_var: &HostTensor<F>,
     s: &BatchNormSettings,
 ) -> BatchNormTrain<HostTensor<F>> {
+    forward_train_on(x, gamma, beta, running_mean, running_var, s, false)
+}
+
+/// [`batchnorm_forward_train`], over the cores when `parallel`.
+pub(super) fn forward_train_on<F: Real>(
+    x: &HostTensor<F>,
+    gamma: &HostTensor<F>,
+    beta: &HostTensor<F>,
+    running_mean: &HostTensor<F>,
+    running_var: &HostTensor<F>,
+    s: &BatchNormSettings,
+    parallel: bool,
+) -> BatchNormTrain<HostTensor<F>> {
     let l = layout(
         "batchnorm_forward_train",
         x,
@@ -81,27 +153,27 @@ pub fn batchnorm_forward_train<F: Real>(
     let m_count = F::from_usize(l.count());
     let eps = F::from_f32(s.eps);
     let momentum = F::from_f32(s.momentum);
-    let mut mean = vec![F::zero(); l.channels];
-    let mut var = vec![F::zero(); l.channels];
-    for c in 0..l.channels {
+    let (mean, var): (Vec<F>, Vec<F>) = per_channel(&l, parallel, |c| {
         let mut sum = F::zero();
         for n in 0..l.batch {
             for sp in 0..l.spatial {
                 sum += x.data[at(&l, n, c, sp)];
             }
         }
-        mean[c] = sum / m_count;
+        let mean = sum / m_count;
         let mut sq = F::zero();
         for n in 0..l.batch {
             for sp in 0..l.spatial {
-                let d = x.data[at(&l, n, c, sp)] - mean[c];
+                let d = x.data[at(&l, n, c, sp)] - mean;
                 sq += d * d;
             }
         }
-        var[c] = sq / m_count;
-    }
+        (mean, sq / m_count)
+    })
+    .into_iter()
+    .unzip();
     let invstd: Vec<F> = var.iter().map(|&v| F::one() / (v + eps).sqrt()).collect();
-    let y = normalise(&l, x, gamma, beta, &mean, &invstd);
+    let y = normalise(&l, x, gamma, beta, &mean, &invstd, parallel);
     let unbias = m_count / (m_count - F::one());
     let new_mean = (0..l.channels)
         .map(|c| (F::one() - momentum) * running_mean.data[c] + momentum * mean[c])
@@ -143,7 +215,7 @@ pub fn batchnorm_forward_eval<F: Real>(
     );
     let eps = F::from_f32(s.eps);
     let invstd = running_var.map(|&v| F::one() / (v + eps).sqrt());
-    let y = normalise(&l, x, gamma, beta, &running_mean.data, &invstd.data);
+    let y = normalise(&l, x, gamma, beta, &running_mean.data, &invstd.data, false);
     (
         y,
         BatchNormSaved {
@@ -164,6 +236,18 @@ pub fn batchnorm_backward<F: Real>(
     dy: &HostTensor<F>,
     training: bool,
 ) -> BatchNormGrads<HostTensor<F>> {
+    backward_on(x, gamma, saved, dy, training, false)
+}
+
+/// [`batchnorm_backward`], over the cores when `parallel`.
+pub(super) fn backward_on<F: Real>(
+    x: &HostTensor<F>,
+    gamma: &HostTensor<F>,
+    saved: &BatchNormSaved<HostTensor<F>>,
+    dy: &HostTensor<F>,
+    training: bool,
+    parallel: bool,
+) -> BatchNormGrads<HostTensor<F>> {
     let l = layout(
         "batchnorm_backward",
         x,
@@ -181,32 +265,31 @@ pub fn batchnorm_backward<F: Real>(
     let mean = &saved.mean.data;
     let invstd = &saved.invstd.data;
     let xhat = |i: usize, c: usize| (x.data[i] - mean[c]) * invstd[c];
-    let mut dgamma = HostTensor::zeros(&[l.channels]);
-    let mut dbeta = HostTensor::zeros(&[l.channels]);
-    for c in 0..l.channels {
+    let (dbeta, dgamma): (Vec<F>, Vec<F>) = per_channel(&l, parallel, |c| {
+        let (mut dbeta, mut dgamma) = (F::zero(), F::zero());
         for n in 0..l.batch {
             for s in 0..l.spatial {
                 let i = at(&l, n, c, s);
-                dbeta.data[c] += dy.data[i];
-                dgamma.data[c] += dy.data[i] * xhat(i, c);
+                dbeta += dy.data[i];
+                dgamma += dy.data[i] * xhat(i, c);
             }
         }
-    }
+        (dbeta, dgamma)
+    })
+    .into_iter()
+    .unzip();
     let m_count = F::from_usize(l.count());
-    let mut dx = HostTensor::zeros(&x.shape);
-    for (c, &inv) in invstd.iter().enumerate() {
-        let g = gamma.data[c] * inv;
-        for n in 0..l.batch {
-            for s in 0..l.spatial {
-                let i = at(&l, n, c, s);
-                dx.data[i] = if training {
-                    g / m_count
-                        * (m_count * dy.data[i] - dbeta.data[c] - xhat(i, c) * dgamma.data[c])
-                } else {
-                    g * dy.data[i]
-                };
-            }
+    let dx = per_element(&l, x, parallel, |i, c| {
+        let g = gamma.data[c] * invstd[c];
+        if training {
+            g / m_count * (m_count * dy.data[i] - dbeta[c] - xhat(i, c) * dgamma[c])
+        } else {
+            g * dy.data[i]
         }
+    });
+    BatchNormGrads {
+        dx,
+        dgamma: HostTensor::new(&[l.channels], dgamma),
+        dbeta: HostTensor::new(&[l.channels], dbeta),
     }
-    BatchNormGrads { dx, dgamma, dbeta }
 }
