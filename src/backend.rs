@@ -338,4 +338,29 @@ pub trait Backend {
         grad: &Self::Tensor,
         state: &mut [Self::Tensor],
     );
+
+    /// Uploads a model's trainable parameters (or one optimizer slot of
+    /// them, same shapes in the same order) together: the GPU places them in
+    /// one buffer, at offsets that depend only on the shapes, so
+    /// [`Backend::optimizer_update_all`] can update them all in one pass.
+    fn upload_parameters(&self, tensors: &[&HostTensor<f32>]) -> Vec<Self::Tensor> {
+        tensors.iter().map(|t| self.upload(t)).collect()
+    }
+
+    /// [`Backend::optimizer_update`] of every parameter of a step: `params[i]`
+    /// from `grads[i]` with `state[i]`. The same values as one update each;
+    /// the GPU runs them as one dispatch when the parameters and each state
+    /// slot come from [`Backend::upload_parameters`].
+    fn optimizer_update_all(
+        &self,
+        settings: &OptimizerSettings,
+        step_values: &Self::Tensor,
+        params: &mut [&mut Self::Tensor],
+        grads: &[Self::Tensor],
+        state: &mut [Vec<Self::Tensor>],
+    ) {
+        for ((param, grad), slots) in params.iter_mut().zip(grads).zip(state) {
+            self.optimizer_update(settings, step_values, param, grad, slots);
+        }
+    }
 }

@@ -70,3 +70,49 @@ fn one_submit_per_step_and_nothing_created_after_the_first() {
         gpu.take_error().unwrap();
     }
 }
+
+/// Every parameter update of a step is one dispatch over the flat parameter,
+/// gradient and state buffers, for each optimizer rule.
+#[test]
+fn one_optimizer_dispatch_updates_every_parameter() {
+    if common::gpu().is_none() {
+        return;
+    }
+    // A context of its own: the other test counts its context's submissions.
+    let gpu = &wgcnn::gpu::GpuBackend::new(None).expect("a GPU adapter");
+    let spec = builtin("fashion-cnn", [1, 28, 28], 10).unwrap();
+    let data = synthetic(3, 32, 1).train;
+    let norm = Normalization::of(&data);
+    let indices: Vec<usize> = (0..16).collect();
+    let batch = make_batch(&data, &indices, &norm, None);
+    for kind in [
+        OptimizerKind::Sgd,
+        OptimizerKind::Momentum,
+        OptimizerKind::Adam,
+    ] {
+        let settings = OptimizerSettings::new(kind, 1e-4).unwrap();
+        let weights = init_parameters(&spec, 1).unwrap();
+        let mut trainer = Trainer::new(gpu, &spec, &weights, settings, &[], 0, 1).unwrap();
+        // The first step may also time GEMM kernels.
+        trainer.train_step(gpu, &batch, 1e-3);
+        gpu.synchronize();
+        let dispatches = || gpu.ctx.counters().dispatches;
+        let before = dispatches();
+        trainer.train_step(gpu, &batch, 1e-3);
+        let step = dispatches() - before;
+        let (x, labels) = (gpu.upload(&batch.images), gpu.upload_indices(&batch.labels));
+        let before = dispatches();
+        trainer.model.forward_backward(gpu, &x, &labels, 1);
+        let forward_backward = dispatches() - before;
+        let trainable = trainer.model.params().filter(|p| p.trainable).count();
+        assert!(trainable > 1);
+        assert_eq!(
+            step - forward_backward,
+            1,
+            "{}: {trainable} parameters updated by one dispatch",
+            kind.name()
+        );
+        gpu.synchronize();
+    }
+    gpu.take_error().unwrap();
+}

@@ -20,6 +20,8 @@ use crate::tensor::HostTensor;
 pub struct GpuBackend {
     /// The device and its caches.
     pub ctx: Arc<GpuContext>,
+    /// Flat gradient buffers for one-dispatch optimizer updates.
+    flat_updates: Arc<super::optim::FlatUpdates>,
 }
 
 impl GpuBackend {
@@ -27,6 +29,7 @@ impl GpuBackend {
     pub fn new(index: Option<usize>) -> Result<Self> {
         Ok(Self {
             ctx: Arc::new(GpuContext::new(index)?),
+            flat_updates: Default::default(),
         })
     }
 }
@@ -319,5 +322,28 @@ impl Backend for GpuBackend {
         state: &mut [GpuTensor],
     ) {
         super::optim::optimizer_update(&self.ctx, settings, step_values, param, grad, state)
+    }
+
+    fn upload_parameters(&self, tensors: &[&HostTensor<f32>]) -> Vec<GpuTensor> {
+        super::optim::upload_flat(&self.ctx, tensors)
+    }
+
+    fn optimizer_update_all(
+        &self,
+        settings: &crate::optim::OptimizerSettings,
+        step_values: &GpuTensor,
+        params: &mut [&mut GpuTensor],
+        grads: &[GpuTensor],
+        state: &mut [Vec<GpuTensor>],
+    ) {
+        let views: Vec<&GpuTensor> = params.iter().map(|p| &**p).collect();
+        let flat =
+            self.flat_updates
+                .update_all(&self.ctx, settings, step_values, &views, grads, state);
+        if !flat {
+            for ((param, grad), slots) in params.iter_mut().zip(grads).zip(state) {
+                self.optimizer_update(settings, step_values, param, grad, slots);
+            }
+        }
     }
 }

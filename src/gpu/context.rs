@@ -185,13 +185,25 @@ struct BufferPool {
     free: Mutex<HashMap<u64, std::collections::BTreeMap<u64, wgpu::Buffer>>>,
 }
 
-/// A storage buffer from the context's pool, returned to it when dropped.
-/// Each has an id, unique for the context's lifetime, that keys the bind-group
-/// cache.
+/// A storage buffer from the context's pool, returned to it when dropped, or
+/// a view of a range of one ([`GpuContext::view`]), which keeps it alive.
+/// Each has an id, unique for the context's lifetime, that keys the
+/// bind-group cache.
 pub struct GpuBuffer {
-    buffer: Option<wgpu::Buffer>,
+    storage: Storage,
     id: u64,
-    pool: Arc<BufferPool>,
+    /// Where its bytes start in [`GpuBuffer::raw`].
+    offset: u64,
+    /// How many bytes it has.
+    size: u64,
+}
+
+enum Storage {
+    Owned {
+        buffer: Option<wgpu::Buffer>,
+        pool: Arc<BufferPool>,
+    },
+    View(Arc<GpuBuffer>),
 }
 
 impl GpuBuffer {
@@ -199,25 +211,59 @@ impl GpuBuffer {
     pub fn id(&self) -> u64 {
         self.id
     }
-}
 
-impl std::ops::Deref for GpuBuffer {
-    type Target = wgpu::Buffer;
-    fn deref(&self) -> &wgpu::Buffer {
-        self.buffer.as_ref().expect("present until dropped")
+    /// The wgpu buffer its bytes lie in (a view's is its parent's).
+    pub fn raw(&self) -> &wgpu::Buffer {
+        match &self.storage {
+            Storage::Owned { buffer, .. } => buffer.as_ref().expect("present until dropped"),
+            Storage::View(parent) => parent.raw(),
+        }
+    }
+
+    /// Byte offset of its first byte in [`GpuBuffer::raw`] (0 unless a view).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Its size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The buffer a view lies in; `None` for a buffer of its own.
+    pub fn parent(&self) -> Option<&Arc<GpuBuffer>> {
+        match &self.storage {
+            Storage::Owned { .. } => None,
+            Storage::View(parent) => Some(parent),
+        }
+    }
+
+    /// The binding of exactly its bytes.
+    fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: self.raw(),
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.size),
+        })
     }
 }
 
 impl std::fmt::Debug for GpuBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "GpuBuffer#{}({} bytes)", self.id, self.size())
+        write!(f, "GpuBuffer#{}({} bytes", self.id, self.size)?;
+        if let Storage::View(parent) = &self.storage {
+            write!(f, " at {} of #{}", self.offset, parent.id)?;
+        }
+        write!(f, ")")
     }
 }
 
 impl Drop for GpuBuffer {
     fn drop(&mut self) {
-        if let Some(buffer) = self.buffer.take() {
-            let mut free = self.pool.free.lock().unwrap();
+        if let Storage::Owned { buffer, pool } = &mut self.storage
+            && let Some(buffer) = buffer.take()
+        {
+            let mut free = pool.free.lock().unwrap();
             free.entry(buffer.size())
                 .or_default()
                 .insert(self.id, buffer);
@@ -556,9 +602,35 @@ impl GpuContext {
             }
         };
         GpuBuffer {
-            buffer: Some(buffer),
+            storage: Storage::Owned {
+                buffer: Some(buffer),
+                pool: self.pool.clone(),
+            },
             id,
-            pool: self.pool.clone(),
+            offset: 0,
+            size,
+        }
+    }
+
+    /// A view of `size` bytes of `parent` from byte `offset` (a multiple of
+    /// the adapter's storage offset alignment): bound, copied and read back
+    /// as a buffer of its own, while the bytes stay in `parent`.
+    ///
+    /// # Panics
+    /// When the range is outside `parent` or misaligned.
+    pub fn view(&self, parent: &Arc<GpuBuffer>, offset: u64, size: u64) -> GpuBuffer {
+        let align = u64::from(self.limits.min_storage_buffer_offset_alignment);
+        assert!(
+            offset.is_multiple_of(align) && offset + size <= parent.size && size > 0,
+            "view of {size} bytes at {offset} of {parent:?} (alignment {align})"
+        );
+        let mut next = self.next_buffer_id.lock().unwrap();
+        *next += 1;
+        GpuBuffer {
+            storage: Storage::View(parent.clone()),
+            id: *next,
+            offset: parent.offset + offset,
+            size,
         }
     }
 
@@ -573,11 +645,11 @@ impl GpuContext {
         self.submit();
         if !data.is_empty() {
             if data.len().is_multiple_of(4) {
-                self.queue.write_buffer(&buffer, 0, data);
+                self.queue.write_buffer(buffer.raw(), 0, data);
             } else {
                 let mut padded = data.to_vec();
                 padded.resize(data.len().next_multiple_of(4), 0);
-                self.queue.write_buffer(&buffer, 0, &padded);
+                self.queue.write_buffer(buffer.raw(), 0, &padded);
             }
         }
         buffer
@@ -670,7 +742,7 @@ impl GpuContext {
             for (i, buffer) in buffers.iter().enumerate() {
                 entries.push(wgpu::BindGroupEntry {
                     binding: 1 + i as u32,
-                    resource: buffer.as_entire_binding(),
+                    resource: buffer.binding(),
                 });
             }
             self.counters.lock().unwrap().bind_groups += 1;
@@ -714,9 +786,25 @@ impl GpuContext {
         self.counters.lock().unwrap().dispatches += 1;
     }
 
-    /// Records a copy of `bytes` bytes from `src` to `dst` at `dst_offset`.
-    pub fn copy(&self, src: &wgpu::Buffer, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) {
-        self.record(|encoder| encoder.copy_buffer_to_buffer(src, 0, dst, dst_offset, bytes));
+    /// Records a copy of `bytes` bytes from the start of `src` to `dst` at
+    /// byte `dst_offset`.
+    ///
+    /// # Panics
+    /// When either range is outside its buffer.
+    pub fn copy(&self, src: &GpuBuffer, dst: &GpuBuffer, dst_offset: u64, bytes: u64) {
+        assert!(
+            bytes <= src.size && dst_offset + bytes <= dst.size,
+            "copy of {bytes} bytes from {src:?} to {dst:?} at {dst_offset}"
+        );
+        self.record(|encoder| {
+            encoder.copy_buffer_to_buffer(
+                src.raw(),
+                src.offset,
+                dst.raw(),
+                dst.offset + dst_offset,
+                bytes,
+            )
+        });
     }
 
     /// Records commands into the pending encoder (made if there is none).
@@ -775,9 +863,19 @@ impl GpuContext {
         }
     }
 
-    /// Submits pending work, then copies `bytes` bytes of `buffer` back to the
-    /// host: storage → staging copy, map, wait, read.
-    pub fn read_back(&self, buffer: &wgpu::Buffer, bytes: u64) -> Vec<u8> {
+    /// Submits pending work, then copies the first `bytes` bytes of `buffer`
+    /// back to the host.
+    pub fn read_back(&self, buffer: &GpuBuffer, bytes: u64) -> Vec<u8> {
+        assert!(
+            bytes <= buffer.size,
+            "read of {bytes} bytes from {buffer:?}"
+        );
+        self.read_back_raw(buffer.raw(), buffer.offset, bytes)
+    }
+
+    /// [`GpuContext::read_back`] from `bytes` bytes at `offset` of a wgpu
+    /// buffer: storage → staging copy, map, wait, read.
+    pub fn read_back_raw(&self, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Vec<u8> {
         let size = bytes.max(4).next_multiple_of(4);
         let reused = self
             .staging
@@ -794,7 +892,10 @@ impl GpuContext {
                 mapped_at_creation: false,
             })
         });
-        self.copy(buffer, &staging, 0, size);
+        // Whole words; a view's last word is always its own (sizes are
+        // multiples of 4), a buffer's tail may be rounded up within it.
+        let size = size.min(buffer.size() - offset);
+        self.record(|encoder| encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size));
         self.submit();
         let slice = staging.slice(..);
         let (sender, receiver) = std::sync::mpsc::channel();

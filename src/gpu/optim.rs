@@ -1,11 +1,15 @@
 //! Host side of `shaders/optim.wgsl`: the optimizer update rules, applied in
-//! place to a parameter and its state buffers.
+//! place to a parameter and its state buffers — one tensor at a time, or all
+//! of a model's at once from flat buffers ([`upload_flat`],
+//! [`FlatUpdates::update_all`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 
 use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid};
 use super::tensor::GpuTensor;
 use crate::optim::{OptimizerKind, OptimizerSettings};
+use crate::tensor::HostTensor;
 
 const SOURCE: &str = include_str!("../../shaders/optim.wgsl");
 
@@ -90,4 +94,142 @@ pub fn optimizer_update(
         &outputs,
         grid(param.len(), 256),
     );
+}
+
+/// Byte offsets at which tensors of `lens` elements lie in one flat buffer,
+/// each aligned for binding as a buffer of its own, and the buffer's size.
+/// Depends only on the lengths, so parameters and each optimizer slot of
+/// them, uploaded apart, share one layout.
+fn flat_layout(lens: &[usize], align: u64) -> (Vec<u64>, u64) {
+    let mut end = 0u64;
+    let offsets = lens
+        .iter()
+        .map(|&len| {
+            let offset = end.next_multiple_of(align);
+            end = offset + 4 * len.max(1) as u64;
+            offset
+        })
+        .collect();
+    (offsets, end.max(4))
+}
+
+/// `tensors` in one buffer at [`flat_layout`] offsets (zeros between them),
+/// each returned as a view of its range.
+pub fn upload_flat(ctx: &GpuContext, tensors: &[&HostTensor<f32>]) -> Vec<GpuTensor> {
+    let align = u64::from(ctx.limits.min_storage_buffer_offset_alignment);
+    let lens: Vec<usize> = tensors.iter().map(|t| t.len()).collect();
+    let (offsets, size) = flat_layout(&lens, align);
+    let mut bytes = vec![0u8; size as usize];
+    for (t, &offset) in tensors.iter().zip(&offsets) {
+        let at = offset as usize;
+        bytes[at..at + 4 * t.len()].copy_from_slice(bytemuck::cast_slice(&t.data));
+    }
+    let flat = Arc::new(ctx.storage_buffer_with(&bytes, "parameters"));
+    tensors
+        .iter()
+        .zip(offsets)
+        .map(|(t, offset)| GpuTensor {
+            buffer: Arc::new(ctx.view(&flat, offset, 4 * t.len().max(1) as u64)),
+            shape: t.shape.clone(),
+        })
+        .collect()
+}
+
+/// The flat buffer all of `tensors` are views of, at [`flat_layout`] offsets
+/// and filling it; `None` otherwise.
+fn flat_parent(ctx: &GpuContext, tensors: &[&GpuTensor]) -> Option<Arc<GpuBuffer>> {
+    let parent = tensors.first()?.buffer.parent()?.clone();
+    let align = u64::from(ctx.limits.min_storage_buffer_offset_alignment);
+    let lens: Vec<usize> = tensors.iter().map(|t| t.len()).collect();
+    let (offsets, size) = flat_layout(&lens, align);
+    let laid_out = tensors.iter().zip(&offsets).all(|(t, &offset)| {
+        t.buffer.parent().is_some_and(|p| Arc::ptr_eq(p, &parent))
+            && t.buffer.offset() == parent.offset() + offset
+    });
+    (laid_out && parent.size() == size).then_some(parent)
+}
+
+/// What [`FlatUpdates::update_all`] keeps between steps: per flat parameter
+/// buffer, a flat gradient buffer of the same layout (its gaps stay zero).
+#[derive(Default)]
+pub struct FlatUpdates {
+    gradients: Mutex<HashMap<u64, FlatGradients>>,
+}
+
+/// A flat gradient buffer and the flat parameter buffer it serves (weak, so
+/// a dropped model's entry can be forgotten).
+type FlatGradients = (Weak<GpuBuffer>, Arc<GpuBuffer>);
+
+impl FlatUpdates {
+    /// Updates every parameter in one dispatch when the parameters and each
+    /// state slot are flat buffers of one layout ([`upload_flat`]): the
+    /// gradients are copied into a flat buffer of that layout (copies, not
+    /// dispatches), then one pass of the rule runs over the whole buffers.
+    /// The values are those of one [`optimizer_update`] per parameter (the
+    /// rules are elementwise). Returns false, doing nothing, otherwise.
+    pub fn update_all(
+        &self,
+        ctx: &GpuContext,
+        settings: &OptimizerSettings,
+        step_values: &GpuTensor,
+        params: &[&GpuTensor],
+        grads: &[GpuTensor],
+        state: &[Vec<GpuTensor>],
+    ) -> bool {
+        let Some(flat_params) = flat_parent(ctx, params) else {
+            return false;
+        };
+        let slots = settings.kind.state_slots();
+        let mut flat_state = Vec::with_capacity(slots);
+        for slot in 0..slots {
+            let tensors: Option<Vec<&GpuTensor>> = state.iter().map(|s| s.get(slot)).collect();
+            match tensors.and_then(|t| flat_parent(ctx, &t)) {
+                Some(flat) => flat_state.push(flat),
+                None => return false,
+            }
+        }
+        if grads.len() != params.len() || grads.iter().zip(params).any(|(g, p)| g.shape != p.shape)
+        {
+            return false;
+        }
+        let flat_grads = self.gradients_for(ctx, &flat_params);
+        let align = u64::from(ctx.limits.min_storage_buffer_offset_alignment);
+        let lens: Vec<usize> = params.iter().map(|t| t.len()).collect();
+        let (offsets, _) = flat_layout(&lens, align);
+        for (grad, offset) in grads.iter().zip(offsets) {
+            ctx.copy(&grad.buffer, &flat_grads, offset, 4 * grad.len() as u64);
+        }
+        let whole = |buffer: &Arc<GpuBuffer>| GpuTensor {
+            buffer: buffer.clone(),
+            shape: vec![(flat_params.size() / 4) as usize],
+        };
+        let flat_state: Vec<GpuTensor> = flat_state.iter().map(whole).collect();
+        optimizer_update(
+            ctx,
+            settings,
+            step_values,
+            &whole(&flat_params),
+            &whole(&flat_grads),
+            &flat_state,
+        );
+        true
+    }
+
+    /// The flat gradient buffer of `params` (zeroed when first made).
+    fn gradients_for(&self, ctx: &GpuContext, params: &Arc<GpuBuffer>) -> Arc<GpuBuffer> {
+        let mut gradients = self.gradients.lock().unwrap();
+        // Forget the buffers of models that are gone.
+        gradients.retain(|_, (owner, _)| owner.strong_count() > 0);
+        gradients
+            .entry(params.id())
+            .or_insert_with(|| {
+                let zeros = vec![0u8; params.size() as usize];
+                (
+                    Arc::downgrade(params),
+                    Arc::new(ctx.storage_buffer_with(&zeros, "gradients")),
+                )
+            })
+            .1
+            .clone()
+    }
 }

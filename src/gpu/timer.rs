@@ -78,7 +78,7 @@ impl GpuTimer<'_> {
             .record(|encoder| encoder.resolve_query_set(&self.queries, 0..2, &self.resolved, 0));
         let bytes = self
             .ctx
-            .read_back(&self.resolved, 2 * wgpu::QUERY_SIZE as u64);
+            .read_back_raw(&self.resolved, 0, 2 * wgpu::QUERY_SIZE as u64);
         let ticks: [u64; 2] = bytemuck::pod_read_unaligned(&bytes);
         // Nanoseconds per tick; a clock that stepped back reads as zero.
         let period = f64::from(self.ctx.queue.get_timestamp_period());

@@ -121,23 +121,45 @@ impl<B: Backend> Sequential<B> {
             }
             by_name.insert(name, tensor);
         }
+        // Every tensor the layers take, by name, in layer order; the trainable
+        // ones (weights and biases) are uploaded together, so that on the GPU
+        // one optimizer dispatch updates them all.
+        const ROLES: [&str; 4] = ["weight", "bias", "running_mean", "running_var"];
+        let mut wanted: Vec<(String, &HostTensor<f32>)> = Vec::new();
+        for i in 0..spec.layers.len() {
+            for role in ROLES {
+                let name = format!("{i}.{role}");
+                if expected.contains_key(&name) {
+                    let tensor = by_name
+                        .get(name.as_str())
+                        .ok_or_else(|| Error::Shape(format!("parameter {name} is missing")))?;
+                    wanted.push((name, tensor));
+                }
+            }
+        }
+        let is_running =
+            |name: &str| name.ends_with(".running_mean") || name.ends_with(".running_var");
+        let (trainable, running): (Vec<_>, Vec<_>) =
+            wanted.into_iter().partition(|(name, _)| !is_running(name));
+        let host: Vec<&HostTensor<f32>> = trainable.iter().map(|(_, t)| *t).collect();
+        let mut uploaded: HashMap<String, B::Tensor> = trainable
+            .iter()
+            .map(|(name, _)| name.clone())
+            .zip(backend.upload_parameters(&host))
+            .chain(
+                running
+                    .iter()
+                    .map(|(name, t)| (name.clone(), backend.upload(t))),
+            )
+            .collect();
         let mut layers = Vec::with_capacity(spec.layers.len());
         for (i, layer) in spec.layers.iter().enumerate() {
-            let fetch = |what: &str| -> Result<Option<B::Tensor>> {
-                let name = format!("{i}.{what}");
-                if !expected.contains_key(&name) {
-                    return Ok(None);
-                }
-                by_name
-                    .get(name.as_str())
-                    .map(|t| Some(backend.upload(t)))
-                    .ok_or_else(|| Error::Shape(format!("parameter {name} is missing")))
-            };
+            let mut take = |role: &str| uploaded.remove(&format!("{i}.{role}"));
             let tensors = LayerTensors {
-                weight: fetch("weight")?,
-                bias: fetch("bias")?,
-                running_mean: fetch("running_mean")?,
-                running_var: fetch("running_var")?,
+                weight: take("weight"),
+                bias: take("bias"),
+                running_mean: take("running_mean"),
+                running_var: take("running_var"),
             };
             layers.push(Layer::new(i, layer, tensors, dropout_seed));
         }

@@ -47,7 +47,7 @@ impl<B: Backend> Trainer<B> {
     ) -> Result<Self> {
         let model = Sequential::new(backend, spec, weights, seed as u32)?;
         let slots = optimizer.kind.state_slots();
-        let mut state = Vec::new();
+        let mut host_state: Vec<Vec<HostTensor<f32>>> = Vec::new();
         for p in model.params().filter(|p| p.trainable) {
             let saved = optimizer_state.iter().find(|(name, _)| *name == p.name);
             let tensors = match saved {
@@ -62,7 +62,7 @@ impl<B: Backend> Trainer<B> {
                             )));
                         }
                     }
-                    tensors.iter().map(|t| backend.upload(t)).collect()
+                    tensors.clone()
                 }
                 Some((_, tensors)) if step > 0 => {
                     return Err(Error::Setting(format!(
@@ -72,11 +72,18 @@ impl<B: Backend> Trainer<B> {
                         optimizer.kind.name()
                     )));
                 }
-                _ => (0..slots)
-                    .map(|_| backend.upload(&HostTensor::zeros(p.shape())))
-                    .collect(),
+                _ => (0..slots).map(|_| HostTensor::zeros(p.shape())).collect(),
             };
-            state.push(tensors);
+            host_state.push(tensors);
+        }
+        // Each slot of every parameter uploaded together, laid out as the
+        // parameters are (see `Backend::upload_parameters`).
+        let mut state: Vec<Vec<B::Tensor>> = (0..host_state.len()).map(|_| Vec::new()).collect();
+        for slot in 0..slots {
+            let host: Vec<&HostTensor<f32>> = host_state.iter().map(|t| &t[slot]).collect();
+            for (tensors, t) in state.iter_mut().zip(backend.upload_parameters(&host)) {
+                tensors.push(t);
+            }
         }
         Ok(Self {
             model,
@@ -102,20 +109,25 @@ impl<B: Backend> Trainer<B> {
             .model
             .forward_backward(backend, &x, &labels, self.step as u32);
         self.step += 1;
-        let trainable = self.model.params_mut().filter(|p| p.trainable);
-        for (param, slots) in trainable.zip(&mut self.state) {
-            let grad = param
-                .grad
-                .take()
-                .expect("backward fills every trainable gradient");
-            backend.optimizer_update(
-                &self.optimizer,
-                &step_values,
-                &mut param.value,
-                &grad,
-                slots,
-            );
-        }
+        let (mut params, grads): (Vec<&mut B::Tensor>, Vec<B::Tensor>) = self
+            .model
+            .params_mut()
+            .filter(|p| p.trainable)
+            .map(|p| {
+                let grad = p
+                    .grad
+                    .take()
+                    .expect("backward fills every trainable gradient");
+                (&mut p.value, grad)
+            })
+            .unzip();
+        backend.optimizer_update_all(
+            &self.optimizer,
+            &step_values,
+            &mut params,
+            &grads,
+            &mut self.state,
+        );
         (out.loss, out.correct)
     }
 
