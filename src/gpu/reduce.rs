@@ -15,6 +15,14 @@ pub fn channel_sum_into(
     channels: usize,
     inner: usize,
 ) {
+    if inner == 1 {
+        // Rows of (outer, channels), e.g. a linear layer's bias gradient: one
+        // invocation per channel adding down its column beats a workgroup and
+        // its barriers per channel (LeNet's three on lavapipe: 2.6 → 0.5 ms
+        // profiled), and it adds in the reference's order.
+        slice_sum_into(ctx, x, out, outer, channels);
+        return;
+    }
     let kernel = ctx.kernel(&KernelSpec::new("reduce", SOURCE, "channel_sum", 1, 1));
     let params = Params::new().u32(outer).u32(channels).u32(inner);
     ctx.dispatch(&kernel, &params, &[x], &[out], grid(channels, 1));
