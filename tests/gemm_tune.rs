@@ -4,8 +4,10 @@
 mod common;
 
 use wgcnn::backend::Backend;
-use wgcnn::geometry::GemmSpec;
+use wgcnn::geometry::{Conv2dGeometry, GemmSpec};
 use wgcnn::gpu::GpuBackend;
+use wgcnn::gpu::gemm_source::SMALL;
+use wgcnn::rng::SplitMix64;
 use wgcnn::tensor::HostTensor;
 
 #[test]
@@ -34,8 +36,32 @@ fn the_first_product_of_a_class_is_timed_and_remembered_across_runs() {
         c.data.iter().all(|&v| v == 32.0),
         "the timed product's result"
     );
+    assert_eq!(gpu.ctx.gemm_tuner.choices().len(), 1);
+
+    // A convolution's forward races im2col + GEMM against the implicit GEMM
+    // and remembers that choice too; whichever won, the result is the
+    // explicit path's, bit for bit.
+    let g = Conv2dGeometry::new(8, 16, 20, 20, 32, 3, 3, 1, 1).unwrap();
+    let mut rng = SplitMix64::new(2);
+    let mut random = |shape: &[usize]| {
+        let len = shape.iter().product();
+        gpu.upload(&HostTensor::new(shape, rng.uniform_vec(len, -1.0, 1.0)))
+    };
+    let (x, w, bias) = (
+        random(&g.input_shape()),
+        random(&g.weight_shape()),
+        random(&[g.out_channels]),
+    );
+    let y = gpu.download(&gpu.conv2d_forward(&x, &w, &bias, &g));
     let chosen = gpu.ctx.gemm_tuner.choices();
-    assert_eq!(chosen.len(), 1, "{chosen:?}");
+    assert!(
+        chosen.iter().any(|(class, _)| class.starts_with("conv-")),
+        "{chosen:?}"
+    );
+    gpu.ctx.gemm_tuner.force(Some(SMALL));
+    let explicit = gpu.download(&gpu.conv2d_forward(&x, &w, &bias, &g));
+    gpu.ctx.gemm_tuner.force(None);
+    assert_eq!(y.data, explicit.data);
 
     let files: Vec<_> = std::fs::read_dir(cache.join("wgcnn"))
         .expect("the cache directory was created")
