@@ -173,3 +173,62 @@ fn same_results_from_every_kernel(
         }
     }
 }
+
+/// A batch whose im2col-sized matrices are over the buffer limit runs a run
+/// of images at a time: the forward and dX are the same values, dW the same
+/// sum in another order.
+#[test]
+fn convolution_splits_a_batch_over_the_buffer_limit() {
+    use wgcnn::backend::Backend;
+    use wgcnn::geometry::Conv2dGeometry;
+    use wgcnn::gpu::GpuBackend;
+    use wgcnn::rng::SplitMix64;
+    use wgcnn::tensor::HostTensor;
+    if common::gpu().is_none() {
+        return;
+    }
+    // A context of its own: the lowered limit must not reach other tests.
+    let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    let mut rng = SplitMix64::new(21);
+    for g in [
+        Conv2dGeometry::new(7, 3, 9, 8, 5, 3, 3, 1, 1).unwrap(),
+        Conv2dGeometry::new(5, 2, 11, 7, 4, 3, 2, 2, 0).unwrap(),
+    ] {
+        let mut random = |shape: &[usize]| {
+            let len = shape.iter().product();
+            HostTensor::new(shape, rng.uniform_vec(len, -1.0, 1.0))
+        };
+        let (x, w, b, dy) = (
+            random(&g.input_shape()),
+            random(&g.weight_shape()),
+            random(&[g.out_channels]),
+            random(&g.output_shape()),
+        );
+        let run = |limit: Option<u64>| {
+            gpu.ctx.limit_buffer_bytes(limit);
+            let (gx, gw) = (gpu.upload(&x), gpu.upload(&w));
+            let y = gpu.conv2d_forward(&gx, &gw, &gpu.upload(&b), &g);
+            let grads = gpu.conv2d_backward(&gx, &gw, &gpu.upload(&dy), &g);
+            let out = [y, grads.dx, grads.dw, grads.db].map(|t| gpu.download(&t));
+            gpu.ctx.limit_buffer_bytes(None);
+            out
+        };
+        let whole = run(None);
+        // Two images per run, the last one alone.
+        let per_image = 4 * (g.col_rows().next_multiple_of(4) * g.out_positions()) as u64;
+        let split = run(Some(2 * per_image + 4));
+        for (i, name) in ["y", "dx", "db"].iter().enumerate() {
+            let i = [0, 1, 3][i];
+            assert_eq!(split[i].data, whole[i].data, "{name} of {g:?}");
+        }
+        let reference = wgcnn::cpu::conv2d_backward(&x, &w, &dy, &g).dw;
+        for (s, r) in split[2].data.iter().zip(&reference.data) {
+            assert!((s - r).abs() <= 1e-4 * (1.0 + r.abs()), "dw {s} vs {r}");
+        }
+        assert_ne!(
+            split[2].data, whole[2].data,
+            "dW was not split (its sum order would change)"
+        );
+    }
+    gpu.take_error().unwrap();
+}

@@ -68,8 +68,7 @@ impl Backend for GpuBackend {
     }
 
     fn max_buffer_bytes(&self) -> Option<u64> {
-        let l = &self.ctx.limits;
-        Some(l.max_buffer_size.min(l.max_storage_buffer_binding_size))
+        Some(self.ctx.max_buffer_bytes())
     }
 
     fn take_error(&self) -> Result<()> {

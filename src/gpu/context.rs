@@ -344,6 +344,13 @@ pub struct GpuContext {
     pub gemm_tuner: super::tune::GemmTuner,
     /// Per-kernel wall time when profiling (see [`GpuContext::set_profiling`]).
     profile: Mutex<Option<HashMap<String, KernelTime>>>,
+    /// The id of each view ever made, by (buffer id, offset, size): a view of
+    /// the same range of the same pooled buffer gets the same id every step,
+    /// and so the same cached bind groups.
+    view_ids: Mutex<HashMap<(u64, u64, u64), u64>>,
+    /// A smaller per-buffer limit than the device's, set by
+    /// [`GpuContext::limit_buffer_bytes`].
+    buffer_limit: Mutex<Option<u64>>,
 }
 
 /// Time spent in one kernel while profiling.
@@ -425,6 +432,8 @@ impl GpuContext {
         });
         Ok(Self {
             gemm_tuner: super::tune::GemmTuner::new(&info),
+            view_ids: Mutex::new(HashMap::new()),
+            buffer_limit: Mutex::new(None),
             device,
             queue,
             info,
@@ -624,14 +633,42 @@ impl GpuContext {
             offset.is_multiple_of(align) && offset + size <= parent.size && size > 0,
             "view of {size} bytes at {offset} of {parent:?} (alignment {align})"
         );
-        let mut next = self.next_buffer_id.lock().unwrap();
-        *next += 1;
+        let id = *self
+            .view_ids
+            .lock()
+            .unwrap()
+            .entry((parent.id, offset, size))
+            .or_insert_with(|| {
+                let mut next = self.next_buffer_id.lock().unwrap();
+                *next += 1;
+                *next
+            });
         GpuBuffer {
             storage: Storage::View(parent.clone()),
-            id: *next,
+            id,
             offset: parent.offset + offset,
             size,
         }
+    }
+
+    /// The most bytes one buffer (and one binding) may hold on this device,
+    /// or the smaller limit [`GpuContext::limit_buffer_bytes`] set.
+    pub fn max_buffer_bytes(&self) -> u64 {
+        let device = self
+            .limits
+            .max_buffer_size
+            .min(self.limits.max_storage_buffer_binding_size);
+        self.buffer_limit
+            .lock()
+            .unwrap()
+            .map_or(device, |limit| limit.min(device))
+    }
+
+    /// Makes work that splits itself to fit the per-buffer limit (a
+    /// convolution's im2col-sized temporaries) split as if the limit were
+    /// `bytes`; `None` restores the device's. For tests and experiments.
+    pub fn limit_buffer_bytes(&self, bytes: Option<u64>) {
+        *self.buffer_limit.lock().unwrap() = bytes;
     }
 
     /// A storage buffer holding `data`, written through the queue.
@@ -792,14 +829,30 @@ impl GpuContext {
     /// # Panics
     /// When either range is outside its buffer.
     pub fn copy(&self, src: &GpuBuffer, dst: &GpuBuffer, dst_offset: u64, bytes: u64) {
+        self.copy_range(src, 0, dst, dst_offset, bytes);
+    }
+
+    /// Records a copy of `bytes` bytes from `src` at byte `src_offset` to
+    /// `dst` at byte `dst_offset` (offsets and size multiples of 4).
+    ///
+    /// # Panics
+    /// When either range is outside its buffer.
+    pub fn copy_range(
+        &self,
+        src: &GpuBuffer,
+        src_offset: u64,
+        dst: &GpuBuffer,
+        dst_offset: u64,
+        bytes: u64,
+    ) {
         assert!(
-            bytes <= src.size && dst_offset + bytes <= dst.size,
-            "copy of {bytes} bytes from {src:?} to {dst:?} at {dst_offset}"
+            src_offset + bytes <= src.size && dst_offset + bytes <= dst.size,
+            "copy of {bytes} bytes from {src:?} at {src_offset} to {dst:?} at {dst_offset}"
         );
         self.record(|encoder| {
             encoder.copy_buffer_to_buffer(
                 src.raw(),
-                src.offset,
+                src.offset + src_offset,
                 dst.raw(),
                 dst.offset + dst_offset,
                 bytes,

@@ -14,7 +14,7 @@ use super::gemm::{
     gemm_packed_b_into, gemm_with_block_into,
 };
 use super::gemm_source::{Block, CONV_BLOCKS};
-use super::reduce::channel_sum_into;
+use super::reduce::{channel_sum_into, slice_sum_into};
 use super::tensor::GpuTensor;
 use crate::backend::ParamGrads;
 use crate::geometry::{Activation, Conv2dGeometry, GemmSpec};
@@ -120,7 +120,7 @@ pub fn col2im(ctx: &GpuContext, cols: &GpuTensor, g: &Conv2dGeometry) -> GpuTens
 /// `Y (N, O, OH, OW) = act(W_col · X_col,n + b[o])`, the activation (if
 /// any; relu or leaky relu, see [`super::gemm::fuses`]) in the GEMM's
 /// epilogue.
-pub fn conv2d_forward(
+fn forward_whole(
     ctx: &GpuContext,
     x: &GpuTensor,
     w: &GpuTensor,
@@ -191,27 +191,14 @@ pub fn conv2d_forward(
     y
 }
 
-/// `dX`, `dW`, `db` of the convolution.
-pub fn conv2d_backward(
-    ctx: &GpuContext,
-    x: &GpuTensor,
-    w: &GpuTensor,
-    dy: &GpuTensor,
-    g: &Conv2dGeometry,
-) -> ParamGrads<GpuTensor> {
-    let (dw, db) = conv2d_weight_grads(ctx, x, dy, g);
-    let dx = conv2d_input_grad(ctx, w, dy, g);
-    ParamGrads { dx, dw, db }
-}
-
-/// `dW (O, C·kh·kw) = Σ_n dY_n (O, OH·OW) · X_col,nᵀ` and
-/// `db (O) = Σ_{n, oh, ow} dY`.
-pub fn conv2d_weight_grads(
+/// `dW (O, C·kh·kw) = Σ_n dY_n (O, OH·OW) · X_col,nᵀ` over the images of
+/// `g`, in one piece.
+fn weight_grad_whole(
     ctx: &GpuContext,
     x: &GpuTensor,
     dy: &GpuTensor,
     g: &Conv2dGeometry,
-) -> (GpuTensor, GpuTensor) {
+) -> GpuTensor {
     assert_eq!(x.shape, g.input_shape(), "conv2d input shape");
     assert_eq!(dy.shape, g.output_shape(), "conv2d output gradient shape");
     let rows = g.col_rows();
@@ -242,20 +229,12 @@ pub fn conv2d_weight_grads(
             sum: true,
         },
     );
-    let db = ctx.tensor(&[g.out_channels], "conv2d.db");
-    channel_sum_into(
-        ctx,
-        &dy.buffer,
-        &db.buffer,
-        g.batch,
-        g.out_channels,
-        positions,
-    );
-    (dw, db)
+    dw
 }
 
-/// `dX = col2im(dX_col)` with `dX_col,n (C·kh·kw, OH·OW) = W_colᵀ · dY_n`.
-fn conv2d_input_grad(
+/// `dX = col2im(dX_col)` with `dX_col,n (C·kh·kw, OH·OW) = W_colᵀ · dY_n`,
+/// in one piece.
+fn input_grad_whole(
     ctx: &GpuContext,
     w: &GpuTensor,
     dy: &GpuTensor,
@@ -286,4 +265,181 @@ fn conv2d_input_grad(
         },
     );
     col2im(ctx, &dcols, g)
+}
+
+// ---- Splitting the batch to fit the device's per-buffer limit ----
+//
+// im2col, im2row and dX_col hold C·kh·kw·OH·OW values per image, k² times an
+// activation; a batch whose matrices exceed the largest buffer the device
+// allows (lavapipe: 128 MiB) runs a run of images at a time. Each run's
+// images are copied into a buffer of their own (copies have no alignment
+// rule, unlike bindings at an offset) and its outputs copied back. The
+// forward and dX are per image, so splitting changes no value; dW adds the
+// runs' partial sums in run order.
+
+/// Bytes of the largest per-image temporary of `g`: im2col and dX_col
+/// `(C·kh·kw, OH·OW)`, im2row `(OH·OW, ⌈C·kh·kw/4⌉·4)`.
+fn temporary_bytes_per_image(g: &Conv2dGeometry) -> u64 {
+    4 * (g.col_rows().next_multiple_of(4) * g.out_positions()) as u64
+}
+
+/// The runs of images `g`'s batch is split into: one run when everything
+/// fits.
+///
+/// # Panics
+/// When a single image's matrix is over the limit (the model's
+/// `check_fits` refuses such a model before training).
+fn image_runs(ctx: &GpuContext, g: &Conv2dGeometry) -> Vec<std::ops::Range<usize>> {
+    let per_image = temporary_bytes_per_image(g);
+    let max = ctx.max_buffer_bytes();
+    assert!(
+        per_image <= max,
+        "one image's im2col matrix ({per_image} bytes) is over the {max}-byte buffer limit"
+    );
+    let run = ((max / per_image) as usize).clamp(1, g.batch.max(1));
+    (0..g.batch)
+        .step_by(run)
+        .map(|start| start..(start + run).min(g.batch))
+        .collect()
+}
+
+/// The geometry of a run of `images` images.
+fn run_geometry(g: &Conv2dGeometry, images: usize) -> Conv2dGeometry {
+    Conv2dGeometry {
+        batch: images,
+        ..*g
+    }
+}
+
+/// Images `run` of `t` (shape `(N, …)`) copied into a tensor of their own.
+fn take_images(ctx: &GpuContext, t: &GpuTensor, run: &std::ops::Range<usize>) -> GpuTensor {
+    let per_image = t.len() / t.shape[0].max(1);
+    let mut shape = t.shape.clone();
+    shape[0] = run.len();
+    let part = ctx.tensor(&shape, "conv2d.run");
+    let bytes = 4 * (per_image * run.len()) as u64;
+    ctx.copy_range(
+        &t.buffer,
+        4 * (per_image * run.start) as u64,
+        &part.buffer,
+        0,
+        bytes,
+    );
+    part
+}
+
+/// Copies `part` (images `run`) into `whole` at its place.
+fn put_images(ctx: &GpuContext, part: &GpuTensor, whole: &GpuTensor, run: &std::ops::Range<usize>) {
+    let per_image = whole.len() / whole.shape[0].max(1);
+    let bytes = 4 * (per_image * run.len()) as u64;
+    ctx.copy_range(
+        &part.buffer,
+        0,
+        &whole.buffer,
+        4 * (per_image * run.start) as u64,
+        bytes,
+    );
+}
+
+/// `Y (N, O, OH, OW) = act(W_col · X_col,n + b[o])`, the activation (if
+/// any; relu or leaky relu, see [`super::gemm::fuses`]) in the GEMM's
+/// epilogue; a run of images at a time when the batch's im2col matrix is
+/// over the device's buffer limit.
+pub fn conv2d_forward(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    b: &GpuTensor,
+    g: &Conv2dGeometry,
+    activation: Option<Activation>,
+) -> GpuTensor {
+    let runs = image_runs(ctx, g);
+    if runs.len() <= 1 {
+        return forward_whole(ctx, x, w, b, g, activation);
+    }
+    assert_eq!(x.shape, g.input_shape(), "conv2d input shape");
+    let y = ctx.tensor(&g.output_shape(), "conv2d.y");
+    for run in &runs {
+        let part = take_images(ctx, x, run);
+        let y_part = forward_whole(ctx, &part, w, b, &run_geometry(g, run.len()), activation);
+        put_images(ctx, &y_part, &y, run);
+    }
+    y
+}
+
+/// `dX`, `dW`, `db` of the convolution.
+pub fn conv2d_backward(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    dy: &GpuTensor,
+    g: &Conv2dGeometry,
+) -> ParamGrads<GpuTensor> {
+    let (dw, db) = conv2d_weight_grads(ctx, x, dy, g);
+    let dx = conv2d_input_grad(ctx, w, dy, g);
+    ParamGrads { dx, dw, db }
+}
+
+/// `dW (O, C·kh·kw) = Σ_n dY_n (O, OH·OW) · X_col,nᵀ` and
+/// `db (O) = Σ_{n, oh, ow} dY`; over runs of images (partial sums added in
+/// run order) when the batch's im2row matrix is over the buffer limit.
+pub fn conv2d_weight_grads(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    dy: &GpuTensor,
+    g: &Conv2dGeometry,
+) -> (GpuTensor, GpuTensor) {
+    assert_eq!(x.shape, g.input_shape(), "conv2d input shape");
+    assert_eq!(dy.shape, g.output_shape(), "conv2d output gradient shape");
+    let runs = image_runs(ctx, g);
+    let dw = if runs.len() <= 1 {
+        weight_grad_whole(ctx, x, dy, g)
+    } else {
+        let len = g.out_channels * g.col_rows();
+        let partial = ctx.storage_buffer(4 * (runs.len() * len) as u64, "conv2d.dw.runs");
+        for (i, run) in runs.iter().enumerate() {
+            let (x_part, dy_part) = (take_images(ctx, x, run), take_images(ctx, dy, run));
+            let dw_part = weight_grad_whole(ctx, &x_part, &dy_part, &run_geometry(g, run.len()));
+            ctx.copy(
+                &dw_part.buffer,
+                &partial,
+                4 * (i * len) as u64,
+                4 * len as u64,
+            );
+        }
+        let dw = ctx.tensor(&g.weight_shape(), "conv2d.dw");
+        slice_sum_into(ctx, &partial, &dw.buffer, runs.len(), len);
+        dw
+    };
+    let db = ctx.tensor(&[g.out_channels], "conv2d.db");
+    channel_sum_into(
+        ctx,
+        &dy.buffer,
+        &db.buffer,
+        g.batch,
+        g.out_channels,
+        g.out_positions(),
+    );
+    (dw, db)
+}
+
+/// `dX = col2im(W_colᵀ · dY_n)`, a run of images at a time when the batch's
+/// dX_col matrix is over the buffer limit.
+fn conv2d_input_grad(
+    ctx: &GpuContext,
+    w: &GpuTensor,
+    dy: &GpuTensor,
+    g: &Conv2dGeometry,
+) -> GpuTensor {
+    let runs = image_runs(ctx, g);
+    if runs.len() <= 1 {
+        return input_grad_whole(ctx, w, dy, g);
+    }
+    let dx = ctx.tensor(&g.input_shape(), "conv2d.dx");
+    for run in &runs {
+        let dy_part = take_images(ctx, dy, run);
+        let dx_part = input_grad_whole(ctx, w, &dy_part, &run_geometry(g, run.len()));
+        put_images(ctx, &dx_part, &dx, run);
+    }
+    dx
 }

@@ -193,8 +193,9 @@ impl ModelSpec {
     }
 
     /// The largest tensor a training step at batch `batch` holds, in elements,
-    /// and the layer that needs it: activations, and for convolutions the
-    /// im2col matrix `(N, C·k·k, OH·OW)`.
+    /// and the layer that needs it: activations, and for convolutions one
+    /// image's im2col matrix `(C·k·k, OH·OW)` (a batch whose matrices are
+    /// over a device's buffer limit runs a few images at a time).
     pub fn largest_tensor(&self, batch: usize) -> Result<(usize, String)> {
         let shapes = self.shapes(batch)?;
         let mut largest = (
@@ -208,7 +209,7 @@ impl ModelSpec {
                 let cols = element_count(
                     "the im2col matrix",
                     &[
-                        shapes[i][0],
+                        shapes[i][0].min(1),
                         shapes[i][1],
                         kernel,
                         kernel,
@@ -217,7 +218,10 @@ impl ModelSpec {
                     ],
                 )?;
                 if cols > need.0 {
-                    need = (cols, format!("layer {i} (conv2d) im2col matrix"));
+                    need = (
+                        cols,
+                        format!("layer {i} (conv2d) im2col matrix of one image"),
+                    );
                 }
             }
             if need.0 > largest.0 {
