@@ -113,8 +113,8 @@ fn flat_layout(lens: &[usize], align: u64) -> (Vec<u64>, u64) {
     (offsets, end.max(4))
 }
 
-/// `tensors` in one buffer at [`flat_layout`] offsets (zeros between them),
-/// each returned as a view of its range.
+/// `tensors` in one buffer at offsets aligned for binding and set by their
+/// lengths alone (zeros between them), each returned as a view of its range.
 pub fn upload_flat(ctx: &GpuContext, tensors: &[&HostTensor<f32>]) -> Vec<GpuTensor> {
     let align = u64::from(ctx.limits.min_storage_buffer_offset_alignment);
     let lens: Vec<usize> = tensors.iter().map(|t| t.len()).collect();
