@@ -26,28 +26,36 @@ override TRANSPOSED: bool = false;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 
+// One invocation per packed row (z, k): decodes it once, then walks its
+// `padded` values with running offsets (no division per element, which
+// CPU-like adapters scalarise).
 @compute @workgroup_size(256)
 fn pack(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let idx = (wid.x + wid.y * nwg.x) * 256u + lid.x;
-    let per_matrix = p.depth * p.padded;
-    if idx >= per_matrix * p.batch {
+    let row = (wid.x + wid.y * nwg.x) * 256u + lid.x;
+    if row >= p.depth * p.batch {
         return;
     }
-    let z = idx / per_matrix;
-    let e = idx % per_matrix;
-    let k = e / p.padded;
-    let r = e % p.padded;
-    var value = 0.0;
-    if r < p.rows {
-        if TRANSPOSED {
-            value = src[z * p.src_stride + r * p.depth + k];
-        } else {
-            value = src[z * p.src_stride + k * p.rows + r];
-        }
+    let z = row / p.depth;
+    let k = row % p.depth;
+    var out = z * p.dst_stride + k * p.padded;
+    // Source of (k, r = 0) and the step from r to r + 1.
+    var at = z * p.src_stride + k * p.rows;
+    var step = 1u;
+    if TRANSPOSED {
+        at = z * p.src_stride + k;
+        step = p.depth;
     }
-    dst[z * p.dst_stride + e] = value;
+    for (var r = 0u; r < p.padded; r++) {
+        var value = 0.0;
+        if r < p.rows {
+            value = src[at];
+        }
+        dst[out] = value;
+        out++;
+        at += step;
+    }
 }

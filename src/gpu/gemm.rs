@@ -435,13 +435,7 @@ fn pack<'a>(
         .u32(count)
         .u32(stride)
         .u32(depth * padded);
-    ctx.dispatch(
-        &kernel,
-        &params,
-        &[src],
-        &[&dst],
-        grid(count * depth * padded, 256),
-    );
+    ctx.dispatch(&kernel, &params, &[src], &[&dst], grid(count * depth, 256));
     PackedOperand {
         owned: Some(dst),
         borrowed: src,
