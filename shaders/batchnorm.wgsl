@@ -31,19 +31,45 @@ const WG: u32 = 256u;
 var<workgroup> partial_a: array<f32, WG>;
 var<workgroup> partial_b: array<f32, WG>;
 
-fn value_index(c: u32, e: u32) -> u32 {
-    // e-th of the M values of channel c: n = e / S, s = e % S.
-    let n = e / p.spatial;
-    let s = e % p.spatial;
-    return (n * p.channels + c) * p.spatial + s;
+// Indices are decoded once per invocation and then walked (integer division
+// per element is scalarised on CPU-like adapters).
+
+// The values of channel c an invocation `lid` of a per-channel workgroup
+// reads: e = lid, lid + WG, … of the channel's M, each at index
+// (n·C + c)·S + s with (n, s) = (e / S, e % S) advanced by WG.
+struct ChannelWalk {
+    at: u32,
+    n: u32,
+    s: u32,
 }
 
-fn channel_of(i: u32) -> u32 {
-    return (i / p.spatial) % p.channels;
+fn channel_walk(c: u32, lid: u32) -> ChannelWalk {
+    let n = lid / p.spatial;
+    let s = lid % p.spatial;
+    return ChannelWalk((n * p.channels + c) * p.spatial + s, n, s);
 }
 
+fn channel_step(w: ptr<function, ChannelWalk>, c: u32) {
+    (*w).n += WG / p.spatial;
+    (*w).s += WG % p.spatial;
+    if (*w).s >= p.spatial {
+        (*w).s -= p.spatial;
+        (*w).n += 1u;
+    }
+    (*w).at = ((*w).n * p.channels + c) * p.spatial + (*w).s;
+}
+
+// One value per invocation, over a folded grid.
 fn element(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return (wid.x + wid.y * nwg.x) * 256u + lid.x;
+}
+
+// Elementwise kernels: each invocation takes RUN consecutive elements from
+// `first_element`, walking their channel along.
+const RUN: u32 = 8u;
+
+fn first_element(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return element(wid, lid, nwg) * RUN;
 }
 
 // Sums partial_a (and partial_b) over the workgroup into element 0.
@@ -79,8 +105,10 @@ fn batch_statistics(
     }
     let count = p.batch * p.spatial;
     var sum = 0.0;
+    var walk = channel_walk(c, lid.x);
     for (var e = lid.x; e < count; e += WG) {
-        sum += stats_x[value_index(c, e)];
+        sum += stats_x[walk.at];
+        channel_step(&walk, c);
     }
     partial_a[lid.x] = sum;
     partial_b[lid.x] = 0.0;
@@ -88,9 +116,11 @@ fn batch_statistics(
     let mean = partial_a[0] / f32(count);
     workgroupBarrier();
     var squares = 0.0;
+    walk = channel_walk(c, lid.x);
     for (var e = lid.x; e < count; e += WG) {
-        let d = stats_x[value_index(c, e)] - mean;
+        let d = stats_x[walk.at] - mean;
         squares += d * d;
+        channel_step(&walk, c);
     }
     partial_a[lid.x] = squares;
     reduce_two(lid.x);
@@ -137,12 +167,24 @@ fn normalize(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let i = element(wid, lid, nwg);
-    if i >= p.batch * p.channels * p.spatial {
+    let first = first_element(wid, lid, nwg);
+    let total = p.batch * p.channels * p.spatial;
+    if first >= total {
         return;
     }
-    let c = channel_of(i);
-    norm_y[i] = norm_gamma[c] * (norm_x[i] - norm_mean[c]) * norm_invstd[c] + norm_beta[c];
+    var c = (first / p.spatial) % p.channels;
+    var s = first % p.spatial;
+    for (var i = first; i < min(first + RUN, total); i++) {
+        norm_y[i] = norm_gamma[c] * (norm_x[i] - norm_mean[c]) * norm_invstd[c] + norm_beta[c];
+        s++;
+        if s == p.spatial {
+            s = 0u;
+            c++;
+            if c == p.channels {
+                c = 0u;
+            }
+        }
+    }
 }
 
 // ---- backward sums dβ = Σ dy, dγ = Σ dy·x̂: one workgroup per channel ----
@@ -168,11 +210,13 @@ fn backward_sums(
     let invstd = sums_invstd[c];
     var dbeta = 0.0;
     var dgamma = 0.0;
+    var walk = channel_walk(c, lid.x);
     for (var e = lid.x; e < count; e += WG) {
-        let i = value_index(c, e);
+        let i = walk.at;
         let dy = sums_dy[i];
         dbeta += dy;
         dgamma += dy * (sums_x[i] - mean) * invstd;
+        channel_step(&walk, c);
     }
     partial_a[lid.x] = dgamma;
     partial_b[lid.x] = dbeta;
@@ -199,17 +243,29 @@ fn backward_dx(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let i = element(wid, lid, nwg);
-    if i >= p.batch * p.channels * p.spatial {
-        return;
-    }
-    let c = channel_of(i);
-    let scale = dx_gamma[c] * dx_invstd[c];
-    if p.training == 0u {
-        dx_out[i] = scale * dx_dy[i];
+    let first = first_element(wid, lid, nwg);
+    let total = p.batch * p.channels * p.spatial;
+    if first >= total {
         return;
     }
     let m = f32(p.batch * p.spatial);
-    let xhat = (dx_x[i] - dx_mean[c]) * dx_invstd[c];
-    dx_out[i] = scale / m * (m * dx_dy[i] - dx_dbeta[c] - xhat * dx_dgamma[c]);
+    var c = (first / p.spatial) % p.channels;
+    var s = first % p.spatial;
+    for (var i = first; i < min(first + RUN, total); i++) {
+        let scale = dx_gamma[c] * dx_invstd[c];
+        if p.training == 0u {
+            dx_out[i] = scale * dx_dy[i];
+        } else {
+            let xhat = (dx_x[i] - dx_mean[c]) * dx_invstd[c];
+            dx_out[i] = scale / m * (m * dx_dy[i] - dx_dbeta[c] - xhat * dx_dgamma[c]);
+        }
+        s++;
+        if s == p.spatial {
+            s = 0u;
+            c++;
+            if c == p.channels {
+                c = 0u;
+            }
+        }
+    }
 }

@@ -37,6 +37,10 @@ fn kernel(
     ))
 }
 
+/// Consecutive elements each invocation of the elementwise kernels takes
+/// (`RUN` in shaders/batchnorm.wgsl).
+const ELEMENTS_PER_INVOCATION: usize = 8;
+
 /// `y = γ·(x − μ)·invstd + β` with the given per-channel statistics.
 fn normalize(
     ctx: &GpuContext,
@@ -58,7 +62,7 @@ fn normalize(
             &beta.buffer,
         ],
         &[&y.buffer],
-        grid(x.len(), 256),
+        grid(x.len().div_ceil(ELEMENTS_PER_INVOCATION), 256),
     );
     y
 }
@@ -172,7 +176,7 @@ pub fn backward(
             &dbeta.buffer,
         ],
         &[&dx.buffer],
-        grid(x.len(), 256),
+        grid(x.len().div_ceil(ELEMENTS_PER_INVOCATION), 256),
     );
     BatchNormGrads { dx, dgamma, dbeta }
 }
