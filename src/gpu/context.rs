@@ -89,6 +89,16 @@ pub struct Kernel {
     inputs: usize,
     outputs: usize,
     label: String,
+    /// Whether it has been dispatched: some drivers (lavapipe) compile a
+    /// pipeline at its first dispatch, so a first run is no timing.
+    dispatched: std::sync::atomic::AtomicBool,
+}
+
+impl Kernel {
+    /// Whether it has been dispatched before.
+    pub fn has_run(&self) -> bool {
+        self.dispatched.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Which kernel to run: a WGSL source, an entry point, its buffer signature and
@@ -575,6 +585,7 @@ impl GpuContext {
             inputs: spec.inputs,
             outputs: spec.outputs,
             label: key.to_string(),
+            dispatched: Default::default(),
         }
     }
 
@@ -821,6 +832,9 @@ impl GpuContext {
             pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         }
         self.counters.lock().unwrap().dispatches += 1;
+        kernel
+            .dispatched
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Records a copy of `bytes` bytes from the start of `src` to `dst` at

@@ -184,7 +184,8 @@ fn forward_whole(
                 .unwrap_or_else(|candidates| candidates[0]);
             let twin = block.implicit_twin().unwrap_or(CONV_BLOCKS[0]);
             let runs: [&dyn Fn(); 2] = [&|| explicit(Some(block)), &|| implicit(twin)];
-            let best = [block, twin][fastest(ctx, &runs)];
+            // The explicit path has just run; the implicit one may be new.
+            let best = [block, twin][fastest(ctx, &runs, &[false, true])];
             ctx.gemm_tuner.remember_conv(&spec, g.batch, best);
         }
     }

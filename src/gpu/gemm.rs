@@ -316,11 +316,19 @@ fn gemm_packed_into(
             3,
             1,
         ));
-        let grid = [
-            spec.n.div_ceil(block.cols * wg_x) as u32,
-            spec.m.div_ceil(block.rows * wg_y) as u32,
-            grid_extent(slices),
-        ];
+        let grid = if block.slot_lanes {
+            [
+                grid_extent(slices.div_ceil(wg_x)),
+                spec.n.div_ceil(block.cols) as u32,
+                spec.m.div_ceil(block.rows) as u32,
+            ]
+        } else {
+            [
+                spec.n.div_ceil(block.cols * wg_x) as u32,
+                spec.m.div_ceil(block.rows * wg_y) as u32,
+                grid_extent(slices),
+            ]
+        };
         (kernel, grid)
     };
     let record = |(kernel, grid): &(std::sync::Arc<Kernel>, [u32; 3])| {
@@ -340,7 +348,8 @@ fn gemm_packed_into(
             // the pipelines compiled beforehand.
             let prepared: Vec<_> = candidates.iter().map(|&b| kernel(b)).collect();
             let runs: Vec<_> = prepared.iter().map(|k| move || record(k)).collect();
-            let best = candidates[fastest(ctx, &runs)];
+            let first_runs: Vec<bool> = prepared.iter().map(|(k, _)| !k.has_run()).collect();
+            let best = candidates[fastest(ctx, &runs, &first_runs)];
             ctx.gemm_tuner.remember(spec, batching.count, best);
         }
     }
@@ -352,8 +361,13 @@ fn gemm_packed_into(
 /// Index of the fastest of `runs` (each records work that writes the same
 /// result), waited for: candidates take turns for up to three rounds, so a
 /// burst of load elsewhere on the machine hits them alike, and each keeps its
-/// best time. Fewer rounds when a run takes long.
-pub(super) fn fastest(ctx: &GpuContext, runs: &[impl Fn()]) -> usize {
+/// best time; fewer rounds when a run takes long. Runs whose `first_run` is
+/// set go once untimed before: some drivers, lavapipe among them, compile a
+/// pipeline at its first dispatch rather than at its creation.
+pub(super) fn fastest(ctx: &GpuContext, runs: &[impl Fn()], first_run: &[bool]) -> usize {
+    for (run, _) in runs.iter().zip(first_run).filter(|(_, first)| **first) {
+        run();
+    }
     ctx.synchronize();
     let mut best = vec![f64::INFINITY; runs.len()];
     for _ in 0..3 {

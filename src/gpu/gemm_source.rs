@@ -23,6 +23,12 @@ pub struct Block {
     /// Implicit GEMM for a convolution's forward: B is `X_col`, read straight
     /// from the (zero-padded) input image instead of from an im2col matrix.
     pub implicit: bool,
+    /// Invocations of a workgroup take different batch slots (products, or
+    /// partial sums of a summed batch) of one block of C, instead of
+    /// different blocks: on CPU-like adapters, where a workgroup's
+    /// invocations are SIMD lanes, a C of one or two blocks (a small conv's
+    /// weight gradient) then still fills the lanes.
+    pub slot_lanes: bool,
     /// Invocations per workgroup along N and M. One shape per kernel: every
     /// shape is a pipeline of its own, and on CPU-like adapters each is
     /// compiled anew, which a cold first step pays for. (Shapes
@@ -34,12 +40,19 @@ pub struct Block {
 impl Block {
     /// Entry point name, e.g. `gemm_8x16`.
     pub fn entry(self) -> &'static str {
-        match (self.rows, self.cols, self.tiled, self.implicit) {
-            (8, 16, false, false) => "gemm_8x16",
-            (32, 16, false, false) => "gemm_32x16",
-            (8, 8, true, false) => "gemm_tiled",
-            (8, 16, false, true) => "conv_8x16",
-            (32, 16, false, true) => "conv_32x16",
+        match (
+            self.rows,
+            self.cols,
+            self.tiled,
+            self.implicit,
+            self.slot_lanes,
+        ) {
+            (8, 16, false, false, false) => "gemm_8x16",
+            (32, 16, false, false, false) => "gemm_32x16",
+            (8, 8, true, false, false) => "gemm_tiled",
+            (8, 16, false, true, false) => "conv_8x16",
+            (32, 16, false, true, false) => "conv_32x16",
+            (8, 16, false, false, true) => "gemm_8x16_slots",
             _ => unreachable!("no GEMM kernel is generated for {self:?}"),
         }
     }
@@ -49,7 +62,7 @@ impl Block {
     pub fn implicit_twin(self) -> Option<Block> {
         CONV_BLOCKS
             .into_iter()
-            .find(|b| (b.rows, b.cols) == (self.rows, self.cols) && !self.tiled)
+            .find(|b| (b.rows, b.cols) == (self.rows, self.cols) && !self.tiled && !self.slot_lanes)
     }
 
     /// The same block reading a packed B.
@@ -67,6 +80,7 @@ pub const SMALL: Block = Block {
     cols: 16,
     tiled: false,
     implicit: false,
+    slot_lanes: false,
     workgroup: [8, 8],
 };
 /// Tall register blocks: half the loads per multiply-add, for large products
@@ -76,6 +90,7 @@ pub const TALL: Block = Block {
     cols: 16,
     tiled: false,
     implicit: false,
+    slot_lanes: false,
     workgroup: [16, 4],
 };
 /// Workgroup-memory tiles of 128×128, for large products on GPUs.
@@ -84,11 +99,18 @@ pub const TILED: Block = Block {
     cols: 8,
     tiled: true,
     implicit: false,
+    slot_lanes: false,
     workgroup: [16, 16],
+};
+/// The small block with 64 batch slots per workgroup, one per invocation.
+pub const SLOTS: Block = Block {
+    slot_lanes: true,
+    workgroup: [64, 1],
+    ..SMALL
 };
 
 /// Every GEMM kernel on packed operands.
-pub const BLOCKS: [Block; 3] = [SMALL, TALL, TILED];
+pub const BLOCKS: [Block; 4] = [SMALL, TALL, TILED, SLOTS];
 
 /// Every implicit-GEMM convolution kernel: the register blocks with B read
 /// from the image.
@@ -126,11 +148,18 @@ fn register_blocked(block: &Block) -> String {
     let _ = writeln!(w, "@compute @workgroup_size({wg_x}, {wg_y}, 1)");
     let _ = writeln!(
         w,
-        "fn {}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{",
+        "fn {}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{",
         block.entry()
     );
-    let _ = writeln!(w, "    let row0 = gid.y * {rows}u;");
-    let _ = writeln!(w, "    let col0 = gid.x * {}u;", block.cols);
+    // Grid: (column block, row block, slot), or with slots in the lanes
+    // (slot, column block, row block).
+    let (row_block, col_block, first_slot, slot_step) = if block.slot_lanes {
+        ("wid.z", "wid.y", "gid.x", format!("nwg.x * {wg_x}u"))
+    } else {
+        ("gid.y", "gid.x", "gid.z", "nwg.z".to_string())
+    };
+    let _ = writeln!(w, "    let row0 = {row_block} * {rows}u;");
+    let _ = writeln!(w, "    let col0 = {col_block} * {}u;", block.cols);
     let _ = writeln!(
         w,
         "    if row0 >= p.m || col0 >= p.n {{\n        return;\n    }}"
@@ -156,7 +185,7 @@ fn register_blocked(block: &Block) -> String {
     let _ = writeln!(w, "    let slots = (p.batch + p.chunk - 1u) / p.chunk;");
     let _ = writeln!(
         w,
-        "    for (var slot = gid.z; slot < slots; slot += nwg.z) {{"
+        "    for (var slot = {first_slot}; slot < slots; slot += {slot_step}) {{"
     );
     for r in 0..rows {
         let line: Vec<String> = (0..vecs)

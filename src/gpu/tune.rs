@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use super::gemm_source::{BLOCKS, Block, CONV_BLOCKS, SMALL, TALL, TILED};
+use super::gemm_source::{BLOCKS, Block, CONV_BLOCKS, SLOTS, SMALL, TALL, TILED};
 use crate::dirs::user_cache_dir;
 use crate::fnv::fnv1a;
 use crate::geometry::GemmSpec;
@@ -152,10 +152,15 @@ fn candidates(spec: &GemmSpec, count: usize, cpu_like: bool) -> &'static [Block]
         } else {
             spec.n >= 64
         };
-    match (fits, cpu_like) {
-        (false, _) => &[SMALL],
-        (true, true) => &[SMALL, TALL],
-        (true, false) => &[SMALL, TILED],
+    // Slots in the lanes: for many products (or partial sums) of a C a few
+    // column blocks wide, which leaves most of SMALL's lanes idle.
+    let slots = cpu_like && count >= 16 && spec.n <= 64 && spec.m.div_ceil(SLOTS.rows) <= 65_535;
+    match (fits, cpu_like, slots) {
+        (false, true, true) => &[SMALL, SLOTS],
+        (false, _, _) => &[SMALL],
+        (true, true, false) => &[SMALL, TALL],
+        (true, true, true) => &[SMALL, TALL, SLOTS],
+        (true, false, _) => &[SMALL, TILED],
     }
 }
 
@@ -163,7 +168,10 @@ fn candidates(spec: &GemmSpec, count: usize, cpu_like: bool) -> &'static [Block]
 /// gives it enough invocations to keep a device busy.
 fn rule(spec: &GemmSpec, count: usize, cpu_like: bool) -> Block {
     let candidates = candidates(spec, count, cpu_like);
-    let large = *candidates.last().expect("SMALL is always a candidate");
+    let large = *candidates
+        .iter()
+        .rfind(|b| !b.slot_lanes)
+        .expect("SMALL is always a candidate");
     let per_workgroup = if large.tiled {
         128 * 128
     } else {
@@ -268,6 +276,10 @@ mod tests {
     #[test]
     fn only_kernels_that_fit_c_and_the_adapter_are_candidates() {
         assert_eq!(candidates(&spec(6, 784, 25), 64, true), vec![SMALL]);
+        // LeNet's first weight gradient: 6×25 outputs summed over 64 images.
+        assert_eq!(candidates(&spec(6, 25, 784), 64, true), vec![SMALL, SLOTS]);
+        assert_eq!(candidates(&spec(6, 25, 784), 1, true), vec![SMALL]);
+        assert_eq!(candidates(&spec(6, 25, 784), 64, false), vec![SMALL]);
         assert_eq!(candidates(&spec(32, 784, 288), 64, true), vec![SMALL, TALL]);
         assert_eq!(candidates(&spec(150, 100, 16), 64, true), vec![SMALL]);
         assert_eq!(
