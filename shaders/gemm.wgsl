@@ -26,9 +26,12 @@
 // accumulators must be separate variables to stay in registers; the epilogue
 // stores one row per loop pass and shifts the rows below it up, so the store
 // code appears once, which keeps LLVM's compile time on lavapipe short):
-//   gemm_8x16   small products, few output rows (convolutions' O)
-//   gemm_32x16  large products on CPU-like adapters: half the loads per
-//               multiply-add
+//   gemm_8x16        small products, few output rows (convolutions' O)
+//   gemm_32x16       large products on CPU-like adapters: half the loads per
+//                    multiply-add
+//   gemm_8x16_slots  gemm_8x16 with a workgroup's invocations on batch slots
+//                    of one block (a narrow C summed over a batch)
+//   conv_8x16, conv_32x16  implicit GEMM: B = X_col read from the input image
 // and gemm_tiled (below, written out) stages tiles in workgroup memory for
 // GPUs. src/gpu/tune.rs picks one per device and shape class.
 //
