@@ -72,6 +72,18 @@ fn first_element(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return element(wid, lid, nwg) * RUN;
 }
 
+// Moves (channel c, position s) to the next element of the (N, C, S) view.
+fn next_element(c: ptr<function, u32>, s: ptr<function, u32>) {
+    *s += 1u;
+    if *s == p.spatial {
+        *s = 0u;
+        *c += 1u;
+        if *c == p.channels {
+            *c = 0u;
+        }
+    }
+}
+
 // Sums partial_a (and partial_b) over the workgroup into element 0.
 fn reduce_two(lid: u32) {
     workgroupBarrier();
@@ -176,14 +188,7 @@ fn normalize(
     var s = first % p.spatial;
     for (var i = first; i < min(first + RUN, total); i++) {
         norm_y[i] = norm_gamma[c] * (norm_x[i] - norm_mean[c]) * norm_invstd[c] + norm_beta[c];
-        s++;
-        if s == p.spatial {
-            s = 0u;
-            c++;
-            if c == p.channels {
-                c = 0u;
-            }
-        }
+        next_element(&c, &s);
     }
 }
 
@@ -259,13 +264,6 @@ fn backward_dx(
             let xhat = (dx_x[i] - dx_mean[c]) * dx_invstd[c];
             dx_out[i] = scale / m * (m * dx_dy[i] - dx_dbeta[c] - xhat * dx_dgamma[c]);
         }
-        s++;
-        if s == p.spatial {
-            s = 0u;
-            c++;
-            if c == p.channels {
-                c = 0u;
-            }
-        }
+        next_element(&c, &s);
     }
 }

@@ -39,6 +39,8 @@ fn convolution_matches_the_reference() {
         (7, 4, 6, 6, 3, 1, 1, 1, 0),
         // A window wider than the input; a stride of 3 that skips columns.
         (1, 2, 3, 3, 2, 5, 5, 1, 2),
+        // Padding wider than the input: some taps never land inside.
+        (2, 1, 3, 3, 2, 9, 9, 1, 3),
         (2, 1, 4, 5, 2, 3, 3, 3, 1),
     ] {
         let g = Conv2dGeometry::new(n, c, h, w, o, kh, kw, s, p).unwrap();

@@ -65,38 +65,67 @@ fn inside(
     first..end.max(first)
 }
 
+/// One tap `(i, j)` of the window (one im2col row of a channel): the output
+/// rows and columns for which it lands inside the input, and where.
+struct Tap {
+    i: usize,
+    j: usize,
+    /// Output rows `oh` whose tap row lies inside the input.
+    rows: std::ops::Range<usize>,
+    /// Output columns `ow` whose tap column lies inside the input.
+    cols: std::ops::Range<usize>,
+}
+
+impl Tap {
+    /// The input row read by output row `oh` (in `rows`).
+    fn input_row(&self, g: &Conv2dGeometry, oh: usize) -> usize {
+        oh * g.stride + self.i - g.padding
+    }
+
+    /// The input column read by output column `cols.start`.
+    fn first_input_col(&self, g: &Conv2dGeometry) -> usize {
+        self.cols.start * g.stride + self.j - g.padding
+    }
+}
+
+/// The window's taps in im2col row order (`i`, then `j`).
+fn taps(g: &Conv2dGeometry) -> impl Iterator<Item = Tap> + '_ {
+    (0..g.kernel_h).flat_map(move |i| {
+        (0..g.kernel_w).map(move |j| Tap {
+            i,
+            j,
+            rows: inside(i, g.stride, g.padding, g.height, g.out_h),
+            cols: inside(j, g.stride, g.padding, g.width, g.out_w),
+        })
+    })
+}
+
 /// im2col of one image `x_n (C, H, W)` into `cols (C·kh·kw, OH·OW)`, a row
 /// of the window at a time: runs of whole input rows are copied, and only
 /// the padding is zeroed (the reference [`super::im2col`] tests every
 /// element).
 fn image_cols_into<F: Real>(x_n: &[F], g: &Conv2dGeometry, cols: &mut [F]) {
-    let (h_n, w_n, ow_n) = (g.height, g.width, g.out_w);
-    let positions = g.out_positions();
-    let mut rows = cols.chunks_mut(positions);
-    for plane in x_n.chunks(h_n * w_n) {
-        for i in 0..g.kernel_h {
-            let hs = inside(i, g.stride, g.padding, h_n, g.out_h);
-            for j in 0..g.kernel_w {
-                let ws = inside(j, g.stride, g.padding, w_n, ow_n);
-                let row = rows.next().expect("C·kh·kw rows");
-                for (oh, out) in row.chunks_mut(ow_n).enumerate() {
-                    if !hs.contains(&oh) || ws.is_empty() {
-                        out.fill(F::zero());
-                        continue;
-                    }
-                    let line = &plane[(oh * g.stride + i - g.padding) * w_n..][..w_n];
-                    out[..ws.start].fill(F::zero());
-                    out[ws.end..].fill(F::zero());
-                    let w0 = ws.start * g.stride + j - g.padding;
-                    if g.stride == 1 {
-                        out[ws.clone()].copy_from_slice(&line[w0..w0 + ws.len()]);
-                    } else {
-                        for (v, &x) in out[ws.clone()]
-                            .iter_mut()
-                            .zip(line[w0..].iter().step_by(g.stride))
-                        {
-                            *v = x;
-                        }
+    let w_n = g.width;
+    let mut rows = cols.chunks_mut(g.out_positions());
+    for plane in x_n.chunks(g.height * w_n) {
+        for tap in taps(g) {
+            let row = rows.next().expect("C·kh·kw rows");
+            for (oh, out) in row.chunks_mut(g.out_w).enumerate() {
+                if !tap.rows.contains(&oh) || tap.cols.is_empty() {
+                    out.fill(F::zero());
+                    continue;
+                }
+                let line = &plane[tap.input_row(g, oh) * w_n..][..w_n];
+                let inside = tap.cols.clone();
+                out[..inside.start].fill(F::zero());
+                out[inside.end..].fill(F::zero());
+                let w0 = tap.first_input_col(g);
+                if g.stride == 1 {
+                    out[inside.clone()].copy_from_slice(&line[w0..w0 + inside.len()]);
+                } else {
+                    let from = line[w0..].iter().step_by(g.stride);
+                    for (v, &x) in out[inside].iter_mut().zip(from) {
+                        *v = x;
                     }
                 }
             }
@@ -108,23 +137,21 @@ fn image_cols_into<F: Real>(x_n: &[F], g: &Conv2dGeometry, cols: &mut [F]) {
 /// `dx_n` first. Every element sums its terms in the reference's order
 /// ([`super::col2im`]: by window row, then column), so results are equal.
 fn col2im_into<F: Real>(dcols: &[F], g: &Conv2dGeometry, dx_n: &mut [F]) {
-    let (h_n, w_n, ow_n) = (g.height, g.width, g.out_w);
-    let positions = g.out_positions();
+    let w_n = g.width;
     dx_n.fill(F::zero());
-    let mut rows = dcols.chunks(positions);
-    for plane in dx_n.chunks_mut(h_n * w_n) {
-        for i in 0..g.kernel_h {
-            let hs = inside(i, g.stride, g.padding, h_n, g.out_h);
-            for j in 0..g.kernel_w {
-                let ws = inside(j, g.stride, g.padding, w_n, ow_n);
-                let row = rows.next().expect("C·kh·kw rows");
-                for oh in hs.clone() {
-                    let line = &mut plane[(oh * g.stride + i - g.padding) * w_n..][..w_n];
-                    let w0 = ws.start * g.stride + j - g.padding;
-                    let terms = &row[oh * ow_n..][ws.clone()];
-                    for (v, &t) in line[w0..].iter_mut().step_by(g.stride).zip(terms) {
-                        *v += t;
-                    }
+    let mut rows = dcols.chunks(g.out_positions());
+    for plane in dx_n.chunks_mut(g.height * w_n) {
+        for tap in taps(g) {
+            let row = rows.next().expect("C·kh·kw rows");
+            if tap.cols.is_empty() {
+                continue;
+            }
+            for oh in tap.rows.clone() {
+                let line = &mut plane[tap.input_row(g, oh) * w_n..][..w_n];
+                let terms = &row[oh * g.out_w..][tap.cols.clone()];
+                let to = line[tap.first_input_col(g)..].iter_mut().step_by(g.stride);
+                for (v, &t) in to.zip(terms) {
+                    *v += t;
                 }
             }
         }

@@ -136,13 +136,7 @@ fn forward_whole(
         bias: Bias::PerRow(&b.buffer),
         activation,
     };
-    let spec = GemmSpec {
-        m: g.out_channels,
-        n: g.out_positions(),
-        k: g.col_rows(),
-        trans_a: false,
-        trans_b: false,
-    };
+    let spec = g.forward_product();
     let explicit = |block: Option<Block>| {
         let cols = im2col(ctx, x, g);
         gemm_with_block_into(
@@ -284,24 +278,26 @@ fn temporary_bytes_per_image(g: &Conv2dGeometry) -> u64 {
     4 * (g.col_rows().next_multiple_of(4) * g.out_positions()) as u64
 }
 
-/// The runs of images `g`'s batch is split into: one run when everything
-/// fits.
+/// The runs of images `g`'s batch is split into, or `None` when the whole
+/// batch fits (nothing is allocated either way).
 ///
 /// # Panics
 /// When a single image's matrix is over the limit (the model's
 /// `check_fits` refuses such a model before training).
-fn image_runs(ctx: &GpuContext, g: &Conv2dGeometry) -> Vec<std::ops::Range<usize>> {
+fn image_runs(
+    ctx: &GpuContext,
+    g: &Conv2dGeometry,
+) -> Option<impl ExactSizeIterator<Item = std::ops::Range<usize>>> {
     let per_image = temporary_bytes_per_image(g);
     let max = ctx.max_buffer_bytes();
     assert!(
         per_image <= max,
         "one image's im2col matrix ({per_image} bytes) is over the {max}-byte buffer limit"
     );
-    let run = ((max / per_image) as usize).clamp(1, g.batch.max(1));
-    (0..g.batch)
-        .step_by(run)
-        .map(|start| start..(start + run).min(g.batch))
-        .collect()
+    let run = ((max / per_image) as usize).max(1);
+    let batch = g.batch;
+    (batch > run)
+        .then(|| (0..batch.div_ceil(run)).map(move |i| i * run..((i + 1) * run).min(batch)))
 }
 
 /// The geometry of a run of `images` images.
@@ -354,16 +350,15 @@ pub fn conv2d_forward(
     g: &Conv2dGeometry,
     activation: Option<Activation>,
 ) -> GpuTensor {
-    let runs = image_runs(ctx, g);
-    if runs.len() <= 1 {
+    let Some(runs) = image_runs(ctx, g) else {
         return forward_whole(ctx, x, w, b, g, activation);
-    }
+    };
     assert_eq!(x.shape, g.input_shape(), "conv2d input shape");
     let y = ctx.tensor(&g.output_shape(), "conv2d.y");
-    for run in &runs {
-        let part = take_images(ctx, x, run);
+    for run in runs {
+        let part = take_images(ctx, x, &run);
         let y_part = forward_whole(ctx, &part, w, b, &run_geometry(g, run.len()), activation);
-        put_images(ctx, &y_part, &y, run);
+        put_images(ctx, &y_part, &y, &run);
     }
     y
 }
@@ -392,14 +387,12 @@ pub fn conv2d_weight_grads(
 ) -> (GpuTensor, GpuTensor) {
     assert_eq!(x.shape, g.input_shape(), "conv2d input shape");
     assert_eq!(dy.shape, g.output_shape(), "conv2d output gradient shape");
-    let runs = image_runs(ctx, g);
-    let dw = if runs.len() <= 1 {
-        weight_grad_whole(ctx, x, dy, g)
-    } else {
+    let dw = if let Some(runs) = image_runs(ctx, g) {
+        let count = runs.len();
         let len = g.out_channels * g.col_rows();
-        let partial = ctx.storage_buffer(4 * (runs.len() * len) as u64, "conv2d.dw.runs");
-        for (i, run) in runs.iter().enumerate() {
-            let (x_part, dy_part) = (take_images(ctx, x, run), take_images(ctx, dy, run));
+        let partial = ctx.storage_buffer(4 * (count * len) as u64, "conv2d.dw.runs");
+        for (i, run) in runs.enumerate() {
+            let (x_part, dy_part) = (take_images(ctx, x, &run), take_images(ctx, dy, &run));
             let dw_part = weight_grad_whole(ctx, &x_part, &dy_part, &run_geometry(g, run.len()));
             ctx.copy(
                 &dw_part.buffer,
@@ -409,8 +402,10 @@ pub fn conv2d_weight_grads(
             );
         }
         let dw = ctx.tensor(&g.weight_shape(), "conv2d.dw");
-        slice_sum_into(ctx, &partial, &dw.buffer, runs.len(), len);
+        slice_sum_into(ctx, &partial, &dw.buffer, count, len);
         dw
+    } else {
+        weight_grad_whole(ctx, x, dy, g)
     };
     let db = ctx.tensor(&[g.out_channels], "conv2d.db");
     channel_sum_into(
@@ -432,15 +427,14 @@ fn conv2d_input_grad(
     dy: &GpuTensor,
     g: &Conv2dGeometry,
 ) -> GpuTensor {
-    let runs = image_runs(ctx, g);
-    if runs.len() <= 1 {
+    let Some(runs) = image_runs(ctx, g) else {
         return input_grad_whole(ctx, w, dy, g);
-    }
+    };
     let dx = ctx.tensor(&g.input_shape(), "conv2d.dx");
-    for run in &runs {
-        let dy_part = take_images(ctx, dy, run);
+    for run in runs {
+        let dy_part = take_images(ctx, dy, &run);
         let dx_part = input_grad_whole(ctx, w, &dy_part, &run_geometry(g, run.len()));
-        put_images(ctx, &dx_part, &dx, run);
+        put_images(ctx, &dx_part, &dx, &run);
     }
     dx
 }

@@ -161,13 +161,7 @@ pub fn conv_implicit_into(
         block.entry()
     );
     let g = image.geometry;
-    let spec = GemmSpec {
-        m: g.out_channels,
-        n: g.out_positions(),
-        k: g.col_rows(),
-        trans_a: false,
-        trans_b: false,
-    };
+    let spec = g.forward_product();
     let batching = Batching {
         count: g.batch,
         stride_a: 0,

@@ -135,17 +135,15 @@ pub fn upload_flat(ctx: &GpuContext, tensors: &[&HostTensor<f32>]) -> Vec<GpuTen
         .collect()
 }
 
-/// The flat buffer all of `tensors` are views of, at [`flat_layout`] offsets
-/// and filling it; `None` otherwise.
-fn flat_parent(ctx: &GpuContext, tensors: &[&GpuTensor]) -> Option<Arc<GpuBuffer>> {
+/// The flat buffer all of `tensors` are views of, at `offsets` and filling
+/// its `size` bytes (their [`flat_layout`]); `None` otherwise.
+fn flat_parent(tensors: &[&GpuTensor], offsets: &[u64], size: u64) -> Option<Arc<GpuBuffer>> {
     let parent = tensors.first()?.buffer.parent()?.clone();
-    let align = u64::from(ctx.limits.min_storage_buffer_offset_alignment);
-    let lens: Vec<usize> = tensors.iter().map(|t| t.len()).collect();
-    let (offsets, size) = flat_layout(&lens, align);
-    let laid_out = tensors.iter().zip(&offsets).all(|(t, &offset)| {
-        t.buffer.parent().is_some_and(|p| Arc::ptr_eq(p, &parent))
-            && t.buffer.offset() == parent.offset() + offset
-    });
+    let laid_out = tensors.len() == offsets.len()
+        && tensors.iter().zip(offsets).all(|(t, &offset)| {
+            t.buffer.parent().is_some_and(|p| Arc::ptr_eq(p, &parent))
+                && t.buffer.offset() == parent.offset() + offset
+        });
     (laid_out && parent.size() == size).then_some(parent)
 }
 
@@ -176,14 +174,17 @@ impl FlatUpdates {
         grads: &[GpuTensor],
         state: &[Vec<GpuTensor>],
     ) -> bool {
-        let Some(flat_params) = flat_parent(ctx, params) else {
+        let align = u64::from(ctx.limits.min_storage_buffer_offset_alignment);
+        let lens: Vec<usize> = params.iter().map(|t| t.len()).collect();
+        let (offsets, size) = flat_layout(&lens, align);
+        let Some(flat_params) = flat_parent(params, &offsets, size) else {
             return false;
         };
         let slots = settings.kind.state_slots();
         let mut flat_state = Vec::with_capacity(slots);
         for slot in 0..slots {
             let tensors: Option<Vec<&GpuTensor>> = state.iter().map(|s| s.get(slot)).collect();
-            match tensors.and_then(|t| flat_parent(ctx, &t)) {
+            match tensors.and_then(|t| flat_parent(&t, &offsets, size)) {
                 Some(flat) => flat_state.push(flat),
                 None => return false,
             }
@@ -193,10 +194,7 @@ impl FlatUpdates {
             return false;
         }
         let flat_grads = self.gradients_for(ctx, &flat_params);
-        let align = u64::from(ctx.limits.min_storage_buffer_offset_alignment);
-        let lens: Vec<usize> = params.iter().map(|t| t.len()).collect();
-        let (offsets, _) = flat_layout(&lens, align);
-        for (grad, offset) in grads.iter().zip(offsets) {
+        for (grad, &offset) in grads.iter().zip(&offsets) {
             ctx.copy(&grad.buffer, &flat_grads, offset, 4 * grad.len() as u64);
         }
         let whole = |buffer: &Arc<GpuBuffer>| GpuTensor {

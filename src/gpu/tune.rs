@@ -31,7 +31,7 @@ pub struct GemmTuner {
     timing: bool,
     /// A CPU-like adapter (software rasteriser): register blocks only.
     cpu_like: bool,
-    choices: Mutex<BTreeMap<String, Block>>,
+    choices: Mutex<BTreeMap<ShapeClass, Block>>,
     forced: Mutex<Option<Block>>,
 }
 
@@ -80,7 +80,7 @@ impl GemmTuner {
         if let Some(block) = *self.forced.lock().unwrap() {
             return Some(block);
         }
-        let class = format!("conv-{}", shape_class(spec, count));
+        let class = ShapeClass::of(spec, count).conv();
         if let Some(&block) = self.choices.lock().unwrap().get(&class) {
             return Some(block);
         }
@@ -93,7 +93,7 @@ impl GemmTuner {
 
     /// Remembers how convolutions of `spec`'s shape class run best.
     pub fn remember_conv(&self, spec: &GemmSpec, count: usize, block: Block) {
-        self.remember_class(format!("conv-{}", shape_class(spec, count)), block);
+        self.remember_class(ShapeClass::of(spec, count).conv(), block);
     }
 
     /// The block to use for `spec` batched `count` times: forced, remembered,
@@ -106,7 +106,12 @@ impl GemmTuner {
         if candidates.len() == 1 {
             return Ok(candidates[0]);
         }
-        if let Some(&block) = self.choices.lock().unwrap().get(&shape_class(spec, count)) {
+        if let Some(&block) = self
+            .choices
+            .lock()
+            .unwrap()
+            .get(&ShapeClass::of(spec, count))
+        {
             return Ok(block);
         }
         if self.timing {
@@ -118,10 +123,10 @@ impl GemmTuner {
 
     /// Remembers the winner for `spec`'s shape class and saves the cache.
     pub fn remember(&self, spec: &GemmSpec, count: usize, block: Block) {
-        self.remember_class(shape_class(spec, count), block);
+        self.remember_class(ShapeClass::of(spec, count), block);
     }
 
-    fn remember_class(&self, class: String, block: Block) {
+    fn remember_class(&self, class: ShapeClass, block: Block) {
         let mut choices = self.choices.lock().unwrap();
         choices.insert(class, block);
         if let Some(path) = &self.path {
@@ -135,7 +140,7 @@ impl GemmTuner {
         let choices = self.choices.lock().unwrap();
         choices
             .iter()
-            .map(|(k, b)| (k.clone(), b.entry()))
+            .map(|(k, b)| (k.to_string(), b.entry()))
             .collect()
     }
 }
@@ -185,21 +190,67 @@ fn rule(spec: &GemmSpec, count: usize, cpu_like: bool) -> Block {
     }
 }
 
-/// Shapes whose sizes round up to the same powers of two share a choice.
-fn shape_class(spec: &GemmSpec, count: usize) -> String {
-    let log2 = |x: usize| usize::BITS - (x.max(1) - 1).leading_zeros();
-    format!(
-        "m{}n{}k{}z{}",
-        log2(spec.m),
-        log2(spec.n),
-        log2(spec.k),
-        log2(count)
-    )
+/// Shapes whose sizes round up to the same powers of two share a choice:
+/// a product's (`m…n…k…z…` in the cache file, with the exponents), or a
+/// convolution forward's explicit-or-implicit one (`conv-m…`). A plain
+/// value, so looking a choice up on every product allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ShapeClass {
+    conv: bool,
+    m: u32,
+    n: u32,
+    k: u32,
+    z: u32,
+}
+
+impl ShapeClass {
+    fn of(spec: &GemmSpec, count: usize) -> Self {
+        let log2 = |x: usize| usize::BITS - (x.max(1) - 1).leading_zeros();
+        Self {
+            conv: false,
+            m: log2(spec.m),
+            n: log2(spec.n),
+            k: log2(spec.k),
+            z: log2(count),
+        }
+    }
+
+    fn conv(self) -> Self {
+        Self { conv: true, ..self }
+    }
+
+    /// The class a cache file names `text`, if it names one.
+    fn parse(text: &str) -> Option<Self> {
+        let (conv, rest) = match text.strip_prefix("conv-") {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let rest = rest.strip_prefix('m')?;
+        let (m, rest) = rest.split_once('n')?;
+        let (n, rest) = rest.split_once('k')?;
+        let (k, z) = rest.split_once('z')?;
+        Some(Self {
+            conv,
+            m: m.parse().ok()?,
+            n: n.parse().ok()?,
+            k: k.parse().ok()?,
+            z: z.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for ShapeClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.conv {
+            write!(f, "conv-")?;
+        }
+        write!(f, "m{}n{}k{}z{}", self.m, self.n, self.k, self.z)
+    }
 }
 
 /// The choices in a cache file written for `device`; anything else (another
 /// device or version, damage) gives none, and they are timed again.
-fn parse(text: &str, device: &str) -> BTreeMap<String, Block> {
+fn parse(text: &str, device: &str) -> BTreeMap<ShapeClass, Block> {
     let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
         return BTreeMap::new();
     };
@@ -216,7 +267,7 @@ fn parse(text: &str, device: &str) -> BTreeMap<String, Block> {
                 .iter()
                 .chain(&CONV_BLOCKS)
                 .find(|b| Some(b.entry()) == entry.as_str())?;
-            Some((class.clone(), *block))
+            Some((ShapeClass::parse(class)?, *block))
         })
         .collect()
 }
@@ -226,11 +277,11 @@ fn parse(text: &str, device: &str) -> BTreeMap<String, Block> {
 fn save(
     path: &std::path::Path,
     device: &str,
-    choices: &BTreeMap<String, Block>,
+    choices: &BTreeMap<ShapeClass, Block>,
 ) -> std::io::Result<()> {
     let entries: serde_json::Map<String, serde_json::Value> = choices
         .iter()
-        .map(|(k, b)| (k.clone(), b.entry().into()))
+        .map(|(k, b)| (k.to_string(), b.entry().into()))
         .collect();
     let text = serde_json::json!({"version": VERSION, "device": device, "choices": entries});
     if let Some(dir) = path.parent() {
@@ -262,8 +313,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wgcnn-tune-{}", std::process::id()));
         let path = dir.join("t.json");
         let mut choices = BTreeMap::new();
-        choices.insert(shape_class(&spec(1024, 1024, 1024), 1), TALL);
-        choices.insert(shape_class(&spec(64, 64, 64), 1), SMALL);
+        choices.insert(ShapeClass::of(&spec(1024, 1024, 1024), 1), TALL);
+        choices.insert(ShapeClass::of(&spec(64, 64, 64), 1), SMALL);
         save(&path, "dev", &choices).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(parse(&text, "dev"), choices);
@@ -291,7 +342,13 @@ mod tests {
 
     #[test]
     fn shape_classes_round_sizes_up_to_powers_of_two() {
-        assert_eq!(shape_class(&spec(1000, 1024, 513), 1), "m10n10k10z0");
-        assert_eq!(shape_class(&spec(1, 2, 3), 64), "m0n1k2z6");
+        let class = ShapeClass::of(&spec(1000, 1024, 513), 1);
+        assert_eq!(class.to_string(), "m10n10k10z0");
+        assert_eq!(ShapeClass::of(&spec(1, 2, 3), 64).to_string(), "m0n1k2z6");
+        assert_eq!(class.conv().to_string(), "conv-m10n10k10z0");
+        for class in [class, class.conv()] {
+            assert_eq!(ShapeClass::parse(&class.to_string()), Some(class));
+        }
+        assert_eq!(ShapeClass::parse("m1n2k3"), None);
     }
 }

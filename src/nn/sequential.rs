@@ -124,32 +124,38 @@ impl<B: Backend> Sequential<B> {
         // Every tensor the layers take, by name, in layer order; the trainable
         // ones (weights and biases) are uploaded together, so that on the GPU
         // one optimizer dispatch updates them all.
-        const ROLES: [&str; 4] = ["weight", "bias", "running_mean", "running_var"];
-        let mut wanted: Vec<(String, &HostTensor<f32>)> = Vec::new();
+        // (role, trainable): the optimizer updates weights and biases only.
+        const ROLES: [(&str, bool); 4] = [
+            ("weight", true),
+            ("bias", true),
+            ("running_mean", false),
+            ("running_var", false),
+        ];
+        let (mut trainable, mut running) = (Vec::new(), Vec::new());
         for i in 0..spec.layers.len() {
-            for role in ROLES {
+            for (role, updated) in ROLES {
                 let name = format!("{i}.{role}");
                 if expected.contains_key(&name) {
-                    let tensor = by_name
+                    let tensor = *by_name
                         .get(name.as_str())
                         .ok_or_else(|| Error::Shape(format!("parameter {name} is missing")))?;
-                    wanted.push((name, tensor));
+                    if updated {
+                        trainable.push((name, tensor));
+                    } else {
+                        running.push((name, tensor));
+                    }
                 }
             }
         }
-        let is_running =
-            |name: &str| name.ends_with(".running_mean") || name.ends_with(".running_var");
-        let (trainable, running): (Vec<_>, Vec<_>) =
-            wanted.into_iter().partition(|(name, _)| !is_running(name));
         let host: Vec<&HostTensor<f32>> = trainable.iter().map(|(_, t)| *t).collect();
         let mut uploaded: HashMap<String, B::Tensor> = trainable
-            .iter()
-            .map(|(name, _)| name.clone())
+            .into_iter()
+            .map(|(name, _)| name)
             .zip(backend.upload_parameters(&host))
             .chain(
                 running
-                    .iter()
-                    .map(|(name, t)| (name.clone(), backend.upload(t))),
+                    .into_iter()
+                    .map(|(name, t)| (name, backend.upload(t))),
             )
             .collect();
         let mut layers = Vec::with_capacity(spec.layers.len());
