@@ -9,7 +9,8 @@
 //            dx[h, w] = Σ dy[oh, ow] / k² over windows containing (h, w)
 //
 // Both backwards are gathers over the windows that contain (h, w):
-// deterministic and free of float atomics.
+// deterministic and free of float atomics. Max pooling whose windows tile the
+// input exactly writes each window whole instead (maxpool_backward_tiles).
 //
 // Grid: x covers the positions of one plane (output positions forward, input
 // positions backward), y the N·C planes, walked in a loop past the grid. The
@@ -115,6 +116,39 @@ fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
             }
         }
         maxb_dx[i] = sum;
+    }
+}
+
+// ---- max pooling backward over windows that tile the input exactly ----
+// (stride = window, no padding, H and W multiples of the window): each input
+// lies in exactly one window, so one invocation per output position writes
+// its whole window, dy at the arg-max and zeros elsewhere: a quarter of the
+// gather's invocations for 2×2 windows, and the same sums (0 + dy, as the
+// gather adds it to 0).
+@group(0) @binding(1) var<storage, read> maxt_dy: array<f32>;
+@group(0) @binding(2) var<storage, read> maxt_argmax: array<u32>;
+@group(0) @binding(3) var<storage, read_write> maxt_dx: array<f32>;
+
+@compute @workgroup_size(64)
+fn maxpool_backward_tiles(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let at_out = gid.x;
+    if at_out >= p.out_h * p.out_w {
+        return;
+    }
+    let ow = at_out % p.out_w;
+    let oh = at_out / p.out_w;
+    let corner = oh * KERNEL * p.width + ow * KERNEL;
+    for (var plane = gid.y; plane < p.batch * p.channels; plane += nwg.y) {
+        let o = plane * p.out_h * p.out_w + at_out;
+        let routed = 0.0 + maxt_dy[o];
+        let argmax = maxt_argmax[o];
+        let base = plane * p.height * p.width;
+        for (var ki = 0u; ki < KERNEL; ki++) {
+            let row = corner + ki * p.width;
+            for (var kj = 0u; kj < KERNEL; kj++) {
+                maxt_dx[base + row + kj] = select(0.0, routed, row + kj == argmax);
+            }
+        }
     }
 }
 

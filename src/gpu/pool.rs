@@ -75,14 +75,28 @@ pub fn maxpool_backward(
 ) -> GpuTensor {
     assert_eq!(dy.shape, g.output_shape(), "maxpool output gradient shape");
     let dx = ctx.tensor(&g.input_shape(), "maxpool.dx");
+    let (entry, positions) = if windows_tile(g) {
+        ("maxpool_backward_tiles", g.out_h * g.out_w)
+    } else {
+        ("maxpool_backward", g.height * g.width)
+    };
     ctx.dispatch(
-        &kernel(ctx, "maxpool_backward", 2, 1, g),
+        &kernel(ctx, entry, 2, 1, g),
         &params(g),
         &[&dy.buffer, &argmax.buffer],
         &[&dx.buffer],
-        plane_grid(g.height * g.width, g),
+        plane_grid(positions, g),
     );
     dx
+}
+
+/// Whether the windows tile the input exactly (each input in one window),
+/// so the backward can write each window whole instead of gathering.
+fn windows_tile(g: &Pool2dGeometry) -> bool {
+    g.stride == g.kernel
+        && g.padding == 0
+        && g.out_h * g.kernel == g.height
+        && g.out_w * g.kernel == g.width
 }
 
 /// Window means (padding counted).
