@@ -31,7 +31,8 @@
 //                    multiply-add
 //   gemm_8x16_slots  gemm_8x16 with a workgroup's invocations on batch slots
 //                    of one block (a narrow C summed over a batch)
-//   conv_8x16, conv_32x16  implicit GEMM: B = X_col read from the input image
+//   conv_8x16, conv_32x16, conv_8x16_slots  implicit GEMM: B read from the
+//                    input image (X_col for the forward, X_colᵀ for dW)
 // and gemm_tiled (below, written out) stages tiles in workgroup memory for
 // GPUs. src/gpu/tune.rs picks one per device and shape class.
 //
@@ -52,17 +53,26 @@ struct Params {
     chunk: u32,
     act_mode: u32,
     slope: f32,
-    // Implicit GEMM (conv_* kernels) only: B = X_col of a zero-padded
-    // image batch (N, C, Hp, Wp) — image_stride = C·Hp·Wp, image_plane =
-    // Hp·Wp, image_width = Wp — for a kernel_h × kernel_w window moved
-    // conv_stride at a time over out_w columns.
+    // Implicit GEMM (conv_* kernels) only: B is read from a zero-padded
+    // image batch (N, C, Hp, Wp), image_stride = C·Hp·Wp apart. B[k, n]
+    // lies at image z's start + column_offset(n) + depth_offset(k), each
+    // offset a sum over a three-digit index (digits of n: sizes col_len_c,
+    // col_len_b, then the rest; each digit × its step). The depth offset is
+    // walked: +depth_step_c until depth_end_c, then back to 0 and
+    // +depth_step_b until depth_end_b, then back to 0 and +depth_step_a.
+    //   forward  B = X_col: n = (oh, ow), k = (c, i, j)
+    //   dW       B = X_colᵀ: n = (c, i, j), k = (oh, ow)
     image_stride: u32,
-    image_plane: u32,
-    image_width: u32,
-    kernel_h: u32,
-    kernel_w: u32,
-    conv_stride: u32,
-    out_w: u32,
+    col_len_c: u32,
+    col_len_b: u32,
+    col_step_c: u32,
+    col_step_b: u32,
+    col_step_a: u32,
+    depth_step_c: u32,
+    depth_end_c: u32,
+    depth_step_b: u32,
+    depth_end_b: u32,
+    depth_step_a: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

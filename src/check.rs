@@ -429,18 +429,26 @@ fn conv2d_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Conv2dGeometry) -> Ca
     );
     let y = cpu::conv2d_forward(&x, &w, &b, g);
     let y_mag = cpu::conv2d_forward(&abs(&x), &abs(&w), &abs(&b), g);
-    // Each implicit-GEMM kernel, whichever the tuner picked above.
+    let cpu_grads = cpu::conv2d_backward(&x, &w, &dy, g);
+    let mags = cpu::conv2d_backward(&abs(&x), &abs(&w), &abs(&dy), g);
+    // Each implicit-GEMM kernel, whichever the tuner picked above: the
+    // forward and the weight gradient.
     for block in CONV_BLOCKS {
         gpu.ctx.gemm_tuner.force(Some(block));
         let y_implicit = gpu.download(&gpu.conv2d_forward(&gx, &gw, &gb, g));
+        let (dw_implicit, _) = gpu.conv2d_weight_grads(&gx, &gw, &gdy, g);
         gpu.ctx.gemm_tuner.force(None);
         case.check(&format!("y {}", block.entry()), &y_implicit, &y, &y_mag);
+        case.check(
+            &format!("dw {}", block.entry()),
+            &gpu.download(&dw_implicit),
+            &cpu_grads.dw,
+            &mags.dw,
+        );
     }
     check_fused_activations(&mut case, &y, &y_mag, |act| {
         gpu.download(&gpu.conv2d_forward_activated(&gx, &gw, &gb, g, act))
     });
-    let cpu_grads = cpu::conv2d_backward(&x, &w, &dy, g);
-    let mags = cpu::conv2d_backward(&abs(&x), &abs(&w), &abs(&dy), g);
     let gpu_grads = gpu.conv2d_backward(&gx, &gw, &gdy, g);
     case.check("dx", &gpu.download(&gpu_grads.dx), &cpu_grads.dx, &mags.dx);
     case.check("dw", &gpu.download(&gpu_grads.dw), &cpu_grads.dw, &mags.dw);

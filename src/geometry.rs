@@ -202,18 +202,6 @@ impl Conv2dGeometry {
     pub fn cols_shape(&self) -> [usize; 3] {
         [self.batch, self.col_rows(), self.out_positions()]
     }
-
-    /// The forward's product per image, `Y_n (O, OH·OW) = W_col (O, C·kh·kw) ·
-    /// X_col,n (C·kh·kw, OH·OW)`.
-    pub fn forward_product(&self) -> GemmSpec {
-        GemmSpec {
-            m: self.out_channels,
-            n: self.out_positions(),
-            k: self.col_rows(),
-            trans_a: false,
-            trans_b: false,
-        }
-    }
 }
 
 /// A 2-D pooling window (square kernel, same stride and padding on both axes)

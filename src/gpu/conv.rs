@@ -5,12 +5,13 @@
 //!   the GEMM) or implicit (the GEMM reads `X_col` from the zero-padded
 //!   input), whichever the tuner timed faster for the shape on this device;
 //! - backward: `dW = Σ_n dY_n · X_col,nᵀ` (GEMM summing over the batch, its
-//!   second operand written by im2row straight into the packed layout),
+//!   second operand written by im2row straight into the packed layout, or
+//!   read from the padded input by an implicit kernel, as the tuner timed),
 //!   `db = Σ_{n, oh, ow} dY`, `dX = col2im(W_colᵀ · dY_n)`.
 
 use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, Params, grid_extent};
 use super::gemm::{
-    Batching, Bias, Epilogue, Image, Packed, conv_implicit_into, fastest, gemm_into,
+    Batching, Bias, ConvProduct, Epilogue, Image, Packed, conv_implicit_into, fastest, gemm_into,
     gemm_packed_b_into, gemm_with_block_into,
 };
 use super::gemm_source::{Block, CONV_BLOCKS};
@@ -117,6 +118,39 @@ pub fn col2im(ctx: &GpuContext, cols: &GpuTensor, g: &Conv2dGeometry) -> GpuTens
     x
 }
 
+/// Runs `g`'s `product` the way the tuner chose for its shape class:
+/// `explicit` (im2col or im2row, then a GEMM by the given block or the
+/// tuner's) or `implicit` (a kernel reading the image). The first product of
+/// a class on a device runs the explicit path, which tunes its GEMM, then
+/// races that against the implicit twin of the GEMM's block, each with its
+/// preparation; every path writes the same result.
+fn run_conv_product(
+    ctx: &GpuContext,
+    product: ConvProduct,
+    g: &Conv2dGeometry,
+    explicit: &dyn Fn(Option<Block>),
+    implicit: &dyn Fn(Block),
+) {
+    let (spec, batching) = product.of(g);
+    let count = batching.count;
+    match ctx.gemm_tuner.conv_choice(product, &spec, count) {
+        Some(block) if block.implicit => implicit(block),
+        Some(block) => explicit(Some(block)),
+        None => {
+            explicit(None);
+            let block = ctx
+                .gemm_tuner
+                .choice(&spec, count)
+                .unwrap_or_else(|candidates| candidates[0]);
+            let twin = block.implicit_twin().unwrap_or(CONV_BLOCKS[0]);
+            let runs: [&dyn Fn(); 2] = [&|| explicit(Some(block)), &|| implicit(twin)];
+            // The explicit path has just run; the implicit one may be new.
+            let best = [block, twin][fastest(ctx, &runs, &[false, true])];
+            ctx.gemm_tuner.remember_conv(product, &spec, count, best);
+        }
+    }
+}
+
 /// `Y (N, O, OH, OW) = act(W_col · X_col,n + b[o])`, the activation (if
 /// any; relu or leaky relu, see [`super::gemm::fuses`]) in the GEMM's
 /// epilogue.
@@ -136,9 +170,10 @@ fn forward_whole(
         bias: Bias::PerRow(&b.buffer),
         activation,
     };
-    let spec = g.forward_product();
+    let product = ConvProduct::Forward;
     let explicit = |block: Option<Block>| {
         let cols = im2col(ctx, x, g);
+        let (spec, batching) = product.of(g);
         gemm_with_block_into(
             ctx,
             &w.buffer,
@@ -146,13 +181,7 @@ fn forward_whole(
             epilogue,
             &y.buffer,
             &spec,
-            Batching {
-                count: g.batch,
-                stride_a: 0,
-                stride_b: g.col_rows() * g.out_positions(),
-                stride_c: g.out_channels * g.out_positions(),
-                sum: false,
-            },
+            batching,
             block,
         );
     };
@@ -161,33 +190,17 @@ fn forward_whole(
         let image = Image {
             buffer: padded.as_ref().unwrap_or(&x.buffer),
             geometry: g,
+            product,
         };
         conv_implicit_into(ctx, &w.buffer, image, epilogue, &y.buffer, block);
     };
-    match ctx.gemm_tuner.conv_choice(&spec, g.batch) {
-        Some(block) if block.implicit => implicit(block),
-        Some(block) => explicit(Some(block)),
-        None => {
-            // First convolution of its class on this device: the explicit
-            // path tunes its GEMM, then races the implicit twin of the
-            // GEMM's block, each with its preparation (im2col or padding).
-            explicit(None);
-            let block = ctx
-                .gemm_tuner
-                .choice(&spec, g.batch)
-                .unwrap_or_else(|candidates| candidates[0]);
-            let twin = block.implicit_twin().unwrap_or(CONV_BLOCKS[0]);
-            let runs: [&dyn Fn(); 2] = [&|| explicit(Some(block)), &|| implicit(twin)];
-            // The explicit path has just run; the implicit one may be new.
-            let best = [block, twin][fastest(ctx, &runs, &[false, true])];
-            ctx.gemm_tuner.remember_conv(&spec, g.batch, best);
-        }
-    }
+    run_conv_product(ctx, product, g, &explicit, &implicit);
     y
 }
 
 /// `dW (O, C·kh·kw) = Σ_n dY_n (O, OH·OW) · X_col,nᵀ` over the images of
-/// `g`, in one piece.
+/// `g`, in one piece: im2row then a GEMM, or a kernel reading `X_col,nᵀ`
+/// from the image, whichever the tuner timed faster.
 fn weight_grad_whole(
     ctx: &GpuContext,
     x: &GpuTensor,
@@ -196,34 +209,35 @@ fn weight_grad_whole(
 ) -> GpuTensor {
     assert_eq!(x.shape, g.input_shape(), "conv2d input shape");
     assert_eq!(dy.shape, g.output_shape(), "conv2d output gradient shape");
-    let rows = g.col_rows();
-    let positions = g.out_positions();
-    let x_rows = im2row(ctx, x, g);
     let dw = ctx.tensor(&g.weight_shape(), "conv2d.dw");
-    gemm_packed_b_into(
-        ctx,
-        &dy.buffer,
-        Packed {
-            buffer: &x_rows,
-            stride: positions * rows.next_multiple_of(4),
-        },
-        Bias::None,
-        &dw.buffer,
-        &GemmSpec {
-            m: g.out_channels,
-            n: rows,
-            k: positions,
-            trans_a: false,
-            trans_b: true,
-        },
-        Batching {
-            count: g.batch,
-            stride_a: g.out_channels * positions,
-            stride_b: 0,
-            stride_c: 0,
-            sum: true,
-        },
-    );
+    let product = ConvProduct::WeightGrad;
+    let explicit = |block: Option<Block>| {
+        let x_rows = im2row(ctx, x, g);
+        let (spec, batching) = product.of(g);
+        gemm_packed_b_into(
+            ctx,
+            &dy.buffer,
+            Packed {
+                buffer: &x_rows,
+                stride: g.out_positions() * g.col_rows().next_multiple_of(4),
+            },
+            Bias::None,
+            &dw.buffer,
+            &spec,
+            batching,
+            block,
+        );
+    };
+    let implicit = |block: Block| {
+        let padded = pad(ctx, x, g);
+        let image = Image {
+            buffer: padded.as_ref().unwrap_or(&x.buffer),
+            geometry: g,
+            product,
+        };
+        conv_implicit_into(ctx, &dy.buffer, image, Bias::None.into(), &dw.buffer, block);
+    };
+    run_conv_product(ctx, product, g, &explicit, &implicit);
     dw
 }
 

@@ -128,14 +128,113 @@ pub fn gemm_with_block_into<'e>(
     );
 }
 
+/// The products of a convolution that implicit kernels compute, reading
+/// their B operand from the input image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ConvProduct {
+    /// `Y_n = W_col (O, C·kh·kw) · X_col,n (C·kh·kw, OH·OW)`, one per image.
+    Forward,
+    /// `dW (O, C·kh·kw) = Σ_n dY_n (O, OH·OW) · X_col,nᵀ`, summed over the
+    /// batch.
+    WeightGrad,
+}
+
+impl ConvProduct {
+    /// The GEMM of this product of `g`, and its batching over `g`'s images
+    /// with B as an im2col matrix (forward; im2row's matrix for dW is packed,
+    /// and carries its own stride).
+    pub fn of(self, g: &Conv2dGeometry) -> (GemmSpec, Batching) {
+        let (rows, positions) = (g.col_rows(), g.out_positions());
+        match self {
+            ConvProduct::Forward => (
+                GemmSpec {
+                    m: g.out_channels,
+                    n: positions,
+                    k: rows,
+                    trans_a: false,
+                    trans_b: false,
+                },
+                Batching {
+                    count: g.batch,
+                    stride_a: 0,
+                    stride_b: rows * positions,
+                    stride_c: g.out_channels * positions,
+                    sum: false,
+                },
+            ),
+            ConvProduct::WeightGrad => (
+                GemmSpec {
+                    m: g.out_channels,
+                    n: rows,
+                    k: positions,
+                    trans_a: false,
+                    trans_b: true,
+                },
+                Batching {
+                    count: g.batch,
+                    stride_a: g.out_channels * positions,
+                    stride_b: 0,
+                    stride_c: 0,
+                    sum: true,
+                },
+            ),
+        }
+    }
+}
+
 /// A convolution's zero-padded input `(N, C, H + 2p, W + 2p)`, read by the
-/// implicit kernels as the B operand `X_col` of its forward product.
+/// implicit kernels as the B operand of `product`.
 #[derive(Clone, Copy, Debug)]
 pub struct Image<'a> {
     /// The padded input.
     pub buffer: &'a GpuBuffer,
     /// The convolution (its `padding` is already applied to `buffer`).
     pub geometry: &'a Conv2dGeometry,
+    /// The product whose B the image stands for.
+    pub product: ConvProduct,
+}
+
+impl Image<'_> {
+    /// The kernels' image parameters (shaders/gemm.wgsl's `Params`, from
+    /// `image_stride` on): where B's column `n` and row `k` lie in an image.
+    fn walk(&self) -> [usize; 11] {
+        let g = self.geometry;
+        let width = g.width + 2 * g.padding;
+        let plane = (g.height + 2 * g.padding) * width;
+        let s = g.stride;
+        match self.product {
+            // n = (oh, ow) → oh·s·width + ow·s; k = (c, i, j) → c·plane +
+            // i·width + j.
+            ConvProduct::Forward => [
+                g.channels * plane,
+                g.out_w,
+                g.out_h,
+                s,
+                s * width,
+                0,
+                1,
+                g.kernel_w,
+                width,
+                g.kernel_h * width,
+                plane,
+            ],
+            // n = (c, i, j) → c·plane + i·width + j; k = (oh, ow) →
+            // oh·s·width + ow·s.
+            ConvProduct::WeightGrad => [
+                g.channels * plane,
+                g.kernel_w,
+                g.kernel_h,
+                1,
+                width,
+                plane,
+                s,
+                g.out_w * s,
+                s * width,
+                g.out_h * s * width,
+                0,
+            ],
+        }
+    }
 }
 
 /// B as the GEMM reads it.
@@ -145,11 +244,12 @@ enum Operand<'a> {
     Image(Image<'a>),
 }
 
-/// `Y_n = act(W · X_col,n + bias)` by the implicit kernel `block`, reading
-/// `X_col` from `image` instead of an im2col matrix.
+/// `image.product` by the implicit kernel `block`, reading B from `image`
+/// instead of an im2col (or im2row) matrix: `Y_n = act(W · X_col,n + bias)`
+/// with `a` = W, or `dW = Σ_n dY_n · X_col,nᵀ` with `a` = dY.
 pub fn conv_implicit_into(
     ctx: &GpuContext,
-    w: &GpuBuffer,
+    a: &GpuBuffer,
     image: Image<'_>,
     epilogue: Epilogue<'_>,
     out: &GpuBuffer,
@@ -160,16 +260,8 @@ pub fn conv_implicit_into(
         "{} is not an implicit kernel",
         block.entry()
     );
-    let g = image.geometry;
-    let spec = g.forward_product();
-    let batching = Batching {
-        count: g.batch,
-        stride_a: 0,
-        stride_b: 0,
-        stride_c: g.out_channels * g.out_positions(),
-        sum: false,
-    };
-    let a = pack_a(ctx, w, &spec, batching);
+    let (spec, batching) = image.product.of(image.geometry);
+    let a = pack_a(ctx, a, &spec, batching);
     gemm_packed_into(
         ctx,
         a.view(),
@@ -200,8 +292,9 @@ fn pack_a<'a>(
     )
 }
 
-/// [`gemm_into`] with `op(B)` already packed (`spec.trans_b` is ignored), as
-/// `shaders/im2col.wgsl`'s im2row writes it.
+/// [`gemm_with_block_into`] with `op(B)` already packed (`spec.trans_b` is
+/// ignored), as `shaders/im2col.wgsl`'s im2row writes it.
+#[allow(clippy::too_many_arguments)]
 pub fn gemm_packed_b_into<'e>(
     ctx: &GpuContext,
     a: &GpuBuffer,
@@ -210,6 +303,7 @@ pub fn gemm_packed_b_into<'e>(
     out: &GpuBuffer,
     spec: &GemmSpec,
     batching: Batching,
+    block: Option<Block>,
 ) {
     let a = pack_a(ctx, a, spec, batching);
     gemm_packed_into(
@@ -220,7 +314,7 @@ pub fn gemm_packed_b_into<'e>(
         out,
         spec,
         batching,
-        None,
+        block,
     );
 }
 
@@ -289,16 +383,10 @@ fn gemm_packed_into(
         .u32(chunk)
         .u32(act_mode as usize)
         .f32(slope);
-    if let Operand::Image(Image { geometry: g, .. }) = b {
-        let (height, width) = (g.height + 2 * g.padding, g.width + 2 * g.padding);
-        params = params
-            .u32(g.channels * height * width)
-            .u32(height * width)
-            .u32(width)
-            .u32(g.kernel_h)
-            .u32(g.kernel_w)
-            .u32(g.stride)
-            .u32(g.out_w);
+    if let Operand::Image(image) = b {
+        for value in image.walk() {
+            params = params.u32(value);
+        }
     }
     let target = partial.as_ref().unwrap_or(out);
     let kernel = |block: Block| {

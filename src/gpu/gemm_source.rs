@@ -20,8 +20,9 @@ pub struct Block {
     /// Workgroup-memory tiles (`gemm_tiled` in shaders/gemm.wgsl) instead of
     /// registers alone.
     pub tiled: bool,
-    /// Implicit GEMM for a convolution's forward: B is `X_col`, read straight
-    /// from the (zero-padded) input image instead of from an im2col matrix.
+    /// Implicit GEMM for a convolution's forward or weight gradient: B is
+    /// `X_col` or `X_colᵀ`, read straight from the (zero-padded) input image
+    /// instead of from an im2col or im2row matrix.
     pub implicit: bool,
     /// Invocations of a workgroup take different batch slots (products, or
     /// partial sums of a summed batch) of one block of C, instead of
@@ -53,6 +54,7 @@ impl Block {
             (8, 16, false, true, false) => "conv_8x16",
             (32, 16, false, true, false) => "conv_32x16",
             (8, 16, false, false, true) => "gemm_8x16_slots",
+            (8, 16, false, true, true) => "conv_8x16_slots",
             _ => unreachable!("no GEMM kernel is generated for {self:?}"),
         }
     }
@@ -60,9 +62,9 @@ impl Block {
     /// The same block reading B from an image (implicit GEMM), where one is
     /// generated; the tiled kernel has none.
     pub fn implicit_twin(self) -> Option<Block> {
-        CONV_BLOCKS
-            .into_iter()
-            .find(|b| (b.rows, b.cols) == (self.rows, self.cols) && !self.tiled && !self.slot_lanes)
+        CONV_BLOCKS.into_iter().find(|b| {
+            (b.rows, b.cols, b.slot_lanes) == (self.rows, self.cols, self.slot_lanes) && !self.tiled
+        })
     }
 
     /// The same block reading a packed B.
@@ -114,7 +116,7 @@ pub const BLOCKS: [Block; 4] = [SMALL, TALL, TILED, SLOTS];
 
 /// Every implicit-GEMM convolution kernel: the register blocks with B read
 /// from the image.
-pub const CONV_BLOCKS: [Block; 2] = [
+pub const CONV_BLOCKS: [Block; 3] = [
     Block {
         implicit: true,
         ..SMALL
@@ -122,6 +124,10 @@ pub const CONV_BLOCKS: [Block; 2] = [
     Block {
         implicit: true,
         ..TALL
+    },
+    Block {
+        implicit: true,
+        ..SLOTS
     },
 ];
 
@@ -200,8 +206,8 @@ fn register_blocked(block: &Block) -> String {
     if block.implicit {
         let _ = writeln!(
             w,
-            "            // X_col row k = (c, i, j) lies chan + row + j past a column's\n            \
-             // window corner: chan = image start + c·plane, row = i·width.\n            \
+            "            // Row k of B lies chan + row + j past a column's offset\n            \
+             // (see Params): the depth offset's three digits, walked.\n            \
              var chan = z * p.image_stride;\n            \
              var row = 0u;\n            \
              var j = 0u;"
@@ -219,7 +225,7 @@ fn register_blocked(block: &Block) -> String {
     for h in 0..vecs {
         if block.implicit {
             let at: Vec<String> = (0..4)
-                .map(|t| format!("image[corner{} + window]", 4 * h + t))
+                .map(|t| format!("image[column{} + window]", 4 * h + t))
                 .collect();
             let _ = writeln!(
                 w,
@@ -244,17 +250,18 @@ fn register_blocked(block: &Block) -> String {
     }
     let _ = writeln!(w, "                ia += a_stride;");
     if block.implicit {
-        // Next (c, i, j): along the window's row, then down, then a channel on
-        // (the image is padded, so a channel follows its last window row).
+        // Next k: the forward's (c, i, j) along the window's row, then down,
+        // then a channel on (the image is padded, so a channel follows its
+        // last window row); dW's (oh, ow) along an output row, then down.
         let _ = writeln!(
             w,
-            "                j++;\n                \
-             if j == p.kernel_w {{\n                    \
+            "                j += p.depth_step_c;\n                \
+             if j == p.depth_end_c {{\n                    \
                  j = 0u;\n                    \
-                 row += p.image_width;\n                    \
-                 if row == window_rows {{\n                        \
+                 row += p.depth_step_b;\n                    \
+                 if row == p.depth_end_b {{\n                        \
                      row = 0u;\n                        \
-                     chan += p.image_plane;\n                    \
+                     chan += p.depth_step_a;\n                    \
                  }}\n                \
              }}"
         );
@@ -293,17 +300,17 @@ fn register_blocked(block: &Block) -> String {
     s
 }
 
-/// The implicit kernels' window corners: `corner{t}`, the offset in an image
-/// of the top-left input of output position `col0 + t` (positions past N
-/// repeat the last one; their results are not stored), found by one division
-/// and then walked.
+/// The implicit kernels' column offsets: `column{t}`, the offset in an
+/// image of B's column `col0 + t` (columns past N repeat the last one; their
+/// results are not stored): its three digits found by division once, then
+/// walked.
 fn image_offsets(w: &mut String, cols: usize) {
     let _ = writeln!(
         w,
-        "    let window_rows = p.kernel_h * p.image_width;\n    \
-         var pos = min(col0, p.n - 1u);\n    \
-         var oh = pos / p.out_w;\n    \
-         var ow = pos - oh * p.out_w;"
+        "    var pos = min(col0, p.n - 1u);\n    \
+         var digit_c = pos % p.col_len_c;\n    \
+         var digit_b = (pos / p.col_len_c) % p.col_len_b;\n    \
+         var digit_a = pos / p.col_len_c / p.col_len_b;"
     );
     for t in 0..cols {
         if t > 0 {
@@ -311,17 +318,21 @@ fn image_offsets(w: &mut String, cols: usize) {
                 w,
                 "    if pos + 1u < p.n {{\n        \
                  pos++;\n        \
-                 ow++;\n        \
-                 if ow == p.out_w {{\n            \
-                     ow = 0u;\n            \
-                     oh++;\n        \
+                 digit_c++;\n        \
+                 if digit_c == p.col_len_c {{\n            \
+                     digit_c = 0u;\n            \
+                     digit_b++;\n            \
+                     if digit_b == p.col_len_b {{\n                \
+                         digit_b = 0u;\n                \
+                         digit_a++;\n            \
+                     }}\n        \
                  }}\n    \
                  }}"
             );
         }
         let _ = writeln!(
             w,
-            "    let corner{t} = oh * p.conv_stride * p.image_width + ow * p.conv_stride;"
+            "    let column{t} = digit_a * p.col_step_a + digit_b * p.col_step_b + digit_c * p.col_step_c;"
         );
     }
 }

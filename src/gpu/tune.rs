@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use super::gemm::ConvProduct;
 use super::gemm_source::{BLOCKS, Block, CONV_BLOCKS, SLOTS, SMALL, TALL, TILED};
 use crate::dirs::user_cache_dir;
 use crate::fnv::fnv1a;
@@ -65,22 +66,28 @@ impl GemmTuner {
     }
 
     /// Makes every GEMM use `block` (for checks of each kernel), or lifts that.
-    /// An implicit block runs convolutions' forward products as implicit
-    /// GEMMs and every other product with its explicit twin.
+    /// An implicit block runs convolutions' forward and weight-gradient
+    /// products as implicit GEMMs and every other product with its explicit
+    /// twin.
     pub fn force(&self, block: Option<Block>) {
         *self.forced.lock().unwrap() = block;
     }
 
-    /// How a convolution's forward product `spec` (batched `count` times)
-    /// runs: an implicit block, or an explicit one after im2col. `None`: not
-    /// known yet; the caller times the explicit path (with the GEMM's own
-    /// choice) against its implicit twin and calls
+    /// How a convolution's `product` `spec` (batched `count` times) runs: an
+    /// implicit block, or an explicit one after im2col (im2row for dW).
+    /// `None`: not known yet; the caller times the explicit path (with the
+    /// GEMM's own choice) against its implicit twin and calls
     /// [`GemmTuner::remember_conv`].
-    pub fn conv_choice(&self, spec: &GemmSpec, count: usize) -> Option<Block> {
+    pub fn conv_choice(
+        &self,
+        product: ConvProduct,
+        spec: &GemmSpec,
+        count: usize,
+    ) -> Option<Block> {
         if let Some(block) = *self.forced.lock().unwrap() {
             return Some(block);
         }
-        let class = ShapeClass::of(spec, count).conv();
+        let class = ShapeClass::of(spec, count).conv(product);
         if let Some(&block) = self.choices.lock().unwrap().get(&class) {
             return Some(block);
         }
@@ -91,9 +98,10 @@ impl GemmTuner {
         }
     }
 
-    /// Remembers how convolutions of `spec`'s shape class run best.
-    pub fn remember_conv(&self, spec: &GemmSpec, count: usize, block: Block) {
-        self.remember_class(ShapeClass::of(spec, count).conv(), block);
+    /// Remembers how convolutions' `product`s of `spec`'s shape class run
+    /// best.
+    pub fn remember_conv(&self, product: ConvProduct, spec: &GemmSpec, count: usize, block: Block) {
+        self.remember_class(ShapeClass::of(spec, count).conv(product), block);
     }
 
     /// The block to use for `spec` batched `count` times: forced, remembered,
@@ -192,11 +200,12 @@ fn rule(spec: &GemmSpec, count: usize, cpu_like: bool) -> Block {
 
 /// Shapes whose sizes round up to the same powers of two share a choice:
 /// a product's (`m…n…k…z…` in the cache file, with the exponents), or a
-/// convolution forward's explicit-or-implicit one (`conv-m…`). A plain
-/// value, so looking a choice up on every product allocates nothing.
+/// convolution product's explicit-or-implicit one (`conv-m…` for the
+/// forward, `convdw-m…` for the weight gradient). A plain value, so looking
+/// a choice up on every product allocates nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct ShapeClass {
-    conv: bool,
+    conv: Option<ConvProduct>,
     m: u32,
     n: u32,
     k: u32,
@@ -207,7 +216,7 @@ impl ShapeClass {
     fn of(spec: &GemmSpec, count: usize) -> Self {
         let log2 = |x: usize| usize::BITS - (x.max(1) - 1).leading_zeros();
         Self {
-            conv: false,
+            conv: None,
             m: log2(spec.m),
             n: log2(spec.n),
             k: log2(spec.k),
@@ -215,16 +224,28 @@ impl ShapeClass {
         }
     }
 
-    fn conv(self) -> Self {
-        Self { conv: true, ..self }
+    fn conv(self, product: ConvProduct) -> Self {
+        Self {
+            conv: Some(product),
+            ..self
+        }
+    }
+
+    /// The cache file's prefix for a class of `conv`.
+    fn prefix(conv: Option<ConvProduct>) -> &'static str {
+        match conv {
+            None => "",
+            Some(ConvProduct::Forward) => "conv-",
+            Some(ConvProduct::WeightGrad) => "convdw-",
+        }
     }
 
     /// The class a cache file names `text`, if it names one.
     fn parse(text: &str) -> Option<Self> {
-        let (conv, rest) = match text.strip_prefix("conv-") {
-            Some(rest) => (true, rest),
-            None => (false, text),
-        };
+        let (conv, rest) = [Some(ConvProduct::WeightGrad), Some(ConvProduct::Forward)]
+            .into_iter()
+            .find_map(|conv| Some((conv, text.strip_prefix(Self::prefix(conv))?)))
+            .unwrap_or((None, text));
         let rest = rest.strip_prefix('m')?;
         let (m, rest) = rest.split_once('n')?;
         let (n, rest) = rest.split_once('k')?;
@@ -241,10 +262,15 @@ impl ShapeClass {
 
 impl std::fmt::Display for ShapeClass {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.conv {
-            write!(f, "conv-")?;
-        }
-        write!(f, "m{}n{}k{}z{}", self.m, self.n, self.k, self.z)
+        write!(
+            f,
+            "{}m{}n{}k{}z{}",
+            Self::prefix(self.conv),
+            self.m,
+            self.n,
+            self.k,
+            self.z
+        )
     }
 }
 
@@ -345,8 +371,19 @@ mod tests {
         let class = ShapeClass::of(&spec(1000, 1024, 513), 1);
         assert_eq!(class.to_string(), "m10n10k10z0");
         assert_eq!(ShapeClass::of(&spec(1, 2, 3), 64).to_string(), "m0n1k2z6");
-        assert_eq!(class.conv().to_string(), "conv-m10n10k10z0");
-        for class in [class, class.conv()] {
+        assert_eq!(
+            class.conv(ConvProduct::Forward).to_string(),
+            "conv-m10n10k10z0"
+        );
+        assert_eq!(
+            class.conv(ConvProduct::WeightGrad).to_string(),
+            "convdw-m10n10k10z0"
+        );
+        for class in [
+            class,
+            class.conv(ConvProduct::Forward),
+            class.conv(ConvProduct::WeightGrad),
+        ] {
             assert_eq!(ShapeClass::parse(&class.to_string()), Some(class));
         }
         assert_eq!(ShapeClass::parse("m1n2k3"), None);
