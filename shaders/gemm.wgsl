@@ -80,7 +80,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
-// B of the implicit kernels, in b's place.
+// The implicit kernels' operands, in a's and b's places: A unpacked,
+// row-major (M, K) (W for the forward, dY_n for dW, both stored that way),
+// and the image B is read from.
+@group(0) @binding(1) var<storage, read> a_rows: array<f32>;
 @group(0) @binding(2) var<storage, read> image: array<f32>;
 
 // The bias of columns col .. col + 3 (bias_mode 2; zero past N).

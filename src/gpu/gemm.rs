@@ -261,10 +261,14 @@ pub fn conv_implicit_into(
         block.entry()
     );
     let (spec, batching) = image.product.of(image.geometry);
-    let a = pack_a(ctx, a, &spec, batching);
+    // The implicit kernels read A unpacked: W (O, C·kh·kw) and dY_n
+    // (O, OH·OW) are both row-major (M, K) already.
     gemm_packed_into(
         ctx,
-        a.view(),
+        Packed {
+            buffer: a,
+            stride: batching.stride_a,
+        },
         Operand::Image(image),
         epilogue,
         out,
@@ -323,8 +327,9 @@ pub fn gemm_packed_b_into<'e>(
 /// (not per device), so every adapter adds in the same order.
 const SPLIT_TARGET_WORKGROUPS: usize = 64;
 
-/// The GEMM dispatch itself, on a packed A, with `block` or the tuner's
-/// choice.
+/// The GEMM dispatch itself, with `block` or the tuner's choice, on a
+/// packed A (an implicit block reads A unpacked, row-major (M, K)
+/// instead).
 #[allow(clippy::too_many_arguments)]
 fn gemm_packed_into(
     ctx: &GpuContext,

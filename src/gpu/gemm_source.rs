@@ -170,15 +170,20 @@ fn register_blocked(block: &Block) -> String {
         w,
         "    if row0 >= p.m || col0 >= p.n {{\n        return;\n    }}"
     );
-    let _ = writeln!(w, "    // Row strides of the packed operands, in vec4s.");
-    let _ = writeln!(w, "    let a_stride = (p.m + 3u) / 4u;");
-    let _ = writeln!(w, "    let b_stride = (p.n + 3u) / 4u;");
-    for q in 0..rows / 4 {
-        let _ = writeln!(w, "    let a{q} = min(row0 / 4u + {q}u, a_stride - 1u);");
-    }
     if block.implicit {
+        // Row r of A starts at ar{r}: rows past M repeat the last one (their
+        // results are not stored).
+        for r in 0..rows {
+            let _ = writeln!(w, "    let ar{r} = min(row0 + {r}u, p.m - 1u) * p.k;");
+        }
         image_offsets(w, block.cols);
     } else {
+        let _ = writeln!(w, "    // Row strides of the packed operands, in vec4s.");
+        let _ = writeln!(w, "    let a_stride = (p.m + 3u) / 4u;");
+        let _ = writeln!(w, "    let b_stride = (p.n + 3u) / 4u;");
+        for q in 0..rows / 4 {
+            let _ = writeln!(w, "    let a{q} = min(row0 / 4u + {q}u, a_stride - 1u);");
+        }
         for h in 0..vecs {
             let _ = writeln!(w, "    let b{h} = min(col0 / 4u + {h}u, b_stride - 1u);");
         }
@@ -202,8 +207,8 @@ fn register_blocked(block: &Block) -> String {
     let _ = writeln!(w, "        let z_begin = slot * p.chunk;");
     let _ = writeln!(w, "        let z_end = min(z_begin + p.chunk, p.batch);");
     let _ = writeln!(w, "        for (var z = z_begin; z < z_end; z++) {{");
-    let _ = writeln!(w, "            var ia = z * p.stride_a / 4u;");
     if block.implicit {
+        let _ = writeln!(w, "            var ia = z * p.stride_a;");
         let _ = writeln!(
             w,
             "            // Row k of B lies chan + row + j past a column's offset\n            \
@@ -213,11 +218,23 @@ fn register_blocked(block: &Block) -> String {
              var j = 0u;"
         );
     } else {
+        let _ = writeln!(w, "            var ia = z * p.stride_a / 4u;");
         let _ = writeln!(w, "            var ib = z * p.stride_b / 4u;");
     }
     let _ = writeln!(w, "            for (var kk = 0u; kk < p.k; kk++) {{");
     for q in 0..rows / 4 {
-        let _ = writeln!(w, "                let av{q} = a[ia + a{q}];");
+        if block.implicit {
+            let at: Vec<String> = (0..4)
+                .map(|t| format!("a_rows[ia + ar{}]", 4 * q + t))
+                .collect();
+            let _ = writeln!(
+                w,
+                "                let av{q} = vec4<f32>({});",
+                at.join(", ")
+            );
+        } else {
+            let _ = writeln!(w, "                let av{q} = a[ia + a{q}];");
+        }
     }
     if block.implicit {
         let _ = writeln!(w, "                let window = chan + row + j;");
@@ -248,8 +265,8 @@ fn register_blocked(block: &Block) -> String {
             .collect();
         let _ = writeln!(w, "                {}", line.join(" "));
     }
-    let _ = writeln!(w, "                ia += a_stride;");
     if block.implicit {
+        let _ = writeln!(w, "                ia++;");
         // Next k: the forward's (c, i, j) along the window's row, then down,
         // then a channel on (the image is padded, so a channel follows its
         // last window row); dW's (oh, ow) along an output row, then down.
@@ -266,6 +283,7 @@ fn register_blocked(block: &Block) -> String {
              }}"
         );
     } else {
+        let _ = writeln!(w, "                ia += a_stride;");
         let _ = writeln!(w, "                ib += b_stride;");
     }
     let _ = writeln!(w, "            }}");
