@@ -1,8 +1,9 @@
 //! Checkpoints: safetensors files holding the model's weights under PyTorch's
 //! `nn.Sequential` names and layouts, the optimizer state, and in the header
 //! metadata the model definition (TOML), the training state (JSON), a format
-//! version and a checksum of every tensor. Written atomically: a temporary file
-//! in the same directory, flushed to disk, then renamed over the old one.
+//! version and a checksum of every tensor and every other metadata entry.
+//! Written atomically: a temporary file in the same directory, flushed to
+//! disk, then renamed over the old one.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -19,7 +20,9 @@ use crate::tensor::HostTensor;
 /// Written into every checkpoint's metadata as `format`.
 pub const FORMAT: &str = "wgcnn-checkpoint";
 /// Bumped whenever the layout of a checkpoint changes incompatibly.
-pub const VERSION: u32 = 1;
+/// Version 2 adds the metadata to the checksum; version 1 files (whose
+/// checksum covers the tensors alone) are still read.
+pub const VERSION: u32 = 2;
 
 /// Everything a run needs to continue where it stopped.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -135,8 +138,13 @@ impl View for AnyView<'_> {
     }
 }
 
-/// FNV-1a over every tensor's name, dtype, shape and bytes, in name order.
-fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>) -> String {
+/// FNV-1a over every tensor's name, dtype, shape and bytes, in name order,
+/// then over every metadata entry but `checksum`, key and value, in key
+/// order (pass no metadata for a version 1 file's tensors-only checksum).
+fn checksum<'a>(
+    tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>,
+    metadata: &HashMap<String, String>,
+) -> String {
     let mut items: Vec<_> = tensors.collect();
     items.sort_by(|a, b| a.0.cmp(b.0));
     let mut h = crate::fnv::Fnv1a::default();
@@ -144,6 +152,15 @@ fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a 
         h.feed(name.as_bytes());
         h.feed(format!("{dtype:?}{shape:?}").as_bytes());
         h.feed(data);
+    }
+    let mut entries: Vec<_> = metadata.iter().filter(|(k, _)| *k != "checksum").collect();
+    entries.sort();
+    for (key, value) in entries {
+        // Lengths first, so no two different entry lists feed the same bytes.
+        h.feed(&(key.len() as u64).to_le_bytes());
+        h.feed(key.as_bytes());
+        h.feed(&(value.len() as u64).to_le_bytes());
+        h.feed(value.as_bytes());
     }
     format!("{:016x}", h.finish())
 }
@@ -184,13 +201,7 @@ impl Checkpoint {
         }
         let data: Vec<(String, std::borrow::Cow<[u8]>)> =
             views.iter().map(|(n, v)| (n.clone(), v.data())).collect();
-        let sum = checksum(
-            views
-                .iter()
-                .zip(&data)
-                .map(|((n, v), (_, d))| (n.as_str(), v.dtype(), v.shape(), d.as_ref())),
-        );
-        let metadata = HashMap::from([
+        let mut metadata = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("version".to_string(), VERSION.to_string()),
             ("model".to_string(), self.spec.to_toml()),
@@ -198,8 +209,15 @@ impl Checkpoint {
                 "training".to_string(),
                 serde_json::to_string(&self.state).expect("training state serialises"),
             ),
-            ("checksum".to_string(), sum),
         ]);
+        let sum = checksum(
+            views
+                .iter()
+                .zip(&data)
+                .map(|((n, v), (_, d))| (n.as_str(), v.dtype(), v.shape(), d.as_ref())),
+            &metadata,
+        );
+        metadata.insert("checksum".to_string(), sum);
         let bytes = safetensors::serialize(views, Some(metadata))
             .map_err(|e| Error::file(path, format!("cannot encode checkpoint: {e}")))?;
         write_atomically(path, &bytes).map_err(io)
@@ -237,16 +255,22 @@ impl Checkpoint {
             ));
         }
         let version = field("version")?;
-        if version != &VERSION.to_string() {
-            return Err(format!(
-                "checkpoint format version {version} is not supported (this wgcnn reads version {VERSION})"
-            ));
-        }
+        let covered = match version.parse::<u32>() {
+            Ok(1) => HashMap::new(),
+            Ok(VERSION) => meta.clone(),
+            _ => {
+                return Err(format!(
+                    "checkpoint format version {version} is not supported (this wgcnn reads \
+                     versions 1 to {VERSION})"
+                ));
+            }
+        };
         let tensors = file.tensors();
         let sum = checksum(
             tensors
                 .iter()
                 .map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())),
+            &covered,
         );
         if &sum != field("checksum")? {
             return Err("checksum mismatch: the file is corrupt".to_string());

@@ -1397,7 +1397,9 @@ impl Parts {
     }
 
     /// The checksum `Checkpoint::save` writes: FNV-1a over every tensor's name,
-    /// dtype, shape and bytes, in name order.
+    /// dtype, shape and bytes, in name order, then (unless the file says it is
+    /// version 1) every metadata entry but `checksum`, length-prefixed key and
+    /// value, in key order.
     fn checksum(&self) -> String {
         let mut tensors: Vec<&RawTensor> = self.tensors.iter().collect();
         tensors.sort_by(|a, b| a.name.cmp(&b.name));
@@ -1406,6 +1408,14 @@ impl Parts {
             h.feed(t.name.as_bytes());
             h.feed(format!("{:?}{:?}", t.dtype, t.shape).as_bytes());
             h.feed(&t.data);
+        }
+        if self.meta.get("version").map(String::as_str) != Some("1") {
+            for (key, value) in self.meta.iter().filter(|(k, _)| *k != "checksum") {
+                h.feed(&(key.len() as u64).to_le_bytes());
+                h.feed(key.as_bytes());
+                h.feed(&(value.len() as u64).to_le_bytes());
+                h.feed(value.as_bytes());
+            }
         }
         format!("{:016x}", h.finish())
     }
@@ -1965,7 +1975,7 @@ fn regression_checkpoint_normalisation_must_fit_the_input() {
         );
         let dir = TempDir::new("regression-norm");
         let path = dir.path().join("c.safetensors");
-        std::fs::write(&path, parts.bytes(false).unwrap()).unwrap();
+        std::fs::write(&path, parts.bytes(true).unwrap()).unwrap();
         let err = Checkpoint::load(&path)
             .map(|_| ())
             .expect_err(&format!("{field} = {value} must be refused"));
@@ -2178,7 +2188,7 @@ fn regression_checkpoint_counters_must_fit_the_trainer() {
             &mut parts,
             &CheckpointEdit::StateField(field, Some(value.clone())),
         );
-        let err = Checkpoint::from_bytes(path, &parts.bytes(false).unwrap())
+        let err = Checkpoint::from_bytes(path, &parts.bytes(true).unwrap())
             .map(|_| ())
             .expect_err(&format!("{field} = {value} must be refused"));
         assert!(err.to_string().contains(field), "{err}");
@@ -2189,6 +2199,45 @@ fn regression_checkpoint_counters_must_fit_the_trainer() {
         &mut parts,
         &CheckpointEdit::StateField("step", Some(serde_json::json!(i32::MAX - 1))),
     );
-    let c = Checkpoint::from_bytes(path, &parts.bytes(false).unwrap()).unwrap();
+    let c = Checkpoint::from_bytes(path, &parts.bytes(true).unwrap()).unwrap();
     check_usable(&c).unwrap();
+}
+
+/// The checksum covered the tensors alone, so a training state or model
+/// definition damaged into other valid values (a learning rate's digit, a
+/// layer's width) loaded silently. Version 2 files cover every metadata entry;
+/// version 1 files, checked the old way, still load.
+#[test]
+fn regression_checkpoint_checksum_covers_the_metadata() {
+    let base = &base_checkpoints()[0];
+    let dir = TempDir::new("regression-meta-sum");
+    let path = dir.path().join("c.safetensors");
+    type EntryEdit = fn(&str) -> String;
+    let edits: [(&str, EntryEdit); 2] = [
+        ("training", |json| json.replacen("\"lr\":", "\"lr\":1", 1)),
+        ("model", |toml| {
+            format!("# a comment changes no value\n{toml}")
+        }),
+    ];
+    for (key, edit) in edits {
+        let mut parts = Parts::of(base);
+        let entry = parts.meta.get_mut(key).unwrap();
+        let edited = edit(entry);
+        assert_ne!(&edited, entry, "{key}: {entry}");
+        *entry = edited;
+        std::fs::write(&path, parts.bytes(false).unwrap()).unwrap();
+        let err = Checkpoint::load(&path)
+            .map(|_| ())
+            .expect_err(&format!("an edited {key} entry must be refused"));
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+        // The same edit with a matching checksum is a valid file.
+        std::fs::write(&path, parts.bytes(true).unwrap()).unwrap();
+        Checkpoint::load(&path).unwrap_or_else(|e| panic!("{key} edit, checksum fixed: {e}"));
+    }
+    let mut v1 = Parts::of(base);
+    v1.meta.insert("version".into(), "1".into());
+    std::fs::write(&path, v1.bytes(true).unwrap()).unwrap();
+    let old = Checkpoint::load(&path).expect("a version 1 checkpoint still loads");
+    let current = Checkpoint::from_bytes(&path, base).unwrap();
+    assert_eq!(old.state, current.state);
 }
