@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::nn::{ModelSpec, StateDict};
+use crate::optim::Schedule;
 use crate::tensor::HostTensor;
 
 /// Written into every checkpoint's metadata as `format`.
@@ -55,6 +56,65 @@ pub struct TrainingState {
     /// (seed, epoch).
     #[serde(default)]
     pub epoch_examples_done: usize,
+    /// The settings the run trains with, which `--resume` continues with
+    /// unless told otherwise; `None` in checkpoints written before they were
+    /// recorded.
+    #[serde(default)]
+    pub settings: Option<RunSettings>,
+}
+
+/// The settings that shape a run's course beyond the optimizer: a resumed
+/// run that keeps them continues the run that would have gone on
+/// uninterrupted.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// Epochs the run is planned for (the schedule spans them).
+    pub epochs: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Learning-rate decay.
+    pub schedule: Schedule,
+    /// Epochs of linear warm-up.
+    pub warmup_epochs: f32,
+    /// Whether training batches are augmented.
+    pub augment: bool,
+    /// Fraction of the training set held out for validation.
+    pub validation: f32,
+}
+
+impl RunSettings {
+    /// Why these settings cannot train, naming the field; `None` when they
+    /// can.
+    fn problem(&self) -> Option<String> {
+        if self.epochs == 0 || self.batch_size == 0 {
+            return Some(format!(
+                "epochs = {} and batch_size = {} must both be at least 1",
+                self.epochs, self.batch_size
+            ));
+        }
+        if !(self.warmup_epochs >= 0.0 && self.warmup_epochs.is_finite()) {
+            return Some(format!(
+                "warmup_epochs = {} must be a finite number >= 0",
+                self.warmup_epochs
+            ));
+        }
+        if !(0.0..1.0).contains(&self.validation) {
+            return Some(format!(
+                "validation = {} must be a fraction in [0, 1)",
+                self.validation
+            ));
+        }
+        match self.schedule {
+            Schedule::Step {
+                every_epochs,
+                gamma,
+            } if every_epochs == 0 || !(gamma > 0.0 && gamma.is_finite()) => Some(format!(
+                "a step schedule's every_epochs = {every_epochs} must be at least 1 and its \
+                 gamma = {gamma} a positive number"
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// A checkpoint in memory.
@@ -353,6 +413,9 @@ fn check_state(spec: &ModelSpec, state: &TrainingState) -> std::result::Result<(
         if !value.is_finite() {
             return Err(format!("{name} = {value} is not a finite number"));
         }
+    }
+    if let Some(problem) = state.settings.as_ref().and_then(RunSettings::problem) {
+        return Err(format!("settings: {problem}"));
     }
     let (mean, std) = (&state.norm_mean, &state.norm_std);
     let channels = match spec.input[..] {

@@ -179,8 +179,10 @@ impl UpdateStep {
     }
 }
 
-/// How the learning rate changes over training.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// How the learning rate changes over training (in a checkpoint's training
+/// state as `{"kind": "step", "every_epochs": 5, "gamma": 0.1}` and the like).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Schedule {
     /// The base rate throughout.
     Constant,

@@ -112,6 +112,85 @@ fn mnist_from_a_directory_trains_evaluates_and_predicts() {
     );
 }
 
+/// A resumed run takes the course settings it was started with from the
+/// checkpoint (epochs, batch size, schedule, warm-up, augmentation,
+/// validation split) and ends bit for bit where the uninterrupted run does.
+#[test]
+fn resume_continues_with_the_checkpoints_settings() {
+    let dir = temp_dir("cli", "resume-settings");
+    write_mnist(&dir, "train", 120);
+    write_mnist(&dir, "t10k", 30);
+    let d = dir.to_str().unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let run = |extra: &[&str], checkpoint: &str| {
+        let mut args = vec![
+            "train",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            d,
+            "--model",
+            "convnet",
+            "--cpu",
+            "--checkpoint",
+            checkpoint,
+        ];
+        args.extend(extra);
+        let out = wgcnn(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    let settings = [
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--schedule",
+        "step",
+        "--step-epochs",
+        "1",
+        "--gamma",
+        "0.5",
+        "--warmup",
+        "0.5",
+        "--augment",
+        "--validation",
+        "0.25",
+        "--seed",
+        "5",
+    ];
+    let whole = path("whole.safetensors");
+    run(&settings, &whole);
+    let parts = path("parts.safetensors");
+    run(&[&settings[..], &["--stop-after", "1"]].concat(), &parts);
+    let resumed = run(&["--resume", &parts], &parts);
+    assert!(
+        resumed.contains(
+            "with its settings: --epochs 3 --batch-size 16 --schedule step --step-epochs 1 \
+             --gamma 0.5 --warmup 0.5 --augment --validation 0.25"
+        ) && resumed.contains("epoch 3/3"),
+        "{resumed}"
+    );
+    let load = |p: &str| wgcnn::checkpoint::Checkpoint::load(std::path::Path::new(p)).unwrap();
+    let (a, b) = (load(&whole), load(&parts));
+    assert_eq!(a.state.step, b.state.step);
+    assert_eq!(a.state.settings, b.state.settings);
+    for ((name, x), (_, y)) in a.model.iter().zip(&b.model) {
+        assert_eq!(
+            x.data, y.data,
+            "{name} differs from the uninterrupted run's"
+        );
+    }
+    // A flag given on resume wins over the stored setting (and is recorded).
+    let out = run(
+        &["--resume", &parts, "--epochs", "4", "--augment", "false"],
+        &parts,
+    );
+    assert!(out.contains("epoch 4/4"), "{out}");
+    let settings = load(&parts).state.settings.unwrap();
+    assert_eq!((settings.epochs, settings.augment), (4, false));
+}
+
 #[test]
 fn bad_flags_and_files_are_clear_errors() {
     let dir = temp_dir("cli", "bad");

@@ -39,14 +39,14 @@ use proptest::sample::select;
 use safetensors::{Dtype, SafeTensors, View};
 
 use wgcnn::Error;
-use wgcnn::checkpoint::{Checkpoint, TrainingState};
+use wgcnn::checkpoint::{Checkpoint, RunSettings, TrainingState};
 use wgcnn::cpu::CpuBackend;
 use wgcnn::data::{
     self, Dataset, DatasetKind, IdxKind, Normalization, make_batch, parse_cifar_batch, parse_idx,
 };
 use wgcnn::geometry::Activation;
 use wgcnn::nn::{LayerSpec, ModelSpec, builtin, init_parameters, parameter_shapes};
-use wgcnn::optim::{OptimizerKind, OptimizerSettings};
+use wgcnn::optim::{OptimizerKind, OptimizerSettings, Schedule};
 use wgcnn::rng::SplitMix64;
 use wgcnn::tensor::HostTensor;
 use wgcnn::train::Trainer;
@@ -1479,7 +1479,8 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
     ]
 }
 
-const STATE_FIELDS: [&str; 13] = [
+const STATE_FIELDS: [&str; 14] = [
+    "settings",
     "epoch",
     "step",
     "seed",
@@ -1837,9 +1838,47 @@ fn training_state() -> impl Strategy<Value = TrainingState> {
         prop::collection::vec(number(), 1..2),
         prop::collection::vec(text, 0..4),
         prop_oneof![4 => 0.0f64..1.0, 1 => select(vec![f64::NAN, f64::INFINITY])],
+        prop::option::of((
+            (count(), count(), any::<bool>()),
+            (number(), number(), number()),
+            select(vec![
+                Schedule::Constant,
+                Schedule::Cosine,
+                Schedule::Step {
+                    every_epochs: 0,
+                    gamma: 0.0,
+                },
+            ]),
+        )),
     )
         .prop_map(
-            |((epoch, step, seed), (optimizer, lr, weight_decay, dataset), m, s, names, best)| {
+            |(
+                (epoch, step, seed),
+                (optimizer, lr, weight_decay, dataset),
+                m,
+                s,
+                names,
+                best,
+                settings,
+            )| {
+                let settings = settings.map(
+                    |((epochs, batch_size, augment), (warmup, gamma, validation), schedule)| {
+                        RunSettings {
+                            epochs,
+                            batch_size,
+                            schedule: match schedule {
+                                Schedule::Step { .. } => Schedule::Step {
+                                    every_epochs: epochs % 7,
+                                    gamma,
+                                },
+                                other => other,
+                            },
+                            warmup_epochs: warmup,
+                            augment,
+                            validation,
+                        }
+                    },
+                );
                 TrainingState {
                     epoch,
                     step,
@@ -1852,6 +1891,7 @@ fn training_state() -> impl Strategy<Value = TrainingState> {
                     norm_std: s,
                     class_names: names,
                     best_accuracy: best,
+                    settings,
                     ..TrainingState::default()
                 }
             },

@@ -69,6 +69,7 @@ fn options(epochs: usize, checkpoint: PathBuf) -> TrainOptions {
             crop_padding: 2,
             horizontal_flip: true,
         }),
+        validation: 0.0,
         checkpoint: Some(checkpoint),
         metrics: None,
         progress_bar: false,

@@ -112,6 +112,7 @@ fn options(epochs: usize) -> TrainOptions {
         warmup_epochs: 0.0,
         seed: 3,
         augmentation: None,
+        validation: 0.0,
         checkpoint: None,
         metrics: None,
         progress_bar: false,

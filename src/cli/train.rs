@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use wgcnn::checkpoint::Checkpoint;
+use wgcnn::checkpoint::{Checkpoint, RunSettings};
 use wgcnn::cpu::CpuBackend;
 use wgcnn::data::{Augmentation, DatasetKind};
 use wgcnn::nn::{ModelSpec, builtin, default_model_name, init_parameters};
@@ -43,17 +43,18 @@ pub struct TrainArgs {
     /// Directory holding the data set's files.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Epochs to train (a resumed run continues up to this many; give the same
-    /// number to resume exactly, since the learning-rate schedule spans them).
-    #[arg(long, default_value_t = 12)]
-    pub epochs: usize,
+    /// Epochs to train; a resumed run continues up to this many (the
+    /// learning-rate schedule spans them) [default: 12, or the checkpoint's
+    /// when resuming].
+    #[arg(long)]
+    pub epochs: Option<usize>,
     /// Stop after this many epochs of the run are complete, with the schedule
     /// still planned for --epochs; `--resume` continues it.
     #[arg(long, value_name = "EPOCHS")]
     pub stop_after: Option<usize>,
-    /// Examples per step.
-    #[arg(long, default_value_t = 128)]
-    pub batch_size: usize,
+    /// Examples per step [default: 128, or the checkpoint's when resuming].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Optimizer: sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw
     /// [default: adamw, or the checkpoint's when resuming].
     #[arg(long)]
@@ -65,26 +66,31 @@ pub struct TrainArgs {
     /// checkpoint's when resuming].
     #[arg(long)]
     pub weight_decay: Option<f32>,
-    /// Learning-rate schedule.
-    #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
-    pub schedule: ScheduleArg,
-    /// Epochs between decays for --schedule step.
-    #[arg(long, default_value_t = 5)]
-    pub step_epochs: usize,
-    /// Decay factor for --schedule step.
-    #[arg(long, default_value_t = 0.1)]
-    pub gamma: f32,
-    /// Epochs of linear learning-rate warm-up.
-    #[arg(long, default_value_t = 0.0)]
-    pub warmup: f32,
-    /// Augment training images: random crop after 2-pixel padding, plus
-    /// horizontal flips for CIFAR-10.
+    /// Learning-rate schedule [default: cosine, or the checkpoint's when
+    /// resuming].
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleArg>,
+    /// Epochs between decays for --schedule step [default: 5, or the
+    /// checkpoint's].
     #[arg(long)]
-    pub augment: bool,
+    pub step_epochs: Option<usize>,
+    /// Decay factor for --schedule step [default: 0.1, or the checkpoint's].
+    #[arg(long)]
+    pub gamma: Option<f32>,
+    /// Epochs of linear learning-rate warm-up [default: 0, or the
+    /// checkpoint's when resuming].
+    #[arg(long)]
+    pub warmup: Option<f32>,
+    /// Augment training images: random crop after 2-pixel padding, plus
+    /// horizontal flips for CIFAR-10 (`--augment false` turns a resumed
+    /// run's off) [default: off, or the checkpoint's when resuming].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub augment: Option<bool>,
     /// Hold out this fraction of the training set for validation (evaluated
-    /// instead of the test set).
-    #[arg(long, default_value_t = 0.0)]
-    pub validation: f32,
+    /// instead of the test set) [default: 0, or the checkpoint's when
+    /// resuming].
+    #[arg(long)]
+    pub validation: Option<f32>,
     /// Seed of initialisation, shuffling, dropout and augmentation [default: 1;
     /// a resumed run keeps the checkpoint's].
     #[arg(long)]
@@ -99,8 +105,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
     /// Continue from this checkpoint: its model, weights, optimizer state, seed,
-    /// position (mid-epoch too) and, unless given, data set, optimizer, --lr and
-    /// --weight-decay.
+    /// position (mid-epoch too) and, unless given, data set, optimizer, --lr,
+    /// --weight-decay, --epochs, --batch-size, the schedule, --warmup,
+    /// --augment and --validation.
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Append one JSON object per epoch to this file.
@@ -121,6 +128,87 @@ fn parse_dataset(name: &str) -> std::result::Result<DatasetKind, String> {
 const DEFAULT_OPTIMIZER: &str = "adamw";
 const DEFAULT_LR: f32 = 2e-3;
 const DEFAULT_WEIGHT_DECAY: f32 = 5e-4;
+/// Default course of a fresh run.
+const DEFAULT_SETTINGS: RunSettings = RunSettings {
+    epochs: 12,
+    batch_size: 128,
+    schedule: Schedule::Cosine,
+    warmup_epochs: 0.0,
+    augment: false,
+    validation: 0.0,
+};
+/// A step schedule's defaults, when --schedule step is given alone.
+const DEFAULT_STEP_EPOCHS: usize = 5;
+const DEFAULT_GAMMA: f32 = 0.1;
+
+/// The run's settings: each flag given, else the resumed checkpoint's
+/// (`stored`), else the default.
+fn run_settings(args: &TrainArgs, stored: Option<&RunSettings>) -> RunSettings {
+    let base = stored.unwrap_or(&DEFAULT_SETTINGS);
+    let (stored_every, stored_gamma) = match base.schedule {
+        Schedule::Step {
+            every_epochs,
+            gamma,
+        } => (every_epochs, gamma),
+        _ => (DEFAULT_STEP_EPOCHS, DEFAULT_GAMMA),
+    };
+    let schedule = match args.schedule {
+        None => match base.schedule {
+            Schedule::Step { .. } => Schedule::Step {
+                every_epochs: args.step_epochs.unwrap_or(stored_every),
+                gamma: args.gamma.unwrap_or(stored_gamma),
+            },
+            other => other,
+        },
+        Some(ScheduleArg::Constant) => Schedule::Constant,
+        Some(ScheduleArg::Cosine) => Schedule::Cosine,
+        Some(ScheduleArg::Step) => Schedule::Step {
+            every_epochs: args.step_epochs.unwrap_or(stored_every),
+            gamma: args.gamma.unwrap_or(stored_gamma),
+        },
+    };
+    RunSettings {
+        epochs: args.epochs.unwrap_or(base.epochs),
+        batch_size: args.batch_size.unwrap_or(base.batch_size),
+        schedule,
+        warmup_epochs: args.warmup.unwrap_or(base.warmup_epochs),
+        augment: args.augment.unwrap_or(base.augment),
+        validation: args.validation.unwrap_or(base.validation),
+    }
+}
+
+/// The settings a resumed run takes from its checkpoint (flags not given
+/// whose stored value differs from the default), as flags, for the log.
+fn restored_flags(args: &TrainArgs, settings: &RunSettings) -> Vec<String> {
+    let d = &DEFAULT_SETTINGS;
+    let mut flags = Vec::new();
+    if args.epochs.is_none() && settings.epochs != d.epochs {
+        flags.push(format!("--epochs {}", settings.epochs));
+    }
+    if args.batch_size.is_none() && settings.batch_size != d.batch_size {
+        flags.push(format!("--batch-size {}", settings.batch_size));
+    }
+    if args.schedule.is_none() && settings.schedule != d.schedule {
+        flags.push(match settings.schedule {
+            Schedule::Constant => "--schedule constant".to_string(),
+            Schedule::Cosine => "--schedule cosine".to_string(),
+            Schedule::Step {
+                every_epochs,
+                gamma,
+            } => format!("--schedule step --step-epochs {every_epochs} --gamma {gamma}"),
+        });
+    }
+    if args.warmup.is_none() && settings.warmup_epochs != d.warmup_epochs {
+        flags.push(format!("--warmup {}", settings.warmup_epochs));
+    }
+    if args.augment.is_none() && settings.augment != d.augment {
+        flags.push("--augment".to_string());
+    }
+    if args.validation.is_none() && settings.validation != d.validation {
+        flags.push(format!("--validation {}", settings.validation));
+    }
+    flags
+}
 
 /// Rejects flags out of their range before any work, naming the flag.
 fn check_flags(args: &TrainArgs) -> Result<()> {
@@ -128,13 +216,13 @@ fn check_flags(args: &TrainArgs) -> Result<()> {
         wgcnn::plot::check_picture_path(path)?;
     }
     let fail = |message: String| Err(Error::Setting(message));
-    if args.epochs == 0 {
+    if args.epochs == Some(0) {
         return fail("--epochs 0: train at least 1 epoch".into());
     }
     if args.stop_after == Some(0) {
         return fail("--stop-after 0: stop after at least 1 epoch".into());
     }
-    if args.batch_size == 0 {
+    if args.batch_size == Some(0) {
         return fail("--batch-size must be at least 1".into());
     }
     if let Some(lr) = args.lr
@@ -147,22 +235,26 @@ fn check_flags(args: &TrainArgs) -> Result<()> {
     {
         return fail(format!("--weight-decay {wd} must be a finite number >= 0"));
     }
-    if !(args.warmup >= 0.0 && args.warmup.is_finite()) {
+    if let Some(warmup) = args.warmup
+        && !(warmup >= 0.0 && warmup.is_finite())
+    {
         return fail(format!(
-            "--warmup {} must be a finite number of epochs >= 0",
-            args.warmup
+            "--warmup {warmup} must be a finite number of epochs >= 0"
         ));
     }
-    if args.step_epochs == 0 {
+    if args.step_epochs == Some(0) {
         return fail("--step-epochs must be at least 1".into());
     }
-    if !(args.gamma > 0.0 && args.gamma.is_finite()) {
-        return fail(format!("--gamma {} must be a positive number", args.gamma));
+    if let Some(gamma) = args.gamma
+        && !(gamma > 0.0 && gamma.is_finite())
+    {
+        return fail(format!("--gamma {gamma} must be a positive number"));
     }
-    if !(0.0..1.0).contains(&args.validation) {
+    if let Some(validation) = args.validation
+        && !(0.0..1.0).contains(&validation)
+    {
         return fail(format!(
-            "--validation {} must be a fraction in [0, 1) of the training set",
-            args.validation
+            "--validation {validation} must be a fraction in [0, 1) of the training set"
         ));
     }
     Ok(())
@@ -192,12 +284,16 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         (Some(c), _) => c.state.seed,
         (None, seed) => seed.unwrap_or(1),
     };
+    let settings = run_settings(
+        args,
+        resume.as_ref().and_then(|c| c.state.settings.as_ref()),
+    );
     let dataset = args
         .dataset
         .or_else(|| resume.as_ref().and_then(trained_on));
     let splits = resolve(dataset, args.data_dir.as_deref(), seed)?;
-    let (train_set, eval_set) = if args.validation > 0.0 {
-        let (train_set, validation) = splits.train.split_validation(args.validation, seed)?;
+    let (train_set, eval_set) = if settings.validation > 0.0 {
+        let (train_set, validation) = splits.train.split_validation(settings.validation, seed)?;
         (train_set, validation)
     } else {
         (splits.train, splits.test)
@@ -232,25 +328,20 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         .weight_decay
         .or(saved.map(|s| s.weight_decay))
         .unwrap_or(DEFAULT_WEIGHT_DECAY);
+    let epochs = settings.epochs;
     let options = TrainOptions {
-        epochs: args.epochs,
-        batch_size: args.batch_size,
+        epochs,
+        batch_size: settings.batch_size,
         optimizer: OptimizerSettings::new(OptimizerKind::from_name(&optimizer)?, weight_decay)?,
         lr,
-        schedule: match args.schedule {
-            ScheduleArg::Constant => Schedule::Constant,
-            ScheduleArg::Step => Schedule::Step {
-                every_epochs: args.step_epochs,
-                gamma: args.gamma,
-            },
-            ScheduleArg::Cosine => Schedule::Cosine,
-        },
-        warmup_epochs: args.warmup,
+        schedule: settings.schedule,
+        warmup_epochs: settings.warmup_epochs,
         seed,
-        augmentation: args.augment.then_some(Augmentation {
+        augmentation: settings.augment.then_some(Augmentation {
             crop_padding: 2,
             horizontal_flip: train_set.shape[0] == 3,
         }),
+        validation: settings.validation,
         checkpoint: args.checkpoint.clone(),
         metrics: args.metrics.clone(),
         progress_bar: std::io::stdout().is_terminal(),
@@ -258,13 +349,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         stop_after_steps: None,
     };
     let start = match resume {
-        Some(c) if c.state.epoch >= args.epochs => {
+        Some(c) if c.state.epoch >= epochs => {
             println!(
-                "{} has completed {} epochs already: nothing to train with --epochs {} \
+                "{} has completed {} epochs already: nothing to train with --epochs {epochs} \
                  (raise --epochs to continue)",
                 resume_path(),
                 c.state.epoch,
-                args.epochs
             );
             return Ok(());
         }
@@ -279,6 +369,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 c.state.step,
                 resume_path()
             );
+            let restored = restored_flags(args, &settings);
+            if !restored.is_empty() {
+                println!("with its settings: {}", restored.join(" "));
+            }
             Start::Resume(Box::new(c))
         }
         None => Start::Fresh(init_parameters(&spec, seed)?),
@@ -294,7 +388,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         parameter_count(&spec)?,
         train_set.len(),
         eval_set.len(),
-        args.batch_size,
+        settings.batch_size,
     );
     if let Err(e) = interrupt::install() {
         eprintln!("warning: {e}; Ctrl-C will stop training without a checkpoint");
@@ -331,15 +425,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if let Some(last) = history.last() {
         println!("final test accuracy: {:.2}%", 100.0 * last.test_accuracy);
     }
-    if let Some(stop) = args.stop_after.filter(|&n| n < args.epochs) {
+    if let Some(stop) = args.stop_after.filter(|&n| n < epochs) {
         let hint = match &args.checkpoint {
             Some(path) => format!("; continue with --resume {}", path.display()),
             None => String::new(),
         };
-        println!(
-            "stopped after epoch {stop} of {} as --stop-after asks{hint}",
-            args.epochs
-        );
+        println!("stopped after epoch {stop} of {epochs} as --stop-after asks{hint}");
     }
     draw_plot(args, &history)
 }

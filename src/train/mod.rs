@@ -25,7 +25,7 @@ use stats::StepStats;
 pub use trainer::{Evaluation, Trainer, evaluate};
 
 use crate::backend::Backend;
-use crate::checkpoint::{Checkpoint, TrainingState};
+use crate::checkpoint::{Checkpoint, RunSettings, TrainingState};
 use crate::data::{Augmentation, Dataset, Normalization, batch_seed, epoch_order, make_batch};
 use crate::error::{Error, Result};
 use crate::nn::{ModelSpec, StateDict};
@@ -50,6 +50,10 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Augmentation of training batches, if any.
     pub augmentation: Option<Augmentation>,
+    /// The fraction of the training set the caller held out for validation
+    /// (0: none), recorded in checkpoints so that a resumed run holds out
+    /// the same.
+    pub validation: f32,
     /// Checkpoint written after every epoch.
     pub checkpoint: Option<PathBuf>,
     /// JSON-lines metrics, one object per epoch.
@@ -170,6 +174,14 @@ pub fn train<B: Backend>(
     state.optimizer = options.optimizer.kind.name().to_string();
     state.lr = options.lr;
     state.weight_decay = options.optimizer.weight_decay;
+    state.settings = Some(RunSettings {
+        epochs: options.epochs,
+        batch_size: options.batch_size,
+        schedule: options.schedule,
+        warmup_epochs: options.warmup_epochs,
+        augment: options.augmentation.is_some(),
+        validation: options.validation,
+    });
     // A resumed run keeps the normalisation it was trained with.
     let norm = Normalization {
         mean: state.norm_mean.clone(),
@@ -375,13 +387,10 @@ fn interrupted_error(place: &str, options: &TrainOptions) -> Error {
     Error::Training(match &options.checkpoint {
         Some(path) => format!(
             "interrupted at {place}; the checkpoint {} holds this point: continue with \
-             `wgcnn train --resume {} --checkpoint {} --epochs {} --batch-size {}` (and the \
-             same --schedule, --warmup and --augment)",
+             `wgcnn train --resume {} --checkpoint {}` (it keeps the run's settings)",
             path.display(),
             path.display(),
             path.display(),
-            options.epochs,
-            options.batch_size
         ),
         None => format!(
             "interrupted at {place}; no checkpoint was written (--checkpoint PATH keeps one)"
