@@ -11,8 +11,8 @@
 
 use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, Params, grid_extent};
 use super::gemm::{
-    Batching, Bias, ConvProduct, Epilogue, Image, Packed, conv_implicit_into, fastest, gemm_into,
-    gemm_packed_b_into, gemm_with_block_into,
+    Batching, Bias, ConvProduct, Epilogue, Image, Packed, block_has_run, conv_implicit_into,
+    fastest, gemm_into, gemm_packed_b_into, gemm_with_block_into,
 };
 use super::gemm_source::{Block, CONV_BLOCKS};
 use super::reduce::{channel_sum_into, slice_sum_into};
@@ -144,8 +144,10 @@ fn run_conv_product(
                 .unwrap_or_else(|candidates| candidates[0]);
             let twin = block.implicit_twin().unwrap_or(CONV_BLOCKS[0]);
             let runs: [&dyn Fn(); 2] = [&|| explicit(Some(block)), &|| implicit(twin)];
-            // The explicit path has just run; the implicit one may be new.
-            let best = [block, twin][fastest(ctx, &runs, &[false, true])];
+            // The explicit path has just run; the implicit kernel may be new
+            // (another product may have run it already).
+            let first_runs = [false, !block_has_run(ctx, twin)];
+            let best = [block, twin][fastest(ctx, &runs, &first_runs)];
             ctx.gemm_tuner.remember_conv(product, &spec, count, best);
         }
     }

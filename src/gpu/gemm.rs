@@ -396,13 +396,7 @@ fn gemm_packed_into(
     let target = partial.as_ref().unwrap_or(out);
     let kernel = |block: Block| {
         let [wg_x, wg_y] = block.workgroup;
-        let kernel = ctx.kernel(&KernelSpec::new(
-            "gemm",
-            gemm_source::source(),
-            block.entry(),
-            3,
-            1,
-        ));
+        let kernel = block_kernel(ctx, block);
         let grid = if block.slot_lanes {
             [
                 grid_extent(slices.div_ceil(wg_x)),
@@ -443,6 +437,22 @@ fn gemm_packed_into(
     if let Some(partial) = &partial {
         slice_sum_into(ctx, partial, out, slices, spec.m * spec.n);
     }
+}
+
+/// The pipeline of GEMM kernel `block`.
+fn block_kernel(ctx: &GpuContext, block: Block) -> std::sync::Arc<Kernel> {
+    ctx.kernel(&KernelSpec::new(
+        "gemm",
+        gemm_source::source(),
+        block.entry(),
+        3,
+        1,
+    ))
+}
+
+/// Whether `block`'s pipeline has been dispatched yet (see [`fastest`]).
+pub(super) fn block_has_run(ctx: &GpuContext, block: Block) -> bool {
+    block_kernel(ctx, block).has_run()
 }
 
 /// Index of the fastest of `runs` (each records work that writes the same
