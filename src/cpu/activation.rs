@@ -78,23 +78,30 @@ pub fn activation_backward<F: Real>(
         y.shape,
         dy.shape
     );
-    // One loop per activation, so each compiles without a branch on `act`
-    // per element.
-    let per_element = |act: Activation| -> Vec<F> {
-        x.data
+    // One loop per activation over the one input its derivative reads (x for
+    // relu and leaky relu, y for sigmoid and tanh): each compiles without a
+    // branch on `act` per element, and reads a third less memory.
+    fn times_derivative<F: Real>(input: &[F], dy: &[F], derivative: impl Fn(F) -> F) -> Vec<F> {
+        input
             .iter()
-            .zip(&y.data)
-            .zip(&dy.data)
-            .map(|((&xv, &yv), &d)| d * derivative(act, xv, yv))
+            .zip(dy)
+            .map(|(&v, &d)| d * derivative(v))
             .collect()
-    };
+    }
+    let zero = F::zero();
     let data = match act {
-        Activation::Relu => per_element(Activation::Relu),
-        Activation::LeakyRelu { negative_slope } => {
-            per_element(Activation::LeakyRelu { negative_slope })
+        Activation::Relu => {
+            times_derivative(&x.data, &dy.data, |v| derivative(Activation::Relu, v, zero))
         }
-        Activation::Sigmoid => per_element(Activation::Sigmoid),
-        Activation::Tanh => per_element(Activation::Tanh),
+        Activation::LeakyRelu { negative_slope } => times_derivative(&x.data, &dy.data, |v| {
+            derivative(Activation::LeakyRelu { negative_slope }, v, zero)
+        }),
+        Activation::Sigmoid => times_derivative(&y.data, &dy.data, |v| {
+            derivative(Activation::Sigmoid, zero, v)
+        }),
+        Activation::Tanh => {
+            times_derivative(&y.data, &dy.data, |v| derivative(Activation::Tanh, zero, v))
+        }
     };
     HostTensor::new(&dy.shape, data)
 }
