@@ -38,30 +38,43 @@ fn the_first_product_of_a_class_is_timed_and_remembered_across_runs() {
     );
     assert_eq!(gpu.ctx.gemm_tuner.choices().len(), 1);
 
-    // A convolution's forward races im2col + GEMM against the implicit GEMM
-    // and remembers that choice too; whichever won, the result is the
-    // explicit path's, bit for bit.
-    let g = Conv2dGeometry::new(8, 16, 20, 20, 32, 3, 3, 1, 1).unwrap();
+    // A convolution's forward and weight gradient race im2col (im2row) +
+    // GEMM against the implicit GEMM, on the batch's first images, and
+    // remember those choices too; whichever won, the results are the
+    // explicit path's over the whole batch, bit for bit.
+    let g = Conv2dGeometry::new(20, 16, 20, 20, 32, 3, 3, 1, 1).unwrap();
     let mut rng = SplitMix64::new(2);
     let mut random = |shape: &[usize]| {
         let len = shape.iter().product();
         gpu.upload(&HostTensor::new(shape, rng.uniform_vec(len, -1.0, 1.0)))
     };
-    let (x, w, bias) = (
+    let (x, w, bias, dy) = (
         random(&g.input_shape()),
         random(&g.weight_shape()),
         random(&[g.out_channels]),
+        random(&g.output_shape()),
     );
     let y = gpu.download(&gpu.conv2d_forward(&x, &w, &bias, &g));
+    let dw = gpu.download(&gpu.conv2d_weight_grads(&x, &w, &dy, &g).0);
     let chosen = gpu.ctx.gemm_tuner.choices();
-    assert!(
-        chosen.iter().any(|(class, _)| class.starts_with("conv-")),
-        "{chosen:?}"
-    );
+    for prefix in ["conv-", "convdw-"] {
+        assert!(
+            chosen.iter().any(|(class, _)| class.starts_with(prefix)),
+            "{prefix}: {chosen:?}"
+        );
+    }
     gpu.ctx.gemm_tuner.force(Some(SMALL));
     let explicit = gpu.download(&gpu.conv2d_forward(&x, &w, &bias, &g));
+    let explicit_dw = gpu.download(&gpu.conv2d_weight_grads(&x, &w, &dy, &g).0);
     gpu.ctx.gemm_tuner.force(None);
-    assert_eq!(y.data, explicit.data);
+    assert!(
+        y.data == explicit.data,
+        "y differs from the explicit path's"
+    );
+    assert!(
+        dw.data == explicit_dw.data,
+        "dW differs from the explicit path's over the whole batch"
+    );
 
     let files: Vec<_> = std::fs::read_dir(cache.join("wgcnn"))
         .expect("the cache directory was created")

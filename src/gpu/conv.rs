@@ -9,6 +9,9 @@
 //!   read from the padded input by an implicit kernel, as the tuner timed),
 //!   `db = Σ_{n, oh, ow} dY`, `dX = col2im(W_colᵀ · dY_n)`.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, Params, grid_extent};
 use super::gemm::{
     Batching, Bias, ConvProduct, Epilogue, Image, Packed, block_has_run, conv_implicit_into,
@@ -38,7 +41,7 @@ fn params(g: &Conv2dGeometry) -> Params {
 }
 
 /// The im2col family's kernel `entry`, specialised to the stride.
-fn kernel(ctx: &GpuContext, entry: &'static str, g: &Conv2dGeometry) -> std::sync::Arc<Kernel> {
+fn kernel(ctx: &GpuContext, entry: &'static str, g: &Conv2dGeometry) -> Arc<Kernel> {
     ctx.kernel(&KernelSpec::new("im2col", SOURCE, entry, 1, 1).with("STRIDE", g.stride as f64))
 }
 
@@ -118,39 +121,71 @@ pub fn col2im(ctx: &GpuContext, cols: &GpuTensor, g: &Conv2dGeometry) -> GpuTens
     x
 }
 
+/// Images a convolution's first-time race times its candidates on: enough
+/// to keep a device busy, few enough that the race costs a fraction of a
+/// step at large batches.
+const RACE_IMAGES: usize = 16;
+
 /// Runs `g`'s `product` the way the tuner chose for its shape class:
 /// `explicit` (im2col or im2row, then a GEMM by the given block or the
-/// tuner's) or `implicit` (a kernel reading the image). The first product of
-/// a class on a device runs the explicit path, which tunes its GEMM, then
-/// races that against the implicit twin of the GEMM's block, each with its
-/// preparation; every path writes the same result.
+/// tuner's) or `implicit` (a kernel reading the image), each on the batch's
+/// first `images` images. The first product of a class on a device runs the
+/// explicit path on the whole batch, which tunes its GEMM, then races that
+/// against the implicit twin of the GEMM's block, each with its preparation,
+/// on the first [`RACE_IMAGES`] images; every path writes the same result
+/// (dW, a sum over the batch, is then computed again whole).
 fn run_conv_product(
     ctx: &GpuContext,
     product: ConvProduct,
     g: &Conv2dGeometry,
-    explicit: &dyn Fn(Option<Block>),
-    implicit: &dyn Fn(Block),
+    explicit: &dyn Fn(Option<Block>, usize),
+    implicit: &dyn Fn(Block, usize),
 ) {
     let (spec, batching) = product.of(g);
     let count = batching.count;
+    let run = |block: Block, images: usize| {
+        if block.implicit {
+            implicit(block, images);
+        } else {
+            explicit(Some(block), images);
+        }
+    };
     match ctx.gemm_tuner.conv_choice(product, &spec, count) {
-        Some(block) if block.implicit => implicit(block),
-        Some(block) => explicit(Some(block)),
+        Some(block) => run(block, g.batch),
         None => {
-            explicit(None);
+            explicit(None, g.batch);
             let block = ctx
                 .gemm_tuner
                 .choice(&spec, count)
                 .unwrap_or_else(|candidates| candidates[0]);
             let twin = block.implicit_twin().unwrap_or(CONV_BLOCKS[0]);
-            let runs: [&dyn Fn(); 2] = [&|| explicit(Some(block)), &|| implicit(twin)];
+            let images = g.batch.min(RACE_IMAGES);
+            let runs: [&dyn Fn(); 2] = [&|| run(block, images), &|| run(twin, images)];
             // The explicit path has just run; the implicit kernel may be new
             // (another product may have run it already).
             let first_runs = [false, !block_has_run(ctx, twin)];
             let best = [block, twin][fastest(ctx, &runs, &first_runs)];
             ctx.gemm_tuner.remember_conv(product, &spec, count, best);
+            if product == ConvProduct::WeightGrad && images < g.batch {
+                run(best, g.batch);
+            }
         }
     }
+}
+
+/// The first `images` images of `t` (shape `(N, …)`): `t` itself for all of
+/// them, else a view of the start of its buffer.
+fn first_images<'a>(ctx: &GpuContext, t: &'a GpuTensor, images: usize) -> Cow<'a, GpuTensor> {
+    if images == t.shape[0] {
+        return Cow::Borrowed(t);
+    }
+    let per_image = t.len() / t.shape[0];
+    let mut shape = t.shape.clone();
+    shape[0] = images;
+    Cow::Owned(GpuTensor {
+        buffer: Arc::new(ctx.view(&t.buffer, 0, 4 * (per_image * images) as u64)),
+        shape,
+    })
 }
 
 /// `Y (N, O, OH, OW) = act(W_col · X_col,n + b[o])`, the activation (if
@@ -173,9 +208,14 @@ fn forward_whole(
         activation,
     };
     let product = ConvProduct::Forward;
-    let explicit = |block: Option<Block>| {
-        let cols = im2col(ctx, x, g);
-        let (spec, batching) = product.of(g);
+    let explicit = |block: Option<Block>, images: usize| {
+        let (x, y, g) = (
+            first_images(ctx, x, images),
+            first_images(ctx, &y, images),
+            run_geometry(g, images),
+        );
+        let cols = im2col(ctx, &x, &g);
+        let (spec, batching) = product.of(&g);
         gemm_with_block_into(
             ctx,
             &w.buffer,
@@ -187,11 +227,16 @@ fn forward_whole(
             block,
         );
     };
-    let implicit = |block: Block| {
-        let padded = pad(ctx, x, g);
+    let implicit = |block: Block, images: usize| {
+        let (x, y, g) = (
+            first_images(ctx, x, images),
+            first_images(ctx, &y, images),
+            run_geometry(g, images),
+        );
+        let padded = pad(ctx, &x, &g);
         let image = Image {
             buffer: padded.as_ref().unwrap_or(&x.buffer),
-            geometry: g,
+            geometry: &g,
             product,
         };
         conv_implicit_into(ctx, &w.buffer, image, epilogue, &y.buffer, block);
@@ -213,9 +258,14 @@ fn weight_grad_whole(
     assert_eq!(dy.shape, g.output_shape(), "conv2d output gradient shape");
     let dw = ctx.tensor(&g.weight_shape(), "conv2d.dw");
     let product = ConvProduct::WeightGrad;
-    let explicit = |block: Option<Block>| {
-        let x_rows = im2row(ctx, x, g);
-        let (spec, batching) = product.of(g);
+    let explicit = |block: Option<Block>, images: usize| {
+        let (x, dy, g) = (
+            first_images(ctx, x, images),
+            first_images(ctx, dy, images),
+            run_geometry(g, images),
+        );
+        let x_rows = im2row(ctx, &x, &g);
+        let (spec, batching) = product.of(&g);
         gemm_packed_b_into(
             ctx,
             &dy.buffer,
@@ -230,11 +280,16 @@ fn weight_grad_whole(
             block,
         );
     };
-    let implicit = |block: Block| {
-        let padded = pad(ctx, x, g);
+    let implicit = |block: Block, images: usize| {
+        let (x, dy, g) = (
+            first_images(ctx, x, images),
+            first_images(ctx, dy, images),
+            run_geometry(g, images),
+        );
+        let padded = pad(ctx, &x, &g);
         let image = Image {
             buffer: padded.as_ref().unwrap_or(&x.buffer),
-            geometry: g,
+            geometry: &g,
             product,
         };
         conv_implicit_into(ctx, &dy.buffer, image, Bias::None.into(), &dw.buffer, block);
