@@ -173,19 +173,28 @@ fn run_conv_product(
     }
 }
 
-/// The first `images` images of `t` (shape `(N, …)`): `t` itself for all of
-/// them, else a view of the start of its buffer.
-fn first_images<'a>(ctx: &GpuContext, t: &'a GpuTensor, images: usize) -> Cow<'a, GpuTensor> {
-    if images == t.shape[0] {
-        return Cow::Borrowed(t);
-    }
-    let per_image = t.len() / t.shape[0];
-    let mut shape = t.shape.clone();
-    shape[0] = images;
-    Cow::Owned(GpuTensor {
-        buffer: Arc::new(ctx.view(&t.buffer, 0, 4 * (per_image * images) as u64)),
-        shape,
-    })
+/// The first `images` images of two tensors of `g`'s batch (shapes
+/// `(N, …)`), and the geometry of those images: the tensors themselves for
+/// all of them, else views of the start of their buffers.
+fn first_images<'a>(
+    ctx: &GpuContext,
+    [a, b]: [&'a GpuTensor; 2],
+    g: &Conv2dGeometry,
+    images: usize,
+) -> (Cow<'a, GpuTensor>, Cow<'a, GpuTensor>, Conv2dGeometry) {
+    let first = |t: &'a GpuTensor| {
+        if images == t.shape[0] {
+            return Cow::Borrowed(t);
+        }
+        let per_image = t.len() / t.shape[0];
+        let mut shape = t.shape.clone();
+        shape[0] = images;
+        Cow::Owned(GpuTensor {
+            buffer: Arc::new(ctx.view(&t.buffer, 0, 4 * (per_image * images) as u64)),
+            shape,
+        })
+    };
+    (first(a), first(b), run_geometry(g, images))
 }
 
 /// `Y (N, O, OH, OW) = act(W_col · X_col,n + b[o])`, the activation (if
@@ -209,11 +218,7 @@ fn forward_whole(
     };
     let product = ConvProduct::Forward;
     let explicit = |block: Option<Block>, images: usize| {
-        let (x, y, g) = (
-            first_images(ctx, x, images),
-            first_images(ctx, &y, images),
-            run_geometry(g, images),
-        );
+        let (x, y, g) = first_images(ctx, [x, &y], g, images);
         let cols = im2col(ctx, &x, &g);
         let (spec, batching) = product.of(&g);
         gemm_with_block_into(
@@ -228,11 +233,7 @@ fn forward_whole(
         );
     };
     let implicit = |block: Block, images: usize| {
-        let (x, y, g) = (
-            first_images(ctx, x, images),
-            first_images(ctx, &y, images),
-            run_geometry(g, images),
-        );
+        let (x, y, g) = first_images(ctx, [x, &y], g, images);
         let padded = pad(ctx, &x, &g);
         let image = Image {
             buffer: padded.as_ref().unwrap_or(&x.buffer),
@@ -259,11 +260,7 @@ fn weight_grad_whole(
     let dw = ctx.tensor(&g.weight_shape(), "conv2d.dw");
     let product = ConvProduct::WeightGrad;
     let explicit = |block: Option<Block>, images: usize| {
-        let (x, dy, g) = (
-            first_images(ctx, x, images),
-            first_images(ctx, dy, images),
-            run_geometry(g, images),
-        );
+        let (x, dy, g) = first_images(ctx, [x, dy], g, images);
         let x_rows = im2row(ctx, &x, &g);
         let (spec, batching) = product.of(&g);
         gemm_packed_b_into(
@@ -281,11 +278,7 @@ fn weight_grad_whole(
         );
     };
     let implicit = |block: Block, images: usize| {
-        let (x, dy, g) = (
-            first_images(ctx, x, images),
-            first_images(ctx, dy, images),
-            run_geometry(g, images),
-        );
+        let (x, dy, g) = first_images(ctx, [x, dy], g, images);
         let padded = pad(ctx, &x, &g);
         let image = Image {
             buffer: padded.as_ref().unwrap_or(&x.buffer),
