@@ -20,6 +20,10 @@ use crate::tensor::HostTensor;
 
 /// Written into every checkpoint's metadata as `format`.
 pub const FORMAT: &str = "wgcnn-checkpoint";
+/// The most epochs or optimizer steps training counts to: the next step's
+/// 1-based count must fit the `i32` of Adam's bias correction.
+pub const MAX_COUNT: usize = i32::MAX as usize - 1;
+
 /// Bumped whenever the layout of a checkpoint changes incompatibly.
 /// Version 2 adds the metadata to the checksum; version 1 files (whose
 /// checksum covers the tensors alone) are still read.
@@ -86,9 +90,9 @@ impl RunSettings {
     /// Why these settings cannot train, naming the field; `None` when they
     /// can.
     fn problem(&self) -> Option<String> {
-        if self.epochs == 0 || self.batch_size == 0 {
+        if !(1..=MAX_COUNT).contains(&self.epochs) || self.batch_size == 0 {
             return Some(format!(
-                "epochs = {} and batch_size = {} must both be at least 1",
+                "epochs = {} must be 1 to {MAX_COUNT} and batch_size = {} at least 1",
                 self.epochs, self.batch_size
             ));
         }
@@ -397,7 +401,6 @@ impl Checkpoint {
 /// standard deviation per input channel of an image model (evaluation and
 /// resuming normalise inputs with them).
 fn check_state(spec: &ModelSpec, state: &TrainingState) -> std::result::Result<(), String> {
-    const MAX_COUNT: usize = i32::MAX as usize - 1;
     for (name, value) in [("epoch", state.epoch), ("step", state.step)] {
         if value > MAX_COUNT {
             return Err(format!(

@@ -195,8 +195,19 @@ fn resume_continues_with_the_checkpoints_settings() {
 fn bad_flags_and_files_are_clear_errors() {
     let dir = temp_dir("cli", "bad");
     let missing = dir.join("none.safetensors");
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["bench", "kernels", "--cpu"], "no --cpu form"),
+        (
+            &[
+                "train",
+                "--dataset",
+                "synthetic",
+                "--epochs",
+                "18446744073709551615",
+                "--cpu",
+            ],
+            "--epochs 18446744073709551615",
+        ),
         (
             &[
                 "train",

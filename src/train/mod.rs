@@ -25,7 +25,7 @@ use stats::StepStats;
 pub use trainer::{Evaluation, Trainer, evaluate};
 
 use crate::backend::Backend;
-use crate::checkpoint::{Checkpoint, RunSettings, TrainingState};
+use crate::checkpoint::{Checkpoint, MAX_COUNT, RunSettings, TrainingState};
 use crate::data::{Augmentation, Dataset, Normalization, batch_seed, epoch_order, make_batch};
 use crate::error::{Error, Result};
 use crate::nn::{ModelSpec, StateDict};
@@ -203,12 +203,22 @@ pub fn train<B: Backend>(
     } else {
         train.len().div_ceil(options.batch_size)
     };
+    let total_steps = steps_per_epoch
+        .checked_mul(options.epochs)
+        .filter(|&steps| steps <= MAX_COUNT)
+        .ok_or_else(|| {
+            Error::Setting(format!(
+                "--epochs {} of {steps_per_epoch} steps each is past the {MAX_COUNT} steps \
+                 training counts to",
+                options.epochs
+            ))
+        })?;
     let schedule = LrSchedule {
         base_lr: options.lr,
         schedule: options.schedule,
         warmup_steps: (options.warmup_epochs * steps_per_epoch as f32).round() as usize,
         steps_per_epoch,
-        total_steps: steps_per_epoch * options.epochs,
+        total_steps,
     };
     let mut metrics_file = match &options.metrics {
         Some(path) => Some(
