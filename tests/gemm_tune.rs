@@ -43,17 +43,7 @@ fn the_first_product_of_a_class_is_timed_and_remembered_across_runs() {
     // remember those choices too; whichever won, the results are the
     // explicit path's over the whole batch, bit for bit.
     let g = Conv2dGeometry::new(20, 16, 20, 20, 32, 3, 3, 1, 1).unwrap();
-    let mut rng = SplitMix64::new(2);
-    let mut random = |shape: &[usize]| {
-        let len = shape.iter().product();
-        gpu.upload(&HostTensor::new(shape, rng.uniform_vec(len, -1.0, 1.0)))
-    };
-    let (x, w, bias, dy) = (
-        random(&g.input_shape()),
-        random(&g.weight_shape()),
-        random(&[g.out_channels]),
-        random(&g.output_shape()),
-    );
+    let [x, w, bias, dy] = common::random_conv_tensors(&gpu, &g, &mut SplitMix64::new(2));
     let y = gpu.download(&gpu.conv2d_forward(&x, &w, &bias, &g));
     let dw = gpu.download(&gpu.conv2d_weight_grads(&x, &w, &dy, &g).0);
     let chosen = gpu.ctx.gemm_tuner.choices();

@@ -134,17 +134,7 @@ fn same_results_from_every_kernel(
     rng: &mut wgcnn::rng::SplitMix64,
 ) {
     use wgcnn::backend::Backend;
-    use wgcnn::tensor::HostTensor;
-    let mut random = |shape: &[usize]| {
-        let len = shape.iter().product();
-        gpu.upload(&HostTensor::new(shape, rng.uniform_vec(len, -1.0, 1.0)))
-    };
-    let (x, w, b, dy) = (
-        random(&g.input_shape()),
-        random(&g.weight_shape()),
-        random(&[g.out_channels]),
-        random(&g.output_shape()),
-    );
+    let [x, w, b, dy] = common::random_conv_tensors(gpu, g, rng);
     let results: Vec<Vec<Vec<f32>>> = blocks
         .iter()
         .map(|&block| {

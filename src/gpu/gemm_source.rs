@@ -224,14 +224,8 @@ fn register_blocked(block: &Block) -> String {
     let _ = writeln!(w, "            for (var kk = 0u; kk < p.k; kk++) {{");
     for q in 0..rows / 4 {
         if block.implicit {
-            let at: Vec<String> = (0..4)
-                .map(|t| format!("a_rows[ia + ar{}]", 4 * q + t))
-                .collect();
-            let _ = writeln!(
-                w,
-                "                let av{q} = vec4<f32>({});",
-                at.join(", ")
-            );
+            let av = vec4_of(|t| format!("a_rows[ia + ar{}]", 4 * q + t));
+            let _ = writeln!(w, "                let av{q} = {av};");
         } else {
             let _ = writeln!(w, "                let av{q} = a[ia + a{q}];");
         }
@@ -241,14 +235,8 @@ fn register_blocked(block: &Block) -> String {
     }
     for h in 0..vecs {
         if block.implicit {
-            let at: Vec<String> = (0..4)
-                .map(|t| format!("image[column{} + window]", 4 * h + t))
-                .collect();
-            let _ = writeln!(
-                w,
-                "                let bv{h} = vec4<f32>({});",
-                at.join(", ")
-            );
+            let bv = vec4_of(|t| format!("image[column{} + window]", 4 * h + t));
+            let _ = writeln!(w, "                let bv{h} = {bv};");
         } else {
             let _ = writeln!(w, "                let bv{h} = b[ib + b{h}];");
         }
@@ -316,6 +304,12 @@ fn register_blocked(block: &Block) -> String {
     let _ = writeln!(w, "    }}");
     let _ = writeln!(w, "}}");
     s
+}
+
+/// `vec4<f32>(…)` of the four scalar loads `load(0)` .. `load(3)`.
+fn vec4_of(load: impl Fn(usize) -> String) -> String {
+    let loads: Vec<String> = (0..4).map(load).collect();
+    format!("vec4<f32>({})", loads.join(", "))
 }
 
 /// The implicit kernels' column offsets: `column{t}`, the offset in an

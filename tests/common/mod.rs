@@ -6,7 +6,29 @@ pub mod cli;
 
 use std::sync::OnceLock;
 
-use wgcnn::gpu::GpuBackend;
+use wgcnn::backend::Backend;
+use wgcnn::geometry::Conv2dGeometry;
+use wgcnn::gpu::{GpuBackend, GpuTensor};
+use wgcnn::rng::SplitMix64;
+use wgcnn::tensor::HostTensor;
+
+/// Uniform random `[x, w, b, dy]` of convolution `g` on the GPU, in [−1, 1).
+pub fn random_conv_tensors(
+    gpu: &GpuBackend,
+    g: &Conv2dGeometry,
+    rng: &mut SplitMix64,
+) -> [GpuTensor; 4] {
+    [
+        g.input_shape().to_vec(),
+        g.weight_shape().to_vec(),
+        vec![g.out_channels],
+        g.output_shape().to_vec(),
+    ]
+    .map(|shape| {
+        let len = shape.iter().product();
+        gpu.upload(&HostTensor::new(&shape, rng.uniform_vec(len, -1.0, 1.0)))
+    })
+}
 
 /// The shared GPU backend, or `None` (with a loud message) when no adapter is
 /// found. With `WGCNN_REQUIRE_GPU=1` a missing adapter fails the test instead,
