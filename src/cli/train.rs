@@ -152,20 +152,18 @@ fn run_settings(args: &TrainArgs, stored: Option<&RunSettings>) -> RunSettings {
         } => (every_epochs, gamma),
         _ => (DEFAULT_STEP_EPOCHS, DEFAULT_GAMMA),
     };
+    let step = Schedule::Step {
+        every_epochs: args.step_epochs.unwrap_or(stored_every),
+        gamma: args.gamma.unwrap_or(stored_gamma),
+    };
     let schedule = match args.schedule {
         None => match base.schedule {
-            Schedule::Step { .. } => Schedule::Step {
-                every_epochs: args.step_epochs.unwrap_or(stored_every),
-                gamma: args.gamma.unwrap_or(stored_gamma),
-            },
+            Schedule::Step { .. } => step,
             other => other,
         },
         Some(ScheduleArg::Constant) => Schedule::Constant,
         Some(ScheduleArg::Cosine) => Schedule::Cosine,
-        Some(ScheduleArg::Step) => Schedule::Step {
-            every_epochs: args.step_epochs.unwrap_or(stored_every),
-            gamma: args.gamma.unwrap_or(stored_gamma),
-        },
+        Some(ScheduleArg::Step) => step,
     };
     RunSettings {
         epochs: args.epochs.unwrap_or(base.epochs),

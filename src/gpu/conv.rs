@@ -133,7 +133,7 @@ const RACE_IMAGES: usize = 16;
 /// explicit path on the whole batch, which tunes its GEMM, then races that
 /// against the implicit twin of the GEMM's block, each with its preparation,
 /// on the first [`RACE_IMAGES`] images; every path writes the same result
-/// (dW, a sum over the batch, is then computed again whole).
+/// (a product summed over the batch, dW, is then computed again whole).
 fn run_conv_product(
     ctx: &GpuContext,
     product: ConvProduct,
@@ -166,7 +166,9 @@ fn run_conv_product(
             let first_runs = [false, !block_has_run(ctx, twin)];
             let best = [block, twin][fastest(ctx, &runs, &first_runs)];
             ctx.gemm_tuner.remember_conv(product, &spec, count, best);
-            if product == ConvProduct::WeightGrad && images < g.batch {
+            // A sum over the batch holds the race's images' sum: compute it
+            // again whole.
+            if batching.sum && images < g.batch {
                 run(best, g.batch);
             }
         }
