@@ -110,6 +110,17 @@ fn image_dims(shape: &[usize]) -> [usize; 4] {
     }
 }
 
+/// Relu, or leaky relu with a slope ≥ 0: the activations whose output has
+/// the sign of their input, so their derivative can be read from the output
+/// (`y > 0 ⇔ x > 0`).
+fn keeps_sign(act: Activation) -> bool {
+    match act {
+        Activation::Relu => true,
+        Activation::LeakyRelu { negative_slope } => negative_slope >= 0.0,
+        _ => false,
+    }
+}
+
 impl<B: Backend> Layer<B> {
     /// Builds layer `index` of `spec` from its tensors (weight/bias, or for
     /// batchnorm γ/β and the running statistics). `seed` fixes dropout masks.
@@ -237,11 +248,7 @@ impl<B: Backend> Layer<B> {
     pub(crate) fn fusable(&self, next: &Layer<B>) -> Option<Activation> {
         let product = matches!(self, Layer::Conv2d { .. } | Layer::Linear { .. });
         match next {
-            Layer::Activation { act, .. } if product => match act {
-                Activation::Relu => Some(*act),
-                Activation::LeakyRelu { negative_slope } if *negative_slope >= 0.0 => Some(*act),
-                _ => None,
-            },
+            Layer::Activation { act, .. } if product && keeps_sign(*act) => Some(*act),
             _ => None,
         }
     }
@@ -257,13 +264,10 @@ impl<B: Backend> Layer<B> {
         let Layer::Activation { act, .. } = self else {
             return None;
         };
-        let commutes = match act {
-            Activation::Relu => true,
-            Activation::LeakyRelu { negative_slope } => *negative_slope >= 0.0,
-            _ => false,
-        };
         match pool {
-            Layer::MaxPool2d { kernel, stride, .. } if commutes && stride >= kernel => Some(*act),
+            Layer::MaxPool2d { kernel, stride, .. } if keeps_sign(*act) && stride >= kernel => {
+                Some(*act)
+            }
             _ => None,
         }
     }
