@@ -124,3 +124,65 @@ fn max_pooling_matches_the_reference_including_ties() {
         assert_eq!(fa, ra, "arg-max of {g:?}");
     }
 }
+
+#[test]
+fn batch_normalisation_matches_the_reference() {
+    use wgcnn::geometry::BatchNormSettings;
+    let fast = CpuBackend::<f64>::fast();
+    let reference = CpuBackend::<f64>::new();
+    let mut rng = SplitMix64::new(11);
+    let s = BatchNormSettings::default();
+    // Planes shorter than, equal to and longer than the eight partial sums,
+    // with and without a remainder, and the 2-D (per-feature) layout.
+    for shape in [
+        vec![5, 3, 7, 5],
+        vec![2, 4, 2, 4],
+        vec![3, 2, 1, 3],
+        vec![4, 6, 6, 6],
+        vec![9, 13],
+    ] {
+        let x = random(&mut rng, &shape);
+        let dy = random(&mut rng, &shape);
+        let channels = [shape[1]];
+        let gamma = random(&mut rng, &channels);
+        let beta = random(&mut rng, &channels);
+        let mean = random(&mut rng, &channels);
+        let var = random(&mut rng, &channels).map(|v| v.abs() + 0.5);
+        let what = format!("{shape:?}");
+        let f = fast.batchnorm_forward_train(&x, &gamma, &beta, &mean, &var, &s);
+        let r = reference.batchnorm_forward_train(&x, &gamma, &beta, &mean, &var, &s);
+        assert_close(&format!("y of {what}"), &f.y, &r.y);
+        assert_close(&format!("mean of {what}"), &f.saved.mean, &r.saved.mean);
+        assert_close(
+            &format!("invstd of {what}"),
+            &f.saved.invstd,
+            &r.saved.invstd,
+        );
+        assert_close(
+            &format!("running mean of {what}"),
+            &f.running_mean,
+            &r.running_mean,
+        );
+        assert_close(
+            &format!("running var of {what}"),
+            &f.running_var,
+            &r.running_var,
+        );
+        for training in [true, false] {
+            let fg = fast.batchnorm_backward(&x, &gamma, &r.saved, &dy, training);
+            let rg = reference.batchnorm_backward(&x, &gamma, &r.saved, &dy, training);
+            let what = format!("{what} (training {training})");
+            assert_close(&format!("dx of {what}"), &fg.dx, &rg.dx);
+            assert_close(&format!("dgamma of {what}"), &fg.dgamma, &rg.dgamma);
+            assert_close(&format!("dbeta of {what}"), &fg.dbeta, &rg.dbeta);
+        }
+        let (fy, fsaved) = fast.batchnorm_forward_eval(&x, &gamma, &beta, &mean, &var, &s);
+        let (ry, rsaved) = reference.batchnorm_forward_eval(&x, &gamma, &beta, &mean, &var, &s);
+        assert_close(&format!("eval y of {what}"), &fy, &ry);
+        assert_close(
+            &format!("eval invstd of {what}"),
+            &fsaved.invstd,
+            &rsaved.invstd,
+        );
+    }
+}

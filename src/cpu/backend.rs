@@ -211,7 +211,11 @@ impl<F: Real> Backend for CpuBackend<F> {
         running_var: &HostTensor<F>,
         s: &BatchNormSettings,
     ) -> BatchNormTrain<HostTensor<F>> {
-        super::batchnorm::forward_train_on(x, gamma, beta, running_mean, running_var, s, self.fast)
+        if self.fast {
+            super::fast::batchnorm::forward_train(x, gamma, beta, running_mean, running_var, s)
+        } else {
+            super::batchnorm_forward_train(x, gamma, beta, running_mean, running_var, s)
+        }
     }
 
     fn batchnorm_forward_eval(
@@ -223,7 +227,11 @@ impl<F: Real> Backend for CpuBackend<F> {
         running_var: &HostTensor<F>,
         s: &BatchNormSettings,
     ) -> (HostTensor<F>, BatchNormSaved<HostTensor<F>>) {
-        super::batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, s)
+        if self.fast {
+            super::fast::batchnorm::forward_eval(x, gamma, beta, running_mean, running_var, s)
+        } else {
+            super::batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, s)
+        }
     }
 
     fn batchnorm_backward(
@@ -234,7 +242,11 @@ impl<F: Real> Backend for CpuBackend<F> {
         dy: &HostTensor<F>,
         training: bool,
     ) -> BatchNormGrads<HostTensor<F>> {
-        super::batchnorm::backward_on(x, gamma, saved, dy, training, self.fast)
+        if self.fast {
+            super::fast::batchnorm::backward(x, gamma, saved, dy, training)
+        } else {
+            super::batchnorm_backward(x, gamma, saved, dy, training)
+        }
     }
 
     fn maxpool_forward(&self, x: &HostTensor<F>, g: &Pool2dGeometry) -> (HostTensor<F>, Vec<u32>) {

@@ -8,7 +8,7 @@ use crate::geometry::{BatchNormLayout, BatchNormSettings};
 use crate::tensor::HostTensor;
 
 /// The `(N, C, S)` view of `x`, after checking every per-channel tensor is `(C)`.
-fn layout<F>(
+pub(super) fn layout<F>(
     what: &str,
     x: &HostTensor<F>,
     per_channel: &[(&str, &HostTensor<F>)],
@@ -32,69 +32,22 @@ fn at(l: &BatchNormLayout, n: usize, c: usize, s: usize) -> usize {
     (n * l.channels + c) * l.spatial + s
 }
 
-/// Threads to use: the machine's cores when `parallel` (the CPU training
-/// path), else one (the reference). Either way every value is computed by
-/// the same operations in the same order.
-fn threads(parallel: bool, items: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if parallel { cores.min(items).max(1) } else { 1 }
-}
-
 /// `f(c)` for every channel, in channel order.
-fn per_channel<T: Send>(
-    l: &BatchNormLayout,
-    parallel: bool,
-    f: impl Fn(usize) -> T + Sync,
-) -> Vec<T> {
-    let chunk = l.channels.div_ceil(threads(parallel, l.channels)).max(1);
-    std::thread::scope(|scope| {
-        let f = &f;
-        let handles: Vec<_> = (0..l.channels)
-            .step_by(chunk)
-            .map(|start| {
-                scope.spawn(move || {
-                    (start..(start + chunk).min(l.channels))
-                        .map(f)
-                        .collect::<Vec<T>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("batchnorm worker"))
-            .collect()
-    })
+fn per_channel<T>(l: &BatchNormLayout, f: impl Fn(usize) -> T) -> Vec<T> {
+    (0..l.channels).map(f).collect()
 }
 
 /// A tensor shaped like `x` whose element `(n, c, s)` is `f(i, c)` (`i` the
-/// flat index), written a run of images per thread.
+/// flat index).
 fn per_element<F: Real>(
     l: &BatchNormLayout,
     x: &HostTensor<F>,
-    parallel: bool,
-    f: impl Fn(usize, usize) -> F + Sync,
+    f: impl Fn(usize, usize) -> F,
 ) -> HostTensor<F> {
-    let mut out = HostTensor::zeros(&x.shape);
-    let image = l.channels * l.spatial;
-    let images = l.batch.div_ceil(threads(parallel, l.batch)).max(1);
-    std::thread::scope(|scope| {
-        for (part, run) in out.data.chunks_mut(images * image.max(1)).enumerate() {
-            let f = &f;
-            scope.spawn(move || {
-                let first = part * images * image;
-                for (k, out_n) in run.chunks_mut(image).enumerate() {
-                    let base = first + k * image;
-                    for (c, plane) in out_n.chunks_mut(l.spatial).enumerate() {
-                        let start = base + c * l.spatial;
-                        for (s, v) in plane.iter_mut().enumerate() {
-                            *v = f(start + s, c);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    out
+    let data = (0..x.len())
+        .map(|i| f(i, (i / l.spatial) % l.channels))
+        .collect();
+    HostTensor::new(&x.shape, data)
 }
 
 /// `y = γ[c]·(x − mean[c])·invstd[c] + β[c]`, same shape as `x`.
@@ -105,9 +58,8 @@ fn normalise<F: Real>(
     beta: &HostTensor<F>,
     mean: &[F],
     invstd: &[F],
-    parallel: bool,
 ) -> HostTensor<F> {
-    per_element(l, x, parallel, |i, c| {
+    per_element(l, x, |i, c| {
         gamma.data[c] * (x.data[i] - mean[c]) * invstd[c] + beta.data[c]
     })
 }
@@ -127,19 +79,6 @@ pub fn batchnorm_forward_train<F: Real>(
     running_var: &HostTensor<F>,
     s: &BatchNormSettings,
 ) -> BatchNormTrain<HostTensor<F>> {
-    forward_train_on(x, gamma, beta, running_mean, running_var, s, false)
-}
-
-/// [`batchnorm_forward_train`], over the cores when `parallel`.
-pub(super) fn forward_train_on<F: Real>(
-    x: &HostTensor<F>,
-    gamma: &HostTensor<F>,
-    beta: &HostTensor<F>,
-    running_mean: &HostTensor<F>,
-    running_var: &HostTensor<F>,
-    s: &BatchNormSettings,
-    parallel: bool,
-) -> BatchNormTrain<HostTensor<F>> {
     let l = layout(
         "batchnorm_forward_train",
         x,
@@ -153,7 +92,7 @@ pub(super) fn forward_train_on<F: Real>(
     let m_count = F::from_usize(l.count());
     let eps = F::from_f32(s.eps);
     let momentum = F::from_f32(s.momentum);
-    let (mean, var): (Vec<F>, Vec<F>) = per_channel(&l, parallel, |c| {
+    let (mean, var): (Vec<F>, Vec<F>) = per_channel(&l, |c| {
         let mut sum = F::zero();
         for n in 0..l.batch {
             for sp in 0..l.spatial {
@@ -173,7 +112,7 @@ pub(super) fn forward_train_on<F: Real>(
     .into_iter()
     .unzip();
     let invstd: Vec<F> = var.iter().map(|&v| F::one() / (v + eps).sqrt()).collect();
-    let y = normalise(&l, x, gamma, beta, &mean, &invstd, parallel);
+    let y = normalise(&l, x, gamma, beta, &mean, &invstd);
     let unbias = m_count / (m_count - F::one());
     let new_mean = (0..l.channels)
         .map(|c| (F::one() - momentum) * running_mean.data[c] + momentum * mean[c])
@@ -215,7 +154,7 @@ pub fn batchnorm_forward_eval<F: Real>(
     );
     let eps = F::from_f32(s.eps);
     let invstd = running_var.map(|&v| F::one() / (v + eps).sqrt());
-    let y = normalise(&l, x, gamma, beta, &running_mean.data, &invstd.data, false);
+    let y = normalise(&l, x, gamma, beta, &running_mean.data, &invstd.data);
     (
         y,
         BatchNormSaved {
@@ -236,18 +175,6 @@ pub fn batchnorm_backward<F: Real>(
     dy: &HostTensor<F>,
     training: bool,
 ) -> BatchNormGrads<HostTensor<F>> {
-    backward_on(x, gamma, saved, dy, training, false)
-}
-
-/// [`batchnorm_backward`], over the cores when `parallel`.
-pub(super) fn backward_on<F: Real>(
-    x: &HostTensor<F>,
-    gamma: &HostTensor<F>,
-    saved: &BatchNormSaved<HostTensor<F>>,
-    dy: &HostTensor<F>,
-    training: bool,
-    parallel: bool,
-) -> BatchNormGrads<HostTensor<F>> {
     let l = layout(
         "batchnorm_backward",
         x,
@@ -265,7 +192,7 @@ pub(super) fn backward_on<F: Real>(
     let mean = &saved.mean.data;
     let invstd = &saved.invstd.data;
     let xhat = |i: usize, c: usize| (x.data[i] - mean[c]) * invstd[c];
-    let (dbeta, dgamma): (Vec<F>, Vec<F>) = per_channel(&l, parallel, |c| {
+    let (dbeta, dgamma): (Vec<F>, Vec<F>) = per_channel(&l, |c| {
         let (mut dbeta, mut dgamma) = (F::zero(), F::zero());
         for n in 0..l.batch {
             for s in 0..l.spatial {
@@ -279,7 +206,7 @@ pub(super) fn backward_on<F: Real>(
     .into_iter()
     .unzip();
     let m_count = F::from_usize(l.count());
-    let dx = per_element(&l, x, parallel, |i, c| {
+    let dx = per_element(&l, x, |i, c| {
         let g = gamma.data[c] * invstd[c];
         if training {
             g / m_count * (m_count * dy.data[i] - dbeta[c] - xhat(i, c) * dgamma[c])

@@ -5,6 +5,8 @@
 
 use std::thread;
 
+pub(super) mod batchnorm;
+
 use super::Real;
 use crate::backend::ParamGrads;
 use crate::geometry::{Conv2dGeometry, GemmSpec, Pool2dGeometry};
