@@ -42,6 +42,14 @@ fn convolution_matches_the_reference() {
         // Padding wider than the input: some taps never land inside.
         (2, 1, 3, 3, 2, 9, 9, 1, 3),
         (2, 1, 4, 5, 2, 3, 3, 3, 1),
+        // Stride 1 and "same" padding (im2col's shifted-copy path): a
+        // non-square image, a 5x5 window, and 1x1 images whose padding
+        // exceeds the plane.
+        (2, 3, 7, 5, 4, 3, 3, 1, 1),
+        (2, 2, 6, 9, 3, 5, 5, 1, 2),
+        (1, 2, 1, 1, 2, 3, 3, 1, 1),
+        (1, 1, 1, 1, 2, 5, 5, 1, 2),
+        (1, 1, 2, 3, 2, 5, 5, 1, 2),
     ] {
         let g = Conv2dGeometry::new(n, c, h, w, o, kh, kw, s, p).unwrap();
         let x = random(&mut rng, &g.input_shape());
@@ -113,14 +121,22 @@ fn max_pooling_matches_the_reference_including_ties() {
         (3, 2, 7, 9, 3, 2, 1),
         (1, 5, 5, 6, 3, 1, 1),
         (4, 1, 11, 5, 2, 3, 1),
+        // 2x2 windows at stride 2 (the direct path), odd sizes leaving a
+        // row and a column out.
+        (2, 3, 6, 4, 2, 2, 0),
+        (1, 2, 7, 5, 2, 2, 0),
     ] {
         let g = Pool2dGeometry::new(n, c, h, w, k, s, p).unwrap();
         // Values from a handful of levels, so windows hold ties.
         let mut x = random(&mut rng, &g.input_shape());
         x.data.iter_mut().for_each(|v| *v = (*v * 3.0).round());
+        // NaNs first in a window and later in one.
+        x.data[0] = f64::NAN;
+        x.data[5] = f64::NAN;
         let (fy, fa) = fast.maxpool_forward(&x, &g);
         let (ry, ra) = reference.maxpool_forward(&x, &g);
-        assert_eq!(fy.data, ry.data, "pooled values of {g:?}");
+        let bits = |t: &HostTensor<f64>| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fy), bits(&ry), "pooled values of {g:?}");
         assert_eq!(fa, ra, "arg-max of {g:?}");
     }
 }

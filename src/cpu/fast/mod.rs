@@ -103,35 +103,73 @@ fn taps(g: &Conv2dGeometry) -> impl Iterator<Item = Tap> + '_ {
 }
 
 /// im2col of one image `x_n (C, H, W)` into `cols (C·kh·kw, OH·OW)`, a row
-/// of the window at a time: runs of whole input rows are copied, and only
-/// the padding is zeroed (the reference [`super::im2col`] tests every
-/// element).
+/// of the window at a time: runs of input are copied, and only the padding
+/// is zeroed (the reference [`super::im2col`] tests every element).
 fn image_cols_into<F: Real>(x_n: &[F], g: &Conv2dGeometry, cols: &mut [F]) {
-    let w_n = g.width;
+    let taps: Vec<Tap> = taps(g).collect();
     let mut rows = cols.chunks_mut(g.out_positions());
-    for plane in x_n.chunks(g.height * w_n) {
-        for tap in taps(g) {
+    for plane in x_n.chunks(g.height * g.width) {
+        for tap in &taps {
             let row = rows.next().expect("C·kh·kw rows");
-            for (oh, out) in row.chunks_mut(g.out_w).enumerate() {
-                if !tap.rows.contains(&oh) || tap.cols.is_empty() {
-                    out.fill(F::zero());
-                    continue;
-                }
-                let line = &plane[tap.input_row(g, oh) * w_n..][..w_n];
-                let inside = tap.cols.clone();
-                out[..inside.start].fill(F::zero());
-                out[inside.end..].fill(F::zero());
-                let w0 = tap.first_input_col(g);
-                if g.stride == 1 {
-                    out[inside.clone()].copy_from_slice(&line[w0..w0 + inside.len()]);
-                } else {
-                    let from = line[w0..].iter().step_by(g.stride);
-                    for (v, &x) in out[inside].iter_mut().zip(from) {
-                        *v = x;
-                    }
-                }
+            if g.stride == 1 && g.out_w == g.width {
+                same_size_tap_row(plane, g, tap, row);
+            } else {
+                tap_row(plane, g, tap, row);
             }
         }
+    }
+}
+
+/// One im2col row, `row[oh·OW + ow] = x[oh·s + i − p][ow·s + j − p]` (zero
+/// outside the input), copied a run of an input row at a time.
+fn tap_row<F: Real>(plane: &[F], g: &Conv2dGeometry, tap: &Tap, row: &mut [F]) {
+    for (oh, out) in row.chunks_mut(g.out_w).enumerate() {
+        if !tap.rows.contains(&oh) || tap.cols.is_empty() {
+            out.fill(F::zero());
+            continue;
+        }
+        let line = &plane[tap.input_row(g, oh) * g.width..][..g.width];
+        let inside = tap.cols.clone();
+        out[..inside.start].fill(F::zero());
+        out[inside.end..].fill(F::zero());
+        let w0 = tap.first_input_col(g);
+        if g.stride == 1 {
+            out[inside.clone()].copy_from_slice(&line[w0..w0 + inside.len()]);
+        } else {
+            let from = line[w0..].iter().step_by(g.stride);
+            for (v, &x) in out[inside].iter_mut().zip(from) {
+                *v = x;
+            }
+        }
+    }
+}
+
+/// [`tap_row`] for stride 1 and an output as wide as the input ("same"
+/// padding): output position `q = oh·W + ow` reads input `q + (i − p)·W +
+/// (j − p)`, so the rows the tap lands in are one shifted copy of the plane;
+/// the columns whose tap falls outside the input are zeroed after.
+fn same_size_tap_row<F: Real>(plane: &[F], g: &Conv2dGeometry, tap: &Tap, row: &mut [F]) {
+    if tap.rows.is_empty() || tap.cols.is_empty() {
+        row.fill(F::zero());
+        return;
+    }
+    let w = g.width as isize;
+    let shift = (tap.i as isize - g.padding as isize) * w + tap.j as isize - g.padding as isize;
+    let (start, end) = (tap.rows.start * g.width, tap.rows.end * g.width);
+    // Clamp the copy to the plane; what is cut off lies outside the columns.
+    let first = start.max((-shift).max(0) as usize).min(end);
+    let last = end
+        .min((plane.len() as isize - shift).max(0) as usize)
+        .max(first);
+    row[..first].fill(F::zero());
+    row[last..].fill(F::zero());
+    if first < last {
+        let from = (first as isize + shift) as usize;
+        row[first..last].copy_from_slice(&plane[from..from + (last - first)]);
+    }
+    for out in row[start..end].chunks_mut(g.width) {
+        out[..tap.cols.start].fill(F::zero());
+        out[tap.cols.end..].fill(F::zero());
     }
 }
 
@@ -141,19 +179,29 @@ fn image_cols_into<F: Real>(x_n: &[F], g: &Conv2dGeometry, cols: &mut [F]) {
 fn col2im_into<F: Real>(dcols: &[F], g: &Conv2dGeometry, dx_n: &mut [F]) {
     let w_n = g.width;
     dx_n.fill(F::zero());
+    let taps: Vec<Tap> = taps(g).collect();
     let mut rows = dcols.chunks(g.out_positions());
     for plane in dx_n.chunks_mut(g.height * w_n) {
-        for tap in taps(g) {
+        for tap in &taps {
             let row = rows.next().expect("C·kh·kw rows");
             if tap.cols.is_empty() {
                 continue;
             }
+            let first = tap.first_input_col(g);
             for oh in tap.rows.clone() {
                 let line = &mut plane[tap.input_row(g, oh) * w_n..][..w_n];
                 let terms = &row[oh * g.out_w..][tap.cols.clone()];
-                let to = line[tap.first_input_col(g)..].iter_mut().step_by(g.stride);
-                for (v, &t) in to.zip(terms) {
-                    *v += t;
+                if g.stride == 1 {
+                    // Slices, so the adds vectorise.
+                    let to = &mut line[first..first + terms.len()];
+                    for (v, &t) in to.iter_mut().zip(terms) {
+                        *v += t;
+                    }
+                } else {
+                    let to = line[first..].iter_mut().step_by(g.stride);
+                    for (v, &t) in to.zip(terms) {
+                        *v += t;
+                    }
                 }
             }
         }
@@ -409,6 +457,9 @@ pub fn maxpool_forward<F: Real>(
 
 /// One plane of [`maxpool_forward`].
 fn pool_plane<F: Real>(x: &[F], g: &Pool2dGeometry, y: &mut [F], argmax: &mut [u32]) {
+    if g.kernel == 2 && g.stride == 2 && g.padding == 0 {
+        return pool_plane_2x2(x, g, y, argmax);
+    }
     // The taps of a window starting at `o·stride − padding` that land inside.
     let taps = |o: usize, len: usize| {
         let start = o * g.stride;
@@ -432,6 +483,34 @@ fn pool_plane<F: Real>(x: &[F], g: &Pool2dGeometry, y: &mut [F], argmax: &mut [u
             let (v, at) = best.expect("padding is at most half the window");
             y[oh * g.out_w + ow] = v;
             argmax[oh * g.out_w + ow] = at as u32;
+        }
+    }
+}
+
+/// [`pool_plane`] for 2×2 windows at stride 2 without padding (the common
+/// case), with the window's four taps read straight from two input rows.
+fn pool_plane_2x2<F: Real>(x: &[F], g: &Pool2dGeometry, y: &mut [F], argmax: &mut [u32]) {
+    let w = g.width;
+    let outputs = y.chunks_mut(g.out_w).zip(argmax.chunks_mut(g.out_w));
+    for (oh, (y_row, arg_row)) in outputs.enumerate() {
+        let top = 2 * oh * w;
+        let (upper, lower) = (&x[top..top + w], &x[top + w..top + 2 * w]);
+        for (ow, (y, arg)) in y_row.iter_mut().zip(arg_row).enumerate() {
+            let left = 2 * ow;
+            // The reference's order and tie rule: the first maximum wins,
+            // and a NaN is never replaced.
+            let mut best = (upper[left], top + left);
+            for (v, at) in [
+                (upper[left + 1], top + left + 1),
+                (lower[left], top + w + left),
+                (lower[left + 1], top + w + left + 1),
+            ] {
+                if v > best.0 {
+                    best = (v, at);
+                }
+            }
+            *y = best.0;
+            *arg = best.1 as u32;
         }
     }
 }
