@@ -6,9 +6,8 @@
 //! images (for element passes) are split over the cores. Every value is
 //! computed in a fixed order, whatever the number of cores.
 
-use std::thread;
+use rayon::prelude::*;
 
-use super::workers;
 use crate::backend::{BatchNormGrads, BatchNormSaved, BatchNormTrain};
 use crate::cpu::Real;
 use crate::cpu::batchnorm::layout;
@@ -44,25 +43,8 @@ fn plane<'a, F>(l: &BatchNormLayout, values: &'a [F], n: usize, c: usize) -> &'a
 }
 
 /// `f(c)` for every channel, in channel order, channels split over the cores.
-fn per_channel<T: Send>(l: &BatchNormLayout, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let chunk = l.channels.div_ceil(workers(l.channels));
-    thread::scope(|s| {
-        let f = &f;
-        let handles: Vec<_> = (0..l.channels)
-            .step_by(chunk)
-            .map(|start| {
-                s.spawn(move || {
-                    (start..(start + chunk).min(l.channels))
-                        .map(f)
-                        .collect::<Vec<T>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("batchnorm worker"))
-            .collect::<Vec<T>>()
-    })
+fn per_channel<T: Send>(l: &BatchNormLayout, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    (0..l.channels).into_par_iter().map(f).collect()
 }
 
 /// A tensor shaped like `x` whose plane `(n, c)` is written by
@@ -70,21 +52,13 @@ fn per_channel<T: Send>(l: &BatchNormLayout, f: impl Fn(usize) -> T + Sync) -> V
 fn per_plane<F: Real>(
     l: &BatchNormLayout,
     x: &HostTensor<F>,
-    f: impl Fn(usize, usize, &mut [F]) + Sync,
+    f: impl Fn(usize, usize, &mut [F]) + Sync + Send,
 ) -> HostTensor<F> {
     let mut out = HostTensor::zeros(&x.shape);
-    let image = l.channels * l.spatial;
-    let images = l.batch.div_ceil(workers(l.batch));
-    thread::scope(|s| {
-        for (part, run) in out.data.chunks_mut(images * image).enumerate() {
-            let f = &f;
-            s.spawn(move || {
-                for (k, out_n) in run.chunks_mut(image).enumerate() {
-                    for (c, plane) in out_n.chunks_mut(l.spatial).enumerate() {
-                        f(c, part * images + k, plane);
-                    }
-                }
-            });
+    let images = out.data.par_chunks_mut(l.channels * l.spatial).enumerate();
+    images.for_each(|(n, out_n)| {
+        for (c, plane) in out_n.chunks_mut(l.spatial).enumerate() {
+            f(c, n, plane);
         }
     });
     out

@@ -1,9 +1,10 @@
 //! The CPU training path's matrix-product ops: the same math as the reference
 //! functions, but convolutions as im2col + an optimised GEMM
-//! ([`Real::matmul`]), one image per task over the machine's cores. The
+//! ([`Real::matmul`]), a run of images per task, and fully connected layers
+//! as bands of rows, over a pool of one thread per core (rayon's). The
 //! reference stays the judge; `tests/cpu_fast.rs` compares the two.
 
-use std::thread;
+use rayon::prelude::*;
 
 pub(super) mod batchnorm;
 
@@ -12,12 +13,10 @@ use crate::backend::ParamGrads;
 use crate::geometry::{Conv2dGeometry, GemmSpec, Pool2dGeometry};
 use crate::tensor::HostTensor;
 
-/// Threads to split a batch over.
-fn workers(batch: usize) -> usize {
-    thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(batch)
-        .max(1)
+/// Tasks to split `items` over: one per thread of the pool (rayon's, kept
+/// alive between ops; spawning threads per op cost ~75 µs each time).
+fn workers(items: usize) -> usize {
+    rayon::current_num_threads().min(items).max(1)
 }
 
 /// Row and column strides of a row-major `(rows, cols)` matrix, or of its
@@ -30,6 +29,51 @@ fn strides(cols_stored: usize, transposed: bool) -> (isize, isize) {
     }
 }
 
+/// A strided matrix: its values and its row and column strides.
+type Strided<'a, F> = (&'a [F], isize, isize);
+
+/// Products smaller than this many multiply-adds run on one thread.
+const PARALLEL_MIN_WORK: usize = 1 << 20;
+
+/// `C ← A·B + β·C` for row-major `C (m, n)`, bands of C's rows split over the
+/// pool (each band one [`Real::matmul`] over the whole depth).
+fn matmul_rows<F: Real>(
+    k: usize,
+    n: usize,
+    a: Strided<'_, F>,
+    b: Strided<'_, F>,
+    beta: F,
+    c: &mut [F],
+) {
+    if c.is_empty() {
+        return;
+    }
+    let m = c.len() / n;
+    let tasks = if m * n * k < PARALLEL_MIN_WORK {
+        1
+    } else {
+        workers(m)
+    };
+    let band = m.div_ceil(tasks).max(1);
+    let (a_values, rsa, csa) = a;
+    c.par_chunks_mut(band * n)
+        .enumerate()
+        .for_each(|(t, c_band)| {
+            let first = t * band;
+            let rows = c_band.len() / n;
+            let a_band = &a_values[first * rsa as usize..];
+            F::matmul(
+                rows,
+                k,
+                n,
+                (a_band, rsa, csa),
+                b,
+                beta,
+                (c_band, n as isize, 1),
+            );
+        });
+}
+
 /// `C = op(A)·op(B)`, `(m, n)`; transposes are strides, not copies.
 pub fn gemm<F: Real>(a: &HostTensor<F>, b: &HostTensor<F>, spec: &GemmSpec) -> HostTensor<F> {
     assert_eq!(a.shape, spec.a_shape(), "gemm A shape");
@@ -37,14 +81,13 @@ pub fn gemm<F: Real>(a: &HostTensor<F>, b: &HostTensor<F>, spec: &GemmSpec) -> H
     let mut c = HostTensor::zeros(&[spec.m, spec.n]);
     let (rsa, csa) = strides(a.shape[1], spec.trans_a);
     let (rsb, csb) = strides(b.shape[1], spec.trans_b);
-    F::matmul(
-        spec.m,
+    matmul_rows(
         spec.k,
         spec.n,
         (&a.data, rsa, csa),
         (&b.data, rsb, csb),
         F::zero(),
-        (&mut c.data, spec.n as isize, 1),
+        &mut c.data,
     );
     c
 }
@@ -221,28 +264,25 @@ pub fn conv2d_forward<F: Real>(
     let mut y = HostTensor::zeros(&g.output_shape());
     let per_image = o * positions;
     let chunk = g.batch.div_ceil(workers(g.batch));
-    thread::scope(|s| {
-        for (c, out) in y.data.chunks_mut(chunk * per_image).enumerate() {
-            s.spawn(move || {
-                let image_len = g.channels * g.height * g.width;
-                let mut cols = vec![F::zero(); rows * positions];
-                for (i, y_n) in out.chunks_mut(per_image).enumerate() {
-                    let n = c * chunk + i;
-                    image_cols_into(&x.data[n * image_len..][..image_len], g, &mut cols);
-                    for (row, bias) in y_n.chunks_mut(positions).zip(&b.data) {
-                        row.fill(*bias);
-                    }
-                    F::matmul(
-                        o,
-                        rows,
-                        positions,
-                        (&w.data, rows as isize, 1),
-                        (&cols, positions as isize, 1),
-                        F::one(),
-                        (y_n, positions as isize, 1),
-                    );
-                }
-            });
+    let image_len = g.channels * g.height * g.width;
+    let tasks = y.data.par_chunks_mut(chunk * per_image).enumerate();
+    tasks.for_each(|(c, out)| {
+        let mut cols = vec![F::zero(); rows * positions];
+        for (i, y_n) in out.chunks_mut(per_image).enumerate() {
+            let n = c * chunk + i;
+            image_cols_into(&x.data[n * image_len..][..image_len], g, &mut cols);
+            for (row, bias) in y_n.chunks_mut(positions).zip(&b.data) {
+                row.fill(*bias);
+            }
+            F::matmul(
+                o,
+                rows,
+                positions,
+                (&w.data, rows as isize, 1),
+                (&cols, positions as isize, 1),
+                F::one(),
+                (y_n, positions as isize, 1),
+            );
         }
     });
     y
@@ -296,55 +336,47 @@ fn conv2d_grads<F: Real>(
     };
     // Each worker sums its images' dW and db; partial sums are added in worker
     // order, so the result does not depend on timing.
-    let partials: Vec<(Vec<F>, Vec<F>)> = thread::scope(|s| {
-        let handles: Vec<_> = dx_slices
-            .into_iter()
-            .enumerate()
-            .map(|(c, dx_chunk)| {
-                s.spawn(move || {
-                    let mut dw = vec![F::zero(); o * rows];
-                    let mut db = vec![F::zero(); o];
-                    let mut cols = vec![F::zero(); rows * positions];
-                    let mut dcols = if need_dx { cols.clone() } else { Vec::new() };
-                    let images = c * chunk..((c + 1) * chunk).min(g.batch);
-                    for (i, n) in images.enumerate() {
-                        let dy_n = &dy.data[n * o * positions..(n + 1) * o * positions];
-                        image_cols_into(&x.data[n * image_len..][..image_len], g, &mut cols);
-                        F::matmul(
-                            o,
-                            positions,
-                            rows,
-                            (dy_n, positions as isize, 1),
-                            (&cols, 1, positions as isize),
-                            F::one(),
-                            (&mut dw, rows as isize, 1),
-                        );
-                        for (sum, row) in db.iter_mut().zip(dy_n.chunks(positions)) {
-                            *sum += row.iter().copied().sum::<F>();
-                        }
-                        if !need_dx {
-                            continue;
-                        }
-                        F::matmul(
-                            rows,
-                            o,
-                            positions,
-                            (&w.data, 1, rows as isize),
-                            (dy_n, positions as isize, 1),
-                            F::zero(),
-                            (&mut dcols, positions as isize, 1),
-                        );
-                        col2im_into(&dcols, g, &mut dx_chunk[i * image_len..][..image_len]);
-                    }
-                    (dw, db)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("conv2d backward worker"))
-            .collect()
-    });
+    let partials: Vec<(Vec<F>, Vec<F>)> = dx_slices
+        .into_par_iter()
+        .enumerate()
+        .map(|(c, dx_chunk)| {
+            let mut dw = vec![F::zero(); o * rows];
+            let mut db = vec![F::zero(); o];
+            let mut cols = vec![F::zero(); rows * positions];
+            let mut dcols = if need_dx { cols.clone() } else { Vec::new() };
+            let images = c * chunk..((c + 1) * chunk).min(g.batch);
+            for (i, n) in images.enumerate() {
+                let dy_n = &dy.data[n * o * positions..(n + 1) * o * positions];
+                image_cols_into(&x.data[n * image_len..][..image_len], g, &mut cols);
+                F::matmul(
+                    o,
+                    positions,
+                    rows,
+                    (dy_n, positions as isize, 1),
+                    (&cols, 1, positions as isize),
+                    F::one(),
+                    (&mut dw, rows as isize, 1),
+                );
+                for (sum, row) in db.iter_mut().zip(dy_n.chunks(positions)) {
+                    *sum += row.iter().copied().sum::<F>();
+                }
+                if !need_dx {
+                    continue;
+                }
+                F::matmul(
+                    rows,
+                    o,
+                    positions,
+                    (&w.data, 1, rows as isize),
+                    (dy_n, positions as isize, 1),
+                    F::zero(),
+                    (&mut dcols, positions as isize, 1),
+                );
+                col2im_into(&dcols, g, &mut dx_chunk[i * image_len..][..image_len]);
+            }
+            (dw, db)
+        })
+        .collect();
     let mut dw = HostTensor::zeros(&g.weight_shape());
     let mut db = HostTensor::zeros(&[o]);
     for (pdw, pdb) in partials {
@@ -366,14 +398,13 @@ pub fn linear_forward<F: Real>(
     for row in y.data.chunks_mut(o) {
         row.copy_from_slice(&b.data);
     }
-    F::matmul(
-        n,
+    matmul_rows(
         i,
         o,
         (&x.data, i as isize, 1),
         (&w.data, 1, i as isize),
         F::one(),
-        (&mut y.data, o as isize, 1),
+        &mut y.data,
     );
     y
 }
@@ -387,14 +418,13 @@ pub fn linear_backward<F: Real>(
     let (n, i, o) = (x.shape[0], x.shape[1], w.shape[0]);
     assert_eq!(dy.shape, [n, o], "linear output gradient shape");
     let mut dx = HostTensor::zeros(&[n, i]);
-    F::matmul(
-        n,
+    matmul_rows(
         o,
         i,
         (&dy.data, o as isize, 1),
         (&w.data, i as isize, 1),
         F::zero(),
-        (&mut dx.data, i as isize, 1),
+        &mut dx.data,
     );
     let (dw, db) = linear_weight_grads(x, w, dy);
     ParamGrads { dx, dw, db }
@@ -409,14 +439,13 @@ pub fn linear_weight_grads<F: Real>(
     let (n, i, o) = (x.shape[0], x.shape[1], w.shape[0]);
     assert_eq!(dy.shape, [n, o], "linear output gradient shape");
     let mut dw = HostTensor::zeros(&[o, i]);
-    F::matmul(
-        o,
+    matmul_rows(
         n,
         i,
         (&dy.data, 1, o as isize),
         (&x.data, i as isize, 1),
         F::zero(),
-        (&mut dw.data, i as isize, 1),
+        &mut dw.data,
     );
     let mut db = HostTensor::zeros(&[o]);
     for row in dy.data.chunks(o) {
@@ -440,16 +469,15 @@ pub fn maxpool_forward<F: Real>(
     let (plane_in, plane_out) = (g.height * g.width, g.out_h * g.out_w);
     let planes = g.batch * g.channels;
     let chunk = planes.div_ceil(workers(planes));
-    thread::scope(|s| {
-        let outputs = y.data.chunks_mut(chunk * plane_out);
-        let indices = argmax.chunks_mut(chunk * plane_out);
-        for ((y_c, arg_c), x_c) in outputs.zip(indices).zip(x.data.chunks(chunk * plane_in)) {
-            s.spawn(move || {
-                let planes = x_c.chunks(plane_in).zip(y_c.chunks_mut(plane_out));
-                for ((x_p, y_p), arg_p) in planes.zip(arg_c.chunks_mut(plane_out)) {
-                    pool_plane(x_p, g, y_p, arg_p);
-                }
-            });
+    let outputs = y.data.par_chunks_mut(chunk * plane_out);
+    let indices = argmax.par_chunks_mut(chunk * plane_out);
+    let tasks = outputs
+        .zip(indices)
+        .zip(x.data.par_chunks(chunk * plane_in));
+    tasks.for_each(|((y_c, arg_c), x_c)| {
+        let planes = x_c.chunks(plane_in).zip(y_c.chunks_mut(plane_out));
+        for ((x_p, y_p), arg_p) in planes.zip(arg_c.chunks_mut(plane_out)) {
+            pool_plane(x_p, g, y_p, arg_p);
         }
     });
     (y, argmax)
