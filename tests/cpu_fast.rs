@@ -49,6 +49,9 @@ fn convolution_matches_the_reference() {
         (2, 2, 6, 9, 3, 5, 5, 1, 2),
         (1, 2, 1, 1, 2, 3, 3, 1, 1),
         (1, 1, 1, 1, 2, 5, 5, 1, 2),
+        // 16x16 outputs: 2 KiB column rows in f64, stored with a padded stride.
+        (2, 2, 16, 16, 3, 3, 3, 1, 1),
+        (1, 2, 18, 20, 2, 3, 3, 1, 0),
         (1, 1, 2, 3, 2, 5, 5, 1, 2),
     ] {
         let g = Conv2dGeometry::new(n, c, h, w, o, kh, kw, s, p).unwrap();

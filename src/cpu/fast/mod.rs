@@ -145,15 +145,32 @@ fn taps(g: &Conv2dGeometry) -> impl Iterator<Item = Tap> + '_ {
     })
 }
 
-/// im2col of one image `x_n (C, H, W)` into `cols (C·kh·kw, OH·OW)`, a row
-/// of the window at a time: runs of input are copied, and only the padding
-/// is zeroed (the reference [`super::im2col`] tests every element).
+/// Elements between rows of a column matrix `(C·kh·kw, positions)`: the
+/// positions, plus a cache line when a row's bytes are a multiple of 2 KiB.
+/// Rows a power-of-two apart share the same L1 sets, so reading down a
+/// column (as the GEMM's packing does for dW's `X_colᵀ`) thrashes: at 32×32
+/// outputs the padded stride makes dW's product 1.4× and the forward's
+/// 1.4× faster here.
+fn col_stride<F>(positions: usize) -> usize {
+    let size = std::mem::size_of::<F>();
+    if (positions * size).is_multiple_of(2048) {
+        positions + 64 / size
+    } else {
+        positions
+    }
+}
+
+/// im2col of one image `x_n (C, H, W)` into `cols (C·kh·kw, OH·OW)` (rows
+/// [`col_stride`] apart), a row of the window at a time: runs of input are
+/// copied, and only the padding is zeroed (the reference [`super::im2col`]
+/// tests every element).
 fn image_cols_into<F: Real>(x_n: &[F], g: &Conv2dGeometry, cols: &mut [F]) {
     let taps: Vec<Tap> = taps(g).collect();
-    let mut rows = cols.chunks_mut(g.out_positions());
+    let positions = g.out_positions();
+    let mut rows = cols.chunks_mut(col_stride::<F>(positions));
     for plane in x_n.chunks(g.height * g.width) {
         for tap in &taps {
-            let row = rows.next().expect("C·kh·kw rows");
+            let row = &mut rows.next().expect("C·kh·kw rows")[..positions];
             if g.stride == 1 && g.out_w == g.width {
                 same_size_tap_row(plane, g, tap, row);
             } else {
@@ -216,17 +233,19 @@ fn same_size_tap_row<F: Real>(plane: &[F], g: &Conv2dGeometry, tap: &Tap, row: &
     }
 }
 
-/// col2im of one image, `dcols (C·kh·kw, OH·OW) → dx_n (C, H, W)`, zeroing
+/// col2im of one image, `dcols (C·kh·kw, OH·OW)` (rows [`col_stride`]
+/// apart) `→ dx_n (C, H, W)`, zeroing
 /// `dx_n` first. Every element sums its terms in the reference's order
 /// ([`super::col2im`]: by window row, then column), so results are equal.
 fn col2im_into<F: Real>(dcols: &[F], g: &Conv2dGeometry, dx_n: &mut [F]) {
     let w_n = g.width;
     dx_n.fill(F::zero());
     let taps: Vec<Tap> = taps(g).collect();
-    let mut rows = dcols.chunks(g.out_positions());
+    let positions = g.out_positions();
+    let mut rows = dcols.chunks(col_stride::<F>(positions));
     for plane in dx_n.chunks_mut(g.height * w_n) {
         for tap in &taps {
-            let row = rows.next().expect("C·kh·kw rows");
+            let row = &rows.next().expect("C·kh·kw rows")[..positions];
             if tap.cols.is_empty() {
                 continue;
             }
@@ -267,7 +286,8 @@ pub fn conv2d_forward<F: Real>(
     let image_len = g.channels * g.height * g.width;
     let tasks = y.data.par_chunks_mut(chunk * per_image).enumerate();
     tasks.for_each(|(c, out)| {
-        let mut cols = vec![F::zero(); rows * positions];
+        let ld = col_stride::<F>(positions);
+        let mut cols = vec![F::zero(); rows * ld];
         for (i, y_n) in out.chunks_mut(per_image).enumerate() {
             let n = c * chunk + i;
             image_cols_into(&x.data[n * image_len..][..image_len], g, &mut cols);
@@ -279,7 +299,7 @@ pub fn conv2d_forward<F: Real>(
                 rows,
                 positions,
                 (&w.data, rows as isize, 1),
-                (&cols, positions as isize, 1),
+                (&cols, ld as isize, 1),
                 F::one(),
                 (y_n, positions as isize, 1),
             );
@@ -342,7 +362,8 @@ fn conv2d_grads<F: Real>(
         .map(|(c, dx_chunk)| {
             let mut dw = vec![F::zero(); o * rows];
             let mut db = vec![F::zero(); o];
-            let mut cols = vec![F::zero(); rows * positions];
+            let ld = col_stride::<F>(positions);
+            let mut cols = vec![F::zero(); rows * ld];
             let mut dcols = if need_dx { cols.clone() } else { Vec::new() };
             let images = c * chunk..((c + 1) * chunk).min(g.batch);
             for (i, n) in images.enumerate() {
@@ -353,7 +374,7 @@ fn conv2d_grads<F: Real>(
                     positions,
                     rows,
                     (dy_n, positions as isize, 1),
-                    (&cols, 1, positions as isize),
+                    (&cols, 1, ld as isize),
                     F::one(),
                     (&mut dw, rows as isize, 1),
                 );
@@ -370,7 +391,7 @@ fn conv2d_grads<F: Real>(
                     (&w.data, 1, rows as isize),
                     (dy_n, positions as isize, 1),
                     F::zero(),
-                    (&mut dcols, positions as isize, 1),
+                    (&mut dcols, ld as isize, 1),
                 );
                 col2im_into(&dcols, g, &mut dx_chunk[i * image_len..][..image_len]);
             }
