@@ -1,41 +1,19 @@
 //! Batch normalisation for the CPU training path: the reference's formulas
 //! ([`crate::cpu::batchnorm_forward_train`], [`crate::cpu::batchnorm_backward`])
 //! written so the loops vectorise. Each channel's sums run over whole planes
-//! in [`LANES`] partial sums (the reference keeps one running sum), the
+//! in [`LANES`](super::lanes::LANES) partial sums (the reference keeps one running sum), the
 //! per-channel factors are folded once per plane, and channels (for sums) or
 //! images (for element passes) are split over the cores. Every value is
 //! computed in a fixed order, whatever the number of cores.
 
 use rayon::prelude::*;
 
+use super::lanes::{LANES, add_lanes, total};
 use crate::backend::{BatchNormGrads, BatchNormSaved, BatchNormTrain};
 use crate::cpu::Real;
 use crate::cpu::batchnorm::layout;
 use crate::geometry::{BatchNormLayout, BatchNormSettings};
 use crate::tensor::HostTensor;
-
-/// Partial sums per channel sum: one vector register of f32 on AVX2.
-const LANES: usize = 8;
-
-/// Adds `term(a[i], b[i])` into `lanes[i % LANES]` (`a` and `b` of one length).
-fn add_lanes<F: Real>(lanes: &mut [F; LANES], a: &[F], b: &[F], term: impl Fn(F, F) -> F) {
-    debug_assert_eq!(a.len(), b.len());
-    let (mut a_chunks, mut b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    for (a, b) in (&mut a_chunks).zip(&mut b_chunks) {
-        for ((lane, &a), &b) in lanes.iter_mut().zip(a).zip(b) {
-            *lane += term(a, b);
-        }
-    }
-    let tails = a_chunks.remainder().iter().zip(b_chunks.remainder());
-    for (lane, (&a, &b)) in lanes.iter_mut().zip(tails) {
-        *lane += term(a, b);
-    }
-}
-
-/// The sum of `lanes`, in lane order.
-fn total<F: Real>(lanes: [F; LANES]) -> F {
-    lanes.into_iter().fold(F::zero(), |sum, v| sum + v)
-}
 
 /// Channel `c`'s plane of image `n` (`S` contiguous values).
 fn plane<'a, F>(l: &BatchNormLayout, values: &'a [F], n: usize, c: usize) -> &'a [F] {

@@ -7,6 +7,7 @@
 use rayon::prelude::*;
 
 pub(super) mod batchnorm;
+mod lanes;
 
 use super::Real;
 use crate::backend::ParamGrads;
@@ -234,12 +235,11 @@ fn same_size_tap_row<F: Real>(plane: &[F], g: &Conv2dGeometry, tap: &Tap, row: &
 }
 
 /// col2im of one image, `dcols (C·kh·kw, OH·OW)` (rows [`col_stride`]
-/// apart) `→ dx_n (C, H, W)`, zeroing
-/// `dx_n` first. Every element sums its terms in the reference's order
+/// apart) `→ dx_n (C, H, W)`, adding
+/// into `dx_n`, which the caller has zeroed. Every element sums its terms in the reference's order
 /// ([`super::col2im`]: by window row, then column), so results are equal.
 fn col2im_into<F: Real>(dcols: &[F], g: &Conv2dGeometry, dx_n: &mut [F]) {
     let w_n = g.width;
-    dx_n.fill(F::zero());
     let taps: Vec<Tap> = taps(g).collect();
     let positions = g.out_positions();
     let mut rows = dcols.chunks(col_stride::<F>(positions));
@@ -379,7 +379,7 @@ fn conv2d_grads<F: Real>(
                     (&mut dw, rows as isize, 1),
                 );
                 for (sum, row) in db.iter_mut().zip(dy_n.chunks(positions)) {
-                    *sum += row.iter().copied().sum::<F>();
+                    *sum += lanes::sum(row);
                 }
                 if !need_dx {
                     continue;
