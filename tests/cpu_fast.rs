@@ -47,6 +47,8 @@ fn convolution_matches_the_reference() {
         // exceeds the plane.
         (2, 3, 7, 5, 4, 3, 3, 1, 1),
         (2, 2, 6, 9, 3, 5, 5, 1, 2),
+        // As wide as the input but shorter (a 5x3 window, padding 1).
+        (2, 2, 7, 6, 3, 5, 3, 1, 1),
         (1, 2, 1, 1, 2, 3, 3, 1, 1),
         (1, 1, 1, 1, 2, 5, 5, 1, 2),
         // 16x16 outputs: 2 KiB column rows in f64, stored with a padded stride.

@@ -235,8 +235,8 @@ fn same_size_tap_row<F: Real>(plane: &[F], g: &Conv2dGeometry, tap: &Tap, row: &
 }
 
 /// col2im of one image, `dcols (C·kh·kw, OH·OW)` (rows [`col_stride`]
-/// apart) `→ dx_n (C, H, W)`, adding
-/// into `dx_n`, which the caller has zeroed. Every element sums its terms in the reference's order
+/// apart) `→ dx_n (C, H, W)`, added into `dx_n`, which the caller has
+/// zeroed. Every element sums its terms in the reference's order
 /// ([`super::col2im`]: by window row, then column), so results are equal.
 fn col2im_into<F: Real>(dcols: &[F], g: &Conv2dGeometry, dx_n: &mut [F]) {
     let w_n = g.width;
