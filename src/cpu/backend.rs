@@ -4,6 +4,7 @@
 use std::marker::PhantomData;
 
 use super::Real;
+use super::fast::batchnorm::Vectorised;
 use crate::backend::{
     Backend, BatchNormGrads, BatchNormSaved, BatchNormTrain, ParamGrads, SoftmaxXent,
 };
@@ -212,7 +213,14 @@ impl<F: Real> Backend for CpuBackend<F> {
         s: &BatchNormSettings,
     ) -> BatchNormTrain<HostTensor<F>> {
         if self.fast {
-            super::fast::batchnorm::forward_train(x, gamma, beta, running_mean, running_var, s)
+            super::batchnorm::forward_train_with::<Vectorised, F>(
+                x,
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                s,
+            )
         } else {
             super::batchnorm_forward_train(x, gamma, beta, running_mean, running_var, s)
         }
@@ -228,7 +236,14 @@ impl<F: Real> Backend for CpuBackend<F> {
         s: &BatchNormSettings,
     ) -> (HostTensor<F>, BatchNormSaved<HostTensor<F>>) {
         if self.fast {
-            super::fast::batchnorm::forward_eval(x, gamma, beta, running_mean, running_var, s)
+            super::batchnorm::forward_eval_with::<Vectorised, F>(
+                x,
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                s,
+            )
         } else {
             super::batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, s)
         }
@@ -243,7 +258,7 @@ impl<F: Real> Backend for CpuBackend<F> {
         training: bool,
     ) -> BatchNormGrads<HostTensor<F>> {
         if self.fast {
-            super::fast::batchnorm::backward(x, gamma, saved, dy, training)
+            super::batchnorm::backward_with::<Vectorised, F>(x, gamma, saved, dy, training)
         } else {
             super::batchnorm_backward(x, gamma, saved, dy, training)
         }
