@@ -1,5 +1,6 @@
 //! [`CpuBackend`]: the [`Backend`] trait over host tensors, every op delegating
-//! to the reference functions of this module.
+//! to the reference functions of this module, or (the training path) some to
+//! their optimised versions in `fast/`.
 
 use std::marker::PhantomData;
 
@@ -18,8 +19,8 @@ use crate::tensor::HostTensor;
 /// from `f32` and downloads round back to `f32`.
 #[derive(Clone, Copy, Debug)]
 pub struct CpuBackend<F = f32> {
-    /// Convolutions, linear layers and GEMM through the optimised path
-    /// (`cpu/fast.rs`) instead of the direct-loop reference.
+    /// Convolutions, linear layers, GEMM, max pooling and batchnorm through
+    /// the optimised path (`cpu/fast/`) instead of the direct-loop reference.
     fast: bool,
     _float: PhantomData<F>,
 }
@@ -33,8 +34,9 @@ impl<F> CpuBackend<F> {
         }
     }
 
-    /// The training backend: matrix-product ops through an optimised GEMM
-    /// over all cores, everything else as the reference.
+    /// The training backend: matrix-product ops through an optimised GEMM,
+    /// max pooling and batchnorm in vectorising loops, over all cores;
+    /// everything else as the reference.
     pub fn fast() -> Self {
         Self {
             fast: true,
