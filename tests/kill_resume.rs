@@ -449,8 +449,11 @@ fn a_second_sigint_during_a_checkpoint_write_keeps_the_old_one_and_removes_the_t
     for attempt in 0..3 {
         let _ = std::fs::remove_file(&checkpoint);
         let mut run = Run::start(&args);
-        run.wait_for("the first checkpoint", Duration::from_secs(30), |_| {
-            checkpoint.exists()
+        // Inside epoch 2, past the first (end-of-epoch) checkpoint: a signal
+        // at an epoch's end writes nothing new (that checkpoint holds the
+        // point), and the CPU path runs an epoch of this in about a second.
+        run.wait_for("progress in epoch 2", Duration::from_secs(30), |r| {
+            r.stdout.lock().unwrap().contains("epoch 2/60 step")
         });
         let first = std::fs::read(&checkpoint).unwrap();
         // The first signal makes the run stop after its step and write the
