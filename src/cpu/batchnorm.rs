@@ -172,8 +172,13 @@ fn forward_layout<F>(
     x: &HostTensor<F>,
     per_channel: [&HostTensor<F>; 4],
 ) -> BatchNormLayout {
-    let names = ["gamma", "beta", "running_mean", "running_var"];
-    let named: Vec<_> = names.into_iter().zip(per_channel).collect();
+    let [gamma, beta, running_mean, running_var] = per_channel;
+    let named = [
+        ("gamma", gamma),
+        ("beta", beta),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ];
     layout(what, x, &named)
 }
 

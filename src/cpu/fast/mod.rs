@@ -164,13 +164,13 @@ fn col_stride<F>(positions: usize) -> usize {
 /// im2col of one image `x_n (C, H, W)` into `cols (C·kh·kw, OH·OW)` (rows
 /// [`col_stride`] apart), a row of the window at a time: runs of input are
 /// copied, and only the padding is zeroed (the reference [`super::im2col`]
-/// tests every element).
-fn image_cols_into<F: Real>(x_n: &[F], g: &Conv2dGeometry, cols: &mut [F]) {
-    let taps: Vec<Tap> = taps(g).collect();
+/// tests every element). `taps` is [`taps`]`(g)`, computed once per
+/// convolution.
+fn image_cols_into<F: Real>(x_n: &[F], g: &Conv2dGeometry, taps: &[Tap], cols: &mut [F]) {
     let positions = g.out_positions();
     let mut rows = cols.chunks_mut(col_stride::<F>(positions));
     for plane in x_n.chunks(g.height * g.width) {
-        for tap in &taps {
+        for tap in taps {
             let row = &mut rows.next().expect("C·kh·kw rows")[..positions];
             if g.stride == 1 && g.out_w == g.width {
                 same_size_tap_row(plane, g, tap, row);
@@ -238,13 +238,13 @@ fn same_size_tap_row<F: Real>(plane: &[F], g: &Conv2dGeometry, tap: &Tap, row: &
 /// apart) `→ dx_n (C, H, W)`, added into `dx_n`, which the caller has
 /// zeroed. Every element sums its terms in the reference's order
 /// ([`super::col2im`]: by window row, then column), so results are equal.
-fn col2im_into<F: Real>(dcols: &[F], g: &Conv2dGeometry, dx_n: &mut [F]) {
+/// `taps` is [`taps`]`(g)`.
+fn col2im_into<F: Real>(dcols: &[F], g: &Conv2dGeometry, taps: &[Tap], dx_n: &mut [F]) {
     let w_n = g.width;
-    let taps: Vec<Tap> = taps(g).collect();
     let positions = g.out_positions();
     let mut rows = dcols.chunks(col_stride::<F>(positions));
     for plane in dx_n.chunks_mut(g.height * w_n) {
-        for tap in &taps {
+        for tap in taps {
             let row = &rows.next().expect("C·kh·kw rows")[..positions];
             if tap.cols.is_empty() {
                 continue;
@@ -284,13 +284,14 @@ pub fn conv2d_forward<F: Real>(
     let per_image = o * positions;
     let chunk = g.batch.div_ceil(workers(g.batch));
     let image_len = g.channels * g.height * g.width;
+    let taps: Vec<Tap> = taps(g).collect();
     let tasks = y.data.par_chunks_mut(chunk * per_image).enumerate();
     tasks.for_each(|(c, out)| {
         let ld = col_stride::<F>(positions);
         let mut cols = vec![F::zero(); rows * ld];
         for (i, y_n) in out.chunks_mut(per_image).enumerate() {
             let n = c * chunk + i;
-            image_cols_into(&x.data[n * image_len..][..image_len], g, &mut cols);
+            image_cols_into(&x.data[n * image_len..][..image_len], g, &taps, &mut cols);
             for (row, bias) in y_n.chunks_mut(positions).zip(&b.data) {
                 row.fill(*bias);
             }
@@ -348,6 +349,7 @@ fn conv2d_grads<F: Real>(
     let (o, rows, positions) = (g.out_channels, g.col_rows(), g.out_positions());
     let image_len = g.channels * g.height * g.width;
     let mut dx = need_dx.then(|| HostTensor::zeros(&g.input_shape()));
+    let taps: Vec<Tap> = taps(g).collect();
     let chunk = g.batch.div_ceil(workers(g.batch));
     // Each task's slice of dX (empty when dX is not wanted).
     let dx_slices: Vec<&mut [F]> = match dx.as_mut() {
@@ -368,7 +370,7 @@ fn conv2d_grads<F: Real>(
             let images = c * chunk..((c + 1) * chunk).min(g.batch);
             for (i, n) in images.enumerate() {
                 let dy_n = &dy.data[n * o * positions..(n + 1) * o * positions];
-                image_cols_into(&x.data[n * image_len..][..image_len], g, &mut cols);
+                image_cols_into(&x.data[n * image_len..][..image_len], g, &taps, &mut cols);
                 F::matmul(
                     o,
                     positions,
@@ -393,7 +395,12 @@ fn conv2d_grads<F: Real>(
                     F::zero(),
                     (&mut dcols, ld as isize, 1),
                 );
-                col2im_into(&dcols, g, &mut dx_chunk[i * image_len..][..image_len]);
+                col2im_into(
+                    &dcols,
+                    g,
+                    &taps,
+                    &mut dx_chunk[i * image_len..][..image_len],
+                );
             }
             (dw, db)
         })
