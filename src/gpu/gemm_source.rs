@@ -287,10 +287,11 @@ fn register_blocked(block: &Block) -> String {
         w,
         "        for (var r = 0u; r < {rows}u && row0 + r < p.m; r++) {{"
     );
+    let _ = writeln!(w, "            let rb = row_bias(row0 + r);");
     for h in 0..vecs {
         let _ = writeln!(
             w,
-            "            store4(base_c, row0 + r, col0 + {}u, acc_0_{h}, cb{h});",
+            "            store4(base_c, row0 + r, col0 + {}u, acc_0_{h}, cb{h}, rb);",
             4 * h
         );
     }
