@@ -26,13 +26,13 @@
 // accumulators must be separate variables to stay in registers; the epilogue
 // stores one row per loop pass and shifts the rows below it up, so the store
 // code appears once, which keeps LLVM's compile time on lavapipe short):
-//   gemm_8x16        small products, few output rows (convolutions' O)
+//   gemm_8x16        small products, few output rows (convolutions' O); with
+//                    p.slot_lanes its invocations take batch slots of one
+//                    block instead of blocks (a narrow C summed over a batch)
 //   gemm_32x16       large products on CPU-like adapters: half the loads per
 //                    multiply-add
-//   gemm_8x16_slots  gemm_8x16 with a workgroup's invocations on batch slots
-//                    of one block (a narrow C summed over a batch)
-//   conv_8x16, conv_32x16, conv_8x16_slots  implicit GEMM: B read from the
-//                    input image (X_col for the forward, X_colᵀ for dW)
+//   conv_8x16, conv_32x16  implicit GEMM: B read from the input image (X_col
+//                    for the forward, X_colᵀ for dW)
 // and gemm_tiled (below, written out) stages tiles in workgroup memory for
 // GPUs. src/gpu/tune.rs picks one per device and shape class.
 //
@@ -53,6 +53,9 @@ struct Params {
     chunk: u32,
     act_mode: u32,
     slope: f32,
+    // Register-blocked kernels: 1 maps the workgroup's invocations to batch
+    // slots of one block of C (the slot-lanes blocks), 0 to blocks of C.
+    slot_lanes: u32,
     // Implicit GEMM (conv_* kernels) only: B is read from a zero-padded
     // image batch (N, C, Hp, Wp), image_stride = C·Hp·Wp apart. B[k, n]
     // lies at image z's start + column_offset(n) + depth_offset(k), each

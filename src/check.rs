@@ -317,7 +317,7 @@ fn gemm_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {
                 let cpu_c = cpu::gemm(&a, &b, &spec);
                 let gpu_c = gpu.download(&gpu.gemm(&gpu.upload(&a), &gpu.upload(&b), &spec));
                 let mag = cpu::gemm(&abs(&a), &abs(&b), &spec);
-                let label = format!("{m}x{n}x{k} {} {}", spec.case_name(), block.entry());
+                let label = format!("{m}x{n}x{k} {} {}", spec.case_name(), block.name());
                 let mut case = CaseBuilder::new("gemm", label);
                 case.check("c", &gpu_c, &cpu_c, &mag);
                 rows.push(case.finish());
@@ -438,9 +438,9 @@ fn conv2d_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Conv2dGeometry) -> Ca
         let y_implicit = gpu.download(&gpu.conv2d_forward(&gx, &gw, &gb, g));
         let (dw_implicit, _) = gpu.conv2d_weight_grads(&gx, &gw, &gdy, g);
         gpu.ctx.gemm_tuner.force(None);
-        case.check(&format!("y {}", block.entry()), &y_implicit, &y, &y_mag);
+        case.check(&format!("y {}", block.name()), &y_implicit, &y, &y_mag);
         case.check(
-            &format!("dw {}", block.entry()),
+            &format!("dw {}", block.name()),
             &gpu.download(&dw_implicit),
             &cpu_grads.dw,
             &mags.dw,

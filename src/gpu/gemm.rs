@@ -255,11 +255,7 @@ pub fn conv_implicit_into(
     out: &GpuBuffer,
     block: Block,
 ) {
-    assert!(
-        block.implicit,
-        "{} is not an implicit kernel",
-        block.entry()
-    );
+    assert!(block.implicit, "{} is not an implicit kernel", block.name());
     let (spec, batching) = image.product.of(image.geometry);
     // The implicit kernels read A unpacked: W (O, C·kh·kw) and dY_n
     // (O, OH·OW) are both row-major (M, K) already.
@@ -376,23 +372,27 @@ fn gemm_packed_into(
         Operand::Packed(b) => (b.buffer, b.stride),
         Operand::Image(image) => (image.buffer, 0),
     };
-    let mut params = Params::new()
-        .u32(spec.m)
-        .u32(spec.n)
-        .u32(spec.k)
-        .u32(batching.count)
-        .u32(a.stride)
-        .u32(b_stride)
-        .u32(stride_c)
-        .u32(bias_mode)
-        .u32(chunk)
-        .u32(act_mode as usize)
-        .f32(slope);
-    if let Operand::Image(image) = b {
-        for value in image.walk() {
-            params = params.u32(value);
+    let params = |block: Block| {
+        let mut params = Params::new()
+            .u32(spec.m)
+            .u32(spec.n)
+            .u32(spec.k)
+            .u32(batching.count)
+            .u32(a.stride)
+            .u32(b_stride)
+            .u32(stride_c)
+            .u32(bias_mode)
+            .u32(chunk)
+            .u32(act_mode as usize)
+            .f32(slope)
+            .u32(block.slot_lanes as usize);
+        if let Operand::Image(image) = b {
+            for value in image.walk() {
+                params = params.u32(value);
+            }
         }
-    }
+        params
+    };
     let target = partial.as_ref().unwrap_or(out);
     let kernel = |block: Block| {
         let [wg_x, wg_y] = block.workgroup;
@@ -410,12 +410,12 @@ fn gemm_packed_into(
                 grid_extent(slices),
             ]
         };
-        (kernel, grid)
+        (kernel, grid, params(block))
     };
-    let record = |(kernel, grid): &(std::sync::Arc<Kernel>, [u32; 3])| {
+    let record = |(kernel, grid, params): &(std::sync::Arc<Kernel>, [u32; 3], Params)| {
         ctx.dispatch(
             kernel,
-            &params,
+            params,
             &[a.buffer, b_buffer, bias_buffer],
             &[target],
             *grid,
@@ -429,7 +429,7 @@ fn gemm_packed_into(
             // the pipelines compiled beforehand.
             let prepared: Vec<_> = candidates.iter().map(|&b| kernel(b)).collect();
             let runs: Vec<_> = prepared.iter().map(|k| move || record(k)).collect();
-            let first_runs: Vec<bool> = prepared.iter().map(|(k, _)| !k.has_run()).collect();
+            let first_runs: Vec<bool> = prepared.iter().map(|(k, ..)| !k.has_run()).collect();
             let best = candidates[fastest(ctx, &runs, &first_runs)];
             ctx.gemm_tuner.remember(spec, batching.count, best);
         }

@@ -28,19 +28,24 @@ pub struct Block {
     /// partial sums of a summed batch) of one block of C, instead of
     /// different blocks: on CPU-like adapters, where a workgroup's
     /// invocations are SIMD lanes, a C of one or two blocks (a small conv's
-    /// weight gradient) then still fills the lanes.
+    /// weight gradient) then still fills the lanes. The same pipeline as the
+    /// block without it (a uniform parameter picks the mapping), so it costs
+    /// no compile of its own.
     pub slot_lanes: bool,
-    /// Invocations per workgroup along N and M. One shape per kernel: every
-    /// shape is a pipeline of its own, and on CPU-like adapters each is
-    /// compiled anew, which a cold first step pays for. (Shapes
-    /// fitted to each product ran no faster in training; idle invocations of
-    /// a small product mostly skip.)
+    /// Invocations per workgroup along N and M (along the slots with
+    /// `slot_lanes`). Every register-blocked kernel has 64 invocations, laid
+    /// out in one dimension and mapped to this shape by the kernel itself,
+    /// so a block and its slot-lanes variant share a pipeline. One shape per
+    /// kernel: every pipeline is compiled anew on CPU-like adapters, which a
+    /// cold first step pays for. (Shapes fitted to each product ran no
+    /// faster in training; idle invocations of a small product mostly skip.)
     pub workgroup: [usize; 2],
 }
 
 impl Block {
-    /// Entry point name, e.g. `gemm_8x16`.
-    pub fn entry(self) -> &'static str {
+    /// The block's name, e.g. `gemm_8x16_slots` (in the tuning cache, check
+    /// rows and errors).
+    pub fn name(self) -> &'static str {
         match (
             self.rows,
             self.cols,
@@ -57,6 +62,16 @@ impl Block {
             (8, 16, false, true, true) => "conv_8x16_slots",
             _ => unreachable!("no GEMM kernel is generated for {self:?}"),
         }
+    }
+
+    /// The WGSL entry point that runs the block: its name, except that a
+    /// slot-lanes block runs its twin's kernel.
+    pub fn entry(self) -> &'static str {
+        Block {
+            slot_lanes: false,
+            ..self
+        }
+        .name()
     }
 
     /// The same block reading B from an image (implicit GEMM), where one is
@@ -104,7 +119,8 @@ pub const TILED: Block = Block {
     slot_lanes: false,
     workgroup: [16, 16],
 };
-/// The small block with 64 batch slots per workgroup, one per invocation.
+/// The small block with 64 batch slots per workgroup, one per invocation
+/// (`gemm_8x16` with its invocations mapped to slots).
 pub const SLOTS: Block = Block {
     slot_lanes: true,
     workgroup: [64, 1],
@@ -136,7 +152,11 @@ pub fn source() -> &'static str {
     static SOURCE: OnceLock<String> = OnceLock::new();
     SOURCE.get_or_init(|| {
         let mut s = COMMON.to_string();
-        for block in BLOCKS.iter().chain(&CONV_BLOCKS).filter(|b| !b.tiled) {
+        for block in BLOCKS
+            .iter()
+            .chain(&CONV_BLOCKS)
+            .filter(|b| !b.tiled && !b.slot_lanes)
+        {
             s.push('\n');
             s.push_str(&register_blocked(block));
         }
@@ -151,21 +171,26 @@ fn register_blocked(block: &Block) -> String {
     let w = &mut s;
     let _ = writeln!(w, "// {rows}×{} block per invocation.", block.cols);
     let [wg_x, wg_y] = block.workgroup;
-    let _ = writeln!(w, "@compute @workgroup_size({wg_x}, {wg_y}, 1)");
+    let size = wg_x * wg_y;
+    let _ = writeln!(w, "@compute @workgroup_size({size}, 1, 1)");
     let _ = writeln!(
         w,
-        "fn {}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{",
+        "fn {}(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{",
         block.entry()
     );
-    // Grid: (column block, row block, slot), or with slots in the lanes
-    // (slot, column block, row block).
-    let (row_block, col_block, first_slot, slot_step) = if block.slot_lanes {
-        ("wid.z", "wid.y", "gid.x", format!("nwg.x * {wg_x}u"))
-    } else {
-        ("gid.y", "gid.x", "gid.z", "nwg.z".to_string())
-    };
-    let _ = writeln!(w, "    let row0 = {row_block} * {rows}u;");
-    let _ = writeln!(w, "    let col0 = {col_block} * {}u;", block.cols);
+    // Grid: (column block, row block, slot), the invocations laid out
+    // {wg_x}×{wg_y} over blocks of C; or with p.slot_lanes (the slot-lanes
+    // block), (slot, column block, row block), each invocation on a slot.
+    let _ = writeln!(
+        w,
+        "    let on_slots = p.slot_lanes != 0u;\n    \
+         let row_block = select(wid.y * {wg_y}u + lid.x / {wg_x}u, wid.z, on_slots);\n    \
+         let col_block = select(wid.x * {wg_x}u + lid.x % {wg_x}u, wid.y, on_slots);\n    \
+         let first_slot = select(wid.z, wid.x * {size}u + lid.x, on_slots);\n    \
+         let slot_step = select(nwg.z, nwg.x * {size}u, on_slots);"
+    );
+    let _ = writeln!(w, "    let row0 = row_block * {rows}u;");
+    let _ = writeln!(w, "    let col0 = col_block * {}u;", block.cols);
     let _ = writeln!(
         w,
         "    if row0 >= p.m || col0 >= p.n {{\n        return;\n    }}"
@@ -196,7 +221,7 @@ fn register_blocked(block: &Block) -> String {
     let _ = writeln!(w, "    let slots = (p.batch + p.chunk - 1u) / p.chunk;");
     let _ = writeln!(
         w,
-        "    for (var slot = {first_slot}; slot < slots; slot += {slot_step}) {{"
+        "    for (var slot = first_slot; slot < slots; slot += slot_step) {{"
     );
     for r in 0..rows {
         let line: Vec<String> = (0..vecs)

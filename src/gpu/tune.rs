@@ -148,7 +148,7 @@ impl GemmTuner {
         let choices = self.choices.lock().unwrap();
         choices
             .iter()
-            .map(|(k, b)| (k.to_string(), b.entry()))
+            .map(|(k, b)| (k.to_string(), b.name()))
             .collect()
     }
 }
@@ -292,7 +292,7 @@ fn parse(text: &str, device: &str) -> BTreeMap<ShapeClass, Block> {
             let block = BLOCKS
                 .iter()
                 .chain(&CONV_BLOCKS)
-                .find(|b| Some(b.entry()) == entry.as_str())?;
+                .find(|b| Some(b.name()) == entry.as_str())?;
             Some((ShapeClass::parse(class)?, *block))
         })
         .collect()
@@ -307,7 +307,7 @@ fn save(
 ) -> std::io::Result<()> {
     let entries: serde_json::Map<String, serde_json::Value> = choices
         .iter()
-        .map(|(k, b)| (k.to_string(), b.entry().into()))
+        .map(|(k, b)| (k.to_string(), b.name().into()))
         .collect();
     let text = serde_json::json!({"version": VERSION, "device": device, "choices": entries});
     if let Some(dir) = path.parent() {
