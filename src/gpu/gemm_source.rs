@@ -178,9 +178,10 @@ fn register_blocked(block: &Block) -> String {
         "fn {}(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{",
         block.entry()
     );
-    // Grid: (column block, row block, slot), the invocations laid out
-    // {wg_x}×{wg_y} over blocks of C; or with p.slot_lanes (the slot-lanes
-    // block), (slot, column block, row block), each invocation on a slot.
+    // Grid: (column block, row block, slot), the invocations laid out over
+    // blocks of C in the block's workgroup shape; or with p.slot_lanes (the
+    // slot-lanes block), (slot, column block, row block), each invocation on
+    // a slot.
     let _ = writeln!(
         w,
         "    let on_slots = p.slot_lanes != 0u;\n    \
@@ -378,6 +379,24 @@ fn image_offsets(w: &mut String, cols: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_lanes_block_has_as_many_invocations_as_the_kernel_it_runs() {
+        for block in BLOCKS.iter().chain(&CONV_BLOCKS).filter(|b| b.slot_lanes) {
+            let twin = *BLOCKS
+                .iter()
+                .chain(&CONV_BLOCKS)
+                .find(|b| {
+                    !b.slot_lanes
+                        && (b.rows, b.cols, b.tiled, b.implicit)
+                            == (block.rows, block.cols, block.tiled, block.implicit)
+                })
+                .expect("every slot-lanes block has a twin");
+            let size = |b: &Block| b.workgroup[0] * b.workgroup[1];
+            assert_eq!(size(block), size(&twin), "{}", block.name());
+            assert_eq!(block.entry(), twin.name());
+        }
+    }
 
     #[test]
     fn every_block_has_its_entry_point() {
