@@ -132,8 +132,8 @@ run() {
         sizes=(--size 1024)
         batches=(--batch-size 64)
     fi
-    stage bench-gemm sh -c "$wgcnn bench gemm ${sizes[*]} --json | tee $log_dir/gemm.jsonl"
-    stage bench-train sh -c "$wgcnn bench train ${batches[*]} --runs 3 --json | tee $log_dir/train.jsonl"
+    stage bench-gemm bash -o pipefail -c "$wgcnn bench gemm ${sizes[*]} --json | tee $log_dir/gemm.jsonl"
+    stage bench-train bash -o pipefail -c "$wgcnn bench train ${batches[*]} --runs 3 --json | tee $log_dir/train.jsonl"
     stage bench-layers "$wgcnn" bench layers --model fashion-cnn --batch-size 128
 
     local torch_device=cpu
