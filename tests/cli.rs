@@ -195,8 +195,17 @@ fn resume_continues_with_the_checkpoints_settings() {
 fn bad_flags_and_files_are_clear_errors() {
     let dir = temp_dir("cli", "bad");
     let missing = dir.join("none.safetensors");
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 10] = [
         (&["bench", "kernels", "--cpu"], "no --cpu form"),
+        (&["bench", "gemm", "--cpu", "--shape", "3x0x5"], "`3x0x5`"),
+        (
+            &["bench", "gemm", "--cpu", "--kernel", "gemm_9x9"],
+            "gemm_tiled",
+        ),
+        (
+            &["bench", "train", "--cpu", "--kernel", "gemm_8x16"],
+            "--kernel picks the GPU kernel of `bench gemm`",
+        ),
         (
             &[
                 "train",
@@ -283,6 +292,67 @@ fn a_model_file_is_accepted_and_checked_against_the_data() {
         "{}",
         text(&out)
     );
+}
+
+/// `bench gemm --shape` times exactly the shapes asked for, one JSON line each.
+#[test]
+fn bench_gemm_times_the_shapes_asked_for() {
+    let out = wgcnn(&[
+        "bench", "gemm", "--cpu", "--shape", "3x5x7", "--shape", "64x1x9", "--json", "--runs", "1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let shapes: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            assert_eq!(record["kind"], "gemm");
+            assert!(record["gflops"].as_f64().is_some_and(|g| g > 0.0), "{line}");
+            record["shape"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(shapes, ["3x5x7", "64x1x9"]);
+}
+
+/// `bench gemm --kernel` times every product with the kernel asked for: no
+/// tuning race runs (none is saved), and its JSON lines name the kernel.
+/// Without it, the same product is raced and the winner saved.
+#[test]
+fn bench_gemm_runs_the_kernel_asked_for_instead_of_tuning() {
+    if common::gpu().is_none() {
+        return;
+    }
+    // Big enough for two candidate kernels on any adapter.
+    let shape = "1024x1024x256";
+    let bench = |cache: &std::path::Path, kernel: Option<&str>| {
+        let mut args = vec!["bench", "gemm", "--shape", shape, "--json", "--runs", "1"];
+        args.extend(kernel.map(|k| ["--kernel", k]).into_iter().flatten());
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wgcnn"))
+            .args(&args)
+            .env("XDG_CACHE_HOME", cache)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env_remove("WGCNN_GEMM_TUNE")
+            .output()
+            .expect("run wgcnn");
+        assert!(out.status.success(), "{}", text(&out));
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let record: serde_json::Value = serde_json::from_str(&line).expect("one JSON line");
+        assert_eq!(record["shape"], shape, "{line}");
+        record["kernel"].clone()
+    };
+    let tuned = |cache: &std::path::Path| {
+        cache
+            .join("wgcnn")
+            .read_dir()
+            .is_ok_and(|mut d| d.next().is_some())
+    };
+    for kernel in ["gemm_32x16", "gemm_tiled"] {
+        let cache = temp_dir("cli", &format!("forced-{kernel}"));
+        assert_eq!(bench(&cache, Some(kernel)), kernel);
+        assert!(!tuned(&cache), "--kernel {kernel} ran a tuning race");
+    }
+    let cache = temp_dir("cli", "tuned");
+    assert!(bench(&cache, None).is_null());
+    assert!(tuned(&cache), "no tuning race without --kernel");
 }
 
 /// A reader that stops early (`wgcnn bench | head`) ends wgcnn quietly by

@@ -8,6 +8,7 @@ use wgcnn::backend::Backend;
 use wgcnn::bench;
 use wgcnn::cpu::CpuBackend;
 use wgcnn::gpu::GpuBackend;
+use wgcnn::gpu::gemm_source::{BLOCKS, Block};
 use wgcnn::nn::builtin;
 
 /// What to measure (all of it when omitted).
@@ -39,9 +40,18 @@ pub struct BenchArgs {
     /// `layers`.
     #[arg(long = "batch-size", global = true)]
     pub batch_sizes: Vec<usize>,
-    /// Square GEMM sizes (repeatable). Default: 256, 512, 1024, 2048, 4096.
+    /// Square GEMM sizes (repeatable). Default: 256, 512, 1024, 2048, 4096,
+    /// then the built-in models' conv shapes.
     #[arg(long = "size", global = true)]
     pub sizes: Vec<usize>,
+    /// GEMM shapes `MxNxK` for `gemm` (repeatable), instead of the default
+    /// sizes and conv shapes (with --size: after them).
+    #[arg(long = "shape", global = true, value_parser = parse_shape)]
+    pub shapes: Vec<[usize; 3]>,
+    /// The GEMM kernel `gemm` times (`gemm_8x16`, `gemm_32x16`,
+    /// `gemm_tiled`, `gemm_8x16_slots`), instead of the tuner's choice.
+    #[arg(long, global = true, value_parser = parse_kernel)]
+    pub kernel: Option<Block>,
     /// Timed runs per figure (the median is reported).
     #[arg(long, default_value_t = 5, global = true)]
     pub runs: usize,
@@ -56,12 +66,39 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// `MxNxK` as `[m, n, k]`, each at least 1.
+fn parse_shape(text: &str) -> std::result::Result<[usize; 3], String> {
+    let dims: Vec<usize> = text
+        .split('x')
+        .map(|d| d.parse().ok().filter(|&d| d > 0))
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("`{text}` is not a GEMM shape MxNxK of positive sizes"))?;
+    <[usize; 3]>::try_from(dims)
+        .map_err(|_| format!("`{text}` is not a GEMM shape MxNxK of positive sizes"))
+}
+
+/// The GEMM kernel named `text`.
+fn parse_kernel(text: &str) -> std::result::Result<Block, String> {
+    BLOCKS
+        .into_iter()
+        .find(|b| b.name() == text)
+        .ok_or_else(|| {
+            let names: Vec<_> = BLOCKS.iter().map(|b| b.name()).collect();
+            format!("no GEMM kernel `{text}` (there are {})", names.join(", "))
+        })
+}
+
 /// Runs `wgcnn bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
     if args.cpu && args.kind == Some(BenchKind::Kernels) {
         return Err(wgcnn::Error::Setting(
             "`bench kernels` times GPU kernels; it has no --cpu form (try `bench layers --cpu`)"
                 .into(),
+        ));
+    }
+    if args.kernel.is_some() && (args.cpu || args.kind != Some(BenchKind::Gemm)) {
+        return Err(wgcnn::Error::Setting(
+            "--kernel picks the GPU kernel of `bench gemm` (the CPU path has one GEMM)".into(),
         ));
     }
     if args.cpu {
@@ -73,6 +110,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if args.kind == Some(BenchKind::Kernels) {
             return kernels(&gpu, &name, args);
         }
+        gpu.ctx.gemm_tuner.force(args.kernel);
         run_on(&gpu, &name, args)
     }
 }
@@ -205,7 +243,8 @@ fn run_on<B: Backend>(backend: &B, device: &str, args: &BenchArgs) -> Result<()>
 }
 
 fn gemm<B: Backend>(backend: &B, device: &str, args: &BenchArgs) -> Result<()> {
-    let sizes = if args.sizes.is_empty() {
+    let defaults = args.sizes.is_empty() && args.shapes.is_empty();
+    let sizes = if defaults {
         vec![256, 512, 1024, 2048, 4096]
     } else {
         args.sizes.clone()
@@ -214,13 +253,24 @@ fn gemm<B: Backend>(backend: &B, device: &str, args: &BenchArgs) -> Result<()> {
         .iter()
         .map(|&s| (format!("{s}x{s}x{s}"), s, s, s))
         .collect();
-    for model in ["lenet5", "fashion-cnn", "cifar-cnn"] {
-        shapes.extend(bench::conv_gemm_shapes(
-            model,
-            &builtin(model, shape_of(model), 10)?,
-        )?);
+    if args.shapes.is_empty() {
+        for model in ["lenet5", "fashion-cnn", "cifar-cnn"] {
+            shapes.extend(bench::conv_gemm_shapes(
+                model,
+                &builtin(model, shape_of(model), 10)?,
+            )?);
+        }
     }
+    shapes.extend(
+        args.shapes
+            .iter()
+            .map(|&[m, n, k]| (format!("{m}x{n}x{k}"), m, n, k)),
+    );
+    let kernel = args.kernel.map(Block::name);
     if !args.json {
+        if let Some(kernel) = kernel {
+            println!("kernel: {kernel}");
+        }
         println!("\n{:<40} {:>12} {:>10}", "gemm (MxNxK)", "ms", "GFLOP/s");
     }
     for (label, m, n, k) in shapes {
@@ -234,7 +284,8 @@ fn gemm<B: Backend>(backend: &B, device: &str, args: &BenchArgs) -> Result<()> {
         if args.json {
             println!(
                 "{}",
-                json!({"kind": "gemm", "shape": r.shape, "device": device, "seconds": r.seconds, "gflops": r.gflops})
+                json!({"kind": "gemm", "shape": r.shape, "device": device, "kernel": kernel,
+                       "seconds": r.seconds, "gflops": r.gflops})
             );
         } else {
             println!(
