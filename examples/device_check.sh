@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks for a machine with a real GPU but no Rust toolchain, in one
 # prepared run: the GPU test suites, `wgcnn check` (every kernel against the
-# CPU reference), `check --against` the PyTorch fixtures, `bench gemm`,
-# `bench train` and `bench layers`, and the side-by-side table against
-# PyTorch (CUDA when it sees a GPU).
+# CPU reference), `check --against` the PyTorch fixtures, `bench gemm` (and
+# each GEMM kernel alone at the largest size), `bench train` and `bench
+# layers`, and the side-by-side table against PyTorch (CUDA when it sees a
+# GPU).
 #
 #   bash examples/device_check.sh pack   # here: build, strip and bundle the binaries
 #   bash examples/device_check.sh run    # there (or here, on lavapipe): run everything
@@ -133,6 +134,12 @@ run() {
         batches=(--batch-size 64)
     fi
     stage bench-gemm bash -o pipefail -c "$wgcnn bench gemm ${sizes[*]} --json | tee $log_dir/gemm.jsonl"
+    # Each GEMM kernel alone on the largest size, for the fp32-peak target.
+    local largest="${sizes[-1]}"
+    for kernel in gemm_tiled gemm_8x16 gemm_32x16; do
+        stage "bench-gemm-$kernel" bash -o pipefail -c \
+            "$wgcnn bench gemm --shape ${largest}x${largest}x${largest} --kernel $kernel --runs 3 --json | tee -a $log_dir/gemm_kernels.jsonl"
+    done
     stage bench-train bash -o pipefail -c "$wgcnn bench train ${batches[*]} --runs 3 --json | tee $log_dir/train.jsonl"
     stage bench-layers "$wgcnn" bench layers --model fashion-cnn --batch-size 128
 
