@@ -68,13 +68,11 @@ pub struct BenchArgs {
 
 /// `MxNxK` as `[m, n, k]`, each at least 1.
 fn parse_shape(text: &str) -> std::result::Result<[usize; 3], String> {
-    let dims: Vec<usize> = text
-        .split('x')
+    text.split('x')
         .map(|d| d.parse().ok().filter(|&d| d > 0))
-        .collect::<Option<_>>()
-        .ok_or_else(|| format!("`{text}` is not a GEMM shape MxNxK of positive sizes"))?;
-    <[usize; 3]>::try_from(dims)
-        .map_err(|_| format!("`{text}` is not a GEMM shape MxNxK of positive sizes"))
+        .collect::<Option<Vec<usize>>>()
+        .and_then(|dims| <[usize; 3]>::try_from(dims).ok())
+        .ok_or_else(|| format!("`{text}` is not a GEMM shape MxNxK of positive sizes"))
 }
 
 /// The GEMM kernel named `text`.
