@@ -110,18 +110,6 @@ fn row_bias(row: u32) -> f32 {
     return 0.0;
 }
 
-// The fused activation, written as elementwise.wgsl's relu and leaky relu
-// (a NaN passes through either).
-fn activate(v: vec4<f32>) -> vec4<f32> {
-    if p.act_mode == 1u {
-        return select(v, vec4<f32>(0.0), v <= vec4<f32>(0.0));
-    }
-    if p.act_mode == 2u {
-        return select(p.slope * v, v, v > vec4<f32>(0.0));
-    }
-    return v;
-}
-
 // Stores C[row, col .. col + 3], the part inside N, plus the biases: `cb`
 // from column_bias(col), computed once per block column, and `rb` from
 // row_bias(row), once per row, by the caller, which keeps row < M.
@@ -130,7 +118,7 @@ fn activate(v: vec4<f32>) -> vec4<f32> {
 // all run under lane masks and each store is a loop over the lanes, so one
 // path of four tested stores runs the epilogue about a fifth faster.
 fn store4(base_c: u32, row: u32, col: u32, q: vec4<f32>, cb: vec4<f32>, rb: f32) {
-    let v = activate(q + cb + vec4<f32>(rb));
+    let v = fused_activation(q + cb + vec4<f32>(rb), p.act_mode, p.slope);
     let at = base_c + row * p.n + col;
     if col < p.n {
         c[at] = v.x;

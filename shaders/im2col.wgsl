@@ -146,27 +146,39 @@ fn col2im(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     }
 }
 
-// The zero-padded input (N, C, H + 2p, W + 2p) that the implicit GEMM
-// kernels read (shaders/gemm.wgsl, conv_*): one invocation per padded row
-// (N·C·(H + 2p) of them, over a folded grid) copies the row's inside and
-// zeros its margins.
+// Zero padding for the kernels that read a convolution's input whole: the
+// implicit GEMMs (gemm.wgsl, conv_*) and the direct convolution
+// (direct_conv.wgsl). Planes of (height, width) become (height + 2·pad_h)
+// rows of `pitch` values, each the row's inside between pad_w zeros on the
+// left and zeros up to the pitch on the right. One invocation per padded row
+// (over a folded grid).
+struct PadParams {
+    planes: u32,
+    height: u32,
+    width: u32,
+    pad_h: u32,
+    pad_w: u32,
+    pitch: u32,
+}
+
+@group(0) @binding(0) var<uniform> pad_p: PadParams;
+
 @compute @workgroup_size(64)
 fn pad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let padded_h = p.height + 2u * p.padding;
-    let padded_w = p.width + 2u * p.padding;
+    let padded_h = pad_p.height + 2u * pad_p.pad_h;
     let r = gid.x + gid.y * nwg.x * 64u;
-    if r >= p.batch * p.channels * padded_h {
+    if r >= pad_p.planes * padded_h {
         return;
     }
     let plane = r / padded_h;
-    let h = i32(r % padded_h) - i32(p.padding);
-    let inside = h >= 0 && h < i32(p.height);
-    let line = (plane * p.height + u32(max(h, 0))) * p.width;
-    var out = r * padded_w;
-    for (var w = 0u; w < padded_w; w++) {
-        let x = i32(w) - i32(p.padding);
+    let h = i32(r % padded_h) - i32(pad_p.pad_h);
+    let inside = h >= 0 && h < i32(pad_p.height);
+    let line = (plane * pad_p.height + u32(max(h, 0))) * pad_p.width;
+    var out = r * pad_p.pitch;
+    for (var w = 0u; w < pad_p.pitch; w++) {
+        let x = i32(w) - i32(pad_p.pad_w);
         var value = 0.0;
-        if inside && x >= 0 && x < i32(p.width) {
+        if inside && x >= 0 && x < i32(pad_p.width) {
             value = src[line + u32(x)];
         }
         dst[out] = value;

@@ -341,6 +341,13 @@ fn conv_geometries() -> Vec<Conv2dGeometry> {
         (2, 3, 9, 5, 2, 2, 3, 2, 0),
         (1, 16, 10, 10, 33, 3, 3, 1, 1),
         (4, 6, 14, 14, 16, 5, 5, 1, 0),
+        // Stride 1 with kh ≠ kw (dX's padding differs by axis), and the
+        // widest window the direct kernel takes.
+        (2, 3, 7, 6, 5, 3, 5, 1, 2),
+        (1, 2, 9, 12, 3, 7, 7, 1, 3),
+        // Weights over the 64 KiB the direct kernel reads from a uniform
+        // buffer: it reads them from storage instead.
+        (2, 32, 5, 6, 64, 3, 3, 1, 1),
         // A batch big enough that the weight gradient is split into partial
         // sums of unequal size.
         (67, 2, 5, 5, 3, 3, 3, 1, 1),
@@ -444,6 +451,24 @@ fn conv2d_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Conv2dGeometry) -> Ca
             &gpu.download(&dw_implicit),
             &cpu_grads.dw,
             &mags.dw,
+        );
+    }
+    // The direct kernel, for the geometries it computes (the others run
+    // their GEMM path again).
+    gpu.ctx.gemm_tuner.force_direct(Some(true));
+    let y_direct = gpu.download(&gpu.conv2d_forward(&gx, &gw, &gb, g));
+    let dx_direct = gpu.download(&gpu.conv2d_backward(&gx, &gw, &gdy, g).dx);
+    let y_direct_act = FUSED_ACTIVATIONS
+        .map(|act| gpu.download(&gpu.conv2d_forward_activated(&gx, &gw, &gb, g, act)));
+    gpu.ctx.gemm_tuner.force_direct(None);
+    case.check("y direct", &y_direct, &y, &y_mag);
+    case.check("dx direct", &dx_direct, &cpu_grads.dx, &mags.dx);
+    for (act, fused) in FUSED_ACTIVATIONS.iter().zip(&y_direct_act) {
+        case.check(
+            &format!("{} direct (fused)", act.name()),
+            fused,
+            &cpu::activation_forward(*act, &y),
+            &y_mag,
         );
     }
     check_fused_activations(&mut case, &y, &y_mag, |act| {

@@ -39,15 +39,21 @@ fn the_first_product_of_a_class_is_timed_and_remembered_across_runs() {
     assert_eq!(gpu.ctx.gemm_tuner.choices().len(), 1);
 
     // A convolution's forward and weight gradient race im2col (im2row) +
-    // GEMM against the implicit GEMM, on the batch's first images, and
-    // remember those choices too; whichever won, the results are the
-    // explicit path's over the whole batch, bit for bit.
+    // GEMM against the implicit GEMM, on the batch's first images; the
+    // forward's winner and dX's GEMM path race the direct kernel (which
+    // CPU-like adapters otherwise always run). They remember those choices
+    // too. Whichever won, the forward and dW are the explicit path's over
+    // the whole batch, bit for bit (the direct kernel adds the same
+    // products in the same order), and dX is one path's.
+    gpu.ctx.gemm_tuner.race_direct(true);
     let g = Conv2dGeometry::new(20, 16, 20, 20, 32, 3, 3, 1, 1).unwrap();
     let [x, w, bias, dy] = common::random_conv_tensors(&gpu, &g, &mut SplitMix64::new(2));
     let y = gpu.download(&gpu.conv2d_forward(&x, &w, &bias, &g));
-    let dw = gpu.download(&gpu.conv2d_weight_grads(&x, &w, &dy, &g).0);
+    let grads = gpu.conv2d_backward(&x, &w, &dy, &g);
+    let (dw, dx) = (gpu.download(&grads.dw), gpu.download(&grads.dx));
+    gpu.ctx.gemm_tuner.race_direct(false);
     let chosen = gpu.ctx.gemm_tuner.choices();
-    for prefix in ["conv-", "convdw-"] {
+    for prefix in ["conv-", "convdw-", "direct:conv-", "direct:convdx-"] {
         assert!(
             chosen.iter().any(|(class, _)| class.starts_with(prefix)),
             "{prefix}: {chosen:?}"
@@ -64,6 +70,16 @@ fn the_first_product_of_a_class_is_timed_and_remembered_across_runs() {
     assert!(
         dw.data == explicit_dw.data,
         "dW differs from the explicit path's over the whole batch"
+    );
+    let by_path = [false, true].map(|direct| {
+        gpu.ctx.gemm_tuner.force_direct(Some(direct));
+        let dx = gpu.download(&gpu.conv2d_backward(&x, &w, &dy, &g).dx);
+        gpu.ctx.gemm_tuner.force_direct(None);
+        dx
+    });
+    assert!(
+        by_path.iter().any(|d| d.data == dx.data),
+        "dX is neither path's"
     );
 
     let files: Vec<_> = std::fs::read_dir(cache.join("wgcnn"))

@@ -164,6 +164,56 @@ fn same_results_from_every_kernel(
     }
 }
 
+/// The direct convolution kernel reads weights of up to 64 KiB from a
+/// uniform buffer and larger ones from a storage buffer (the `conv2d` check
+/// compares both with the CPU reference).
+#[test]
+fn direct_convolution_reads_small_weights_as_uniforms_and_large_ones_from_storage() {
+    use wgcnn::backend::Backend;
+    use wgcnn::geometry::Conv2dGeometry;
+    use wgcnn::gpu::GpuBackend;
+    use wgcnn::rng::SplitMix64;
+    if common::gpu().is_none() {
+        return;
+    }
+    // A context of its own, for a profile of these kernels alone.
+    let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    gpu.ctx.gemm_tuner.force_direct(Some(true));
+    let mut rng = SplitMix64::new(5);
+    // 16·6·5·5 weights (9.6 KB), then 64·32·3·3 (74 KB).
+    for (g, uniform) in [
+        (
+            Conv2dGeometry::new(2, 6, 10, 10, 16, 5, 5, 1, 0).unwrap(),
+            true,
+        ),
+        (
+            Conv2dGeometry::new(2, 32, 5, 6, 64, 3, 3, 1, 1).unwrap(),
+            false,
+        ),
+    ] {
+        let [x, w, b, dy] = common::random_conv_tensors(&gpu, &g, &mut rng);
+        gpu.ctx.set_profiling(true);
+        gpu.conv2d_forward(&x, &w, &b, &g);
+        gpu.conv2d_backward(&x, &w, &dy, &g);
+        let kernels: Vec<String> = gpu.ctx.profile().into_iter().map(|(k, _)| k).collect();
+        gpu.ctx.set_profiling(false);
+        let direct: Vec<&String> = kernels
+            .iter()
+            .filter(|k| k.starts_with("direct_conv"))
+            .collect();
+        assert_eq!(direct.len(), 2, "the forward and dX: {kernels:?}");
+        assert!(
+            direct.iter().all(|k| k.contains("_uniform") == uniform),
+            "uniform weights {uniform}: {kernels:?}"
+        );
+        assert!(
+            !kernels.iter().any(|k| k.contains("col2im")),
+            "dX by the direct kernel: {kernels:?}"
+        );
+    }
+    gpu.take_error().unwrap();
+}
+
 /// A batch whose im2col-sized matrices are over the buffer limit runs a run
 /// of images at a time: the forward and dX are the same values, dW the same
 /// sum in another order.
@@ -179,6 +229,9 @@ fn convolution_splits_a_batch_over_the_buffer_limit() {
     }
     // A context of its own: the lowered limit must not reach other tests.
     let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    // The GEMM paths, which split; the direct kernel has no im2col-sized
+    // matrix, and never splits.
+    gpu.ctx.gemm_tuner.force_direct(Some(false));
     let mut rng = SplitMix64::new(21);
     for g in [
         Conv2dGeometry::new(7, 3, 9, 8, 5, 3, 3, 1, 1).unwrap(),

@@ -117,6 +117,8 @@ pub struct KernelSpec {
     pub outputs: usize,
     /// Pipeline-overridable constants.
     pub constants: Vec<(&'static str, f64)>,
+    /// Bit i: input i is a uniform buffer instead of a storage buffer.
+    pub uniform_inputs: u32,
 }
 
 impl KernelSpec {
@@ -135,7 +137,17 @@ impl KernelSpec {
             inputs,
             outputs,
             constants: Vec::new(),
+            uniform_inputs: 0,
         }
+    }
+
+    /// Binds input `input` as a uniform buffer: its binding must be at
+    /// most the adapter's uniform binding size, and at least what the
+    /// shader declares.
+    pub fn with_uniform_input(mut self, input: usize) -> Self {
+        assert!(input < self.inputs, "input {input} of {}", self.inputs);
+        self.uniform_inputs |= 1 << input;
+        self
     }
 
     /// Sets an override constant.
@@ -148,6 +160,9 @@ impl KernelSpec {
         let mut key = format!("{}::{}", self.family, self.entry);
         for (name, value) in &self.constants {
             key.push_str(&format!(",{name}={value}"));
+        }
+        if self.uniform_inputs != 0 {
+            key.push_str(&format!(",uniform={:b}", self.uniform_inputs));
         }
         key
     }
@@ -528,11 +543,11 @@ impl GpuContext {
     }
 
     fn build_kernel(&self, spec: &KernelSpec, key: &str) -> Kernel {
-        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+        let buffer = |binding: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
+                ty,
                 has_dynamic_offset: false,
                 min_binding_size: None,
             },
@@ -550,7 +565,14 @@ impl GpuContext {
         }];
         let total = spec.inputs + spec.outputs;
         for i in 0..total {
-            entries.push(storage(1 + i as u32, i < spec.inputs));
+            let ty = if spec.uniform_inputs & (1 << i) != 0 {
+                wgpu::BufferBindingType::Uniform
+            } else {
+                wgpu::BufferBindingType::Storage {
+                    read_only: i < spec.inputs,
+                }
+            };
+            entries.push(buffer(1 + i as u32, ty));
         }
         let layout = self
             .device
@@ -607,7 +629,10 @@ impl GpuContext {
                 let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(label),
                     size,
+                    // Uniform too, for the small operands some kernels
+                    // read as uniform buffers (one pool for all sizes).
                     usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::UNIFORM
                         | wgpu::BufferUsages::COPY_SRC
                         | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,

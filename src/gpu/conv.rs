@@ -13,15 +13,16 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, Params, grid_extent};
+use super::direct_conv;
 use super::gemm::{
-    Batching, Bias, ConvProduct, Epilogue, Image, Packed, block_has_run, conv_implicit_into,
-    fastest, gemm_into, gemm_packed_b_into, gemm_with_block_into,
+    Bias, ConvProduct, Epilogue, Image, Packed, block_has_run, conv_implicit_into, fastest,
+    gemm_into, gemm_packed_b_into, gemm_with_block_into,
 };
 use super::gemm_source::{Block, CONV_BLOCKS};
 use super::reduce::{channel_sum_into, slice_sum_into};
 use super::tensor::GpuTensor;
 use crate::backend::ParamGrads;
-use crate::geometry::{Activation, Conv2dGeometry, GemmSpec};
+use crate::geometry::{Activation, Conv2dGeometry};
 
 const SOURCE: &str = include_str!("../../shaders/im2col.wgsl");
 
@@ -88,19 +89,56 @@ fn pad(ctx: &GpuContext, x: &GpuTensor, g: &Conv2dGeometry) -> Option<GpuBuffer>
     if g.padding == 0 {
         return None;
     }
-    let (height, width) = (g.height + 2 * g.padding, g.width + 2 * g.padding);
-    let padded = ctx.storage_buffer(
-        4 * (g.batch * g.channels * height * width) as u64,
-        "conv2d.padded",
-    );
+    let planes = Planes {
+        count: g.batch * g.channels,
+        height: g.height,
+        width: g.width,
+    };
+    Some(pad_planes(
+        ctx,
+        &x.buffer,
+        planes,
+        [g.padding, g.padding],
+        g.width + 2 * g.padding,
+    ))
+}
+
+/// `count` planes of `height × width` values, one after another.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Planes {
+    pub count: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// `planes` zero-padded by `[pad_h, pad_w]`: `height + 2·pad_h` rows of
+/// `pitch` values each (`pitch ≥ width + 2·pad_w`; zeros past the padded
+/// row).
+pub(super) fn pad_planes(
+    ctx: &GpuContext,
+    src: &GpuBuffer,
+    planes: Planes,
+    [pad_h, pad_w]: [usize; 2],
+    pitch: usize,
+) -> GpuBuffer {
+    let rows = planes.count * (planes.height + 2 * pad_h);
+    let padded = ctx.storage_buffer(4 * (rows * pitch) as u64, "conv2d.padded");
+    let params = Params::new()
+        .u32(planes.count)
+        .u32(planes.height)
+        .u32(planes.width)
+        .u32(pad_h)
+        .u32(pad_w)
+        .u32(pitch);
+    let kernel = ctx.kernel(&KernelSpec::new("im2col", SOURCE, "pad", 1, 1));
     ctx.dispatch(
-        &kernel(ctx, "pad", g),
-        &params(g),
-        &[&x.buffer],
+        &kernel,
+        &params,
+        &[src],
         &[&padded],
-        super::context::grid(g.batch * g.channels * height, 64),
+        super::context::grid(rows, 64),
     );
-    Some(padded)
+    padded
 }
 
 /// `dX_col (N, C·kh·kw, OH·OW) → dX (N, C, H, W)`, summing overlapping windows.
@@ -244,8 +282,46 @@ fn forward_whole(
         };
         conv_implicit_into(ctx, &w.buffer, image, epilogue, &y.buffer, block);
     };
-    run_conv_product(ctx, product, g, &explicit, &implicit);
+    let gemm = || run_conv_product(ctx, product, g, &explicit, &implicit);
+    let direct = || direct_conv::forward_into(ctx, x, w, epilogue, g, &y.buffer);
+    let eligible = direct_conv::runs_forward(ctx, g);
+    direct_or_gemm(ctx, product, g, eligible, &gemm, &direct);
     y
+}
+
+/// Runs `g`'s `product` by the direct kernel or the GEMM path, as the tuner
+/// decided for its shape class (the GEMM path where the direct kernel is
+/// not `eligible`). The first product of a class on a device runs the GEMM
+/// path (which tunes its own kernels), then times it against the direct
+/// kernel, remembers the faster and ends with a run of it: both write the
+/// same result, up to the order of its sums.
+fn direct_or_gemm(
+    ctx: &GpuContext,
+    product: ConvProduct,
+    g: &Conv2dGeometry,
+    eligible: bool,
+    gemm: &dyn Fn(),
+    direct: &dyn Fn(),
+) {
+    if !eligible {
+        return gemm();
+    }
+    let (spec, batching) = product.of(g);
+    match ctx.gemm_tuner.direct_choice(product, &spec, batching.count) {
+        Some(true) => direct(),
+        Some(false) => gemm(),
+        None => {
+            gemm();
+            let runs = [gemm, direct];
+            let best = fastest(ctx, &runs, &[false, true]);
+            ctx.gemm_tuner
+                .remember_direct(product, &spec, batching.count, best == 1);
+            // The race's last run was the direct kernel's.
+            if best == 0 {
+                gemm();
+            }
+        }
+    }
 }
 
 /// `dW (O, C·kh·kw) = Σ_n dY_n (O, OH·OW) · X_col,nᵀ` over the images of
@@ -301,29 +377,16 @@ fn input_grad_whole(
     dy: &GpuTensor,
     g: &Conv2dGeometry,
 ) -> GpuTensor {
-    let rows = g.col_rows();
-    let positions = g.out_positions();
     let dcols = ctx.tensor(&g.cols_shape(), "conv2d.dcols");
+    let (spec, batching) = ConvProduct::InputGrad.of(g);
     gemm_into(
         ctx,
         &w.buffer,
         &dy.buffer,
         Bias::None,
         &dcols.buffer,
-        &GemmSpec {
-            m: rows,
-            n: positions,
-            k: g.out_channels,
-            trans_a: true,
-            trans_b: false,
-        },
-        Batching {
-            count: g.batch,
-            stride_a: 0,
-            stride_b: g.out_channels * positions,
-            stride_c: rows * positions,
-            sum: false,
-        },
+        &spec,
+        batching,
     );
     col2im(ctx, &dcols, g)
 }
@@ -485,9 +548,35 @@ pub fn conv2d_weight_grads(
     (dw, db)
 }
 
+/// `dX`: by the direct kernel (no temporary matrix, so the batch is never
+/// split) or as `col2im(W_colᵀ · dY_n)`, whichever the tuner timed faster
+/// for the shape class.
+fn conv2d_input_grad(
+    ctx: &GpuContext,
+    w: &GpuTensor,
+    dy: &GpuTensor,
+    g: &Conv2dGeometry,
+) -> GpuTensor {
+    // Each path leaves its dX here; the last to run is the result. A run
+    // first drops the one before, so the race's buffers come from the pool
+    // as a single run's do (and later steps create no bind group).
+    let dx = std::cell::RefCell::new(None);
+    let gemm = || {
+        dx.take();
+        dx.replace(Some(input_grad_gemm(ctx, w, dy, g)));
+    };
+    let direct = || {
+        dx.take();
+        dx.replace(Some(direct_conv::input_grad(ctx, w, dy, g)));
+    };
+    let eligible = direct_conv::runs_input_grad(ctx, g);
+    direct_or_gemm(ctx, ConvProduct::InputGrad, g, eligible, &gemm, &direct);
+    dx.into_inner().expect("a path ran")
+}
+
 /// `dX = col2im(W_colᵀ · dY_n)`, a run of images at a time when the batch's
 /// dX_col matrix is over the buffer limit.
-fn conv2d_input_grad(
+fn input_grad_gemm(
     ctx: &GpuContext,
     w: &GpuTensor,
     dy: &GpuTensor,

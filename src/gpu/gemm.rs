@@ -42,7 +42,7 @@ impl<'a> From<Bias<'a>> for Epilogue<'a> {
 impl Epilogue<'_> {
     /// The kernel's `act_mode` and slope, or `None` for an activation the
     /// epilogue does not implement.
-    fn activation_mode(&self) -> Option<(u32, f32)> {
+    pub(super) fn activation_mode(&self) -> Option<(u32, f32)> {
         match self.activation {
             None => Some((0, 0.0)),
             Some(Activation::Relu) => Some((1, 0.0)),
@@ -128,8 +128,10 @@ pub fn gemm_with_block_into<'e>(
     );
 }
 
-/// The products of a convolution that implicit kernels compute, reading
-/// their B operand from the input image.
+/// The products of a convolution: the forward and weight gradient, which
+/// implicit kernels can compute reading their B operand from the input
+/// image, and the input gradient's (before col2im), which the direct
+/// kernel can replace with col2im.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ConvProduct {
     /// `Y_n = W_col (O, C·kh·kw) · X_col,n (C·kh·kw, OH·OW)`, one per image.
@@ -137,6 +139,8 @@ pub enum ConvProduct {
     /// `dW (O, C·kh·kw) = Σ_n dY_n (O, OH·OW) · X_col,nᵀ`, summed over the
     /// batch.
     WeightGrad,
+    /// `dX_col,n (C·kh·kw, OH·OW) = W_colᵀ · dY_n`, one per image.
+    InputGrad,
 }
 
 impl ConvProduct {
@@ -176,6 +180,22 @@ impl ConvProduct {
                     stride_b: 0,
                     stride_c: 0,
                     sum: true,
+                },
+            ),
+            ConvProduct::InputGrad => (
+                GemmSpec {
+                    m: rows,
+                    n: positions,
+                    k: g.out_channels,
+                    trans_a: true,
+                    trans_b: false,
+                },
+                Batching {
+                    count: g.batch,
+                    stride_a: 0,
+                    stride_b: g.out_channels * positions,
+                    stride_c: rows * positions,
+                    sum: false,
                 },
             ),
         }
@@ -233,6 +253,7 @@ impl Image<'_> {
                 g.out_h * s * width,
                 0,
             ],
+            ConvProduct::InputGrad => unreachable!("no implicit kernel computes dX_col"),
         }
     }
 }
@@ -524,33 +545,73 @@ fn pack<'a>(
     stride: usize,
     count: usize,
 ) -> PackedOperand<'a> {
-    let padded = rows.next_multiple_of(4);
-    let count = if stride == 0 { 1 } else { count };
-    let dst_stride = if stride == 0 { 0 } else { depth * padded };
-    if !transposed && padded == rows && (stride == 0 || stride == depth * rows) {
+    let packing = Packing {
+        rows,
+        depth,
+        transposed,
+        stride,
+        count: if stride == 0 { 1 } else { count },
+    };
+    if !transposed && rows.is_multiple_of(4) && (stride == 0 || stride == depth * rows) {
         return PackedOperand {
             owned: None,
             borrowed: src,
             stride,
         };
     }
-    let dst = ctx.storage_buffer(4 * (count * depth * padded) as u64, "gemm.packed");
-    let kernel = ctx.kernel(
-        &KernelSpec::new("pack", PACK_SOURCE, "pack", 1, 1)
-            .with("TRANSPOSED", transposed as u8 as f64),
-    );
-    let params = Params::new()
-        .u32(rows)
-        .u32(depth)
-        .u32(padded)
-        .u32(count)
-        .u32(stride)
-        .u32(depth * padded);
-    ctx.dispatch(&kernel, &params, &[src], &[&dst], grid(count * depth, 256));
+    let dst = ctx.storage_buffer(packing.bytes(), "gemm.packed");
+    packing.record(ctx, src, &dst);
     PackedOperand {
         owned: Some(dst),
         borrowed: src,
-        stride: dst_stride,
+        stride: if stride == 0 { 0 } else { packing.matrix_len() },
+    }
+}
+
+/// `count` `(rows, depth)` matrices, `stride` elements apart, stored
+/// `(rows, depth)` when `transposed`, else `(depth, rows)`, to be packed
+/// into `(depth, ⌈rows/4⌉·4)` each (`shaders/pack.wgsl`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Packing {
+    pub rows: usize,
+    pub depth: usize,
+    pub transposed: bool,
+    pub stride: usize,
+    pub count: usize,
+}
+
+impl Packing {
+    /// Elements of one packed matrix.
+    fn matrix_len(&self) -> usize {
+        self.depth * self.rows.next_multiple_of(4)
+    }
+
+    /// Bytes of the packed matrices.
+    pub fn bytes(&self) -> u64 {
+        4 * (self.count * self.matrix_len()) as u64
+    }
+
+    /// Records the packing of `src` into the start of `dst`.
+    pub fn record(&self, ctx: &GpuContext, src: &GpuBuffer, dst: &GpuBuffer) {
+        assert!(dst.size() >= self.bytes(), "packing into {dst:?}");
+        let kernel = ctx.kernel(
+            &KernelSpec::new("pack", PACK_SOURCE, "pack", 1, 1)
+                .with("TRANSPOSED", self.transposed as u8 as f64),
+        );
+        let params = Params::new()
+            .u32(self.rows)
+            .u32(self.depth)
+            .u32(self.rows.next_multiple_of(4))
+            .u32(self.count)
+            .u32(self.stride)
+            .u32(self.matrix_len());
+        ctx.dispatch(
+            &kernel,
+            &params,
+            &[src],
+            &[dst],
+            grid(self.count * self.depth, 256),
+        );
     }
 }
 

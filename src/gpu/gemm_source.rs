@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 
 /// The shared part of the GEMM module.
 const COMMON: &str = include_str!("../../shaders/gemm.wgsl");
+/// The epilogue's activation, shared with the direct convolution.
+pub(super) const ACTIVATION: &str = include_str!("../../shaders/activation.wgsl");
 
 /// One GEMM kernel: each invocation computes `rows × cols` outputs, from
 /// registers alone or (`tiled`) from tiles shared through workgroup memory.
@@ -151,7 +153,7 @@ pub const CONV_BLOCKS: [Block; 3] = [
 pub fn source() -> &'static str {
     static SOURCE: OnceLock<String> = OnceLock::new();
     SOURCE.get_or_init(|| {
-        let mut s = COMMON.to_string();
+        let mut s = format!("{ACTIVATION}\n{COMMON}");
         for block in BLOCKS
             .iter()
             .chain(&CONV_BLOCKS)

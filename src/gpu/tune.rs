@@ -33,7 +33,14 @@ pub struct GemmTuner {
     /// A CPU-like adapter (software rasteriser): register blocks only.
     cpu_like: bool,
     choices: Mutex<BTreeMap<ShapeClass, Block>>,
+    /// Whether convolution products of a class run the direct kernel
+    /// ([`super::direct_conv`]) rather than a GEMM path.
+    direct: Mutex<BTreeMap<ShapeClass, bool>>,
     forced: Mutex<Option<Block>>,
+    forced_direct: Mutex<Option<bool>>,
+    /// A CPU-like adapter times the direct kernel as a GPU does, instead
+    /// of always running it (for tests of the race).
+    race_direct: std::sync::atomic::AtomicBool,
 }
 
 impl GemmTuner {
@@ -50,7 +57,7 @@ impl GemmTuner {
         let timing = std::env::var("WGCNN_GEMM_TUNE").map_or(true, |v| v != "0");
         let path = user_cache_dir()
             .map(|dir| dir.join(format!("gemm-tune-{:016x}.json", fnv1a(device.as_bytes()))));
-        let choices = path
+        let Memory { choices, direct } = path
             .as_ref()
             .and_then(|p| std::fs::read_to_string(p).ok())
             .map(|text| parse(&text, &device))
@@ -61,7 +68,10 @@ impl GemmTuner {
             timing,
             cpu_like: info.device_type == wgpu::DeviceType::Cpu,
             choices: Mutex::new(choices),
+            direct: Mutex::new(direct),
             forced: Mutex::new(None),
+            forced_direct: Mutex::new(None),
+            race_direct: Default::default(),
         }
     }
 
@@ -71,6 +81,67 @@ impl GemmTuner {
     /// twin.
     pub fn force(&self, block: Option<Block>) {
         *self.forced.lock().unwrap() = block;
+    }
+
+    /// Makes every convolution product the direct kernel computes run it
+    /// (`Some(true)`) or a GEMM path (`Some(false)`), or lifts that. While a
+    /// block is forced, and this is not, convolutions run GEMMs.
+    pub fn force_direct(&self, direct: Option<bool>) {
+        *self.forced_direct.lock().unwrap() = direct;
+    }
+
+    /// Makes a CPU-like adapter time the direct kernel against the GEMM
+    /// paths as a GPU does (`true`), or always run it (`false`, the
+    /// default); for tests of the race.
+    pub fn race_direct(&self, race: bool) {
+        self.race_direct
+            .store(race, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a convolution's `product` of `spec`'s class (batched `count`
+    /// times), for a geometry the direct kernel computes, runs it. On
+    /// CPU-like adapters it always does: there it beat the GEMM paths on
+    /// every convolution of the built-in models (see ARCHITECTURE.md), and
+    /// racing them would compile and tune GEMM kernels for nothing.
+    /// Elsewhere `None` means not known yet: the caller times the direct
+    /// kernel against the GEMM path and calls
+    /// [`GemmTuner::remember_direct`].
+    pub fn direct_choice(
+        &self,
+        product: ConvProduct,
+        spec: &GemmSpec,
+        count: usize,
+    ) -> Option<bool> {
+        if let Some(direct) = *self.forced_direct.lock().unwrap() {
+            return Some(direct);
+        }
+        if self.forced.lock().unwrap().is_some() {
+            return Some(false);
+        }
+        if self.cpu_like && !self.race_direct.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some(true);
+        }
+        let class = ShapeClass::of(spec, count).conv(product);
+        if let Some(&direct) = self.direct.lock().unwrap().get(&class) {
+            return Some(direct);
+        }
+        // Without timing, GPUs keep their GEMM kernels.
+        if self.timing { None } else { Some(false) }
+    }
+
+    /// Remembers whether convolutions' `product`s of `spec`'s class run the
+    /// direct kernel.
+    pub fn remember_direct(
+        &self,
+        product: ConvProduct,
+        spec: &GemmSpec,
+        count: usize,
+        direct: bool,
+    ) {
+        let class = ShapeClass::of(spec, count).conv(product);
+        let mut memory = self.direct.lock().unwrap();
+        memory.insert(class, direct);
+        self.save(&self.choices.lock().unwrap(), &memory);
     }
 
     /// How a convolution's `product` `spec` (batched `count` times) runs: an
@@ -137,18 +208,29 @@ impl GemmTuner {
     fn remember_class(&self, class: ShapeClass, block: Block) {
         let mut choices = self.choices.lock().unwrap();
         choices.insert(class, block);
+        self.save(&choices, &self.direct.lock().unwrap());
+    }
+
+    fn save(&self, choices: &BTreeMap<ShapeClass, Block>, direct: &BTreeMap<ShapeClass, bool>) {
         if let Some(path) = &self.path {
             // The cache only saves time; failing to write it is not an error.
-            let _ = save(path, &self.device, &choices);
+            let _ = save(path, &self.device, choices, direct);
         }
     }
 
-    /// The remembered choices, `class → entry point`.
+    /// The remembered choices, `class → entry point`, then the direct
+    /// kernel's, `direct:class → direct` or `gemm`.
     pub fn choices(&self) -> Vec<(String, &'static str)> {
         let choices = self.choices.lock().unwrap();
+        let direct = self.direct.lock().unwrap();
         choices
             .iter()
             .map(|(k, b)| (k.to_string(), b.name()))
+            .chain(
+                direct
+                    .iter()
+                    .map(|(k, &d)| (format!("direct:{k}"), if d { "direct" } else { "gemm" })),
+            )
             .collect()
     }
 }
@@ -201,8 +283,9 @@ fn rule(spec: &GemmSpec, count: usize, cpu_like: bool) -> Block {
 /// Shapes whose sizes round up to the same powers of two share a choice:
 /// a product's (`m…n…k…z…` in the cache file, with the exponents), or a
 /// convolution product's explicit-or-implicit one (`conv-m…` for the
-/// forward, `convdw-m…` for the weight gradient). A plain value, so looking
-/// a choice up on every product allocates nothing.
+/// forward, `convdw-m…` for the weight gradient), or whether it runs the
+/// direct kernel (the forward, and `convdx-m…` for the input gradient). A
+/// plain value, so looking a choice up on every product allocates nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct ShapeClass {
     conv: Option<ConvProduct>,
@@ -237,15 +320,20 @@ impl ShapeClass {
             None => "",
             Some(ConvProduct::Forward) => "conv-",
             Some(ConvProduct::WeightGrad) => "convdw-",
+            Some(ConvProduct::InputGrad) => "convdx-",
         }
     }
 
     /// The class a cache file names `text`, if it names one.
     fn parse(text: &str) -> Option<Self> {
-        let (conv, rest) = [Some(ConvProduct::WeightGrad), Some(ConvProduct::Forward)]
-            .into_iter()
-            .find_map(|conv| Some((conv, text.strip_prefix(Self::prefix(conv))?)))
-            .unwrap_or((None, text));
+        let (conv, rest) = [
+            Some(ConvProduct::WeightGrad),
+            Some(ConvProduct::InputGrad),
+            Some(ConvProduct::Forward),
+        ]
+        .into_iter()
+        .find_map(|conv| Some((conv, text.strip_prefix(Self::prefix(conv))?)))
+        .unwrap_or((None, text));
         let rest = rest.strip_prefix('m')?;
         let (m, rest) = rest.split_once('n')?;
         let (n, rest) = rest.split_once('k')?;
@@ -274,19 +362,27 @@ impl std::fmt::Display for ShapeClass {
     }
 }
 
+/// What a cache file holds: GEMM blocks, and the direct kernel's
+/// decisions (a file without them has none).
+#[derive(Debug, Default, PartialEq)]
+struct Memory {
+    choices: BTreeMap<ShapeClass, Block>,
+    direct: BTreeMap<ShapeClass, bool>,
+}
+
 /// The choices in a cache file written for `device`; anything else (another
 /// device or version, damage) gives none, and they are timed again.
-fn parse(text: &str, device: &str) -> BTreeMap<ShapeClass, Block> {
+fn parse(text: &str, device: &str) -> Memory {
     let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
-        return BTreeMap::new();
+        return Memory::default();
     };
     if value["version"].as_u64() != Some(VERSION) || value["device"].as_str() != Some(device) {
-        return BTreeMap::new();
+        return Memory::default();
     }
     let Some(choices) = value["choices"].as_object() else {
-        return BTreeMap::new();
+        return Memory::default();
     };
-    choices
+    let choices = choices
         .iter()
         .filter_map(|(class, entry)| {
             let block = BLOCKS
@@ -295,7 +391,16 @@ fn parse(text: &str, device: &str) -> BTreeMap<ShapeClass, Block> {
                 .find(|b| Some(b.name()) == entry.as_str())?;
             Some((ShapeClass::parse(class)?, *block))
         })
-        .collect()
+        .collect();
+    let direct = value["direct"]
+        .as_object()
+        .map_or_else(BTreeMap::new, |direct| {
+            direct
+                .iter()
+                .filter_map(|(class, d)| Some((ShapeClass::parse(class)?, d.as_bool()?)))
+                .collect()
+        });
+    Memory { choices, direct }
 }
 
 /// Writes the cache atomically (a temporary file renamed over the old one),
@@ -304,12 +409,22 @@ fn save(
     path: &std::path::Path,
     device: &str,
     choices: &BTreeMap<ShapeClass, Block>,
+    direct: &BTreeMap<ShapeClass, bool>,
 ) -> std::io::Result<()> {
     let entries: serde_json::Map<String, serde_json::Value> = choices
         .iter()
         .map(|(k, b)| (k.to_string(), b.name().into()))
         .collect();
-    let text = serde_json::json!({"version": VERSION, "device": device, "choices": entries});
+    let direct: serde_json::Map<String, serde_json::Value> = direct
+        .iter()
+        .map(|(k, &d)| (k.to_string(), d.into()))
+        .collect();
+    let text = serde_json::json!({
+        "version": VERSION,
+        "device": device,
+        "choices": entries,
+        "direct": direct,
+    });
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -341,12 +456,26 @@ mod tests {
         let mut choices = BTreeMap::new();
         choices.insert(ShapeClass::of(&spec(1024, 1024, 1024), 1), TALL);
         choices.insert(ShapeClass::of(&spec(64, 64, 64), 1), SMALL);
-        save(&path, "dev", &choices).unwrap();
+        let mut direct = BTreeMap::new();
+        let conv = ShapeClass::of(&spec(6, 784, 25), 64);
+        direct.insert(conv.conv(ConvProduct::Forward), true);
+        direct.insert(conv.conv(ConvProduct::InputGrad), false);
+        save(&path, "dev", &choices, &direct).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(parse(&text, "dev"), choices);
-        assert!(parse(&text, "another device").is_empty());
-        assert!(parse(&text[..text.len() / 2], "dev").is_empty());
-        assert!(parse(&text.replace("gemm_32x16", "gemm_1x1"), "dev").len() == 1);
+        let memory = Memory { choices, direct };
+        assert_eq!(parse(&text, "dev"), memory);
+        assert_eq!(parse(&text, "another device"), Memory::default());
+        assert_eq!(parse(&text[..text.len() / 2], "dev"), Memory::default());
+        assert!(
+            parse(&text.replace("gemm_32x16", "gemm_1x1"), "dev")
+                .choices
+                .len()
+                == 1
+        );
+        // A file written before the direct kernel: its GEMM choices hold.
+        let old = text.replace("\"direct\"", "\"other\"");
+        assert_eq!(parse(&old, "dev").choices, memory.choices);
+        assert!(parse(&old, "dev").direct.is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -379,10 +508,15 @@ mod tests {
             class.conv(ConvProduct::WeightGrad).to_string(),
             "convdw-m10n10k10z0"
         );
+        assert_eq!(
+            class.conv(ConvProduct::InputGrad).to_string(),
+            "convdx-m10n10k10z0"
+        );
         for class in [
             class,
             class.conv(ConvProduct::Forward),
             class.conv(ConvProduct::WeightGrad),
+            class.conv(ConvProduct::InputGrad),
         ] {
             assert_eq!(ShapeClass::parse(&class.to_string()), Some(class));
         }

@@ -1,0 +1,407 @@
+//! Direct convolution with stride 1 (`shaders/direct_conv.wgsl` and the
+//! kernels generated here): the forward `Y = act(W ∗ X + b)` and the input
+//! gradient `dX = flip(W)ᵀ ∗ pad(dY)`, with no im2col matrix. Each input
+//! row segment is loaded once per window row and reused for the window's
+//! kw shifts, which on CPU-like adapters (lavapipe) beats an implicit GEMM
+//! that loads it kw times; the tuner times the two per shape class.
+
+use std::fmt::Write;
+use std::sync::OnceLock;
+
+use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid};
+use super::conv::{Planes, pad_planes};
+use super::gemm::{Bias, Epilogue, Packing};
+use super::gemm_source::ACTIVATION;
+use super::tensor::GpuTensor;
+use crate::geometry::Conv2dGeometry;
+
+const HEADER: &str = include_str!("../../shaders/direct_conv.wgsl");
+
+/// Output channels per invocation (two vec4s of weights per window tap).
+const CHANNELS_PER_INVOCATION: usize = 8;
+/// The widest output row segment, in vec4s.
+const MAX_SEGMENT_VECS: usize = 4;
+/// The widest window a kernel is generated for.
+const MAX_KERNEL_W: usize = 7;
+/// Vec4s of weights a kernel reading them from a uniform buffer declares
+/// (64 KiB, the binding size every adapter allows).
+const UNIFORM_WEIGHT_VECS: usize = 4096;
+const UNIFORM_WEIGHT_BYTES: u64 = 16 * UNIFORM_WEIGHT_VECS as u64;
+
+/// Whether the direct kernel computes `g`'s forward: stride 1, a window at
+/// most [`MAX_KERNEL_W`] wide, and the padded input within the device's
+/// buffer limit.
+pub fn runs_forward(ctx: &GpuContext, g: &Conv2dGeometry) -> bool {
+    g.stride == 1
+        && g.kernel_w <= MAX_KERNEL_W
+        && padded_bytes(
+            g.batch * g.channels,
+            g.height + 2 * g.padding,
+            g.width + 2 * g.padding,
+        ) <= ctx.max_buffer_bytes()
+}
+
+/// Whether the direct kernel computes `g`'s input gradient: stride 1, a
+/// window at most [`MAX_KERNEL_W`] wide and wider than the padding (dY is
+/// padded by `k − 1 − p` on each side), and padded dY within the device's
+/// buffer limit.
+pub fn runs_input_grad(ctx: &GpuContext, g: &Conv2dGeometry) -> bool {
+    g.stride == 1
+        && g.kernel_w <= MAX_KERNEL_W
+        && g.padding < g.kernel_h.min(g.kernel_w)
+        && padded_bytes(
+            g.batch * g.out_channels,
+            g.height + g.kernel_h - 1,
+            g.width + g.kernel_w - 1,
+        ) <= ctx.max_buffer_bytes()
+}
+
+/// Bytes of `planes` padded planes of `rows × width` in rows of whole
+/// vec4s.
+fn padded_bytes(planes: usize, rows: usize, width: usize) -> u64 {
+    4 * (planes * rows * width.next_multiple_of(4)) as u64
+}
+
+/// One generated kernel: `vecs` vec4s of output columns per invocation, a
+/// window `kernel_w` wide, weights from a uniform buffer or a storage one.
+/// Uniform buffers suit small weights on lavapipe, which reads them with
+/// vector gathers where each storage load is a loop over the lanes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shape {
+    vecs: usize,
+    kernel_w: usize,
+    uniform_weights: bool,
+}
+
+/// Kernels there can be: one per [`Shape`].
+const SHAPES: usize = 2 * MAX_SEGMENT_VECS * MAX_KERNEL_W;
+
+impl Shape {
+    /// The segments an output row of `out_w` columns is split into, and
+    /// the shape whose segments cover it with the least waste.
+    fn for_row(out_w: usize, kernel_w: usize, uniform_weights: bool) -> (usize, Shape) {
+        let segments = out_w.div_ceil(4 * MAX_SEGMENT_VECS);
+        let vecs = out_w.div_ceil(4 * segments);
+        let shape = Shape {
+            vecs,
+            kernel_w,
+            uniform_weights,
+        };
+        (segments, shape)
+    }
+
+    /// Its place in the tables of generated modules.
+    fn index(self) -> usize {
+        ((self.uniform_weights as usize * MAX_SEGMENT_VECS) + self.vecs - 1) * MAX_KERNEL_W
+            + self.kernel_w
+            - 1
+    }
+
+    /// The kernel's WGSL module (each generated once; one module per
+    /// kernel, so a pipeline compiles only its own code).
+    fn source(self) -> &'static str {
+        static SOURCES: [OnceLock<String>; SHAPES] = [const { OnceLock::new() }; SHAPES];
+        SOURCES[self.index()].get_or_init(|| {
+            let weights = if self.uniform_weights {
+                format!("var<uniform> weights: array<vec4<f32>, {UNIFORM_WEIGHT_VECS}>;")
+            } else {
+                "var<storage, read> weights: array<vec4<f32>>;".to_string()
+            };
+            format!(
+                "{ACTIVATION}\n{HEADER}\n@group(0) @binding(2) {weights}\n\n{}",
+                self.kernel()
+            )
+        })
+    }
+
+    /// The module's family name (pipeline cache key and profile label).
+    fn family(self) -> &'static str {
+        static NAMES: [OnceLock<String>; SHAPES] = [const { OnceLock::new() }; SHAPES];
+        NAMES[self.index()].get_or_init(|| {
+            let memory = if self.uniform_weights { "_uniform" } else { "" };
+            format!("direct_conv_{}x{}{memory}", 4 * self.vecs, self.kernel_w)
+        })
+    }
+
+    /// The kernel: 8 output channels × `4·vecs` columns per invocation.
+    fn kernel(self) -> String {
+        let Shape { vecs, kernel_w, .. } = self;
+        let rows = CHANNELS_PER_INVOCATION;
+        let loads = vecs + (kernel_w - 1).div_ceil(4);
+        let mut s = String::new();
+        let w = &mut s;
+        let _ = writeln!(
+            w,
+            "@compute @workgroup_size(64)\n\
+             fn direct_conv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{\n    \
+             // Invocation → (image, channel block, output row, segment).\n    \
+             let index = gid.x + gid.y * nwg.x * 64u;\n    \
+             let segment = index % p.segments;\n    \
+             let oh = (index / p.segments) % p.out_h;\n    \
+             let block = (index / p.segments / p.out_h) % p.o_blocks;\n    \
+             let n = index / p.segments / p.out_h / p.o_blocks;\n    \
+             if n >= p.batch {{\n        return;\n    }}"
+        );
+        for r in 0..rows {
+            let line: Vec<String> = (0..vecs)
+                .map(|h| format!("var acc_{r}_{h} = vec4<f32>(0.0);"))
+                .collect();
+            let _ = writeln!(w, "    {}", line.join(" "));
+        }
+        let _ = writeln!(
+            w,
+            "    var at = (n * p.channels * p.in_rows + oh) * p.pitch + segment * {vecs}u;\n    \
+             var wi = p.w_start + block * {}u;\n    \
+             for (var c = 0u; c < p.channels; c++) {{\n        \
+             for (var i = 0u; i < p.kernel_h; i++) {{",
+            rows / 4
+        );
+        for t in 0..loads {
+            let _ = writeln!(w, "            let s{t} = image[at + {t}u];");
+        }
+        // Input column e of the segment, as a register component.
+        let column = |e: usize| format!("s{}.{}", e / 4, ["x", "y", "z", "w"][e % 4]);
+        for j in 0..kernel_w {
+            let _ = writeln!(w, "            {{");
+            for q in 0..rows / 4 {
+                let _ = writeln!(w, "                let w{q} = weights[wi + {q}u];");
+            }
+            let _ = writeln!(w, "                wi += p.w_step;");
+            for h in 0..vecs {
+                let e = 4 * h + j;
+                let _ = writeln!(
+                    w,
+                    "                let x{h} = vec4<f32>({}, {}, {}, {});",
+                    column(e),
+                    column(e + 1),
+                    column(e + 2),
+                    column(e + 3)
+                );
+            }
+            for r in 0..rows {
+                let lane = ["x", "y", "z", "w"][r % 4];
+                let line: Vec<String> = (0..vecs)
+                    .map(|h| {
+                        format!(
+                            "acc_{r}_{h} = fma(vec4<f32>(w{}.{lane}), x{h}, acc_{r}_{h});",
+                            r / 4
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(w, "                {}", line.join(" "));
+            }
+            let _ = writeln!(w, "            }}");
+        }
+        let _ = writeln!(
+            w,
+            "            at += p.pitch;\n        \
+             }}\n        \
+             at += (p.in_rows - p.kernel_h) * p.pitch;\n        \
+             wi += p.w_channel_step;\n    \
+             }}"
+        );
+        // One output channel per pass, shifting the next one's accumulators
+        // down (the store code appears once).
+        let _ = writeln!(
+            w,
+            "    let col = segment * {}u;\n    \
+             let o0 = block * {rows}u;\n    \
+             for (var r = 0u; r < {rows}u && o0 + r < p.out_channels; r++) {{\n        \
+             var b = 0.0;\n        \
+             if p.bias_mode == 1u {{\n            b = bias[o0 + r];\n        }}\n        \
+             let base = ((n * p.out_channels + o0 + r) * p.out_h + oh) * p.out_w;",
+            4 * vecs
+        );
+        for h in 0..vecs {
+            let _ = writeln!(w, "        store4(base, col + {}u, acc_0_{h}, b);", 4 * h);
+        }
+        for r in 1..rows {
+            let line: Vec<String> = (0..vecs)
+                .map(|h| format!("acc_{}_{h} = acc_{r}_{h};", r - 1))
+                .collect();
+            let _ = writeln!(w, "        {}", line.join(" "));
+        }
+        let _ = writeln!(w, "    }}\n}}");
+        s
+    }
+}
+
+/// A stride-1 convolution as the kernel sees it.
+struct Direct<'a> {
+    /// The input, `(batch, channels, height, width)` planes.
+    input: &'a GpuBuffer,
+    batch: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+    /// Padding on each side, vertical and horizontal.
+    pad: [usize; 2],
+    kernel: [usize; 2],
+    out_channels: usize,
+    /// The weights and their packing (W itself for the forward, one
+    /// matrix per output channel for the input gradient), and how the
+    /// kernel walks them: `[start, step, channel step]` in vec4s.
+    weights: &'a GpuBuffer,
+    packing: Packing,
+    walk: [u32; 3],
+    epilogue: Epilogue<'a>,
+}
+
+impl Direct<'_> {
+    /// Records the convolution into `out`, `(batch, out_channels, out_h,
+    /// out_w)`.
+    fn run(&self, ctx: &GpuContext, out: &GpuBuffer) {
+        let [kh, kw] = self.kernel;
+        let [pad_h, pad_w] = self.pad;
+        let (in_rows, padded_w) = (self.height + 2 * pad_h, self.width + 2 * pad_w);
+        let (out_h, out_w) = (in_rows + 1 - kh, padded_w + 1 - kw);
+        let pitch = padded_w.next_multiple_of(4);
+        let planes = Planes {
+            count: self.batch * self.channels,
+            height: self.height,
+            width: self.width,
+        };
+        let image = pad_planes(ctx, self.input, planes, self.pad, pitch);
+        let uniform_weights = self.packing.bytes() <= UNIFORM_WEIGHT_BYTES
+            && ctx.limits.max_uniform_buffer_binding_size >= UNIFORM_WEIGHT_BYTES;
+        // A uniform binding is as large as the shader's array.
+        let weights = ctx.storage_buffer(
+            if uniform_weights {
+                UNIFORM_WEIGHT_BYTES
+            } else {
+                self.packing.bytes()
+            },
+            "conv2d.direct_weights",
+        );
+        self.packing.record(ctx, self.weights, &weights);
+        let (segments, shape) = Shape::for_row(out_w, kw, uniform_weights);
+        let o_blocks = self.out_channels.div_ceil(CHANNELS_PER_INVOCATION);
+        let (act_mode, slope) = self
+            .epilogue
+            .activation_mode()
+            .expect("only relu and leaky relu are fused into a convolution");
+        let (bias, bias_mode) = match self.epilogue.bias {
+            Bias::PerRow(bias) => (bias, 1),
+            // Never read with bias_mode 0.
+            _ => (self.input, 0),
+        };
+        let [w_start, w_step, w_channel_step] = self.walk;
+        let params = Params::new()
+            .u32(self.batch)
+            .u32(self.channels)
+            .u32(self.out_channels)
+            .u32(out_h)
+            .u32(out_w)
+            .u32(pitch / 4)
+            .u32(in_rows)
+            .u32(kh)
+            .u32(segments)
+            .u32(o_blocks)
+            .u32(w_start as usize)
+            .u32(w_step as usize)
+            .u32(w_channel_step as usize)
+            .u32(bias_mode)
+            .u32(act_mode as usize)
+            .f32(slope);
+        let mut spec = KernelSpec::new(shape.family(), shape.source(), "direct_conv", 3, 1);
+        if uniform_weights {
+            spec = spec.with_uniform_input(1);
+        }
+        let kernel = ctx.kernel(&spec);
+        let invocations = self.batch * o_blocks * out_h * segments;
+        ctx.dispatch(
+            &kernel,
+            &params,
+            &[&image, &weights, bias],
+            &[out],
+            grid(invocations, 64),
+        );
+    }
+}
+
+/// `Y (N, O, OH, OW) = act(W ∗ X + b)` into `y`, for a geometry
+/// [`runs_forward`] accepts.
+pub fn forward_into(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    epilogue: Epilogue<'_>,
+    g: &Conv2dGeometry,
+    y: &GpuBuffer,
+) {
+    assert!(runs_forward(ctx, g), "no direct kernel for {g:?}");
+    // (C·kh·kw, ⌈O/4⌉·4): the 8 channels of a tap are two vec4s (the
+    // second past O reads the next tap's, for outputs not stored).
+    let packing = Packing {
+        rows: g.out_channels,
+        depth: g.col_rows(),
+        transposed: true,
+        stride: 0,
+        count: 1,
+    };
+    let o_vecs = g.out_channels.div_ceil(4) as u32;
+    Direct {
+        input: &x.buffer,
+        batch: g.batch,
+        channels: g.channels,
+        height: g.height,
+        width: g.width,
+        pad: [g.padding, g.padding],
+        kernel: [g.kernel_h, g.kernel_w],
+        out_channels: g.out_channels,
+        weights: &w.buffer,
+        packing,
+        walk: [0, o_vecs, 0],
+        epilogue,
+    }
+    .run(ctx, y);
+}
+
+/// `dX (N, C, H, W)`: dY padded by `(kh − 1 − p, kw − 1 − p)` convolved
+/// with W's kernels flipped and its channel axes swapped,
+/// `dX[n, c, h, w] = Σ_{o, i, j} W[o, c, kh−1−i, kw−1−j] · dY̅[n, o, h + i, w + j]`,
+/// for a geometry [`runs_input_grad`] accepts.
+pub fn input_grad(
+    ctx: &GpuContext,
+    w: &GpuTensor,
+    dy: &GpuTensor,
+    g: &Conv2dGeometry,
+) -> GpuTensor {
+    assert!(
+        runs_input_grad(ctx, g),
+        "no direct input gradient for {g:?}"
+    );
+    let taps = g.kernel_h * g.kernel_w;
+    // Per output channel o, its (C, kh·kw) kernels transposed: (O, kh·kw,
+    // ⌈C/4⌉·4), walked backwards over the taps (the flip).
+    let packing = Packing {
+        rows: g.channels,
+        depth: taps,
+        transposed: true,
+        stride: g.channels * taps,
+        count: g.out_channels,
+    };
+    let c_vecs = g.channels.div_ceil(4) as u32;
+    let taps = taps as u32;
+    let dx = ctx.tensor(&g.input_shape(), "conv2d.dx");
+    Direct {
+        input: &dy.buffer,
+        batch: g.batch,
+        channels: g.out_channels,
+        height: g.out_h,
+        width: g.out_w,
+        pad: [g.kernel_h - 1 - g.padding, g.kernel_w - 1 - g.padding],
+        kernel: [g.kernel_h, g.kernel_w],
+        out_channels: g.channels,
+        weights: &w.buffer,
+        packing,
+        walk: [
+            (taps - 1) * c_vecs,
+            c_vecs.wrapping_neg(),
+            2 * taps * c_vecs,
+        ],
+        epilogue: Bias::None.into(),
+    }
+    .run(ctx, &dx.buffer);
+    dx
+}
