@@ -39,12 +39,12 @@ fn the_first_product_of_a_class_is_timed_and_remembered_across_runs() {
     assert_eq!(gpu.ctx.gemm_tuner.choices().len(), 1);
 
     // A convolution's forward and weight gradient race im2col (im2row) +
-    // GEMM against the implicit GEMM, on the batch's first images; the
-    // forward's winner and dX's GEMM path race the direct kernel (which
-    // CPU-like adapters otherwise always run). They remember those choices
-    // too. Whichever won, the forward and dW are the explicit path's over
-    // the whole batch, bit for bit (the direct kernel adds the same
-    // products in the same order), and dX is one path's.
+    // GEMM against the implicit GEMM, on the batch's first images; each
+    // product's GEMM path then races the direct kernel (which CPU-like
+    // adapters otherwise run by a rule). They remember those choices too.
+    // Whichever won, the forward is the explicit path's over the whole
+    // batch, bit for bit (the direct kernel adds the same products in the
+    // same order), and dW and dX are one path's.
     gpu.ctx.gemm_tuner.race_direct(true);
     let g = Conv2dGeometry::new(20, 16, 20, 20, 32, 3, 3, 1, 1).unwrap();
     let [x, w, bias, dy] = common::random_conv_tensors(&gpu, &g, &mut SplitMix64::new(2));
@@ -53,7 +53,13 @@ fn the_first_product_of_a_class_is_timed_and_remembered_across_runs() {
     let (dw, dx) = (gpu.download(&grads.dw), gpu.download(&grads.dx));
     gpu.ctx.gemm_tuner.race_direct(false);
     let chosen = gpu.ctx.gemm_tuner.choices();
-    for prefix in ["conv-", "convdw-", "direct:conv-", "direct:convdx-"] {
+    for prefix in [
+        "conv-",
+        "convdw-",
+        "direct:conv-",
+        "direct:convdw-",
+        "direct:convdx-",
+    ] {
         assert!(
             chosen.iter().any(|(class, _)| class.starts_with(prefix)),
             "{prefix}: {chosen:?}"
@@ -61,24 +67,23 @@ fn the_first_product_of_a_class_is_timed_and_remembered_across_runs() {
     }
     gpu.ctx.gemm_tuner.force(Some(SMALL));
     let explicit = gpu.download(&gpu.conv2d_forward(&x, &w, &bias, &g));
-    let explicit_dw = gpu.download(&gpu.conv2d_weight_grads(&x, &w, &dy, &g).0);
     gpu.ctx.gemm_tuner.force(None);
     assert!(
         y.data == explicit.data,
         "y differs from the explicit path's"
     );
-    assert!(
-        dw.data == explicit_dw.data,
-        "dW differs from the explicit path's over the whole batch"
-    );
     let by_path = [false, true].map(|direct| {
         gpu.ctx.gemm_tuner.force_direct(Some(direct));
-        let dx = gpu.download(&gpu.conv2d_backward(&x, &w, &dy, &g).dx);
+        let grads = gpu.conv2d_backward(&x, &w, &dy, &g);
         gpu.ctx.gemm_tuner.force_direct(None);
-        dx
+        (gpu.download(&grads.dw), gpu.download(&grads.dx))
     });
     assert!(
-        by_path.iter().any(|d| d.data == dx.data),
+        by_path.iter().any(|(d, _)| d.data == dw.data),
+        "dW is neither path's"
+    );
+    assert!(
+        by_path.iter().any(|(_, d)| d.data == dx.data),
         "dX is neither path's"
     );
 

@@ -199,9 +199,13 @@ fn direct_convolution_reads_small_weights_as_uniforms_and_large_ones_from_storag
         gpu.ctx.set_profiling(false);
         let direct: Vec<&String> = kernels
             .iter()
-            .filter(|k| k.starts_with("direct_conv"))
+            .filter(|k| k.starts_with("direct_conv_") && !k.starts_with("direct_conv_dw"))
             .collect();
         assert_eq!(direct.len(), 2, "the forward and dX: {kernels:?}");
+        assert!(
+            kernels.iter().any(|k| k.starts_with("direct_conv_dw")),
+            "dW by the direct kernel: {kernels:?}"
+        );
         assert!(
             direct.iter().all(|k| k.contains("_uniform") == uniform),
             "uniform weights {uniform}: {kernels:?}"

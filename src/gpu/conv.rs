@@ -506,8 +506,8 @@ pub fn conv2d_backward(
 }
 
 /// `dW (O, C·kh·kw) = Σ_n dY_n (O, OH·OW) · X_col,nᵀ` and
-/// `db (O) = Σ_{n, oh, ow} dY`; over runs of images (partial sums added in
-/// run order) when the batch's im2row matrix is over the buffer limit.
+/// `db (O) = Σ_{n, oh, ow} dY`: dW by the direct kernel or the GEMM path,
+/// whichever the tuner timed faster for the shape class.
 pub fn conv2d_weight_grads(
     ctx: &GpuContext,
     x: &GpuTensor,
@@ -516,7 +516,39 @@ pub fn conv2d_weight_grads(
 ) -> (GpuTensor, GpuTensor) {
     assert_eq!(x.shape, g.input_shape(), "conv2d input shape");
     assert_eq!(dy.shape, g.output_shape(), "conv2d output gradient shape");
-    let dw = if let Some(runs) = image_runs(ctx, g) {
+    // As for dX (conv2d_input_grad): each run first drops the one before.
+    let dw = std::cell::RefCell::new(None);
+    let gemm = || {
+        dw.take();
+        dw.replace(Some(weight_grad_gemm(ctx, x, dy, g)));
+    };
+    let direct = || {
+        dw.take();
+        dw.replace(Some(direct_conv::weight_grad(ctx, x, dy, g)));
+    };
+    let eligible = direct_conv::runs_weight_grad(ctx, g);
+    direct_or_gemm(ctx, ConvProduct::WeightGrad, g, eligible, &gemm, &direct);
+    let db = ctx.tensor(&[g.out_channels], "conv2d.db");
+    channel_sum_into(
+        ctx,
+        &dy.buffer,
+        &db.buffer,
+        g.batch,
+        g.out_channels,
+        g.out_positions(),
+    );
+    (dw.into_inner().expect("a path ran"), db)
+}
+
+/// `dW` by the GEMM path, over runs of images (partial sums added in run
+/// order) when the batch's im2row matrix is over the buffer limit.
+fn weight_grad_gemm(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    dy: &GpuTensor,
+    g: &Conv2dGeometry,
+) -> GpuTensor {
+    if let Some(runs) = image_runs(ctx, g) {
         let count = runs.len();
         let len = g.out_channels * g.col_rows();
         let partial = ctx.storage_buffer(4 * (count * len) as u64, "conv2d.dw.runs");
@@ -535,17 +567,7 @@ pub fn conv2d_weight_grads(
         dw
     } else {
         weight_grad_whole(ctx, x, dy, g)
-    };
-    let db = ctx.tensor(&[g.out_channels], "conv2d.db");
-    channel_sum_into(
-        ctx,
-        &dy.buffer,
-        &db.buffer,
-        g.batch,
-        g.out_channels,
-        g.out_positions(),
-    );
-    (dw, db)
+    }
 }
 
 /// `dX`: by the direct kernel (no temporary matrix, so the batch is never

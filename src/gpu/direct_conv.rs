@@ -12,10 +12,12 @@ use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid};
 use super::conv::{Planes, pad_planes};
 use super::gemm::{Bias, Epilogue, Packing};
 use super::gemm_source::ACTIVATION;
+use super::reduce::slice_sum_into;
 use super::tensor::GpuTensor;
 use crate::geometry::Conv2dGeometry;
 
 const HEADER: &str = include_str!("../../shaders/direct_conv.wgsl");
+const WEIGHT_GRAD_HEADER: &str = include_str!("../../shaders/direct_conv_dw.wgsl");
 
 /// Output channels per invocation (two vec4s of weights per window tap).
 const CHANNELS_PER_INVOCATION: usize = 8;
@@ -54,6 +56,14 @@ pub fn runs_input_grad(ctx: &GpuContext, g: &Conv2dGeometry) -> bool {
             g.height + g.kernel_h - 1,
             g.width + g.kernel_w - 1,
         ) <= ctx.max_buffer_bytes()
+}
+
+/// Whether the direct kernel can compute `g`'s weight gradient: stride 1,
+/// a window at most [`MAX_KERNEL_W`] wide, and padded X and dY within the
+/// device's buffer limit.
+pub fn runs_weight_grad(ctx: &GpuContext, g: &Conv2dGeometry) -> bool {
+    let max = ctx.max_buffer_bytes();
+    runs_forward(ctx, g) && padded_bytes(g.batch * g.out_channels, g.out_h, g.out_w) <= max
 }
 
 /// Bytes of `planes` padded planes of `rows × width` in rows of whole
@@ -142,12 +152,7 @@ impl Shape {
              let n = index / p.segments / p.out_h / p.o_blocks;\n    \
              if n >= p.batch {{\n        return;\n    }}"
         );
-        for r in 0..rows {
-            let line: Vec<String> = (0..vecs)
-                .map(|h| format!("var acc_{r}_{h} = vec4<f32>(0.0);"))
-                .collect();
-            let _ = writeln!(w, "    {}", line.join(" "));
-        }
+        declare_accumulators(w, rows, vecs);
         let _ = writeln!(
             w,
             "    var at = (n * p.channels * p.in_rows + oh) * p.pitch + segment * {vecs}u;\n    \
@@ -159,8 +164,6 @@ impl Shape {
         for t in 0..loads {
             let _ = writeln!(w, "            let s{t} = image[at + {t}u];");
         }
-        // Input column e of the segment, as a register component.
-        let column = |e: usize| format!("s{}.{}", e / 4, ["x", "y", "z", "w"][e % 4]);
         for j in 0..kernel_w {
             let _ = writeln!(w, "            {{");
             for q in 0..rows / 4 {
@@ -168,15 +171,7 @@ impl Shape {
             }
             let _ = writeln!(w, "                wi += p.w_step;");
             for h in 0..vecs {
-                let e = 4 * h + j;
-                let _ = writeln!(
-                    w,
-                    "                let x{h} = vec4<f32>({}, {}, {}, {});",
-                    column(e),
-                    column(e + 1),
-                    column(e + 2),
-                    column(e + 3)
-                );
+                let _ = writeln!(w, "                let x{h} = {};", segment_at(4 * h + j));
             }
             for r in 0..rows {
                 let lane = ["x", "y", "z", "w"][r % 4];
@@ -215,15 +210,44 @@ impl Shape {
         for h in 0..vecs {
             let _ = writeln!(w, "        store4(base, col + {}u, acc_0_{h}, b);", 4 * h);
         }
-        for r in 1..rows {
-            let line: Vec<String> = (0..vecs)
-                .map(|h| format!("acc_{}_{h} = acc_{r}_{h};", r - 1))
-                .collect();
-            let _ = writeln!(w, "        {}", line.join(" "));
-        }
+        shift_accumulators(w, rows, vecs);
         let _ = writeln!(w, "    }}\n}}");
         s
     }
+}
+
+/// `var acc_{r}_{h} = vec4<f32>(0.0);` for `rows × cols` accumulators.
+fn declare_accumulators(w: &mut String, rows: usize, cols: usize) {
+    for r in 0..rows {
+        let line: Vec<String> = (0..cols)
+            .map(|h| format!("var acc_{r}_{h} = vec4<f32>(0.0);"))
+            .collect();
+        let _ = writeln!(w, "    {}", line.join(" "));
+    }
+}
+
+/// Moves each row of accumulators one row up (`acc_0_*` is stored next):
+/// the store code appears once instead of once per row.
+fn shift_accumulators(w: &mut String, rows: usize, cols: usize) {
+    for r in 1..rows {
+        let line: Vec<String> = (0..cols)
+            .map(|h| format!("acc_{}_{h} = acc_{r}_{h};", r - 1))
+            .collect();
+        let _ = writeln!(w, "        {}", line.join(" "));
+    }
+}
+
+/// The vec4 of a loaded row segment (`s0`, `s1`, … vec4s) from its column
+/// `first`: four register components, no load.
+fn segment_at(first: usize) -> String {
+    let column = |e: usize| format!("s{}.{}", e / 4, ["x", "y", "z", "w"][e % 4]);
+    format!(
+        "vec4<f32>({}, {}, {}, {})",
+        column(first),
+        column(first + 1),
+        column(first + 2),
+        column(first + 3)
+    )
 }
 
 /// A stride-1 convolution as the kernel sees it.
@@ -404,4 +428,170 @@ pub fn input_grad(
     }
     .run(ctx, &dx.buffer);
     dx
+}
+
+/// Output-channel blocks × window rows × channels a weight gradient's
+/// dispatch aims for at least: slices of the batch make up the rest. Fixed
+/// (not per device), so every adapter adds in the same order.
+const WEIGHT_GRAD_TARGET_INVOCATIONS: usize = 512;
+
+/// The module family of the weight-gradient kernel for windows `kernel_w`
+/// wide (one module per kernel, as [`Shape::family`]).
+fn weight_grad_family(kernel_w: usize) -> &'static str {
+    static NAMES: [OnceLock<String>; MAX_KERNEL_W] = [const { OnceLock::new() }; MAX_KERNEL_W];
+    NAMES[kernel_w - 1].get_or_init(|| format!("direct_conv_dw_{kernel_w}"))
+}
+
+/// The weight-gradient kernel for windows `kernel_w` wide (generated once).
+fn weight_grad_source(kernel_w: usize) -> &'static str {
+    static SOURCES: [OnceLock<String>; MAX_KERNEL_W] = [const { OnceLock::new() }; MAX_KERNEL_W];
+    SOURCES[kernel_w - 1].get_or_init(|| {
+        let rows = CHANNELS_PER_INVOCATION;
+        let loads = 1 + (kernel_w - 1).div_ceil(4);
+        let mut s = format!("{WEIGHT_GRAD_HEADER}\n");
+        let w = &mut s;
+        let _ = writeln!(
+            w,
+            "@compute @workgroup_size(64)\n\
+             fn direct_conv_dw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{\n    \
+             // Invocation → (slice, channel block, c, window row i).\n    \
+             let index = gid.x + gid.y * nwg.x * 64u;\n    \
+             let i = index % p.kernel_h;\n    \
+             let c = (index / p.kernel_h) % p.channels;\n    \
+             let block = (index / p.kernel_h / p.channels) % p.o_blocks;\n    \
+             let slice = index / p.kernel_h / p.channels / p.o_blocks;\n    \
+             if slice >= p.slices {{\n        return;\n    }}\n    \
+             let o0 = block * {rows}u;\n    \
+             let plane = p.out_h * p.out_vecs;"
+        );
+        declare_accumulators(w, rows, kernel_w);
+        let _ = writeln!(
+            w,
+            "    for (var n = slice * p.images; n < min((slice + 1u) * p.images, p.batch); n++) {{\n        \
+             var at = ((n * p.channels + c) * p.in_rows + i) * p.pitch;"
+        );
+        // dY rows of the block's channels (past O: the last one's, for
+        // sums never stored).
+        for r in 0..rows {
+            let _ = writeln!(
+                w,
+                "        var d{r} = (n * p.out_channels + min(o0 + {r}u, p.out_channels - 1u)) * plane;"
+            );
+        }
+        let _ = writeln!(
+            w,
+            "        for (var oh = 0u; oh < p.out_h; oh++) {{\n            \
+             for (var t = 0u; t < p.out_vecs; t++) {{"
+        );
+        for q in 0..loads {
+            let _ = writeln!(w, "                let s{q} = image[at + t + {q}u];");
+        }
+        for r in 0..rows {
+            let _ = writeln!(w, "                let y{r} = dy[d{r} + t];");
+        }
+        for j in 0..kernel_w {
+            let _ = writeln!(w, "                let x{j} = {};", segment_at(j));
+        }
+        for r in 0..rows {
+            let line: Vec<String> = (0..kernel_w)
+                .map(|j| format!("acc_{r}_{j} = fma(y{r}, x{j}, acc_{r}_{j});"))
+                .collect();
+            let _ = writeln!(w, "                {}", line.join(" "));
+        }
+        let _ = writeln!(w, "            }}\n            at += p.pitch;");
+        for r in 0..rows {
+            let _ = writeln!(w, "            d{r} += p.out_vecs;");
+        }
+        let _ = writeln!(
+            w,
+            "        }}\n    \
+             }}\n    \
+             let taps = p.kernel_h * {kernel_w}u;\n    \
+             for (var r = 0u; r < {rows}u && o0 + r < p.out_channels; r++) {{\n        \
+             let at = ((slice * p.out_channels + o0 + r) * p.channels + c) * taps + i * {kernel_w}u;"
+        );
+        for j in 0..kernel_w {
+            let _ = writeln!(
+                w,
+                "        partial[at + {j}u] = (acc_0_{j}.x + acc_0_{j}.y) + (acc_0_{j}.z + acc_0_{j}.w);"
+            );
+        }
+        shift_accumulators(w, rows, kernel_w);
+        let _ = writeln!(w, "    }}\n}}");
+        s
+    })
+}
+
+/// `dW (O, C, kh, kw) = Σ_{n, oh, ow} dY[n, o, oh, ow] · X̃[n, c, oh + i, ow + j]`,
+/// for a geometry [`runs_weight_grad`] accepts: slices of the batch
+/// summed by the kernel, then added in slice order.
+pub fn weight_grad(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    dy: &GpuTensor,
+    g: &Conv2dGeometry,
+) -> GpuTensor {
+    assert!(
+        runs_weight_grad(ctx, g),
+        "no direct weight gradient for {g:?}"
+    );
+    let pitch = (g.width + 2 * g.padding).next_multiple_of(4);
+    let x_planes = Planes {
+        count: g.batch * g.channels,
+        height: g.height,
+        width: g.width,
+    };
+    let image = pad_planes(ctx, &x.buffer, x_planes, [g.padding, g.padding], pitch);
+    // dY in rows of whole vec4s: itself when they already are.
+    let out_vecs = g.out_w.div_ceil(4);
+    let padded_dy = (!g.out_w.is_multiple_of(4)).then(|| {
+        let planes = Planes {
+            count: g.batch * g.out_channels,
+            height: g.out_h,
+            width: g.out_w,
+        };
+        pad_planes(ctx, &dy.buffer, planes, [0, 0], 4 * out_vecs)
+    });
+    let o_blocks = g.out_channels.div_ceil(CHANNELS_PER_INVOCATION);
+    let per_slice = o_blocks * g.channels * g.kernel_h;
+    let images = g.batch.div_ceil(
+        WEIGHT_GRAD_TARGET_INVOCATIONS
+            .div_ceil(per_slice)
+            .min(g.batch),
+    );
+    let slices = g.batch.div_ceil(images);
+    let dw = ctx.tensor(&g.weight_shape(), "conv2d.dw");
+    let len = dw.len();
+    let partial =
+        (slices > 1).then(|| ctx.storage_buffer(4 * (slices * len) as u64, "conv2d.dw.slices"));
+    let params = Params::new()
+        .u32(g.batch)
+        .u32(g.channels)
+        .u32(g.out_channels)
+        .u32(g.out_h)
+        .u32(out_vecs)
+        .u32(pitch / 4)
+        .u32(g.height + 2 * g.padding)
+        .u32(g.kernel_h)
+        .u32(o_blocks)
+        .u32(slices)
+        .u32(images);
+    let kernel = ctx.kernel(&KernelSpec::new(
+        weight_grad_family(g.kernel_w),
+        weight_grad_source(g.kernel_w),
+        "direct_conv_dw",
+        2,
+        1,
+    ));
+    ctx.dispatch(
+        &kernel,
+        &params,
+        &[padded_dy.as_ref().unwrap_or(&dy.buffer), &image],
+        &[partial.as_ref().unwrap_or(&dw.buffer)],
+        grid(slices * per_slice, 64),
+    );
+    if let Some(partial) = &partial {
+        slice_sum_into(ctx, partial, &dw.buffer, slices, len);
+    }
+    dw
 }

@@ -22,6 +22,13 @@ use crate::geometry::GemmSpec;
 /// Cache file format version; files of another version are ignored.
 const VERSION: u64 = 1;
 
+/// The most taps (C·kh·kw) of a convolution whose weight gradient a
+/// CPU-like adapter computes with the direct kernel. Its kernel loads 8
+/// channels' dY per 8·kw multiply-adds: on lavapipe it beat the GEMM paths
+/// on the built-in models' convolutions of 9–150 taps and lost on all of
+/// 288–576 taps.
+pub const DIRECT_WEIGHT_GRAD_MAX_TAPS: usize = 256;
+
 /// The per-device memory of GEMM block choices.
 pub struct GemmTuner {
     /// Identifies adapter, driver and wgcnn version in the cache file.
@@ -100,9 +107,11 @@ impl GemmTuner {
 
     /// Whether a convolution's `product` of `spec`'s class (batched `count`
     /// times), for a geometry the direct kernel computes, runs it. On
-    /// CPU-like adapters it always does: there it beat the GEMM paths on
-    /// every convolution of the built-in models (see ARCHITECTURE.md), and
-    /// racing them would compile and tune GEMM kernels for nothing.
+    /// CPU-like adapters the forward and dX always do, and dW when its
+    /// convolution has at most [`DIRECT_WEIGHT_GRAD_MAX_TAPS`] taps: there
+    /// that is what won every race on the built-in models (see
+    /// ARCHITECTURE.md), and racing would compile and tune GEMM kernels for
+    /// nothing.
     /// Elsewhere `None` means not known yet: the caller times the direct
     /// kernel against the GEMM path and calls
     /// [`GemmTuner::remember_direct`].
@@ -119,7 +128,9 @@ impl GemmTuner {
             return Some(false);
         }
         if self.cpu_like && !self.race_direct.load(std::sync::atomic::Ordering::Relaxed) {
-            return Some(true);
+            return Some(
+                product != ConvProduct::WeightGrad || spec.n <= DIRECT_WEIGHT_GRAD_MAX_TAPS,
+            );
         }
         let class = ShapeClass::of(spec, count).conv(product);
         if let Some(&direct) = self.direct.lock().unwrap().get(&class) {
@@ -493,6 +504,44 @@ mod tests {
             vec![SMALL, TILED]
         );
         assert_eq!(candidates(&spec(64, 10, 288), 1, false), vec![SMALL]);
+    }
+
+    #[test]
+    fn cpu_like_adapters_run_the_direct_kernel_by_rule() {
+        let info = wgpu::AdapterInfo::new(wgpu::DeviceType::Cpu, wgpu::Backend::Vulkan);
+        let tuner = GemmTuner::new(&info);
+        let (forward, dw, dx) = (
+            ConvProduct::Forward,
+            ConvProduct::WeightGrad,
+            ConvProduct::InputGrad,
+        );
+        // LeNet's conv2: 16 channels of 6·5·5 taps, 10×10 outputs.
+        assert_eq!(
+            tuner.direct_choice(forward, &spec(16, 100, 150), 64),
+            Some(true)
+        );
+        assert_eq!(tuner.direct_choice(dx, &spec(150, 100, 16), 64), Some(true));
+        assert_eq!(tuner.direct_choice(dw, &spec(16, 150, 100), 64), Some(true));
+        // fashion-cnn's second conv: 32·3·3 taps, over the limit for dW.
+        assert_eq!(
+            tuner.direct_choice(dw, &spec(32, 288, 784), 64),
+            Some(false)
+        );
+        // Forcing a GEMM block turns the direct kernel off; forcing it on
+        // wins over both.
+        tuner.force(Some(SMALL));
+        assert_eq!(
+            tuner.direct_choice(forward, &spec(16, 100, 150), 64),
+            Some(false)
+        );
+        tuner.force_direct(Some(true));
+        assert_eq!(tuner.direct_choice(dw, &spec(32, 288, 784), 64), Some(true));
+        // Racing on: unknown classes are timed (or, without timing, GEMMs).
+        tuner.force(None);
+        tuner.force_direct(None);
+        tuner.race_direct(true);
+        let raced = tuner.direct_choice(forward, &spec(16, 100, 150), 64);
+        assert!(raced.is_none() || raced == Some(false), "{raced:?}");
     }
 
     #[test]

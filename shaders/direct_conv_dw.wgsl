@@ -1,0 +1,40 @@
+// The weight gradient of a stride-1 convolution, directly (the companion
+// of direct_conv.wgsl):
+//
+//   dW[o, c, i, j] = Σ_{n, oh, ow} dY[n, o, oh, ow] · X̃[n, c, oh + i, ow + j]
+//
+// with X̃ the padded input in rows of `pitch` vec4s and dY in rows of
+// `out_vecs` vec4s (zero past OW; im2col.wgsl's pad). An invocation sums,
+// over one slice of the batch's images, 8 output channels × the kw taps of
+// one window row (c, i): per (image, oh) and vec4 of output columns it
+// loads the 8 channels' dY and the input row segment under them once, and
+// takes the taps as register swizzles. Each accumulator sums 4 columns in
+// its lanes, added at the end; the slices' partial sums are added by
+// reduce.wgsl's slice_sum, in slice order.
+//
+// The generated kernels (src/gpu/direct_conv.rs) follow this header, one
+// per kw.
+
+struct Params {
+    batch: u32,
+    channels: u32,
+    out_channels: u32,
+    out_h: u32,
+    // dY's row length, in vec4s.
+    out_vecs: u32,
+    // X̃'s row length, in vec4s, and rows per channel.
+    pitch: u32,
+    in_rows: u32,
+    kernel_h: u32,
+    // Blocks of 8 output channels.
+    o_blocks: u32,
+    // Slices of the batch, and images per slice.
+    slices: u32,
+    images: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> dy: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> image: array<vec4<f32>>;
+// (slices, O, C, kh, kw): each slice's partial dW.
+@group(0) @binding(3) var<storage, read_write> partial: array<f32>;
