@@ -516,18 +516,14 @@ pub fn conv2d_weight_grads(
 ) -> (GpuTensor, GpuTensor) {
     assert_eq!(x.shape, g.input_shape(), "conv2d input shape");
     assert_eq!(dy.shape, g.output_shape(), "conv2d output gradient shape");
-    // As for dX (conv2d_input_grad): each run first drops the one before.
-    let dw = std::cell::RefCell::new(None);
-    let gemm = || {
-        dw.take();
-        dw.replace(Some(weight_grad_gemm(ctx, x, dy, g)));
-    };
-    let direct = || {
-        dw.take();
-        dw.replace(Some(direct_conv::weight_grad(ctx, x, dy, g)));
-    };
-    let eligible = direct_conv::runs_weight_grad(ctx, g);
-    direct_or_gemm(ctx, ConvProduct::WeightGrad, g, eligible, &gemm, &direct);
+    let dw = direct_or_gemm_tensor(
+        ctx,
+        ConvProduct::WeightGrad,
+        g,
+        direct_conv::runs_weight_grad(ctx, g),
+        &|| weight_grad_gemm(ctx, x, dy, g),
+        &|| direct_conv::weight_grad(ctx, x, dy, g),
+    );
     let db = ctx.tensor(&[g.out_channels], "conv2d.db");
     channel_sum_into(
         ctx,
@@ -537,7 +533,7 @@ pub fn conv2d_weight_grads(
         g.out_channels,
         g.out_positions(),
     );
-    (dw.into_inner().expect("a path ran"), db)
+    (dw, db)
 }
 
 /// `dW` by the GEMM path, over runs of images (partial sums added in run
@@ -579,21 +575,35 @@ fn conv2d_input_grad(
     dy: &GpuTensor,
     g: &Conv2dGeometry,
 ) -> GpuTensor {
-    // Each path leaves its dX here; the last to run is the result. A run
-    // first drops the one before, so the race's buffers come from the pool
-    // as a single run's do (and later steps create no bind group).
-    let dx = std::cell::RefCell::new(None);
-    let gemm = || {
-        dx.take();
-        dx.replace(Some(input_grad_gemm(ctx, w, dy, g)));
+    direct_or_gemm_tensor(
+        ctx,
+        ConvProduct::InputGrad,
+        g,
+        direct_conv::runs_input_grad(ctx, g),
+        &|| input_grad_gemm(ctx, w, dy, g),
+        &|| direct_conv::input_grad(ctx, w, dy, g),
+    )
+}
+
+/// [`direct_or_gemm`] for a product whose paths each return a new tensor:
+/// the tensor of the path that ran last (the winner). Each run first drops
+/// the one before, so a race's buffers come from the pool as a single
+/// run's do (and later steps create no bind group).
+fn direct_or_gemm_tensor(
+    ctx: &GpuContext,
+    product: ConvProduct,
+    g: &Conv2dGeometry,
+    eligible: bool,
+    gemm: &dyn Fn() -> GpuTensor,
+    direct: &dyn Fn() -> GpuTensor,
+) -> GpuTensor {
+    let result = std::cell::RefCell::new(None);
+    let run = |path: &dyn Fn() -> GpuTensor| {
+        result.take();
+        result.replace(Some(path()));
     };
-    let direct = || {
-        dx.take();
-        dx.replace(Some(direct_conv::input_grad(ctx, w, dy, g)));
-    };
-    let eligible = direct_conv::runs_input_grad(ctx, g);
-    direct_or_gemm(ctx, ConvProduct::InputGrad, g, eligible, &gemm, &direct);
-    dx.into_inner().expect("a path ran")
+    direct_or_gemm(ctx, product, g, eligible, &|| run(gemm), &|| run(direct));
+    result.into_inner().expect("a path ran")
 }
 
 /// `dX = col2im(W_colᵀ · dY_n)`, a run of images at a time when the batch's
