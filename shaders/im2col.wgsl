@@ -149,9 +149,10 @@ fn col2im(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
 // Zero padding for the kernels that read a convolution's input whole: the
 // implicit GEMMs (gemm.wgsl, conv_*) and the direct convolution
 // (direct_conv.wgsl). Planes of (height, width) become (height + 2·pad_h)
-// rows of `pitch` values, each the row's inside between pad_w zeros on the
-// left and zeros up to the pitch on the right. One invocation per padded row
-// (over a folded grid).
+// rows of `pitch` values (a multiple of 4), each the row's inside between
+// pad_w zeros on the left and zeros up to the pitch on the right. One
+// invocation per padded row (over a folded grid), storing whole vec4s: on
+// lavapipe each store is a loop over the lanes, so one per four values.
 struct PadParams {
     planes: u32,
     height: u32,
@@ -162,6 +163,16 @@ struct PadParams {
 }
 
 @group(0) @binding(0) var<uniform> pad_p: PadParams;
+@group(0) @binding(2) var<storage, read_write> padded: array<vec4<f32>>;
+
+// Value `w` of padded row `h` (of the plane starting at `line`'s row).
+fn padded_value(line: u32, inside: bool, w: u32) -> f32 {
+    let x = i32(w) - i32(pad_p.pad_w);
+    if inside && x >= 0 && x < i32(pad_p.width) {
+        return src[line + u32(x)];
+    }
+    return 0.0;
+}
 
 @compute @workgroup_size(64)
 fn pad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -174,14 +185,14 @@ fn pad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     let h = i32(r % padded_h) - i32(pad_p.pad_h);
     let inside = h >= 0 && h < i32(pad_p.height);
     let line = (plane * pad_p.height + u32(max(h, 0))) * pad_p.width;
-    var out = r * pad_p.pitch;
-    for (var w = 0u; w < pad_p.pitch; w++) {
-        let x = i32(w) - i32(pad_p.pad_w);
-        var value = 0.0;
-        if inside && x >= 0 && x < i32(pad_p.width) {
-            value = src[line + u32(x)];
-        }
-        dst[out] = value;
+    var out = r * (pad_p.pitch / 4u);
+    for (var w = 0u; w < pad_p.pitch; w += 4u) {
+        padded[out] = vec4<f32>(
+            padded_value(line, inside, w),
+            padded_value(line, inside, w + 1u),
+            padded_value(line, inside, w + 2u),
+            padded_value(line, inside, w + 3u),
+        );
         out++;
     }
 }

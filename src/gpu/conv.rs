@@ -83,24 +83,21 @@ fn im2row(ctx: &GpuContext, x: &GpuTensor, g: &Conv2dGeometry) -> GpuBuffer {
     rows
 }
 
-/// `X (N, C, H, W) → (N, C, H + 2p, W + 2p)` with zero margins; `None` when
-/// the convolution has no padding (X itself serves).
-fn pad(ctx: &GpuContext, x: &GpuTensor, g: &Conv2dGeometry) -> Option<GpuBuffer> {
+/// `X (N, C, H, W) → (N, C, H + 2p, pitch)` with zero margins, `pitch` the
+/// padded width rounded up to a multiple of 4; `None` when the convolution
+/// has no padding (X itself serves, its pitch W). Returns the pitch too.
+fn pad(ctx: &GpuContext, x: &GpuTensor, g: &Conv2dGeometry) -> (Option<GpuBuffer>, usize) {
     if g.padding == 0 {
-        return None;
+        return (None, g.width);
     }
     let planes = Planes {
         count: g.batch * g.channels,
         height: g.height,
         width: g.width,
     };
-    Some(pad_planes(
-        ctx,
-        &x.buffer,
-        planes,
-        [g.padding, g.padding],
-        g.width + 2 * g.padding,
-    ))
+    let pitch = (g.width + 2 * g.padding).next_multiple_of(4);
+    let padded = pad_planes(ctx, &x.buffer, planes, [g.padding, g.padding], pitch);
+    (Some(padded), pitch)
 }
 
 /// `count` planes of `height × width` values, one after another.
@@ -112,8 +109,8 @@ pub(super) struct Planes {
 }
 
 /// `planes` zero-padded by `[pad_h, pad_w]`: `height + 2·pad_h` rows of
-/// `pitch` values each (`pitch ≥ width + 2·pad_w`; zeros past the padded
-/// row).
+/// `pitch` values each (`pitch ≥ width + 2·pad_w`, a multiple of 4; zeros
+/// past the padded row).
 pub(super) fn pad_planes(
     ctx: &GpuContext,
     src: &GpuBuffer,
@@ -121,6 +118,11 @@ pub(super) fn pad_planes(
     [pad_h, pad_w]: [usize; 2],
     pitch: usize,
 ) -> GpuBuffer {
+    assert!(
+        pitch.is_multiple_of(4) && pitch >= planes.width + 2 * pad_w,
+        "padding rows of {} values to a pitch of {pitch}",
+        planes.width + 2 * pad_w
+    );
     let rows = planes.count * (planes.height + 2 * pad_h);
     let padded = ctx.storage_buffer(4 * (rows * pitch) as u64, "conv2d.padded");
     let params = Params::new()
@@ -274,10 +276,11 @@ fn forward_whole(
     };
     let implicit = |block: Block, images: usize| {
         let (x, y, g) = first_images(ctx, [x, &y], g, images);
-        let padded = pad(ctx, &x, &g);
+        let (padded, pitch) = pad(ctx, &x, &g);
         let image = Image {
             buffer: padded.as_ref().unwrap_or(&x.buffer),
             geometry: &g,
+            pitch,
             product,
         };
         conv_implicit_into(ctx, &w.buffer, image, epilogue, &y.buffer, block);
@@ -357,10 +360,11 @@ fn weight_grad_whole(
     };
     let implicit = |block: Block, images: usize| {
         let (x, dy, g) = first_images(ctx, [x, dy], g, images);
-        let padded = pad(ctx, &x, &g);
+        let (padded, pitch) = pad(ctx, &x, &g);
         let image = Image {
             buffer: padded.as_ref().unwrap_or(&x.buffer),
             geometry: &g,
+            pitch,
             product,
         };
         conv_implicit_into(ctx, &dy.buffer, image, Bias::None.into(), &dw.buffer, block);

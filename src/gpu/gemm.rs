@@ -202,7 +202,7 @@ impl ConvProduct {
     }
 }
 
-/// A convolution's zero-padded input `(N, C, H + 2p, W + 2p)`, read by the
+/// A convolution's zero-padded input `(N, C, H + 2p, pitch)`, read by the
 /// implicit kernels as the B operand of `product`.
 #[derive(Clone, Copy, Debug)]
 pub struct Image<'a> {
@@ -210,6 +210,8 @@ pub struct Image<'a> {
     pub buffer: &'a GpuBuffer,
     /// The convolution (its `padding` is already applied to `buffer`).
     pub geometry: &'a Conv2dGeometry,
+    /// Values per row of `buffer` (at least the padded width).
+    pub pitch: usize,
     /// The product whose B the image stands for.
     pub product: ConvProduct,
 }
@@ -219,7 +221,7 @@ impl Image<'_> {
     /// `image_stride` on): where B's column `n` and row `k` lie in an image.
     fn walk(&self) -> [usize; 11] {
         let g = self.geometry;
-        let width = g.width + 2 * g.padding;
+        let width = self.pitch;
         let plane = (g.height + 2 * g.padding) * width;
         let s = g.stride;
         match self.product {
