@@ -152,6 +152,79 @@ fn maxpool_backward_tiles(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     }
 }
 
+// ---- max pooling over 2×2 windows that tile the input ----
+// (as above, with KERNEL = 2): a window's two rows are loaded as vec2s (the
+// input's width is even, so they are aligned) and the backward stores them
+// so: on lavapipe every load or store is a loop over the lanes, and this
+// halves them. The same maximum and arg-max (first in row-major order), and
+// the same routed gradient.
+@group(0) @binding(1) var<storage, read> max2f_x: array<vec2<f32>>;
+@group(0) @binding(2) var<storage, read_write> max2f_y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> max2f_argmax: array<u32>;
+
+@compute @workgroup_size(64)
+fn maxpool_forward_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let at_out = gid.x;
+    if at_out >= p.out_h * p.out_w {
+        return;
+    }
+    let ow = at_out % p.out_w;
+    let oh = at_out / p.out_w;
+    // The window's top-left input, within a plane.
+    let top = 2u * (oh * p.width + ow);
+    for (var plane = gid.y; plane < p.batch * p.channels; plane += nwg.y) {
+        let i = plane * p.out_h * p.out_w + at_out;
+        let corner = (plane * p.height * p.width + top) / 2u;
+        let upper = max2f_x[corner];
+        let lower = max2f_x[corner + p.width / 2u];
+        var best = upper.x;
+        var best_at = top;
+        if upper.y > best {
+            best = upper.y;
+            best_at = top + 1u;
+        }
+        if lower.x > best {
+            best = lower.x;
+            best_at = top + p.width;
+        }
+        if lower.y > best {
+            best = lower.y;
+            best_at = top + p.width + 1u;
+        }
+        max2f_y[i] = best;
+        max2f_argmax[i] = best_at;
+    }
+}
+
+@group(0) @binding(1) var<storage, read> max2b_dy: array<f32>;
+@group(0) @binding(2) var<storage, read> max2b_argmax: array<u32>;
+@group(0) @binding(3) var<storage, read_write> max2b_dx: array<vec2<f32>>;
+
+@compute @workgroup_size(64)
+fn maxpool_backward_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let at_out = gid.x;
+    if at_out >= p.out_h * p.out_w {
+        return;
+    }
+    let ow = at_out % p.out_w;
+    let oh = at_out / p.out_w;
+    let top = 2u * (oh * p.width + ow);
+    for (var plane = gid.y; plane < p.batch * p.channels; plane += nwg.y) {
+        let o = plane * p.out_h * p.out_w + at_out;
+        let routed = 0.0 + max2b_dy[o];
+        let argmax = max2b_argmax[o];
+        let corner = (plane * p.height * p.width + top) / 2u;
+        max2b_dx[corner] = vec2<f32>(
+            select(0.0, routed, argmax == top),
+            select(0.0, routed, argmax == top + 1u),
+        );
+        max2b_dx[corner + p.width / 2u] = vec2<f32>(
+            select(0.0, routed, argmax == top + p.width),
+            select(0.0, routed, argmax == top + p.width + 1u),
+        );
+    }
+}
+
 // ---- average pooling forward ----
 @group(0) @binding(1) var<storage, read> avgf_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> avgf_y: array<f32>;

@@ -279,3 +279,37 @@ fn convolution_splits_a_batch_over_the_buffer_limit() {
     }
     gpu.take_error().unwrap();
 }
+
+/// Max pooling's ties go to the first element of a window in row-major
+/// order on the GPU as in the reference, for every kernel (2×2 tiles read as
+/// pairs, other tiles, overlapping windows): inputs of 0s and 1s tie often,
+/// and dx shows where each window's gradient went.
+#[test]
+fn max_pooling_ties_go_to_the_first_element_on_the_gpu() {
+    use wgcnn::backend::Backend;
+    use wgcnn::geometry::Pool2dGeometry;
+    use wgcnn::rng::SplitMix64;
+    use wgcnn::tensor::HostTensor;
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = SplitMix64::new(8);
+    for (h, w, k, s, p) in [(8, 6, 2, 2, 0), (9, 9, 3, 3, 0), (7, 9, 3, 2, 1)] {
+        let g = Pool2dGeometry::new(2, 3, h, w, k, s, p).unwrap();
+        let len = g.input_shape().iter().product();
+        let x = HostTensor::new(
+            &g.input_shape(),
+            (0..len).map(|_| (rng.next_u64() % 2) as f32).collect(),
+        );
+        let dy_len = g.output_shape().iter().product();
+        let dy = HostTensor::new(
+            &g.output_shape(),
+            (0..dy_len).map(|i| 1.0 + i as f32).collect(),
+        );
+        let (y, argmax) = wgcnn::cpu::maxpool_forward(&x, &g);
+        let dx = wgcnn::cpu::maxpool_backward(&dy, &argmax, &g);
+        let (gy, gargmax) = gpu.maxpool_forward(&gpu.upload(&x), &g);
+        let gdx = gpu.maxpool_backward(&gpu.upload(&dy), &gargmax, &g);
+        assert_eq!(gpu.download(&gy).data, y.data, "y of {g:?}");
+        assert_eq!(gpu.download(&gdx).data, dx.data, "dx of {g:?}");
+    }
+    gpu.take_error().unwrap();
+}

@@ -56,8 +56,13 @@ pub fn maxpool_forward(
         buffer: Arc::new(ctx.storage_buffer(4 * y.len() as u64, "maxpool.argmax")),
         len: y.len(),
     };
+    let entry = if windows_tile(g) && g.kernel == 2 {
+        "maxpool_forward_pairs"
+    } else {
+        "maxpool_forward"
+    };
     ctx.dispatch(
-        &kernel(ctx, "maxpool_forward", 1, 2, g),
+        &kernel(ctx, entry, 1, 2, g),
         &params(g),
         &[&x.buffer],
         &[&y.buffer, &argmax.buffer],
@@ -75,7 +80,9 @@ pub fn maxpool_backward(
 ) -> GpuTensor {
     assert_eq!(dy.shape, g.output_shape(), "maxpool output gradient shape");
     let dx = ctx.tensor(&g.input_shape(), "maxpool.dx");
-    let (entry, positions) = if windows_tile(g) {
+    let (entry, positions) = if windows_tile(g) && g.kernel == 2 {
+        ("maxpool_backward_pairs", g.out_h * g.out_w)
+    } else if windows_tile(g) {
         ("maxpool_backward_tiles", g.out_h * g.out_w)
     } else {
         ("maxpool_backward", g.height * g.width)
