@@ -1,9 +1,12 @@
-//! Direct convolution with stride 1 (`shaders/direct_conv.wgsl` and the
-//! kernels generated here): the forward `Y = act(W ∗ X + b)` and the input
-//! gradient `dX = flip(W)ᵀ ∗ pad(dY)`, with no im2col matrix. Each input
-//! row segment is loaded once per window row and reused for the window's
-//! kw shifts, which on CPU-like adapters (lavapipe) beats an implicit GEMM
-//! that loads it kw times; the tuner times the two per shape class.
+//! Direct convolution with stride 1 (`shaders/direct_conv.wgsl`,
+//! `shaders/direct_conv_dw.wgsl` and the kernels generated here): the
+//! forward `Y = act(W ∗ X + b)`, the input gradient `dX = flip(W)ᵀ ∗ pad(dY)`
+//! and the weight gradient, with no im2col matrix. Each input row segment
+//! is loaded once per window row and reused for the window's kw shifts,
+//! which on CPU-like adapters (lavapipe) beats an implicit GEMM that loads
+//! it kw times. Whether a product runs here is the tuner's call
+//! ([`super::tune::GemmTuner::direct_choice`]): a rule on CPU-like
+//! adapters, a race per shape class on GPUs.
 
 use std::fmt::Write;
 use std::sync::OnceLock;
