@@ -26,8 +26,8 @@ const WEIGHT_GRAD_HEADER: &str = include_str!("../../shaders/direct_conv_dw.wgsl
 const CHANNELS_PER_INVOCATION: usize = 8;
 /// The widest output row segment, in vec4s.
 const MAX_SEGMENT_VECS: usize = 4;
-/// The widest window a kernel is generated for.
-const MAX_KERNEL_W: usize = 7;
+/// The widest window the direct kernels are generated for.
+pub const MAX_KERNEL_W: usize = 7;
 /// Vec4s of weights a kernel reading them from a uniform buffer declares
 /// (64 KiB, the binding size every adapter allows).
 const UNIFORM_WEIGHT_VECS: usize = 4096;
