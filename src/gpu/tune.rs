@@ -150,9 +150,12 @@ impl GemmTuner {
         direct: bool,
     ) {
         let class = ShapeClass::of(spec, count).conv(product);
+        // The two maps are locked in one order everywhere (as in
+        // `remember_class`), so threads remembering both never deadlock.
+        let choices = self.choices.lock().unwrap();
         let mut memory = self.direct.lock().unwrap();
         memory.insert(class, direct);
-        self.save(&self.choices.lock().unwrap(), &memory);
+        self.save(&choices, &memory);
     }
 
     /// How a convolution's `product` `spec` (batched `count` times) runs: an
