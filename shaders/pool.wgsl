@@ -158,6 +158,12 @@ fn maxpool_backward_tiles(@builtin(global_invocation_id) gid: vec3<u32>, @builti
 // so: on lavapipe every load or store is a loop over the lanes, and this
 // halves them. The same maximum and arg-max (first in row-major order), and
 // the same routed gradient.
+// The top-left input of output position `at_out`'s 2×2 window, within a
+// plane.
+fn pair_corner(at_out: u32) -> u32 {
+    return 2u * ((at_out / p.out_w) * p.width + at_out % p.out_w);
+}
+
 @group(0) @binding(1) var<storage, read> max2f_x: array<vec2<f32>>;
 @group(0) @binding(2) var<storage, read_write> max2f_y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> max2f_argmax: array<u32>;
@@ -168,10 +174,7 @@ fn maxpool_forward_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     if at_out >= p.out_h * p.out_w {
         return;
     }
-    let ow = at_out % p.out_w;
-    let oh = at_out / p.out_w;
-    // The window's top-left input, within a plane.
-    let top = 2u * (oh * p.width + ow);
+    let top = pair_corner(at_out);
     for (var plane = gid.y; plane < p.batch * p.channels; plane += nwg.y) {
         let i = plane * p.out_h * p.out_w + at_out;
         let corner = (plane * p.height * p.width + top) / 2u;
@@ -206,9 +209,7 @@ fn maxpool_backward_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     if at_out >= p.out_h * p.out_w {
         return;
     }
-    let ow = at_out % p.out_w;
-    let oh = at_out / p.out_w;
-    let top = 2u * (oh * p.width + ow);
+    let top = pair_corner(at_out);
     for (var plane = gid.y; plane < p.batch * p.channels; plane += nwg.y) {
         let o = plane * p.out_h * p.out_w + at_out;
         let routed = 0.0 + max2b_dy[o];
