@@ -5,15 +5,16 @@
 //
 // with X̃ the padded input in rows of `pitch` vec4s and dY in rows of
 // `out_vecs` vec4s (zero past OW; im2col.wgsl's pad). An invocation sums,
-// over one slice of the batch's images, 8 output channels × the kw taps of
-// one window row (c, i): per (image, oh) and vec4 of output columns it
-// loads the 8 channels' dY and the input row segment under them once, and
-// takes the taps as register swizzles. Each accumulator sums 4 columns in
-// its lanes, added at the end; the slices' partial sums are added by
-// reduce.wgsl's slice_sum, in slice order.
+// over one slice of the batch's (image, oh) rows, 8 output channels × the
+// kw taps of a group of window rows (c, i0 .. i0 + R − 1): per row and vec4
+// of output columns it loads the 8 channels' dY once for the R window rows,
+// and each window row's input segment once for its kw taps, taken as
+// register swizzles. Each accumulator sums 4 columns in its lanes, added at
+// the end; the slices' partial sums are added by reduce.wgsl's slice_sum,
+// in slice order.
 //
 // The generated kernels (src/gpu/direct_conv.rs) follow this header, one
-// per kw.
+// per (kw, R).
 
 struct Params {
     batch: u32,
@@ -28,9 +29,11 @@ struct Params {
     kernel_h: u32,
     // Blocks of 8 output channels.
     o_blocks: u32,
-    // Slices of the batch, and images per slice.
+    // Slices of the flattened (image, output row) sequence, rows per
+    // slice, and groups of window rows.
     slices: u32,
-    images: u32,
+    rows_per_slice: u32,
+    row_groups: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -433,101 +433,150 @@ pub fn input_grad(
     dx
 }
 
-/// Output-channel blocks × window rows × channels a weight gradient's
-/// dispatch aims for at least: slices of the batch make up the rest. Fixed
-/// (not per device), so every adapter adds in the same order.
+/// Invocations a weight gradient's dispatch aims for at least: output
+/// channel blocks × channels × groups of window rows, times slices of the
+/// batch's (image, output row) sequence to make up the rest. Fixed (not per
+/// device), so every adapter adds in the same order.
 const WEIGHT_GRAD_TARGET_INVOCATIONS: usize = 512;
 
-/// The module family of the weight-gradient kernel for windows `kernel_w`
-/// wide (one module per kernel, as [`Shape::family`]).
-fn weight_grad_family(kernel_w: usize) -> &'static str {
-    static NAMES: [OnceLock<String>; MAX_KERNEL_W] = [const { OnceLock::new() }; MAX_KERNEL_W];
-    NAMES[kernel_w - 1].get_or_init(|| format!("direct_conv_dw_{kernel_w}"))
+/// The most window rows one weight-gradient invocation sums. More rows
+/// share each dY load among more multiply-adds; past 3 the accumulators
+/// (8 channels × rows × kw vec4s) cost more than the loads they save
+/// (LeNet-5's two dW on lavapipe: 1 row 4.1–4.6 ms, 3 rows 2.9–3.3, 5 rows
+/// 3.0–4.7).
+const WEIGHT_GRAD_MAX_ROWS: usize = 3;
+
+/// Window rows per weight-gradient invocation for a window `kernel_h`
+/// high: the fewest groups of at most [`WEIGHT_GRAD_MAX_ROWS`], as even as
+/// they can be (a last group's rows past kh repeat kh − 1 and are not
+/// stored).
+fn weight_grad_rows(kernel_h: usize) -> usize {
+    kernel_h.div_ceil(kernel_h.div_ceil(WEIGHT_GRAD_MAX_ROWS))
 }
 
-/// The weight-gradient kernel for windows `kernel_w` wide (generated once).
-fn weight_grad_source(kernel_w: usize) -> &'static str {
-    static SOURCES: [OnceLock<String>; MAX_KERNEL_W] = [const { OnceLock::new() }; MAX_KERNEL_W];
-    SOURCES[kernel_w - 1].get_or_init(|| {
+/// Weight-gradient kernels there can be: one per (kw, window rows).
+const WEIGHT_GRAD_KERNELS: usize = MAX_KERNEL_W * WEIGHT_GRAD_MAX_ROWS;
+
+/// The place of the kernel for `kernel_w` and `rows` in the tables of
+/// generated modules.
+fn weight_grad_index(kernel_w: usize, rows: usize) -> usize {
+    (rows - 1) * MAX_KERNEL_W + kernel_w - 1
+}
+
+/// The module family of the weight-gradient kernel for windows `kernel_w`
+/// wide and `rows` window rows per invocation.
+fn weight_grad_family(kernel_w: usize, rows: usize) -> &'static str {
+    static NAMES: [OnceLock<String>; WEIGHT_GRAD_KERNELS] =
+        [const { OnceLock::new() }; WEIGHT_GRAD_KERNELS];
+    NAMES[weight_grad_index(kernel_w, rows)]
+        .get_or_init(|| format!("direct_conv_dw_{rows}x{kernel_w}"))
+}
+
+/// The weight-gradient kernel for windows `kernel_w` wide, `window_rows`
+/// rows of them per invocation (generated once).
+fn weight_grad_source(kernel_w: usize, window_rows: usize) -> &'static str {
+    static SOURCES: [OnceLock<String>; WEIGHT_GRAD_KERNELS] =
+        [const { OnceLock::new() }; WEIGHT_GRAD_KERNELS];
+    SOURCES[weight_grad_index(kernel_w, window_rows)].get_or_init(|| {
         let rows = CHANNELS_PER_INVOCATION;
         let loads = 1 + (kernel_w - 1).div_ceil(4);
+        let taps_per_row = window_rows * kernel_w;
         let mut s = format!("{WEIGHT_GRAD_HEADER}\n");
         let w = &mut s;
         let _ = writeln!(
             w,
             "@compute @workgroup_size(64)\n\
              fn direct_conv_dw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{\n    \
-             // Invocation → (slice, channel block, c, window row i).\n    \
+             // Invocation → (slice, channel block, c, group of window rows).\n    \
              let index = gid.x + gid.y * nwg.x * 64u;\n    \
-             let i = index % p.kernel_h;\n    \
-             let c = (index / p.kernel_h) % p.channels;\n    \
-             let block = (index / p.kernel_h / p.channels) % p.o_blocks;\n    \
-             let slice = index / p.kernel_h / p.channels / p.o_blocks;\n    \
+             let group = index % p.row_groups;\n    \
+             let c = (index / p.row_groups) % p.channels;\n    \
+             let block = (index / p.row_groups / p.channels) % p.o_blocks;\n    \
+             let slice = index / p.row_groups / p.channels / p.o_blocks;\n    \
              if slice >= p.slices {{\n        return;\n    }}\n    \
              let o0 = block * {rows}u;\n    \
+             let i0 = group * {window_rows}u;\n    \
              let plane = p.out_h * p.out_vecs;"
         );
-        declare_accumulators(w, rows, kernel_w);
+        // acc_{r}_{u·kw + j}: channel o0 + r, tap (i0 + u, j).
+        declare_accumulators(w, rows, taps_per_row);
         let _ = writeln!(
             w,
-            "    for (var n = slice * p.images; n < min((slice + 1u) * p.images, p.batch); n++) {{\n        \
-             var at = ((n * p.channels + c) * p.in_rows + i) * p.pitch;"
+            "    // The slice's rows of the flattened (image, output row) sequence.\n    \
+             let first = slice * p.rows_per_slice;\n    \
+             let last = min(first + p.rows_per_slice, p.batch * p.out_h);\n    \
+             var n = first / p.out_h;\n    \
+             var oh = first % p.out_h;\n    \
+             for (var row = first; row < last; row++) {{\n        \
+             let at = ((n * p.channels + c) * p.in_rows + oh) * p.pitch;"
         );
-        // dY rows of the block's channels (past O: the last one's, for
-        // sums never stored).
+        for u in 0..window_rows {
+            let _ = writeln!(
+                w,
+                "        let at{u} = at + min(i0 + {u}u, p.kernel_h - 1u) * p.pitch;"
+            );
+        }
         for r in 0..rows {
             let _ = writeln!(
                 w,
-                "        var d{r} = (n * p.out_channels + min(o0 + {r}u, p.out_channels - 1u)) * plane;"
+                "        let d{r} = ((n * p.out_channels + min(o0 + {r}u, p.out_channels - 1u)) * p.out_h + oh) * p.out_vecs;"
             );
         }
+        let _ = writeln!(w, "        for (var t = 0u; t < p.out_vecs; t++) {{");
+        for r in 0..rows {
+            let _ = writeln!(w, "            let y{r} = dy[d{r} + t];");
+        }
+        for u in 0..window_rows {
+            let _ = writeln!(w, "            {{");
+            for q in 0..loads {
+                let _ = writeln!(w, "                let s{q} = image[at{u} + t + {q}u];");
+            }
+            for j in 0..kernel_w {
+                let _ = writeln!(w, "                let x{j} = {};", segment_at(j));
+            }
+            for r in 0..rows {
+                let line: Vec<String> = (0..kernel_w)
+                    .map(|j| {
+                        let a = u * kernel_w + j;
+                        format!("acc_{r}_{a} = fma(y{r}, x{j}, acc_{r}_{a});")
+                    })
+                    .collect();
+                let _ = writeln!(w, "                {}", line.join(" "));
+            }
+            let _ = writeln!(w, "            }}");
+        }
         let _ = writeln!(
             w,
-            "        for (var oh = 0u; oh < p.out_h; oh++) {{\n            \
-             for (var t = 0u; t < p.out_vecs; t++) {{"
-        );
-        for q in 0..loads {
-            let _ = writeln!(w, "                let s{q} = image[at + t + {q}u];");
-        }
-        for r in 0..rows {
-            let _ = writeln!(w, "                let y{r} = dy[d{r} + t];");
-        }
-        for j in 0..kernel_w {
-            let _ = writeln!(w, "                let x{j} = {};", segment_at(j));
-        }
-        for r in 0..rows {
-            let line: Vec<String> = (0..kernel_w)
-                .map(|j| format!("acc_{r}_{j} = fma(y{r}, x{j}, acc_{r}_{j});"))
-                .collect();
-            let _ = writeln!(w, "                {}", line.join(" "));
-        }
-        let _ = writeln!(w, "            }}\n            at += p.pitch;");
-        for r in 0..rows {
-            let _ = writeln!(w, "            d{r} += p.out_vecs;");
-        }
-        let _ = writeln!(
-            w,
-            "        }}\n    \
+            "        }}\n        \
+             oh++;\n        \
+             if oh == p.out_h {{\n            oh = 0u;\n            n++;\n        }}\n    \
              }}\n    \
              let taps = p.kernel_h * {kernel_w}u;\n    \
              for (var r = 0u; r < {rows}u && o0 + r < p.out_channels; r++) {{\n        \
-             let at = ((slice * p.out_channels + o0 + r) * p.channels + c) * taps + i * {kernel_w}u;"
+             let at = ((slice * p.out_channels + o0 + r) * p.channels + c) * taps + i0 * {kernel_w}u;"
         );
-        for j in 0..kernel_w {
-            let _ = writeln!(
-                w,
-                "        partial[at + {j}u] = (acc_0_{j}.x + acc_0_{j}.y) + (acc_0_{j}.z + acc_0_{j}.w);"
-            );
+        for u in 0..window_rows {
+            let guard = if u == 0 { String::new() } else { format!("if i0 + {u}u < p.kernel_h ") };
+            let _ = writeln!(w, "        {guard}{{");
+            for j in 0..kernel_w {
+                let a = u * kernel_w + j;
+                let _ = writeln!(
+                    w,
+                    "            partial[at + {a}u] = (acc_0_{a}.x + acc_0_{a}.y) + (acc_0_{a}.z + acc_0_{a}.w);"
+                );
+            }
+            let _ = writeln!(w, "        }}");
         }
-        shift_accumulators(w, rows, kernel_w);
+        shift_accumulators(w, rows, taps_per_row);
         let _ = writeln!(w, "    }}\n}}");
         s
     })
 }
 
 /// `dW (O, C, kh, kw) = Σ_{n, oh, ow} dY[n, o, oh, ow] · X̃[n, c, oh + i, ow + j]`,
-/// for a geometry [`runs_weight_grad`] accepts: slices of the batch
-/// summed by the kernel, then added in slice order.
+/// for a geometry [`runs_weight_grad`] accepts: slices of the batch's
+/// (image, output row) sequence summed by the kernel, then added in slice
+/// order.
 pub fn weight_grad(
     ctx: &GpuContext,
     x: &GpuTensor,
@@ -556,13 +605,16 @@ pub fn weight_grad(
         pad_planes(ctx, &dy.buffer, planes, [0, 0], 4 * out_vecs)
     });
     let o_blocks = g.out_channels.div_ceil(CHANNELS_PER_INVOCATION);
-    let per_slice = o_blocks * g.channels * g.kernel_h;
-    let images = g.batch.div_ceil(
+    let window_rows = weight_grad_rows(g.kernel_h);
+    let row_groups = g.kernel_h.div_ceil(window_rows);
+    let per_slice = o_blocks * g.channels * row_groups;
+    let rows_total = g.batch * g.out_h;
+    let rows_per_slice = rows_total.div_ceil(
         WEIGHT_GRAD_TARGET_INVOCATIONS
             .div_ceil(per_slice)
-            .min(g.batch),
+            .min(rows_total),
     );
-    let slices = g.batch.div_ceil(images);
+    let slices = rows_total.div_ceil(rows_per_slice);
     let dw = ctx.tensor(&g.weight_shape(), "conv2d.dw");
     let len = dw.len();
     let partial =
@@ -578,10 +630,11 @@ pub fn weight_grad(
         .u32(g.kernel_h)
         .u32(o_blocks)
         .u32(slices)
-        .u32(images);
+        .u32(rows_per_slice)
+        .u32(row_groups);
     let kernel = ctx.kernel(&KernelSpec::new(
-        weight_grad_family(g.kernel_w),
-        weight_grad_source(g.kernel_w),
+        weight_grad_family(g.kernel_w, window_rows),
+        weight_grad_source(g.kernel_w, window_rows),
         "direct_conv_dw",
         2,
         1,
