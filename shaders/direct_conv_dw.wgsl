@@ -2,6 +2,7 @@
 // of direct_conv.wgsl):
 //
 //   dW[o, c, i, j] = Σ_{n, oh, ow} dY[n, o, oh, ow] · X̃[n, c, oh + i, ow + j]
+//   db[o]          = Σ_{n, oh, ow} dY[n, o, oh, ow]
 //
 // with X̃ the padded input in rows of `pitch` vec4s and dY in rows of
 // `out_vecs` vec4s (zero past OW; im2col.wgsl's pad). An invocation sums,
@@ -9,9 +10,10 @@
 // kw taps of a group of window rows (c, i0 .. i0 + R − 1): per row and vec4
 // of output columns it loads the 8 channels' dY once for the R window rows,
 // and each window row's input segment once for its kw taps, taken as
-// register swizzles. Each accumulator sums 4 columns in its lanes, added at
-// the end; the slices' partial sums are added by reduce.wgsl's slice_sum,
-// in slice order.
+// register swizzles. The invocations of channel 0's first group also
+// store their dY sums, the bias gradient, which costs them no load. Each
+// accumulator sums 4 columns in its lanes, added at the end; the slices'
+// partial sums are added by reduce.wgsl's slice_sum, in slice order.
 //
 // The generated kernels (src/gpu/direct_conv.rs) follow this header, one
 // per (kw, R).
@@ -41,3 +43,5 @@ struct Params {
 @group(0) @binding(2) var<storage, read> image: array<vec4<f32>>;
 // (slices, O, C, kh, kw): each slice's partial dW.
 @group(0) @binding(3) var<storage, read_write> partial: array<f32>;
+// (slices, O): each slice's partial db = Σ dY.
+@group(0) @binding(4) var<storage, read_write> bias_partial: array<f32>;

@@ -458,9 +458,10 @@ fn conv2d_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Conv2dGeometry) -> Ca
     gpu.ctx.gemm_tuner.force_direct(Some(true));
     let y_direct = gpu.download(&gpu.conv2d_forward(&gx, &gw, &gb, g));
     let grads_direct = gpu.conv2d_backward(&gx, &gw, &gdy, g);
-    let (dx_direct, dw_direct) = (
+    let (dx_direct, dw_direct, db_direct) = (
         gpu.download(&grads_direct.dx),
         gpu.download(&grads_direct.dw),
+        gpu.download(&grads_direct.db),
     );
     let y_direct_act = FUSED_ACTIVATIONS
         .map(|act| gpu.download(&gpu.conv2d_forward_activated(&gx, &gw, &gb, g, act)));
@@ -468,6 +469,7 @@ fn conv2d_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Conv2dGeometry) -> Ca
     case.check("y direct", &y_direct, &y, &y_mag);
     case.check("dx direct", &dx_direct, &cpu_grads.dx, &mags.dx);
     case.check("dw direct", &dw_direct, &cpu_grads.dw, &mags.dw);
+    case.check("db direct", &db_direct, &cpu_grads.db, &mags.db);
     for (act, fused) in FUSED_ACTIVATIONS.iter().zip(&y_direct_act) {
         case.check(
             &format!("{} direct (fused)", act.name()),

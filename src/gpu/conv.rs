@@ -520,24 +520,27 @@ pub fn conv2d_weight_grads(
 ) -> (GpuTensor, GpuTensor) {
     assert_eq!(x.shape, g.input_shape(), "conv2d input shape");
     assert_eq!(dy.shape, g.output_shape(), "conv2d output gradient shape");
-    let dw = direct_or_gemm_tensor(
+    let gemm = || {
+        let dw = weight_grad_gemm(ctx, x, dy, g);
+        let db = ctx.tensor(&[g.out_channels], "conv2d.db");
+        channel_sum_into(
+            ctx,
+            &dy.buffer,
+            &db.buffer,
+            g.batch,
+            g.out_channels,
+            g.out_positions(),
+        );
+        (dw, db)
+    };
+    direct_or_gemm_result(
         ctx,
         ConvProduct::WeightGrad,
         g,
         direct_conv::runs_weight_grad(ctx, g),
-        &|| weight_grad_gemm(ctx, x, dy, g),
-        &|| direct_conv::weight_grad(ctx, x, dy, g),
-    );
-    let db = ctx.tensor(&[g.out_channels], "conv2d.db");
-    channel_sum_into(
-        ctx,
-        &dy.buffer,
-        &db.buffer,
-        g.batch,
-        g.out_channels,
-        g.out_positions(),
-    );
-    (dw, db)
+        &gemm,
+        &|| direct_conv::weight_grads(ctx, x, dy, g),
+    )
 }
 
 /// `dW` by the GEMM path, over runs of images (partial sums added in run
@@ -579,7 +582,7 @@ fn conv2d_input_grad(
     dy: &GpuTensor,
     g: &Conv2dGeometry,
 ) -> GpuTensor {
-    direct_or_gemm_tensor(
+    direct_or_gemm_result(
         ctx,
         ConvProduct::InputGrad,
         g,
@@ -589,20 +592,20 @@ fn conv2d_input_grad(
     )
 }
 
-/// [`direct_or_gemm`] for a product whose paths each return a new tensor:
-/// the tensor of the path that ran last (the winner). Each run first drops
-/// the one before, so a race's buffers come from the pool as a single
-/// run's do (and later steps create no bind group).
-fn direct_or_gemm_tensor(
+/// [`direct_or_gemm`] for a product whose paths each return new tensors:
+/// those of the path that ran last (the winner). Each run first drops the
+/// ones before, so a race's buffers come from the pool as a single run's
+/// do (and later steps create no bind group).
+fn direct_or_gemm_result<T>(
     ctx: &GpuContext,
     product: ConvProduct,
     g: &Conv2dGeometry,
     eligible: bool,
-    gemm: &dyn Fn() -> GpuTensor,
-    direct: &dyn Fn() -> GpuTensor,
-) -> GpuTensor {
+    gemm: &dyn Fn() -> T,
+    direct: &dyn Fn() -> T,
+) -> T {
     let result = std::cell::RefCell::new(None);
-    let run = |path: &dyn Fn() -> GpuTensor| {
+    let run = |path: &dyn Fn() -> T| {
         result.take();
         result.replace(Some(path()));
     };

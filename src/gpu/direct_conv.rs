@@ -498,8 +498,13 @@ fn weight_grad_source(kernel_w: usize, window_rows: usize) -> &'static str {
              let i0 = group * {window_rows}u;\n    \
              let plane = p.out_h * p.out_vecs;"
         );
-        // acc_{r}_{u·kw + j}: channel o0 + r, tap (i0 + u, j).
+        // acc_{r}_{u·kw + j}: channel o0 + r, tap (i0 + u, j); sum_{r}: its
+        // dY, the bias gradient (stored by the invocations of c = 0 and the
+        // first group only, but summed by all: a lane mask would cost more).
         declare_accumulators(w, rows, taps_per_row);
+        for r in 0..rows {
+            let _ = writeln!(w, "    var sum_{r} = vec4<f32>(0.0);");
+        }
         let _ = writeln!(
             w,
             "    // The slice's rows of the flattened (image, output row) sequence.\n    \
@@ -525,6 +530,7 @@ fn weight_grad_source(kernel_w: usize, window_rows: usize) -> &'static str {
         let _ = writeln!(w, "        for (var t = 0u; t < p.out_vecs; t++) {{");
         for r in 0..rows {
             let _ = writeln!(w, "            let y{r} = dy[d{r} + t];");
+            let _ = writeln!(w, "            sum_{r} += y{r};");
         }
         for u in 0..window_rows {
             let _ = writeln!(w, "            {{");
@@ -553,6 +559,9 @@ fn weight_grad_source(kernel_w: usize, window_rows: usize) -> &'static str {
              }}\n    \
              let taps = p.kernel_h * {kernel_w}u;\n    \
              for (var r = 0u; r < {rows}u && o0 + r < p.out_channels; r++) {{\n        \
+             if c == 0u && group == 0u {{\n            \
+             bias_partial[slice * p.out_channels + o0 + r] = (sum_0.x + sum_0.y) + (sum_0.z + sum_0.w);\n        \
+             }}\n        \
              let at = ((slice * p.out_channels + o0 + r) * p.channels + c) * taps + i0 * {kernel_w}u;"
         );
         for u in 0..window_rows {
@@ -568,21 +577,24 @@ fn weight_grad_source(kernel_w: usize, window_rows: usize) -> &'static str {
             let _ = writeln!(w, "        }}");
         }
         shift_accumulators(w, rows, taps_per_row);
+        for r in 1..rows {
+            let _ = writeln!(w, "        sum_{} = sum_{r};", r - 1);
+        }
         let _ = writeln!(w, "    }}\n}}");
         s
     })
 }
 
-/// `dW (O, C, kh, kw) = Σ_{n, oh, ow} dY[n, o, oh, ow] · X̃[n, c, oh + i, ow + j]`,
-/// for a geometry [`runs_weight_grad`] accepts: slices of the batch's
+/// `dW (O, C, kh, kw) = Σ_{n, oh, ow} dY[n, o, oh, ow] · X̃[n, c, oh + i, ow + j]`
+/// and `db (O) = Σ_{n, oh, ow} dY[n, o, oh, ow]` in one pass, for a geometry [`runs_weight_grad`] accepts: slices of the batch's
 /// (image, output row) sequence summed by the kernel, then added in slice
 /// order.
-pub fn weight_grad(
+pub fn weight_grads(
     ctx: &GpuContext,
     x: &GpuTensor,
     dy: &GpuTensor,
     g: &Conv2dGeometry,
-) -> GpuTensor {
+) -> (GpuTensor, GpuTensor) {
     assert!(
         runs_weight_grad(ctx, g),
         "no direct weight gradient for {g:?}"
@@ -616,9 +628,14 @@ pub fn weight_grad(
     );
     let slices = rows_total.div_ceil(rows_per_slice);
     let dw = ctx.tensor(&g.weight_shape(), "conv2d.dw");
+    let db = ctx.tensor(&[g.out_channels], "conv2d.db");
     let len = dw.len();
-    let partial =
-        (slices > 1).then(|| ctx.storage_buffer(4 * (slices * len) as u64, "conv2d.dw.slices"));
+    let partials = (slices > 1).then(|| {
+        (
+            ctx.storage_buffer(4 * (slices * len) as u64, "conv2d.dw.slices"),
+            ctx.storage_buffer(4 * (slices * g.out_channels) as u64, "conv2d.db.slices"),
+        )
+    });
     let params = Params::new()
         .u32(g.batch)
         .u32(g.channels)
@@ -637,17 +654,22 @@ pub fn weight_grad(
         weight_grad_source(g.kernel_w, window_rows),
         "direct_conv_dw",
         2,
-        1,
+        2,
     ));
+    let (dw_out, db_out) = match &partials {
+        Some((dw_slices, db_slices)) => (dw_slices, db_slices),
+        None => (&*dw.buffer, &*db.buffer),
+    };
     ctx.dispatch(
         &kernel,
         &params,
         &[padded_dy.as_ref().unwrap_or(&dy.buffer), &image],
-        &[partial.as_ref().unwrap_or(&dw.buffer)],
+        &[dw_out, db_out],
         grid(slices * per_slice, 64),
     );
-    if let Some(partial) = &partial {
-        slice_sum_into(ctx, partial, &dw.buffer, slices, len);
+    if let Some((dw_slices, db_slices)) = &partials {
+        slice_sum_into(ctx, dw_slices, &dw.buffer, slices, len);
+        slice_sum_into(ctx, db_slices, &db.buffer, slices, g.out_channels);
     }
-    dw
+    (dw, db)
 }
