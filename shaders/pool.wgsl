@@ -31,6 +31,14 @@ struct Params {
 // Window size and stride: pipeline constants (see the header).
 override KERNEL: u32 = 2u;
 override STRIDE: u32 = 2u;
+// The max-pool backwards can take the gradient through the activation
+// before the pool too, from the pooled output y (the activation's output
+// at the arg-max): MASK 0 takes dy as it is, 1 relu's dy·(y > 0), 2 leaky
+// relu's dy·(y > 0 ? 1 : SLOPE), the same float operations as
+// elementwise.wgsl's backwards, so fusing changes no result. Exact for
+// activations that keep the sign, which the pooled maximum then shares.
+override MASK: u32 = 0u;
+override SLOPE: f32 = 0.0;
 
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -89,10 +97,23 @@ fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     }
 }
 
+// dy of a window whose maximum is y, through the activation MASK names.
+fn masked(dy: f32, y: f32) -> f32 {
+    if MASK == 1u {
+        return select(0.0, dy, y > 0.0);
+    }
+    if MASK == 2u {
+        return select(SLOPE * dy, dy, y > 0.0);
+    }
+    return dy;
+}
+
 // ---- max pooling backward: one input position per invocation, every plane ----
+// (each backward's `pooled` is y for `masked`; with MASK 0 it is never read.)
 @group(0) @binding(1) var<storage, read> maxb_dy: array<f32>;
 @group(0) @binding(2) var<storage, read> maxb_argmax: array<u32>;
-@group(0) @binding(3) var<storage, read_write> maxb_dx: array<f32>;
+@group(0) @binding(3) var<storage, read> maxb_pooled: array<f32>;
+@group(0) @binding(4) var<storage, read_write> maxb_dx: array<f32>;
 
 @compute @workgroup_size(64)
 fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -111,7 +132,7 @@ fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
             for (var ow = cols.x; ow < cols.y; ow++) {
                 let o = (plane * p.out_h + oh) * p.out_w + ow;
                 if maxb_argmax[o] == at_in {
-                    sum += maxb_dy[o];
+                    sum += masked(maxb_dy[o], maxb_pooled[o]);
                 }
             }
         }
@@ -127,7 +148,8 @@ fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
 // gather adds it to 0).
 @group(0) @binding(1) var<storage, read> maxt_dy: array<f32>;
 @group(0) @binding(2) var<storage, read> maxt_argmax: array<u32>;
-@group(0) @binding(3) var<storage, read_write> maxt_dx: array<f32>;
+@group(0) @binding(3) var<storage, read> maxt_pooled: array<f32>;
+@group(0) @binding(4) var<storage, read_write> maxt_dx: array<f32>;
 
 @compute @workgroup_size(64)
 fn maxpool_backward_tiles(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -140,7 +162,7 @@ fn maxpool_backward_tiles(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     let corner = oh * KERNEL * p.width + ow * KERNEL;
     for (var plane = gid.y; plane < p.batch * p.channels; plane += nwg.y) {
         let o = plane * p.out_h * p.out_w + at_out;
-        let routed = 0.0 + maxt_dy[o];
+        let routed = 0.0 + masked(maxt_dy[o], maxt_pooled[o]);
         let argmax = maxt_argmax[o];
         let base = plane * p.height * p.width;
         for (var ki = 0u; ki < KERNEL; ki++) {
@@ -201,7 +223,8 @@ fn maxpool_forward_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
 
 @group(0) @binding(1) var<storage, read> max2b_dy: array<f32>;
 @group(0) @binding(2) var<storage, read> max2b_argmax: array<u32>;
-@group(0) @binding(3) var<storage, read_write> max2b_dx: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read> max2b_pooled: array<f32>;
+@group(0) @binding(4) var<storage, read_write> max2b_dx: array<vec2<f32>>;
 
 @compute @workgroup_size(64)
 fn maxpool_backward_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -212,7 +235,7 @@ fn maxpool_backward_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     let top = pair_corner(at_out);
     for (var plane = gid.y; plane < p.batch * p.channels; plane += nwg.y) {
         let o = plane * p.out_h * p.out_w + at_out;
-        let routed = 0.0 + max2b_dy[o];
+        let routed = 0.0 + masked(max2b_dy[o], max2b_pooled[o]);
         let argmax = max2b_argmax[o];
         let corner = (plane * p.height * p.width + top) / 2u;
         max2b_dx[corner] = vec2<f32>(

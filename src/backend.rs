@@ -304,6 +304,22 @@ pub trait Backend {
         argmax: &Self::Indices,
         g: &Pool2dGeometry,
     ) -> Self::Tensor;
+    /// [`Backend::maxpool_backward`] of `dy` taken through `act` first:
+    /// the gradient of `maxpool(act(x))` when `act` (relu or leaky relu)
+    /// keeps the sign, so its derivative at each window's arg-max follows
+    /// from the pooled output `pooled` alone. Backends may run both in one
+    /// pass; the same values either way.
+    fn maxpool_backward_masked(
+        &self,
+        dy: &Self::Tensor,
+        argmax: &Self::Indices,
+        g: &Pool2dGeometry,
+        act: Activation,
+        pooled: &Self::Tensor,
+    ) -> Self::Tensor {
+        let masked = self.activation_backward(act, pooled, pooled, dy);
+        self.maxpool_backward(&masked, argmax, g)
+    }
     /// Mean over each window, padding counted (`/ k²`, PyTorch's default).
     fn avgpool_forward(&self, x: &Self::Tensor, g: &Pool2dGeometry) -> Self::Tensor;
     /// `dx[h, w] = Σ dy[oh, ow] / k²` over the windows that contain `(h, w)`.

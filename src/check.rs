@@ -854,6 +854,20 @@ fn maxpool_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Pool2dGeometry) -> C
             &cpu_dx,
             &cpu::maxpool_backward(&abs(&dy), &cpu_argmax, g),
         );
+        // The backward through the activation before the pool, in one pass:
+        // the same values as that activation's backward on the pooled output,
+        // then the pool's.
+        let pooled = gpu.upload(&cpu_y);
+        for act in FUSED_ACTIVATIONS {
+            let masked = cpu::activation_backward(act, &cpu_y, &cpu_y, &dy);
+            let gpu_dx = gpu.maxpool_backward_masked(&gpu.upload(&dy), &argmax, g, act, &pooled);
+            case.check(
+                &format!("dx through {}", act.name()),
+                &gpu.download(&gpu_dx),
+                &cpu::maxpool_backward(&masked, &cpu_argmax, g),
+                &cpu::maxpool_backward(&abs(&masked), &cpu_argmax, g),
+            );
+        }
     }
     case.finish()
 }

@@ -296,6 +296,17 @@ impl Backend for GpuBackend {
         pool::maxpool_backward(&self.ctx, dy, argmax, g)
     }
 
+    fn maxpool_backward_masked(
+        &self,
+        dy: &GpuTensor,
+        argmax: &GpuIndices,
+        g: &Pool2dGeometry,
+        act: Activation,
+        pooled: &GpuTensor,
+    ) -> GpuTensor {
+        pool::maxpool_backward_masked(&self.ctx, dy, argmax, g, act, pooled)
+    }
+
     fn avgpool_forward(&self, x: &GpuTensor, g: &Pool2dGeometry) -> GpuTensor {
         pool::avgpool_forward(&self.ctx, x, g)
     }

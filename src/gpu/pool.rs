@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::context::{GpuContext, KernelSpec, Params, grid_extent};
 use super::tensor::{GpuIndices, GpuTensor};
-use crate::geometry::Pool2dGeometry;
+use crate::geometry::{Activation, Pool2dGeometry};
 
 const SOURCE: &str = include_str!("../../shaders/pool.wgsl");
 
@@ -28,11 +28,13 @@ fn kernel(
     outputs: usize,
     g: &Pool2dGeometry,
 ) -> Arc<super::context::Kernel> {
-    ctx.kernel(
-        &KernelSpec::new("pool", SOURCE, entry, inputs, outputs)
-            .with("KERNEL", g.kernel as f64)
-            .with("STRIDE", g.stride as f64),
-    )
+    ctx.kernel(&spec(entry, inputs, outputs, g))
+}
+
+fn spec(entry: &'static str, inputs: usize, outputs: usize, g: &Pool2dGeometry) -> KernelSpec {
+    KernelSpec::new("pool", SOURCE, entry, inputs, outputs)
+        .with("KERNEL", g.kernel as f64)
+        .with("STRIDE", g.stride as f64)
 }
 
 /// Workgroups over `positions` per plane and the batch's planes.
@@ -78,6 +80,36 @@ pub fn maxpool_backward(
     argmax: &GpuIndices,
     g: &Pool2dGeometry,
 ) -> GpuTensor {
+    maxpool_backward_through(ctx, dy, argmax, g, None)
+}
+
+/// [`maxpool_backward`] of `dy` taken through `act` first, from the pooled
+/// output `pooled` (the activation's output at each arg-max): one pass for
+/// the activation's backward and the pool's. `act` must keep the sign
+/// (relu or leaky relu), as the layers that fuse it check.
+pub fn maxpool_backward_masked(
+    ctx: &GpuContext,
+    dy: &GpuTensor,
+    argmax: &GpuIndices,
+    g: &Pool2dGeometry,
+    act: Activation,
+    pooled: &GpuTensor,
+) -> GpuTensor {
+    assert_eq!(
+        pooled.shape,
+        g.output_shape(),
+        "maxpool pooled output shape"
+    );
+    maxpool_backward_through(ctx, dy, argmax, g, Some((act, pooled)))
+}
+
+fn maxpool_backward_through(
+    ctx: &GpuContext,
+    dy: &GpuTensor,
+    argmax: &GpuIndices,
+    g: &Pool2dGeometry,
+    mask: Option<(Activation, &GpuTensor)>,
+) -> GpuTensor {
     assert_eq!(dy.shape, g.output_shape(), "maxpool output gradient shape");
     let dx = ctx.tensor(&g.input_shape(), "maxpool.dx");
     let (entry, positions) = if windows_tile(g) && g.kernel == 2 {
@@ -87,10 +119,24 @@ pub fn maxpool_backward(
     } else {
         ("maxpool_backward", g.height * g.width)
     };
+    let (mode, slope, pooled) = match mask {
+        None => (0, 0.0, dy),
+        Some((Activation::Relu, pooled)) => (1, 0.0, pooled),
+        Some((Activation::LeakyRelu { negative_slope }, pooled)) => (2, negative_slope, pooled),
+        Some((act, _)) => panic!("max pooling cannot take the gradient through {act:?}"),
+    };
+    let mut spec = spec(entry, 3, 1, g);
+    if mode != 0 {
+        spec = spec
+            .with("MASK", mode as f64)
+            .with("SLOPE", f64::from(slope));
+    }
+    let kernel = ctx.kernel(&spec);
     ctx.dispatch(
-        &kernel(ctx, entry, 2, 1, g),
+        &kernel,
         &params(g),
-        &[&dy.buffer, &argmax.buffer],
+        // With no mask, dy stands in for the pooled output (never read).
+        &[&dy.buffer, &argmax.buffer, &pooled.buffer],
         &[&dx.buffer],
         plane_grid(positions, g),
     );

@@ -83,6 +83,8 @@ pub(crate) enum Layer<B: Backend> {
         /// The output, kept when the activation before this layer is applied
         /// to the gradient here instead (see [`Layer::masks_through`]).
         pooled: Option<B::Tensor>,
+        /// That activation, once the backward is to apply it here.
+        masked_by: Option<Activation>,
     },
     AvgPool2d {
         kernel: usize,
@@ -186,6 +188,7 @@ impl<B: Backend> Layer<B> {
                 padding,
                 saved: None,
                 pooled: None,
+                masked_by: None,
             },
             LayerSpec::AvgPool2d {
                 kernel,
@@ -279,19 +282,19 @@ impl<B: Backend> Layer<B> {
         }
     }
 
-    /// `dy` with the activation before this max pool applied, from the
-    /// pooled output kept by [`Layer::keep_pooled`]; `None` when none was kept.
-    pub(crate) fn mask_pooled_gradient(
-        &mut self,
-        b: &B,
-        act: Activation,
-        dy: &B::Tensor,
-    ) -> Option<B::Tensor> {
-        let Layer::MaxPool2d { pooled, .. } = self else {
-            return None;
+    /// Makes this max pool's backward take its gradient through `act`, the
+    /// activation before it, from the pooled output kept by
+    /// [`Layer::keep_pooled`] ([`Backend::maxpool_backward_masked`]); false
+    /// (and nothing changed) when none was kept.
+    pub(crate) fn mask_pooled_gradient(&mut self, act: Activation) -> bool {
+        let Layer::MaxPool2d {
+            pooled, masked_by, ..
+        } = self
+        else {
+            return false;
         };
-        let y = pooled.take()?;
-        Some(b.activation_backward(act, &y, &y, dy))
+        *masked_by = pooled.is_some().then_some(act);
+        masked_by.is_some()
     }
 
     /// The output `y` of an activation layer whose input was never formed
@@ -467,9 +470,15 @@ impl<B: Backend> Layer<B> {
             Layer::Activation { saved, .. } => *saved = None,
             Layer::Dropout { saved, .. } => *saved = None,
             Layer::BatchNorm { saved, .. } => *saved = None,
-            Layer::MaxPool2d { saved, pooled, .. } => {
+            Layer::MaxPool2d {
+                saved,
+                pooled,
+                masked_by,
+                ..
+            } => {
                 *saved = None;
                 *pooled = None;
+                *masked_by = None;
             }
             Layer::AvgPool2d { saved, .. } => *saved = None,
             Layer::Flatten { saved } => *saved = None,
@@ -545,10 +554,17 @@ impl<B: Backend> Layer<B> {
                 Some(d) => b.dropout_backward(dy, &d),
                 None => dy.clone(),
             },
-            Layer::MaxPool2d { saved, pooled, .. } => {
+            Layer::MaxPool2d {
+                saved,
+                pooled,
+                masked_by,
+                ..
+            } => {
                 let (argmax, g) = saved.take().expect(NO_FORWARD);
-                *pooled = None;
-                b.maxpool_backward(dy, &argmax, &g)
+                match (pooled.take(), masked_by.take()) {
+                    (Some(y), Some(act)) => b.maxpool_backward_masked(dy, &argmax, &g, act, &y),
+                    _ => b.maxpool_backward(dy, &argmax, &g),
+                }
             }
             Layer::AvgPool2d { saved, .. } => {
                 b.avgpool_backward(dy, &saved.take().expect(NO_FORWARD))
