@@ -40,6 +40,11 @@
 // channel), 2 adds bias[col] (linear: Y = X·Wᵀ + b). Then act_mode 0 leaves
 // the value, 1 applies relu, 2 leaky relu with `slope` — the same float
 // operations as the activation kernels, so fusing changes no result.
+// bias_mode 3 instead gates C by the derivative of act_mode's activation,
+// read from `bias` holding an (M, N) matrix G of its outputs: relu's
+// C·(G > 0), leaky relu's C·(G > 0 ? 1 : slope), as elementwise.wgsl's
+// backwards compute them (a linear layer's dX taken through the activation
+// that made its input, which is G).
 
 struct Params {
     m: u32,
@@ -110,6 +115,21 @@ fn row_bias(row: u32) -> f32 {
     return 0.0;
 }
 
+// bias_mode 3: `v` (C[row, col .. col + 3], at `at`) through the derivative
+// of act_mode's activation, from the gate G in `bias` at the same place.
+fn gated(v: vec4<f32>, at: u32, col: u32) -> vec4<f32> {
+    var g = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j++) {
+        if col + j < p.n {
+            g[j] = bias[at + j];
+        }
+    }
+    if p.act_mode == 2u {
+        return select(p.slope * v, v, g > vec4<f32>(0.0));
+    }
+    return select(vec4<f32>(0.0), v, g > vec4<f32>(0.0));
+}
+
 // Stores C[row, col .. col + 3], the part inside N, plus the biases: `cb`
 // from column_bias(col), computed once per block column, and `rb` from
 // row_bias(row), once per row, by the caller, which keeps row < M.
@@ -118,8 +138,13 @@ fn row_bias(row: u32) -> f32 {
 // all run under lane masks and each store is a loop over the lanes, so one
 // path of four tested stores runs the epilogue about a fifth faster.
 fn store4(base_c: u32, row: u32, col: u32, q: vec4<f32>, cb: vec4<f32>, rb: f32) {
-    let v = fused_activation(q + cb + vec4<f32>(rb), p.act_mode, p.slope);
     let at = base_c + row * p.n + col;
+    var v = q + cb + vec4<f32>(rb);
+    if p.bias_mode == 3u {
+        v = gated(v, at, col);
+    } else {
+        v = fused_activation(v, p.act_mode, p.slope);
+    }
     if col < p.n {
         c[at] = v.x;
     }

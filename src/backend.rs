@@ -212,6 +212,22 @@ pub trait Backend {
         w: &Self::Tensor,
         dy: &Self::Tensor,
     ) -> ParamGrads<Self::Tensor>;
+    /// [`Backend::linear_backward`] with `dX` taken through `act`, the
+    /// activation (relu or leaky relu with a slope ≥ 0) whose output is `x`:
+    /// the gradient for that activation's input, `dX · act'`, with the
+    /// derivative found from the sign of `x` alone. Backends may apply it in
+    /// the `dX` product's epilogue; the same values either way.
+    fn linear_backward_through(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        dy: &Self::Tensor,
+        act: Activation,
+    ) -> ParamGrads<Self::Tensor> {
+        let mut grads = self.linear_backward(x, w, dy);
+        grads.dx = self.activation_backward(act, x, x, &grads.dx);
+        grads
+    }
     /// `act(linear_forward(x, w, b))`; backends may apply `act` in the
     /// product's epilogue instead of a pass of its own.
     fn linear_forward_activated(

@@ -535,6 +535,24 @@ fn linear_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {
         let (dw, db) = gpu.linear_weight_grads(&gx, &gw, &gdy);
         case.check("dw (no dx)", &gpu.download(&dw), &cpu_grads.dw, &mags.dw);
         case.check("db (no dx)", &gpu.download(&db), &cpu_grads.db, &mags.db);
+        // dX through the activation that made x, in the product's epilogue
+        // (x has both signs).
+        for act in FUSED_ACTIVATIONS {
+            let grads = gpu.linear_backward_through(&gx, &gw, &gdy, act);
+            let name = act.name();
+            case.check(
+                &format!("dx through {name}"),
+                &gpu.download(&grads.dx),
+                &cpu::activation_backward(act, &x, &x, &cpu_grads.dx),
+                &mags.dx,
+            );
+            case.check(
+                &format!("dw (dx through {name})"),
+                &gpu.download(&grads.dw),
+                &cpu_grads.dw,
+                &mags.dw,
+            );
+        }
         case.finish()
     })
     .collect()

@@ -224,9 +224,10 @@ fn batchnorm1d_evaluates_a_single_example() {
 }
 
 /// The training pass (`forward_backward`: relu fused into the product before
-/// it, and applied to the pooled gradient of a max pool after it) gives the
-/// very gradients of the layer-by-layer backward, on the CPU and the GPU.
-/// The second pool overlaps (stride < window), where the relu must not move.
+/// it, and its backward taken in by a max pool or linear layer after it)
+/// gives the very gradients of the layer-by-layer backward, on the CPU and
+/// the GPU. The second pool overlaps (stride < window), where the relu must
+/// not move.
 #[test]
 fn training_pass_equals_the_layer_by_layer_backward() {
     let spec = ModelSpec {
@@ -266,6 +267,12 @@ fn training_pass_equals_the_layer_by_layer_backward() {
                 stride: 2,
                 padding: 0,
             },
+            LayerSpec::Linear { out_features: 7 },
+            LayerSpec::Activation(Activation::LeakyRelu {
+                negative_slope: 0.1,
+            }),
+            LayerSpec::Linear { out_features: 6 },
+            LayerSpec::Activation(Activation::Relu),
             LayerSpec::Linear { out_features: 3 },
         ],
     };
@@ -305,7 +312,7 @@ fn training_pass_equals_the_layer_by_layer_backward() {
         let mut model = Sequential::new(b, spec, weights, 1).unwrap();
         model.forward_backward(b, &xb, &lb, 0);
         let training = grads(&model);
-        assert_eq!(training.len(), 6);
+        assert_eq!(training.len(), 10);
         for ((name, t), (_, l)) in training.iter().zip(&layer_by_layer) {
             assert_eq!(t.data, l.data, "grad {name}");
         }

@@ -217,6 +217,16 @@ impl Backend for GpuBackend {
         linear::linear_backward(&self.ctx, x, w, dy)
     }
 
+    fn linear_backward_through(
+        &self,
+        x: &GpuTensor,
+        w: &GpuTensor,
+        dy: &GpuTensor,
+        act: Activation,
+    ) -> ParamGrads<GpuTensor> {
+        linear::linear_backward_through(&self.ctx, x, w, dy, act)
+    }
+
     fn linear_weight_grads(
         &self,
         x: &GpuTensor,

@@ -18,10 +18,18 @@ pub enum Bias<'a> {
     PerRow(&'a GpuBuffer),
     /// `C[row, col] += bias[col]`.
     PerColumn(&'a GpuBuffer),
+    /// No bias; instead `C` is taken through the derivative of the
+    /// epilogue's activation (relu or leaky relu) at its output `G`, an
+    /// `(M, N)` matrix like `C` (one product): `C · f'(G)`, with the
+    /// derivative found from the sign of `G` as the activation kernels'
+    /// backwards find it. A linear layer's `dX` through the activation
+    /// that made its input.
+    Gate(&'a GpuBuffer),
 }
 
 /// What the epilogue does to each output: add the bias, then apply the
-/// activation (relu or leaky relu; others run as a pass of their own).
+/// activation (relu or leaky relu; others run as a pass of their own); or,
+/// with [`Bias::Gate`], apply the activation's derivative.
 #[derive(Clone, Copy, Debug)]
 pub struct Epilogue<'a> {
     /// The bias to add.
@@ -369,6 +377,13 @@ fn gemm_packed_into(
         Bias::None => (a.buffer, 0),
         Bias::PerRow(buffer) => (buffer, 1),
         Bias::PerColumn(buffer) => (buffer, 2),
+        Bias::Gate(buffer) => {
+            assert!(
+                batching.count == 1 && !batching.sum,
+                "a gated epilogue takes one product"
+            );
+            (buffer, 3)
+        }
     };
     // A summed batch runs as `slices` partial sums of `chunk` products each,
     // sized from the smallest block so that every block shape adds the same

@@ -57,6 +57,29 @@ pub fn linear_backward(
     w: &GpuTensor,
     dy: &GpuTensor,
 ) -> ParamGrads<GpuTensor> {
+    backward(ctx, x, w, dy, None)
+}
+
+/// [`linear_backward`] with `dX` taken through `act`, the activation (relu
+/// or leaky relu) whose output is `X`, in the dX product's epilogue:
+/// `dX = (dY · W) · act'(X)`.
+pub fn linear_backward_through(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    dy: &GpuTensor,
+    act: Activation,
+) -> ParamGrads<GpuTensor> {
+    backward(ctx, x, w, dy, Some(act))
+}
+
+fn backward(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    dy: &GpuTensor,
+    through: Option<Activation>,
+) -> ParamGrads<GpuTensor> {
     let (n, i, o) = dims(x, w);
     assert_eq!(dy.shape, [n, o], "linear output gradient shape");
     let dx = ctx.tensor(&[n, i], "linear.dx");
@@ -67,11 +90,18 @@ pub fn linear_backward(
         trans_a: false,
         trans_b: false,
     };
+    let epilogue = match through {
+        None => Bias::None.into(),
+        Some(act) => Epilogue {
+            bias: Bias::Gate(&x.buffer),
+            activation: Some(act),
+        },
+    };
     gemm_into(
         ctx,
         &dy.buffer,
         &w.buffer,
-        Bias::None,
+        epilogue,
         &dx.buffer,
         &dx_spec,
         Batching::SINGLE,

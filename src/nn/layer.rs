@@ -58,6 +58,9 @@ pub(crate) enum Layer<B: Backend> {
         bias: Param<B::Tensor>,
         /// The flattened input and the shape it came in.
         saved: Option<(B::Tensor, Vec<usize>)>,
+        /// The activation before this layer, once the backward is to take
+        /// its input gradient through it (see [`Layer::masks_through`]).
+        through: Option<Activation>,
     },
     Activation {
         act: Activation,
@@ -154,6 +157,7 @@ impl<B: Backend> Layer<B> {
                 weight: Param::new(index, "weight", take(t.weight, "weight"), true),
                 bias: Param::new(index, "bias", take(t.bias, "bias"), true),
                 saved: None,
+                through: None,
             },
             LayerSpec::Activation(act) => Layer::Activation { act, saved: None },
             LayerSpec::Dropout { p } => Layer::Dropout {
@@ -256,21 +260,27 @@ impl<B: Backend> Layer<B> {
         }
     }
 
-    /// The activation whose backward can run on this max pool's (smaller)
-    /// output gradient instead of on its input gradient, when `self` is that
-    /// activation and `pool` follows it. For relu and leaky relu with a slope
-    /// ≥ 0 the derivative at a window's arg-max depends only on the sign of
-    /// the pooled value, and every other input gets no gradient; with windows
-    /// that do not overlap (stride ≥ window) each input gets at most one term,
-    /// so masking before routing gives exactly the values masking after would.
-    pub(crate) fn masks_through(&self, pool: &Layer<B>) -> Option<Activation> {
+    /// The activation whose backward the next layer's backward can take in,
+    /// when `self` is that activation and `next` follows it; relu and leaky
+    /// relu with a slope ≥ 0, whose derivative follows from the sign of
+    /// their output alone.
+    /// - A max pool applies it to its (smaller) output gradient, before
+    ///   routing it: the derivative at a window's arg-max follows from the
+    ///   pooled value, and every other input gets no gradient; with windows
+    ///   that do not overlap (stride ≥ window) each input gets at most one
+    ///   term, so masking before routing gives exactly the values masking
+    ///   after would.
+    /// - A linear layer applies it to its input gradient as the product
+    ///   writes it, from its input (the activation's output).
+    pub(crate) fn masks_through(&self, next: &Layer<B>) -> Option<Activation> {
         let Layer::Activation { act, .. } = self else {
             return None;
         };
-        match pool {
+        match next {
             Layer::MaxPool2d { kernel, stride, .. } if keeps_sign(*act) && stride >= kernel => {
                 Some(*act)
             }
+            Layer::Linear { .. } if keeps_sign(*act) => Some(*act),
             _ => None,
         }
     }
@@ -282,19 +292,27 @@ impl<B: Backend> Layer<B> {
         }
     }
 
-    /// Makes this max pool's backward take its gradient through `act`, the
-    /// activation before it, from the pooled output kept by
-    /// [`Layer::keep_pooled`] ([`Backend::maxpool_backward_masked`]); false
-    /// (and nothing changed) when none was kept.
-    pub(crate) fn mask_pooled_gradient(&mut self, act: Activation) -> bool {
-        let Layer::MaxPool2d {
-            pooled, masked_by, ..
-        } = self
-        else {
-            return false;
-        };
-        *masked_by = pooled.is_some().then_some(act);
-        masked_by.is_some()
+    /// Makes this layer's backward take in `act`'s, the activation before
+    /// it (see [`Layer::masks_through`]): a max pool's from the pooled
+    /// output kept by [`Layer::keep_pooled`]
+    /// ([`Backend::maxpool_backward_masked`]), a linear layer's from its
+    /// input ([`Backend::linear_backward_through`]). False (and nothing
+    /// changed) when it cannot: a layer of another kind, or a pool that kept
+    /// no output.
+    pub(crate) fn take_in_activation(&mut self, act: Activation) -> bool {
+        match self {
+            Layer::MaxPool2d {
+                pooled, masked_by, ..
+            } => {
+                *masked_by = pooled.is_some().then_some(act);
+                masked_by.is_some()
+            }
+            Layer::Linear { saved, through, .. } => {
+                *through = saved.is_some().then_some(act);
+                through.is_some()
+            }
+            _ => false,
+        }
     }
 
     /// The output `y` of an activation layer whose input was never formed
@@ -351,6 +369,7 @@ impl<B: Backend> Layer<B> {
                 weight,
                 bias,
                 saved,
+                ..
             } => {
                 let shape = x.shape().to_vec();
                 let flat = b.reshape(x, &[shape[0], shape[1..].iter().product()]);
@@ -466,7 +485,10 @@ impl<B: Backend> Layer<B> {
     pub(crate) fn release_saved(&mut self) {
         match self {
             Layer::Conv2d { saved, .. } => *saved = None,
-            Layer::Linear { saved, .. } => *saved = None,
+            Layer::Linear { saved, through, .. } => {
+                *saved = None;
+                *through = None;
+            }
             Layer::Activation { saved, .. } => *saved = None,
             Layer::Dropout { saved, .. } => *saved = None,
             Layer::BatchNorm { saved, .. } => *saved = None,
@@ -518,15 +540,20 @@ impl<B: Backend> Layer<B> {
                 weight,
                 bias,
                 saved,
+                through,
             } => {
                 let (x, shape) = saved.take().expect(NO_FORWARD);
+                let through = through.take();
                 if !need_dx {
                     let (dw, db) = b.linear_weight_grads(&x, &weight.value, dy);
                     weight.grad = Some(dw);
                     bias.grad = Some(db);
                     return None;
                 }
-                let grads = b.linear_backward(&x, &weight.value, dy);
+                let grads = match through {
+                    Some(act) => b.linear_backward_through(&x, &weight.value, dy, act),
+                    None => b.linear_backward(&x, &weight.value, dy),
+                };
                 weight.grad = Some(grads.dw);
                 bias.grad = Some(grads.db);
                 b.reshape(&grads.dx, &shape)

@@ -241,8 +241,9 @@ impl<B: Backend> Sequential<B> {
             .position(|l| !l.params().is_empty())
             .unwrap_or(self.layers.len());
         let mut d = out.grad.clone();
-        // The activation below a max pool whose backward the pool's takes
-        // in (see `Layer::masks_through`): its own backward is skipped.
+        // The activation below a max pool or linear layer whose backward
+        // that layer's takes in (see `Layer::masks_through`): its own
+        // backward is skipped.
         let mut masked_below = false;
         for i in (0..self.layers.len()).rev() {
             if std::mem::take(&mut masked_below) {
@@ -253,7 +254,7 @@ impl<B: Backend> Sequential<B> {
                 .checked_sub(1)
                 .and_then(|below| self.layers[below].masks_through(&self.layers[i]))
                 && i > first
-                && self.layers[i].mask_pooled_gradient(act)
+                && self.layers[i].take_in_activation(act)
             {
                 masked_below = true;
             }
