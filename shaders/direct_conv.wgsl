@@ -12,6 +12,15 @@
 // once per window row (instead of kw times, as an implicit GEMM does) is
 // what makes this kernel fast there.
 //
+// Window rows over padding rows are skipped. With `images_first`,
+// neighbouring invocations take the same output row of different images, so
+// the lanes of a SIMD group (lavapipe runs 8 invocations as one) skip the
+// same rows and the loop is really shorter: an input gradient's dY is padded
+// by k − 1 − p rows, which LeNet-5's conv2 would otherwise multiply for 2/7
+// of its window rows. Otherwise neighbours take neighbouring rows of one
+// image, which share input rows in the cache (the host picks; see
+// src/gpu/direct_conv.rs).
+//
 // The same kernel computes a convolution's input gradient: dX is the
 // convolution of dY, padded by (kh − 1 − p, kw − 1 − p), with W's kernels
 // flipped and its channel axes swapped; `w_start`, `w_step` and
@@ -31,13 +40,20 @@ struct Params {
     out_w: u32,
     // Padded input row length, in vec4s.
     pitch: u32,
-    // Padded input rows per channel.
+    // Padded input rows per channel, and where the input's own rows lie
+    // among them: rows pad_top .. pad_top + height − 1 (the rest are zeros,
+    // which window rows skip).
     in_rows: u32,
+    pad_top: u32,
+    height: u32,
     kernel_h: u32,
     // Output row segments of 4·V columns.
     segments: u32,
     // Blocks of 8 output channels.
     o_blocks: u32,
+    // 1: invocations → (channel block, output row, segment, image), the
+    // image varying fastest; 0: (image, channel block, output row, segment).
+    images_first: u32,
     // Weights: vec4 index of the first (c, i, j)'s 8 channels, its step to
     // the next j, and the extra step after a channel's kh·kw.
     w_start: u32,
