@@ -218,6 +218,61 @@ fn direct_convolution_reads_small_weights_as_uniforms_and_large_ones_from_storag
     gpu.take_error().unwrap();
 }
 
+/// A convolution's forward keeps its padded input for the weight gradient,
+/// which then pads nothing; once the input is written in between (here by a
+/// copy), the weight gradient pads it anew and gets the new input's values.
+#[test]
+fn the_weight_gradient_reuses_the_forward_padding_until_the_input_changes() {
+    use wgcnn::backend::Backend;
+    use wgcnn::geometry::Conv2dGeometry;
+    use wgcnn::gpu::GpuBackend;
+    use wgcnn::rng::SplitMix64;
+    if common::gpu().is_none() {
+        return;
+    }
+    // A context of its own, for a profile of these kernels alone.
+    let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    gpu.ctx.gemm_tuner.force_direct(Some(true));
+    let mut rng = SplitMix64::new(34);
+    // Output rows of 8 (whole vec4s): dW pads X and nothing else.
+    let g = Conv2dGeometry::new(2, 3, 8, 8, 4, 3, 3, 1, 1).unwrap();
+    let [mut x, w, b, dy] = common::random_conv_tensors(&gpu, &g, &mut rng);
+    let [other, ..] = common::random_conv_tensors(&gpu, &g, &mut rng);
+    let pads = |run: &dyn Fn() -> wgcnn::gpu::GpuTensor| {
+        gpu.ctx.set_profiling(true);
+        let dw = run();
+        let calls = gpu
+            .ctx
+            .profile()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("im2col::pad"))
+            .map(|(_, t)| t.calls)
+            .sum::<u64>();
+        gpu.ctx.set_profiling(false);
+        (calls, gpu.download(&dw))
+    };
+    let (calls, _) = pads(&|| {
+        gpu.conv2d_forward(&x, &w, &b, &g);
+        gpu.conv2d_weight_grads(&x, &w, &dy, &g).0
+    });
+    assert_eq!(calls, 1, "X padded once for the forward and dW");
+    gpu.conv2d_forward(&x, &w, &b, &g);
+    gpu.copy_into(&mut x, 0, &other);
+    let (calls, dw) = pads(&|| gpu.conv2d_weight_grads(&x, &w, &dy, &g).0);
+    assert_eq!(calls, 1, "the changed X padded anew");
+    let reference = wgcnn::cpu::conv2d_backward(
+        &gpu.download(&other),
+        &gpu.download(&w),
+        &gpu.download(&dy),
+        &g,
+    )
+    .dw;
+    for (d, r) in dw.data.iter().zip(&reference.data) {
+        assert!((d - r).abs() <= 1e-4 * (1.0 + r.abs()), "dw {d} vs {r}");
+    }
+    gpu.take_error().unwrap();
+}
+
 /// A batch whose im2col-sized matrices are over the buffer limit runs a run
 /// of images at a time: the forward and dX are the same values, dW the same
 /// sum in another order.

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::derived::DerivedKey;
 use crate::error::{Error, Result};
 
 /// One adapter as `wgcnn devices` lists it.
@@ -376,6 +377,9 @@ pub struct GpuContext {
     /// A smaller per-buffer limit than the device's, set by
     /// [`GpuContext::limit_buffer_bytes`].
     buffer_limit: Mutex<Option<u64>>,
+    /// Buffers derived from others' contents, kept until their source is
+    /// written or the step ends ([`GpuContext::keep_derived`]).
+    derived: super::derived::DerivedBuffers,
 }
 
 /// Time spent in one kernel while profiling.
@@ -459,6 +463,7 @@ impl GpuContext {
             gemm_tuner: super::tune::GemmTuner::new(&info),
             view_ids: Mutex::new(HashMap::new()),
             buffer_limit: Mutex::new(None),
+            derived: Default::default(),
             device,
             queue,
             info,
@@ -715,6 +720,7 @@ impl GpuContext {
     /// first, when nothing is pending, so this costs no extra submission.
     pub fn storage_buffer_with(&self, data: &[u8], label: &str) -> GpuBuffer {
         let buffer = self.storage_buffer(data.len() as u64, label);
+        self.derived.forget_written(&buffer);
         self.submit();
         if !data.is_empty() {
             if data.len().is_multiple_of(4) {
@@ -726,6 +732,20 @@ impl GpuContext {
             }
         }
         buffer
+    }
+
+    /// Keeps `derived`, computed from `source`'s current contents, for a
+    /// later [`GpuContext::take_derived`] with the same `key`: until
+    /// `source` is next written (by a dispatch, a copy or an upload) or the
+    /// step ends ([`GpuContext::end_step`]).
+    pub fn keep_derived(&self, source: &GpuBuffer, key: DerivedKey, derived: Arc<GpuBuffer>) {
+        self.derived.keep(source, key, derived);
+    }
+
+    /// The buffer [`GpuContext::keep_derived`] kept for `source` under
+    /// `key`, if it is still valid; it is kept no longer.
+    pub fn take_derived(&self, source: &GpuBuffer, key: DerivedKey) -> Option<Arc<GpuBuffer>> {
+        self.derived.take(source, key)
     }
 
     /// Turns per-kernel profiling on or off. While on, every dispatch is
@@ -797,6 +817,9 @@ impl GpuContext {
             kernel.inputs,
             kernel.outputs
         );
+        for output in outputs {
+            self.derived.forget_written(output);
+        }
         let buffers: Vec<&GpuBuffer> = inputs.iter().chain(outputs).copied().collect();
         let key: BindKey = (
             kernel.label.clone(),
@@ -888,6 +911,7 @@ impl GpuContext {
             src_offset + bytes <= src.size && dst_offset + bytes <= dst.size,
             "copy of {bytes} bytes from {src:?} at {src_offset} to {dst:?} at {dst_offset}"
         );
+        self.derived.forget_written(dst);
         self.record(|encoder| {
             encoder.copy_buffer_to_buffer(
                 src.raw(),
@@ -944,6 +968,7 @@ impl GpuContext {
     /// step's submission, so the host prepares the next batch while this one
     /// runs and at most one step is queued ahead.
     pub fn end_step(&self) {
+        self.derived.clear();
         let Some(index) = self.submit() else { return };
         if let Some(previous) = self.in_flight.lock().unwrap().replace(index) {
             self.device

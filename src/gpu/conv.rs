@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, Params, grid_extent};
+use super::derived::DerivedKey;
 use super::direct_conv;
 use super::gemm::{
     Bias, ConvProduct, Epilogue, Image, Packed, block_has_run, conv_implicit_into, fastest,
@@ -86,7 +87,7 @@ fn im2row(ctx: &GpuContext, x: &GpuTensor, g: &Conv2dGeometry) -> GpuBuffer {
 /// `X (N, C, H, W) → (N, C, H + 2p, pitch)` with zero margins, `pitch` the
 /// padded width rounded up to a multiple of 4; `None` when the convolution
 /// has no padding (X itself serves, its pitch W). Returns the pitch too.
-fn pad(ctx: &GpuContext, x: &GpuTensor, g: &Conv2dGeometry) -> (Option<GpuBuffer>, usize) {
+fn pad(ctx: &GpuContext, x: &GpuTensor, g: &Conv2dGeometry) -> (Option<Arc<GpuBuffer>>, usize) {
     if g.padding == 0 {
         return (None, g.width);
     }
@@ -110,8 +111,51 @@ pub(super) struct Planes {
 
 /// `planes` zero-padded by `[pad_h, pad_w]`: `height + 2·pad_h` rows of
 /// `pitch` values each (`pitch ≥ width + 2·pad_w`, a multiple of 4; zeros
-/// past the padded row).
+/// past the padded row). The buffer [`pad_planes_kept`] kept for the same
+/// padding of `src`, if `src` has not been written since.
 pub(super) fn pad_planes(
+    ctx: &GpuContext,
+    src: &GpuBuffer,
+    planes: Planes,
+    pad: [usize; 2],
+    pitch: usize,
+) -> Arc<GpuBuffer> {
+    if let Some(kept) = ctx.take_derived(src, pad_key(planes, pad, pitch)) {
+        return kept;
+    }
+    Arc::new(pad_planes_anew(ctx, src, planes, pad, pitch))
+}
+
+/// [`pad_planes`], also kept for the next [`pad_planes`] of `src` the same
+/// way in this step: a convolution's forward pads its input as its weight
+/// gradient will again.
+pub(super) fn pad_planes_kept(
+    ctx: &GpuContext,
+    src: &GpuBuffer,
+    planes: Planes,
+    pad: [usize; 2],
+    pitch: usize,
+) -> Arc<GpuBuffer> {
+    let padded = pad_planes(ctx, src, planes, pad, pitch);
+    ctx.keep_derived(src, pad_key(planes, pad, pitch), padded.clone());
+    padded
+}
+
+fn pad_key(planes: Planes, [pad_h, pad_w]: [usize; 2], pitch: usize) -> DerivedKey {
+    (
+        "pad",
+        [
+            planes.count,
+            planes.height,
+            planes.width,
+            pad_h,
+            pad_w,
+            pitch,
+        ],
+    )
+}
+
+fn pad_planes_anew(
     ctx: &GpuContext,
     src: &GpuBuffer,
     planes: Planes,

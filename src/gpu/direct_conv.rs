@@ -12,7 +12,7 @@ use std::fmt::Write;
 use std::sync::OnceLock;
 
 use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid};
-use super::conv::{Planes, pad_planes};
+use super::conv::{Planes, pad_planes, pad_planes_kept};
 use super::gemm::{Bias, Epilogue, Packing};
 use super::gemm_source::ACTIVATION;
 use super::reduce::slice_sum_into;
@@ -299,6 +299,8 @@ struct Direct<'a> {
     packing: Packing,
     walk: [u32; 3],
     epilogue: Epilogue<'a>,
+    /// Keep the padded input for the weight gradient's (the forward's).
+    keep_padded: bool,
 }
 
 impl Direct<'_> {
@@ -315,7 +317,12 @@ impl Direct<'_> {
             height: self.height,
             width: self.width,
         };
-        let image = pad_planes(ctx, self.input, planes, self.pad, pitch);
+        let pad = if self.keep_padded {
+            pad_planes_kept
+        } else {
+            pad_planes
+        };
+        let image = pad(ctx, self.input, planes, self.pad, pitch);
         let uniform_weights = self.packing.bytes() <= UNIFORM_WEIGHT_BYTES
             && ctx.limits.max_uniform_buffer_binding_size >= UNIFORM_WEIGHT_BYTES;
         // A uniform binding is as large as the shader's array.
@@ -410,6 +417,7 @@ pub fn forward_into(
         packing,
         walk: [0, o_vecs, 0],
         epilogue,
+        keep_padded: true,
     }
     .run(ctx, y);
 }
@@ -458,6 +466,7 @@ pub fn input_grad(
             2 * taps * c_vecs,
         ],
         epilogue: Bias::None.into(),
+        keep_padded: false,
     }
     .run(ctx, &dx.buffer);
     dx

@@ -8,6 +8,7 @@ mod backend;
 pub mod batchnorm;
 pub mod context;
 pub mod conv;
+mod derived;
 pub mod direct_conv;
 pub mod elementwise;
 pub mod gemm;
