@@ -180,10 +180,34 @@ fn maxpool_backward_tiles(@builtin(global_invocation_id) gid: vec3<u32>, @builti
 // so: on lavapipe every load or store is a loop over the lanes, and this
 // halves them. The same maximum and arg-max (first in row-major order), and
 // the same routed gradient.
-// The top-left input of output position `at_out`'s 2×2 window, within a
-// plane.
-fn pair_corner(at_out: u32) -> u32 {
-    return 2u * ((at_out / p.out_w) * p.width + at_out % p.out_w);
+//
+// One invocation per output of the whole batch (no idle lanes past a
+// plane's last output, which a 5×5 output left at 39 of 64): the output
+// size is a pair of pipeline constants, so finding an output's row and
+// plane divides by constants, which compile to multiplications.
+override OUT_H: u32 = 1u;
+override OUT_W: u32 = 1u;
+
+// Output `o` of the batch (flat over planes), and its window.
+struct Pair {
+    // The window's top-left input, flat over the batch's planes.
+    top: u32,
+    // The same within its plane (h·W + w), as the arg-max counts.
+    top_in_plane: u32,
+}
+
+fn pair_of(o: u32) -> Pair {
+    // Output row r of the batch: input rows 2r and 2r + 1 (H = 2·OUT_H).
+    let r = o / OUT_W;
+    let ow = o - r * OUT_W;
+    let oh = r % OUT_H;
+    return Pair(2u * (o + r * OUT_W), 4u * oh * OUT_W + 2u * ow);
+}
+
+// The flat output index of invocation `gid` on a grid folded as
+// context::grid folds it.
+fn pair_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * 64u;
 }
 
 @group(0) @binding(1) var<storage, read> max2f_x: array<vec2<f32>>;
@@ -192,33 +216,31 @@ fn pair_corner(at_out: u32) -> u32 {
 
 @compute @workgroup_size(64)
 fn maxpool_forward_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let at_out = gid.x;
-    if at_out >= p.out_h * p.out_w {
+    let i = pair_index(gid, nwg);
+    if i >= p.batch * p.channels * OUT_H * OUT_W {
         return;
     }
-    let top = pair_corner(at_out);
-    for (var plane = gid.y; plane < p.batch * p.channels; plane += nwg.y) {
-        let i = plane * p.out_h * p.out_w + at_out;
-        let corner = (plane * p.height * p.width + top) / 2u;
-        let upper = max2f_x[corner];
-        let lower = max2f_x[corner + p.width / 2u];
-        var best = upper.x;
-        var best_at = top;
-        if upper.y > best {
-            best = upper.y;
-            best_at = top + 1u;
-        }
-        if lower.x > best {
-            best = lower.x;
-            best_at = top + p.width;
-        }
-        if lower.y > best {
-            best = lower.y;
-            best_at = top + p.width + 1u;
-        }
-        max2f_y[i] = best;
-        max2f_argmax[i] = best_at;
+    let pair = pair_of(i);
+    let top = pair.top_in_plane;
+    let corner = pair.top / 2u;
+    let upper = max2f_x[corner];
+    let lower = max2f_x[corner + p.width / 2u];
+    var best = upper.x;
+    var best_at = top;
+    if upper.y > best {
+        best = upper.y;
+        best_at = top + 1u;
     }
+    if lower.x > best {
+        best = lower.x;
+        best_at = top + p.width;
+    }
+    if lower.y > best {
+        best = lower.y;
+        best_at = top + p.width + 1u;
+    }
+    max2f_y[i] = best;
+    max2f_argmax[i] = best_at;
 }
 
 @group(0) @binding(1) var<storage, read> max2b_dy: array<f32>;
@@ -228,25 +250,23 @@ fn maxpool_forward_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
 
 @compute @workgroup_size(64)
 fn maxpool_backward_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let at_out = gid.x;
-    if at_out >= p.out_h * p.out_w {
+    let o = pair_index(gid, nwg);
+    if o >= p.batch * p.channels * OUT_H * OUT_W {
         return;
     }
-    let top = pair_corner(at_out);
-    for (var plane = gid.y; plane < p.batch * p.channels; plane += nwg.y) {
-        let o = plane * p.out_h * p.out_w + at_out;
-        let routed = 0.0 + masked(max2b_dy[o], max2b_pooled[o]);
-        let argmax = max2b_argmax[o];
-        let corner = (plane * p.height * p.width + top) / 2u;
-        max2b_dx[corner] = vec2<f32>(
-            select(0.0, routed, argmax == top),
-            select(0.0, routed, argmax == top + 1u),
-        );
-        max2b_dx[corner + p.width / 2u] = vec2<f32>(
-            select(0.0, routed, argmax == top + p.width),
-            select(0.0, routed, argmax == top + p.width + 1u),
-        );
-    }
+    let pair = pair_of(o);
+    let top = pair.top_in_plane;
+    let routed = 0.0 + masked(max2b_dy[o], max2b_pooled[o]);
+    let argmax = max2b_argmax[o];
+    let corner = pair.top / 2u;
+    max2b_dx[corner] = vec2<f32>(
+        select(0.0, routed, argmax == top),
+        select(0.0, routed, argmax == top + 1u),
+    );
+    max2b_dx[corner + p.width / 2u] = vec2<f32>(
+        select(0.0, routed, argmax == top + p.width),
+        select(0.0, routed, argmax == top + p.width + 1u),
+    );
 }
 
 // ---- average pooling forward ----

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::context::{GpuContext, KernelSpec, Params, grid_extent};
+use super::context::{GpuContext, KernelSpec, Params, grid, grid_extent};
 use super::tensor::{GpuIndices, GpuTensor};
 use crate::geometry::{Activation, Pool2dGeometry};
 
@@ -58,19 +58,45 @@ pub fn maxpool_forward(
         buffer: Arc::new(ctx.storage_buffer(4 * y.len() as u64, "maxpool.argmax")),
         len: y.len(),
     };
-    let entry = if windows_tile(g) && g.kernel == 2 {
-        "maxpool_forward_pairs"
+    let (kernel, workgroups) = if pairs(g) {
+        let spec = pairs_spec("maxpool_forward_pairs", 1, 2, g);
+        (ctx.kernel(&spec), pairs_grid(g))
     } else {
-        "maxpool_forward"
+        (
+            kernel(ctx, "maxpool_forward", 1, 2, g),
+            plane_grid(g.out_h * g.out_w, g),
+        )
     };
     ctx.dispatch(
-        &kernel(ctx, entry, 1, 2, g),
+        &kernel,
         &params(g),
         &[&x.buffer],
         &[&y.buffer, &argmax.buffer],
-        plane_grid(g.out_h * g.out_w, g),
+        workgroups,
     );
     (y, argmax)
+}
+
+/// Whether the 2×2-tile kernels (`*_pairs`) pool `g`.
+fn pairs(g: &Pool2dGeometry) -> bool {
+    windows_tile(g) && g.kernel == 2
+}
+
+/// A pairs kernel's spec: the output size is a pipeline constant.
+fn pairs_spec(
+    entry: &'static str,
+    inputs: usize,
+    outputs: usize,
+    g: &Pool2dGeometry,
+) -> KernelSpec {
+    spec(entry, inputs, outputs, g)
+        .with("OUT_H", g.out_h as f64)
+        .with("OUT_W", g.out_w as f64)
+}
+
+/// One pairs invocation per output of the batch.
+fn pairs_grid(g: &Pool2dGeometry) -> [u32; 3] {
+    grid(g.batch * g.channels * g.out_h * g.out_w, 64)
 }
 
 /// `dx` gathering each window's `dy` at its arg-max.
@@ -112,12 +138,12 @@ fn maxpool_backward_through(
 ) -> GpuTensor {
     assert_eq!(dy.shape, g.output_shape(), "maxpool output gradient shape");
     let dx = ctx.tensor(&g.input_shape(), "maxpool.dx");
-    let (entry, positions) = if windows_tile(g) && g.kernel == 2 {
-        ("maxpool_backward_pairs", g.out_h * g.out_w)
+    let (entry, workgroups) = if pairs(g) {
+        ("maxpool_backward_pairs", pairs_grid(g))
     } else if windows_tile(g) {
-        ("maxpool_backward_tiles", g.out_h * g.out_w)
+        ("maxpool_backward_tiles", plane_grid(g.out_h * g.out_w, g))
     } else {
-        ("maxpool_backward", g.height * g.width)
+        ("maxpool_backward", plane_grid(g.height * g.width, g))
     };
     let (mode, slope, pooled) = match mask {
         None => (0, 0.0, dy),
@@ -125,7 +151,11 @@ fn maxpool_backward_through(
         Some((Activation::LeakyRelu { negative_slope }, pooled)) => (2, negative_slope, pooled),
         Some((act, _)) => panic!("max pooling cannot take the gradient through {act:?}"),
     };
-    let mut spec = spec(entry, 3, 1, g);
+    let mut spec = if pairs(g) {
+        pairs_spec(entry, 3, 1, g)
+    } else {
+        spec(entry, 3, 1, g)
+    };
     if mode != 0 {
         spec = spec
             .with("MASK", mode as f64)
@@ -138,7 +168,7 @@ fn maxpool_backward_through(
         // With no mask, dy stands in for the pooled output (never read).
         &[&dy.buffer, &argmax.buffer, &pooled.buffer],
         &[&dx.buffer],
-        plane_grid(positions, g),
+        workgroups,
     );
     dx
 }
