@@ -90,27 +90,37 @@ fn images_first(in_rows: usize, pad_top: usize, height: usize, kernel_h: usize) 
     5 * (out_h * kernel_h - seen) >= out_h * kernel_h
 }
 
-/// One generated kernel: `vecs` vec4s of output columns per invocation, a
-/// window `kernel_w` wide, weights from a uniform buffer or a storage one.
-/// Uniform buffers suit small weights on lavapipe, which reads them with
-/// vector gathers where each storage load is a loop over the lanes.
+/// One generated kernel: `channels` output channels (8, or all of fewer)
+/// × `vecs` vec4s of output columns per invocation, a window `kernel_w`
+/// wide, weights from a uniform buffer or a storage one. Uniform buffers
+/// suit small weights on lavapipe, which reads them with vector gathers
+/// where each storage load is a loop over the lanes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Shape {
+    channels: usize,
     vecs: usize,
     kernel_w: usize,
     uniform_weights: bool,
 }
 
 /// Kernels there can be: one per [`Shape`].
-const SHAPES: usize = 2 * MAX_SEGMENT_VECS * MAX_KERNEL_W;
+const SHAPES: usize = CHANNELS_PER_INVOCATION * 2 * MAX_SEGMENT_VECS * MAX_KERNEL_W;
 
 impl Shape {
     /// The segments an output row of `out_w` columns is split into, and
-    /// the shape whose segments cover it with the least waste.
-    fn for_row(out_w: usize, kernel_w: usize, uniform_weights: bool) -> (usize, Shape) {
+    /// the shape whose segments cover it with the least waste; a
+    /// convolution with fewer than 8 output channels (LeNet-5's conv1, and
+    /// its conv2's dX) computes only those, not 8.
+    fn for_row(
+        out_channels: usize,
+        out_w: usize,
+        kernel_w: usize,
+        uniform_weights: bool,
+    ) -> (usize, Shape) {
         let segments = out_w.div_ceil(4 * MAX_SEGMENT_VECS);
         let vecs = out_w.div_ceil(4 * segments);
         let shape = Shape {
+            channels: out_channels.min(CHANNELS_PER_INVOCATION),
             vecs,
             kernel_w,
             uniform_weights,
@@ -120,7 +130,9 @@ impl Shape {
 
     /// Its place in the tables of generated modules.
     fn index(self) -> usize {
-        ((self.uniform_weights as usize * MAX_SEGMENT_VECS) + self.vecs - 1) * MAX_KERNEL_W
+        (((self.channels - 1) * 2 + self.uniform_weights as usize) * MAX_SEGMENT_VECS + self.vecs
+            - 1)
+            * MAX_KERNEL_W
             + self.kernel_w
             - 1
     }
@@ -147,14 +159,28 @@ impl Shape {
         static NAMES: [OnceLock<String>; SHAPES] = [const { OnceLock::new() }; SHAPES];
         NAMES[self.index()].get_or_init(|| {
             let memory = if self.uniform_weights { "_uniform" } else { "" };
-            format!("direct_conv_{}x{}{memory}", 4 * self.vecs, self.kernel_w)
+            let channels = if self.channels < CHANNELS_PER_INVOCATION {
+                format!("{}o_", self.channels)
+            } else {
+                String::new()
+            };
+            format!(
+                "direct_conv_{channels}{}x{}{memory}",
+                4 * self.vecs,
+                self.kernel_w
+            )
         })
     }
 
-    /// The kernel: 8 output channels × `4·vecs` columns per invocation.
+    /// The kernel: `channels` output channels × `4·vecs` columns per
+    /// invocation.
     fn kernel(self) -> String {
-        let Shape { vecs, kernel_w, .. } = self;
-        let rows = CHANNELS_PER_INVOCATION;
+        let Shape {
+            channels: rows,
+            vecs,
+            kernel_w,
+            ..
+        } = self;
         let loads = vecs + (kernel_w - 1).div_ceil(4);
         let mut s = String::new();
         let w = &mut s;
@@ -189,14 +215,14 @@ impl Shape {
              var wi = p.w_start + block * {}u + i_lo * {kernel_w}u * p.w_step;\n    \
              for (var c = 0u; c < p.channels; c++) {{\n        \
              for (var i = i_lo; i < i_hi; i++) {{",
-            rows / 4
+            CHANNELS_PER_INVOCATION / 4
         );
         for t in 0..loads {
             let _ = writeln!(w, "            let s{t} = image[at + {t}u];");
         }
         for j in 0..kernel_w {
             let _ = writeln!(w, "            {{");
-            for q in 0..rows / 4 {
+            for q in 0..rows.div_ceil(4) {
                 let _ = writeln!(w, "                let w{q} = weights[wi + {q}u];");
             }
             let _ = writeln!(w, "                wi += p.w_step;");
@@ -335,7 +361,7 @@ impl Direct<'_> {
             "conv2d.direct_weights",
         );
         self.packing.record(ctx, self.weights, &weights);
-        let (segments, shape) = Shape::for_row(out_w, kw, uniform_weights);
+        let (segments, shape) = Shape::for_row(self.out_channels, out_w, kw, uniform_weights);
         let o_blocks = self.out_channels.div_ceil(CHANNELS_PER_INVOCATION);
         let (act_mode, slope) = self
             .epilogue
@@ -729,6 +755,33 @@ mod tests {
         // 3×3: 2 of 24.
         assert!(images_first(4, 1, 2, 2));
         assert!(!images_first(10, 1, 8, 3));
+    }
+
+    #[test]
+    fn an_invocation_computes_at_most_8_channels_and_16_columns_with_little_waste() {
+        // LeNet-5's conv1: 6 channels, rows of 28 as two segments of 16.
+        let (segments, shape) = Shape::for_row(6, 28, 5, true);
+        assert_eq!((segments, shape.channels, shape.vecs), (2, 6, 4));
+        // Its conv2: 16 channels in blocks of 8, rows of 10 as one of 12.
+        let (segments, shape) = Shape::for_row(16, 10, 5, true);
+        assert_eq!((segments, shape.channels, shape.vecs), (1, 8, 3));
+        // Every shape has a place of its own in the tables.
+        let mut places = std::collections::HashSet::new();
+        for channels in 1..=CHANNELS_PER_INVOCATION {
+            for vecs in 1..=MAX_SEGMENT_VECS {
+                for kernel_w in 1..=MAX_KERNEL_W {
+                    for uniform_weights in [false, true] {
+                        let shape = Shape {
+                            channels,
+                            vecs,
+                            kernel_w,
+                            uniform_weights,
+                        };
+                        assert!(shape.index() < SHAPES && places.insert(shape.index()));
+                    }
+                }
+            }
+        }
     }
 
     #[test]
