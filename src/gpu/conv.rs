@@ -91,14 +91,22 @@ fn pad(ctx: &GpuContext, x: &GpuTensor, g: &Conv2dGeometry) -> (Option<Arc<GpuBu
     if g.padding == 0 {
         return (None, g.width);
     }
+    let (planes, padding, pitch) = input_padding(g);
+    let padded = pad_planes(ctx, &x.buffer, planes, padding, pitch);
+    (Some(padded), pitch)
+}
+
+/// How `g`'s input is zero-padded, for the implicit GEMMs and the direct
+/// kernels alike: its planes, the padding, and the pitch (the padded width
+/// rounded up to whole vec4s).
+pub(super) fn input_padding(g: &Conv2dGeometry) -> (Planes, [usize; 2], usize) {
     let planes = Planes {
         count: g.batch * g.channels,
         height: g.height,
         width: g.width,
     };
     let pitch = (g.width + 2 * g.padding).next_multiple_of(4);
-    let padded = pad_planes(ctx, &x.buffer, planes, [g.padding, g.padding], pitch);
-    (Some(padded), pitch)
+    (planes, [g.padding, g.padding], pitch)
 }
 
 /// `count` planes of `height × width` values, one after another.
@@ -577,14 +585,20 @@ pub fn conv2d_weight_grads(
         );
         (dw, db)
     };
-    direct_or_gemm_result(
+    let grads = direct_or_gemm_result(
         ctx,
         ConvProduct::WeightGrad,
         g,
         direct_conv::runs_weight_grad(ctx, g),
         &gemm,
         &|| direct_conv::weight_grads(ctx, x, dy, g),
-    )
+    );
+    // The forward's padded X, if no path took it (im2row pads nothing),
+    // goes now rather than at the step's end: every step holds it as long,
+    // whichever path ran, so later steps need no buffer the first did not.
+    let (planes, padding, pitch) = input_padding(g);
+    drop(ctx.take_derived(&x.buffer, pad_key(planes, padding, pitch)));
+    grads
 }
 
 /// `dW` by the GEMM path, over runs of images (partial sums added in run

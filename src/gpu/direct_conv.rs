@@ -12,7 +12,7 @@ use std::fmt::Write;
 use std::sync::OnceLock;
 
 use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid};
-use super::conv::{Planes, pad_planes, pad_planes_kept};
+use super::conv::{Planes, input_padding, pad_planes, pad_planes_kept};
 use super::gemm::{Bias, Epilogue, Packing};
 use super::gemm_source::ACTIVATION;
 use super::reduce::slice_sum_into;
@@ -664,13 +664,9 @@ pub fn weight_grads(
         runs_weight_grad(ctx, g),
         "no direct weight gradient for {g:?}"
     );
-    let pitch = (g.width + 2 * g.padding).next_multiple_of(4);
-    let x_planes = Planes {
-        count: g.batch * g.channels,
-        height: g.height,
-        width: g.width,
-    };
-    let image = pad_planes(ctx, &x.buffer, x_planes, [g.padding, g.padding], pitch);
+    // X padded as the forward padded it (and kept it, for this).
+    let (x_planes, padding, pitch) = input_padding(g);
+    let image = pad_planes(ctx, &x.buffer, x_planes, padding, pitch);
     // dY in rows of whole vec4s: itself when they already are.
     let out_vecs = g.out_w.div_ceil(4);
     let padded_dy = (!g.out_w.is_multiple_of(4)).then(|| {
