@@ -1,14 +1,114 @@
 //! A host tensor: a shape and its elements in row-major order.
 
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
 /// A dense row-major tensor in host memory, generic over the element type so the
 /// CPU reference can run in `f32` (to compare with the GPU) or `f64` (for
 /// finite-difference gradient checks).
+///
+/// Cloning shares the elements until one of the clones is written (see
+/// [`Elements`]): layers keep their inputs for the backward pass by cloning
+/// them, which on the CPU path would otherwise copy every activation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor<F> {
     /// Extent of each dimension, outermost first (NCHW for images).
     pub shape: Vec<usize>,
     /// `shape.iter().product()` elements, row-major.
-    pub data: Vec<F>,
+    pub data: Elements<F>,
+}
+
+/// A tensor's elements: a `Vec` shared between clones, copied on the first
+/// write through a shared one (so clones keep value semantics). Reads and
+/// writes go through `Deref`/`DerefMut` to the `Vec`.
+#[derive(Debug)]
+pub struct Elements<F>(Arc<Vec<F>>);
+
+impl<F> Elements<F> {
+    /// The elements as a `Vec`, copied only when a clone still shares them.
+    pub fn into_vec(self) -> Vec<F>
+    where
+        F: Clone,
+    {
+        Arc::unwrap_or_clone(self.0)
+    }
+}
+
+impl<F> Clone for Elements<F> {
+    fn clone(&self) -> Self {
+        Elements(Arc::clone(&self.0))
+    }
+}
+
+impl<F> Deref for Elements<F> {
+    type Target = Vec<F>;
+
+    fn deref(&self) -> &Vec<F> {
+        &self.0
+    }
+}
+
+impl<F: Clone> DerefMut for Elements<F> {
+    fn deref_mut(&mut self) -> &mut Vec<F> {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+impl<F> From<Vec<F>> for Elements<F> {
+    fn from(values: Vec<F>) -> Self {
+        Elements(Arc::new(values))
+    }
+}
+
+impl<F: PartialEq> PartialEq for Elements<F> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl<F: PartialEq> PartialEq<Vec<F>> for Elements<F> {
+    fn eq(&self, other: &Vec<F>) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl<F: PartialEq, const N: usize> PartialEq<[F; N]> for Elements<F> {
+    fn eq(&self, other: &[F; N]) -> bool {
+        self.0[..] == other[..]
+    }
+}
+
+impl<F: PartialEq> PartialEq<[F]> for Elements<F> {
+    fn eq(&self, other: &[F]) -> bool {
+        self.0[..] == *other
+    }
+}
+
+impl<F: Clone> IntoIterator for Elements<F> {
+    type Item = F;
+    type IntoIter = std::vec::IntoIter<F>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.into_vec().into_iter()
+    }
+}
+
+impl<'a, F: Clone> IntoIterator for &'a mut Elements<F> {
+    type Item = &'a mut F;
+    type IntoIter = std::slice::IterMut<'a, F>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter_mut()
+    }
+}
+
+impl<'a, F> IntoIterator for &'a Elements<F> {
+    type Item = &'a F;
+    type IntoIter = std::slice::Iter<'a, F>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
 }
 
 impl<F: Copy + Default> HostTensor<F> {
@@ -16,7 +116,7 @@ impl<F: Copy + Default> HostTensor<F> {
     pub fn zeros(shape: &[usize]) -> Self {
         Self {
             shape: shape.to_vec(),
-            data: vec![F::default(); shape.iter().product()],
+            data: vec![F::default(); shape.iter().product()].into(),
         }
     }
 }
@@ -27,6 +127,7 @@ impl<F> HostTensor<F> {
     /// # Panics
     /// When `data.len()` is not the product of `shape`: that is a bug in the caller.
     pub fn new(shape: &[usize], data: Vec<F>) -> Self {
+        let data = Elements::from(data);
         let len: usize = shape.iter().product();
         assert_eq!(
             data.len(),
@@ -39,6 +140,23 @@ impl<F> HostTensor<F> {
         Self {
             shape: shape.to_vec(),
             data,
+        }
+    }
+
+    /// The same elements (shared, not copied) as a tensor of `shape`.
+    ///
+    /// # Panics
+    /// When `shape` holds a different number of elements.
+    pub fn reshaped(&self, shape: &[usize]) -> Self {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            self.len(),
+            "reshape of {:?} to {shape:?}",
+            self.shape
+        );
+        Self {
+            shape: shape.to_vec(),
+            data: self.data.clone(),
         }
     }
 
@@ -56,7 +174,7 @@ impl<F> HostTensor<F> {
     pub fn map<G>(&self, f: impl Fn(&F) -> G) -> HostTensor<G> {
         HostTensor {
             shape: self.shape.clone(),
-            data: self.data.iter().map(f).collect(),
+            data: self.data.iter().map(f).collect::<Vec<G>>().into(),
         }
     }
 }
@@ -68,4 +186,26 @@ pub fn shape_string(shape: &[usize]) -> String {
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
         .join("x")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clone_shares_the_elements_until_one_of_them_is_written() {
+        let a = HostTensor::new(&[2, 2], vec![1.0f32, 2.0, 3.0, 4.0]);
+        let mut b = a.clone();
+        assert!(std::ptr::eq(a.data.as_ptr(), b.data.as_ptr()));
+        b.data[1] = 20.0;
+        assert_eq!(a.data, [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(b.data, [1.0, 20.0, 3.0, 4.0]);
+        assert!(!std::ptr::eq(a.data.as_ptr(), b.data.as_ptr()));
+        // A reshape shares as well, and no longer shared elements move out
+        // without a copy.
+        let flat = b.reshaped(&[4]);
+        let at = flat.data.as_ptr();
+        drop(b);
+        assert_eq!(flat.data.into_vec().as_ptr(), at);
+    }
 }

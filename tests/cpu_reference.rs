@@ -515,7 +515,7 @@ fn conv2d_matches_im2col_gemm() {
         let w = uniform(&mut rng, &g.weight_shape(), -1.0, 1.0);
         let b = uniform(&mut rng, &[o_n], -1.0, 1.0);
         let dy = uniform(&mut rng, &g.output_shape(), -1.0, 1.0);
-        let w_col = HostTensor::new(&[o_n, rows], w.data.clone());
+        let w_col = w.reshaped(&[o_n, rows]);
         let cols = im2col(&x, &g);
 
         let mut y = Vec::new();
@@ -583,7 +583,7 @@ fn conv2d_matches_im2col_gemm() {
         );
 
         let grads = conv2d_backward(&x, &w, &dy, &g);
-        let want_dw = HostTensor::new(&g.weight_shape(), dw.data);
+        let want_dw = dw.reshaped(&g.weight_shape());
         assert_close(&format!("conv2d dw {case:?}"), &grads.dw, &want_dw, 1e-12);
         let want_dx = col2im(&HostTensor::new(&g.cols_shape(), dcols), &g);
         assert_close(&format!("conv2d dx {case:?}"), &grads.dx, &want_dx, 1e-12);

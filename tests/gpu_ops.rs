@@ -143,7 +143,7 @@ fn same_results_from_every_kernel(
             let grads = gpu.conv2d_backward(&x, &w, &dy, g);
             [y, grads.dx, grads.dw, grads.db]
                 .iter()
-                .map(|t| gpu.download(t).data)
+                .map(|t| gpu.download(t).data.into_vec())
                 .collect()
         })
         .collect();

@@ -29,7 +29,10 @@ fn run(
         };
         cpu::optimizer_update(settings, &step, &mut p, &tensor(g), &mut state);
     }
-    (p.data, state.into_iter().map(|s| s.data).collect())
+    (
+        p.data.into_vec(),
+        state.into_iter().map(|s| s.data.into_vec()).collect(),
+    )
 }
 
 /// Settings with every hyper-parameter a power of two (exact in binary) and

@@ -109,11 +109,11 @@ fn tensors(c: &Checkpoint) -> Vec<(String, Vec<f32>)> {
     let mut all: Vec<(String, Vec<f32>)> = c
         .model
         .iter()
-        .map(|(n, t)| (n.clone(), t.data.clone()))
+        .map(|(n, t)| (n.clone(), t.data.to_vec()))
         .collect();
     for (name, slots) in &c.optimizer {
         for (i, t) in slots.iter().enumerate() {
-            all.push((format!("optimizer.{name}.{i}"), t.data.clone()));
+            all.push((format!("optimizer.{name}.{i}"), t.data.to_vec()));
         }
     }
     all

@@ -81,7 +81,7 @@ impl<F: Real> Backend for CpuBackend<F> {
     }
 
     fn reshape(&self, t: &HostTensor<F>, shape: &[usize]) -> HostTensor<F> {
-        HostTensor::new(shape, t.data.clone())
+        t.reshaped(shape)
     }
 
     fn gemm(&self, a: &HostTensor<F>, b: &HostTensor<F>, spec: &GemmSpec) -> HostTensor<F> {
