@@ -206,6 +206,7 @@ mod tests {
         let flat = b.reshaped(&[4]);
         let at = flat.data.as_ptr();
         drop(b);
-        assert_eq!(flat.data.into_vec().as_ptr(), at);
+        let values = flat.data.into_vec();
+        assert_eq!(values.as_ptr(), at);
     }
 }
