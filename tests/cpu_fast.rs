@@ -116,7 +116,7 @@ fn linear_and_gemm_match_the_reference() {
 }
 
 #[test]
-fn max_pooling_matches_the_reference_including_ties() {
+fn max_pooling_and_its_gradient_match_the_reference_including_ties() {
     use wgcnn::geometry::Pool2dGeometry;
     let fast = CpuBackend::<f64>::fast();
     let reference = CpuBackend::<f64>::new();
@@ -143,6 +143,14 @@ fn max_pooling_matches_the_reference_including_ties() {
         let bits = |t: &HostTensor<f64>| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&fy), bits(&ry), "pooled values of {g:?}");
         assert_eq!(fa, ra, "arg-max of {g:?}");
+        // Overlapping windows (stride below the kernel) add several outputs'
+        // gradients into one input, in the reference's order.
+        let dy = random(&mut rng, &g.output_shape());
+        assert_eq!(
+            bits(&fast.maxpool_backward(&dy, &fa, &g)),
+            bits(&reference.maxpool_backward(&dy, &ra, &g)),
+            "input gradient of {g:?}"
+        );
     }
 }
 

@@ -280,7 +280,11 @@ impl<F: Real> Backend for CpuBackend<F> {
         argmax: &Vec<u32>,
         g: &Pool2dGeometry,
     ) -> HostTensor<F> {
-        super::maxpool_backward(dy, argmax, g)
+        if self.fast {
+            super::fast::maxpool_backward(dy, argmax, g)
+        } else {
+            super::maxpool_backward(dy, argmax, g)
+        }
     }
 
     fn avgpool_forward(&self, x: &HostTensor<F>, g: &Pool2dGeometry) -> HostTensor<F> {
