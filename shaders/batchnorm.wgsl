@@ -192,6 +192,46 @@ fn normalize(
     }
 }
 
+// The elementwise kernels by vec4, where every channel's plane is whole
+// vec4s (S a multiple of 4): one load of x (and dy) per four values, and the
+// channel's factors loaded once per four. On CPU-like adapters (lavapipe)
+// each load is a loop over the lanes, so this is the kernel's cost. The same
+// float operations per value as the scalar kernels.
+@group(0) @binding(1) var<storage, read> norm_x4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> norm_y4: array<vec4<f32>>;
+
+// Moves (channel c, position s) four elements on (S a multiple of 4).
+fn next_vec4(c: ptr<function, u32>, s: ptr<function, u32>) {
+    *s += 4u;
+    if *s == p.spatial {
+        *s = 0u;
+        *c += 1u;
+        if *c == p.channels {
+            *c = 0u;
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn normalize4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let first = first_element(wid, lid, nwg);
+    let total = p.batch * p.channels * p.spatial;
+    if first >= total {
+        return;
+    }
+    var c = (first / p.spatial) % p.channels;
+    var s = first % p.spatial;
+    for (var i = first; i < min(first + RUN, total); i += 4u) {
+        let at = i / 4u;
+        norm_y4[at] = vec4<f32>(norm_gamma[c]) * (norm_x4[at] - vec4<f32>(norm_mean[c])) * vec4<f32>(norm_invstd[c]) + vec4<f32>(norm_beta[c]);
+        next_vec4(&c, &s);
+    }
+}
+
 // ---- backward sums dβ = Σ dy, dγ = Σ dy·x̂: one workgroup per channel ----
 @group(0) @binding(1) var<storage, read> sums_x: array<f32>;
 @group(0) @binding(2) var<storage, read> sums_dy: array<f32>;
@@ -265,5 +305,37 @@ fn backward_dx(
             dx_out[i] = scale / m * (m * dx_dy[i] - dx_dbeta[c] - xhat * dx_dgamma[c]);
         }
         next_element(&c, &s);
+    }
+}
+
+// backward_dx by vec4 (see normalize4).
+@group(0) @binding(1) var<storage, read> dx_x4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> dx_dy4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> dx_out4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn backward_dx4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let first = first_element(wid, lid, nwg);
+    let total = p.batch * p.channels * p.spatial;
+    if first >= total {
+        return;
+    }
+    let m = f32(p.batch * p.spatial);
+    var c = (first / p.spatial) % p.channels;
+    var s = first % p.spatial;
+    for (var i = first; i < min(first + RUN, total); i += 4u) {
+        let at = i / 4u;
+        let scale = dx_gamma[c] * dx_invstd[c];
+        if p.training == 0u {
+            dx_out4[at] = scale * dx_dy4[at];
+        } else {
+            let xhat = (dx_x4[at] - vec4<f32>(dx_mean[c])) * dx_invstd[c];
+            dx_out4[at] = scale / m * (m * dx_dy4[at] - vec4<f32>(dx_dbeta[c]) - xhat * dx_dgamma[c]);
+        }
+        next_vec4(&c, &s);
     }
 }

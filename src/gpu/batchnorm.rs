@@ -41,6 +41,16 @@ fn kernel(
 /// (`RUN` in shaders/batchnorm.wgsl).
 const ELEMENTS_PER_INVOCATION: usize = 8;
 
+/// The elementwise kernel `entry`, or its vec4 twin (`normalize4`,
+/// `backward_dx4`) when every channel's plane is whole vec4s.
+fn elementwise_entry(l: &BatchNormLayout, entry: &'static str) -> &'static str {
+    match (l.spatial.is_multiple_of(4), entry) {
+        (true, "normalize") => "normalize4",
+        (true, "backward_dx") => "backward_dx4",
+        _ => entry,
+    }
+}
+
 /// `y = γ·(x − μ)·invstd + β` with the given per-channel statistics.
 fn normalize(
     ctx: &GpuContext,
@@ -52,7 +62,7 @@ fn normalize(
 ) -> GpuTensor {
     let y = ctx.tensor(&x.shape, "batchnorm.y");
     ctx.dispatch(
-        &kernel(ctx, "normalize", 5, 1),
+        &kernel(ctx, elementwise_entry(&layout(x), "normalize"), 5, 1),
         p,
         &[
             &x.buffer,
@@ -164,7 +174,7 @@ pub fn backward(
     );
     let dx = ctx.tensor(&x.shape, "batchnorm.dx");
     ctx.dispatch(
-        &kernel(ctx, "backward_dx", 7, 1),
+        &kernel(ctx, elementwise_entry(&l, "backward_dx"), 7, 1),
         &p,
         &[
             &x.buffer,
