@@ -43,20 +43,26 @@ struct ChannelWalk {
     s: u32,
 }
 
-fn channel_walk(c: u32, lid: u32) -> ChannelWalk {
-    let n = lid / p.spatial;
-    let s = lid % p.spatial;
-    return ChannelWalk((n * p.channels + c) * p.spatial + s, n, s);
+// `plane` is S, or S / 4 for the vec4 kernels (which read whole vec4s).
+fn channel_walk(c: u32, lid: u32, plane: u32) -> ChannelWalk {
+    let n = lid / plane;
+    let s = lid % plane;
+    return ChannelWalk((n * p.channels + c) * plane + s, n, s);
 }
 
-fn channel_step(w: ptr<function, ChannelWalk>, c: u32) {
-    (*w).n += WG / p.spatial;
-    (*w).s += WG % p.spatial;
-    if (*w).s >= p.spatial {
-        (*w).s -= p.spatial;
+fn channel_step(w: ptr<function, ChannelWalk>, c: u32, plane: u32) {
+    (*w).n += WG / plane;
+    (*w).s += WG % plane;
+    if (*w).s >= plane {
+        (*w).s -= plane;
         (*w).n += 1u;
     }
-    (*w).at = ((*w).n * p.channels + c) * p.spatial + (*w).s;
+    (*w).at = ((*w).n * p.channels + c) * plane + (*w).s;
+}
+
+// The sum of a vec4's values, in a fixed order.
+fn total4(v: vec4<f32>) -> f32 {
+    return (v.x + v.y) + (v.z + v.w);
 }
 
 // One value per invocation, over a folded grid.
@@ -117,10 +123,10 @@ fn batch_statistics(
     }
     let count = p.batch * p.spatial;
     var sum = 0.0;
-    var walk = channel_walk(c, lid.x);
+    var walk = channel_walk(c, lid.x, p.spatial);
     for (var e = lid.x; e < count; e += WG) {
         sum += stats_x[walk.at];
-        channel_step(&walk, c);
+        channel_step(&walk, c, p.spatial);
     }
     partial_a[lid.x] = sum;
     partial_b[lid.x] = 0.0;
@@ -128,13 +134,59 @@ fn batch_statistics(
     let mean = partial_a[0] / f32(count);
     workgroupBarrier();
     var squares = 0.0;
-    walk = channel_walk(c, lid.x);
+    walk = channel_walk(c, lid.x, p.spatial);
     for (var e = lid.x; e < count; e += WG) {
         let d = stats_x[walk.at] - mean;
         squares += d * d;
-        channel_step(&walk, c);
+        channel_step(&walk, c, p.spatial);
     }
     partial_a[lid.x] = squares;
+    reduce_two(lid.x);
+    if lid.x == 0u {
+        let var_biased = partial_a[0] / f32(count);
+        let var_unbiased = partial_a[0] / f32(count - 1u);
+        stats_mean[c] = mean;
+        stats_invstd[c] = 1.0 / sqrt(var_biased + p.eps);
+        stats_new_mean[c] = (1.0 - p.momentum) * stats_running_mean[c] + p.momentum * mean;
+        stats_new_var[c] = (1.0 - p.momentum) * stats_running_var[c] + p.momentum * var_unbiased;
+    }
+}
+
+// batch_statistics by vec4 (S a multiple of 4; see normalize4): each
+// invocation sums four values per load, adding its vec4's lanes at the end.
+@group(0) @binding(1) var<storage, read> stats_x4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn batch_statistics4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let c = wid.x + wid.y * nwg.x;
+    if c >= p.channels {
+        return;
+    }
+    let count = p.batch * p.spatial;
+    let plane = p.spatial / 4u;
+    var sum = vec4<f32>(0.0);
+    var walk = channel_walk(c, lid.x, plane);
+    for (var e = lid.x; e < count / 4u; e += WG) {
+        sum += stats_x4[walk.at];
+        channel_step(&walk, c, plane);
+    }
+    partial_a[lid.x] = total4(sum);
+    partial_b[lid.x] = 0.0;
+    reduce_two(lid.x);
+    let mean = partial_a[0] / f32(count);
+    workgroupBarrier();
+    var squares = vec4<f32>(0.0);
+    walk = channel_walk(c, lid.x, plane);
+    for (var e = lid.x; e < count / 4u; e += WG) {
+        let d = stats_x4[walk.at] - vec4<f32>(mean);
+        squares += d * d;
+        channel_step(&walk, c, plane);
+    }
+    partial_a[lid.x] = total4(squares);
     reduce_two(lid.x);
     if lid.x == 0u {
         let var_biased = partial_a[0] / f32(count);
@@ -255,16 +307,53 @@ fn backward_sums(
     let invstd = sums_invstd[c];
     var dbeta = 0.0;
     var dgamma = 0.0;
-    var walk = channel_walk(c, lid.x);
+    var walk = channel_walk(c, lid.x, p.spatial);
     for (var e = lid.x; e < count; e += WG) {
         let i = walk.at;
         let dy = sums_dy[i];
         dbeta += dy;
         dgamma += dy * (sums_x[i] - mean) * invstd;
-        channel_step(&walk, c);
+        channel_step(&walk, c, p.spatial);
     }
     partial_a[lid.x] = dgamma;
     partial_b[lid.x] = dbeta;
+    reduce_two(lid.x);
+    if lid.x == 0u {
+        sums_dgamma[c] = partial_a[0];
+        sums_dbeta[c] = partial_b[0];
+    }
+}
+
+// backward_sums by vec4 (see batch_statistics4).
+@group(0) @binding(1) var<storage, read> sums_x4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> sums_dy4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn backward_sums4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let c = wid.x + wid.y * nwg.x;
+    if c >= p.channels {
+        return;
+    }
+    let count = p.batch * p.spatial;
+    let plane = p.spatial / 4u;
+    let mean = sums_mean[c];
+    let invstd = sums_invstd[c];
+    var dbeta = vec4<f32>(0.0);
+    var dgamma = vec4<f32>(0.0);
+    var walk = channel_walk(c, lid.x, plane);
+    for (var e = lid.x; e < count / 4u; e += WG) {
+        let i = walk.at;
+        let dy = sums_dy4[i];
+        dbeta += dy;
+        dgamma += dy * (sums_x4[i] - vec4<f32>(mean)) * invstd;
+        channel_step(&walk, c, plane);
+    }
+    partial_a[lid.x] = total4(dgamma);
+    partial_b[lid.x] = total4(dbeta);
     reduce_two(lid.x);
     if lid.x == 0u {
         sums_dgamma[c] = partial_a[0];

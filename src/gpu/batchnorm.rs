@@ -41,12 +41,14 @@ fn kernel(
 /// (`RUN` in shaders/batchnorm.wgsl).
 const ELEMENTS_PER_INVOCATION: usize = 8;
 
-/// The elementwise kernel `entry`, or its vec4 twin (`normalize4`,
-/// `backward_dx4`) when every channel's plane is whole vec4s.
-fn elementwise_entry(l: &BatchNormLayout, entry: &'static str) -> &'static str {
+/// The kernel `entry`, or its vec4 twin (`normalize4` and so on) when every
+/// channel's plane is whole vec4s.
+fn entry_for(l: &BatchNormLayout, entry: &'static str) -> &'static str {
     match (l.spatial.is_multiple_of(4), entry) {
         (true, "normalize") => "normalize4",
         (true, "backward_dx") => "backward_dx4",
+        (true, "batch_statistics") => "batch_statistics4",
+        (true, "backward_sums") => "backward_sums4",
         _ => entry,
     }
 }
@@ -62,7 +64,7 @@ fn normalize(
 ) -> GpuTensor {
     let y = ctx.tensor(&x.shape, "batchnorm.y");
     ctx.dispatch(
-        &kernel(ctx, elementwise_entry(&layout(x), "normalize"), 5, 1),
+        &kernel(ctx, entry_for(&layout(x), "normalize"), 5, 1),
         p,
         &[
             &x.buffer,
@@ -97,7 +99,7 @@ pub fn forward_train(
     let new_mean = ctx.tensor(&c, "batchnorm.running_mean");
     let new_var = ctx.tensor(&c, "batchnorm.running_var");
     ctx.dispatch(
-        &kernel(ctx, "batch_statistics", 3, 4),
+        &kernel(ctx, entry_for(&l, "batch_statistics"), 3, 4),
         &p,
         &[&x.buffer, &running_mean.buffer, &running_var.buffer],
         &[
@@ -161,7 +163,7 @@ pub fn backward(
     let dgamma = ctx.tensor(&c, "batchnorm.dgamma");
     let dbeta = ctx.tensor(&c, "batchnorm.dbeta");
     ctx.dispatch(
-        &kernel(ctx, "backward_sums", 4, 2),
+        &kernel(ctx, entry_for(&l, "backward_sums"), 4, 2),
         &p,
         &[
             &x.buffer,
@@ -174,7 +176,7 @@ pub fn backward(
     );
     let dx = ctx.tensor(&x.shape, "batchnorm.dx");
     ctx.dispatch(
-        &kernel(ctx, elementwise_entry(&l, "backward_dx"), 7, 1),
+        &kernel(ctx, entry_for(&l, "backward_dx"), 7, 1),
         &p,
         &[
             &x.buffer,
