@@ -1,7 +1,8 @@
 // Elementwise layers: activations and inverted dropout, forward and backward.
 //
 // Every entry point reads `a` (and `b`) and writes `out`, one element per
-// invocation, over `len` elements.
+// invocation, over `len` elements (relu and leaky relu: one vec4 per
+// invocation where `len` is a multiple of 4, the `…4` entry points below).
 //
 //   relu          y = max(x, 0)                 dx = dy · [x > 0]
 //   leaky_relu    y = x > 0 ? x : α·x           dx = dy · (x > 0 ? 1 : α)
@@ -148,5 +149,52 @@ fn dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     let i = element(wid, lid, nwg);
     if i < p.len {
         out[i] = a[i] * dropout_scale(i);
+    }
+}
+
+// ---- relu and leaky relu by vec4, for lengths that are whole vec4s ----
+// One load per operand per four values: on CPU-like adapters (lavapipe) each
+// storage load or store is a loop over the lanes. The same operations per
+// value as the kernels above. `len` stays the number of values.
+@group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out4: array<vec4<f32>>;
+
+// a = x
+@compute @workgroup_size(256)
+fn relu_forward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(wid, lid, nwg);
+    if i < p.len / 4u {
+        let x = a4[i];
+        out4[i] = select(x, vec4<f32>(0.0), x <= vec4<f32>(0.0));
+    }
+}
+
+// a = x, b = dy
+@compute @workgroup_size(256)
+fn relu_backward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(wid, lid, nwg);
+    if i < p.len / 4u {
+        out4[i] = select(vec4<f32>(0.0), b4[i], a4[i] > vec4<f32>(0.0));
+    }
+}
+
+// a = x
+@compute @workgroup_size(256)
+fn leaky_relu_forward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(wid, lid, nwg);
+    if i < p.len / 4u {
+        let x = a4[i];
+        out4[i] = select(p.alpha * x, x, x > vec4<f32>(0.0));
+    }
+}
+
+// a = x, b = dy
+@compute @workgroup_size(256)
+fn leaky_relu_backward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(wid, lid, nwg);
+    if i < p.len / 4u {
+        let dy = b4[i];
+        out4[i] = select(p.alpha * dy, dy, a4[i] > vec4<f32>(0.0));
     }
 }

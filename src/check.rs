@@ -558,7 +558,10 @@ fn linear_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {
     .collect()
 }
 
-const ELEMENTWISE_SHAPES: [&[usize]; 5] = [&[1], &[7], &[1000], &[2, 3, 5, 7], &[3, 70001]];
+/// Elementwise cases: odd lengths, and whole vec4s (1000; 4x70001 over many
+/// workgroups) for the kernels that take a vec4 per invocation.
+const ELEMENTWISE_SHAPES: [&[usize]; 6] =
+    [&[1], &[7], &[1000], &[2, 3, 5, 7], &[3, 70001], &[4, 70001]];
 
 fn activation_cases(gpu: &GpuBackend, rng: &mut SplitMix64, act: Activation) -> Vec<CaseResult> {
     ELEMENTWISE_SHAPES
@@ -595,7 +598,10 @@ fn activation_cases(gpu: &GpuBackend, rng: &mut SplitMix64, act: Activation) -> 
 
 fn dropout_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {
     let mut rows = Vec::new();
-    for (shape, p) in ELEMENTWISE_SHAPES.iter().zip([0.5, 0.0, 0.3, 0.9, 0.5]) {
+    for (shape, p) in ELEMENTWISE_SHAPES
+        .iter()
+        .zip([0.5, 0.0, 0.3, 0.9, 0.5, 0.25])
+    {
         let d = DropoutSettings::new(p, 1234, rows.len() as u32 + 7).expect("valid p");
         let x = random(rng, shape);
         let dy = random(rng, shape);

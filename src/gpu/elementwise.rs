@@ -6,7 +6,9 @@ use crate::geometry::{Activation, DropoutSettings};
 
 const SOURCE: &str = include_str!("../../shaders/elementwise.wgsl");
 
-/// Runs entry point `entry` over `a` (and `b`) into a new tensor shaped like `a`.
+/// Runs entry point `entry` over `a` (and `b`) into a new tensor shaped like
+/// `a`: its vec4 twin (`entry` + `4`, one vec4 per invocation) where there
+/// is one and the length is whole vec4s.
 fn run(
     ctx: &GpuContext,
     entry: &'static str,
@@ -16,15 +18,30 @@ fn run(
 ) -> GpuTensor {
     assert_eq!(a.shape, b.shape, "{entry}: operand shapes differ");
     let out = ctx.tensor(&a.shape, entry);
+    let (entry, invocations) = match vec4_twin(entry) {
+        Some(twin) if a.len().is_multiple_of(4) => (twin, a.len() / 4),
+        _ => (entry, a.len()),
+    };
     let kernel = ctx.kernel(&KernelSpec::new("elementwise", SOURCE, entry, 2, 1));
     ctx.dispatch(
         &kernel,
         &params,
         &[&a.buffer, &b.buffer],
         &[&out.buffer],
-        grid(a.len(), 256),
+        grid(invocations, 256),
     );
     out
+}
+
+/// The entry point computing `entry` a vec4 at a time, if there is one.
+fn vec4_twin(entry: &str) -> Option<&'static str> {
+    Some(match entry {
+        "relu_forward" => "relu_forward4",
+        "relu_backward" => "relu_backward4",
+        "leaky_relu_forward" => "leaky_relu_forward4",
+        "leaky_relu_backward" => "leaky_relu_backward4",
+        _ => return None,
+    })
 }
 
 fn activation_params(act: Activation, len: usize) -> Params {
