@@ -111,6 +111,22 @@ fn reduce_two(lid: u32) {
 @group(0) @binding(6) var<storage, read_write> stats_new_mean: array<f32>;
 @group(0) @binding(7) var<storage, read_write> stats_new_var: array<f32>;
 
+// Adds the workgroup's sums of squares and stores channel c's statistics
+// and running statistics.
+fn finish_statistics(lid: u32, c: u32, mean: f32, squares: f32) {
+    partial_a[lid] = squares;
+    reduce_two(lid);
+    if lid == 0u {
+        let count = p.batch * p.spatial;
+        let var_biased = partial_a[0] / f32(count);
+        let var_unbiased = partial_a[0] / f32(count - 1u);
+        stats_mean[c] = mean;
+        stats_invstd[c] = 1.0 / sqrt(var_biased + p.eps);
+        stats_new_mean[c] = (1.0 - p.momentum) * stats_running_mean[c] + p.momentum * mean;
+        stats_new_var[c] = (1.0 - p.momentum) * stats_running_var[c] + p.momentum * var_unbiased;
+    }
+}
+
 @compute @workgroup_size(256)
 fn batch_statistics(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -140,16 +156,7 @@ fn batch_statistics(
         squares += d * d;
         channel_step(&walk, c, p.spatial);
     }
-    partial_a[lid.x] = squares;
-    reduce_two(lid.x);
-    if lid.x == 0u {
-        let var_biased = partial_a[0] / f32(count);
-        let var_unbiased = partial_a[0] / f32(count - 1u);
-        stats_mean[c] = mean;
-        stats_invstd[c] = 1.0 / sqrt(var_biased + p.eps);
-        stats_new_mean[c] = (1.0 - p.momentum) * stats_running_mean[c] + p.momentum * mean;
-        stats_new_var[c] = (1.0 - p.momentum) * stats_running_var[c] + p.momentum * var_unbiased;
-    }
+    finish_statistics(lid.x, c, mean, squares);
 }
 
 // batch_statistics by vec4 (S a multiple of 4; see normalize4): each
@@ -186,16 +193,7 @@ fn batch_statistics4(
         squares += d * d;
         channel_step(&walk, c, plane);
     }
-    partial_a[lid.x] = total4(squares);
-    reduce_two(lid.x);
-    if lid.x == 0u {
-        let var_biased = partial_a[0] / f32(count);
-        let var_unbiased = partial_a[0] / f32(count - 1u);
-        stats_mean[c] = mean;
-        stats_invstd[c] = 1.0 / sqrt(var_biased + p.eps);
-        stats_new_mean[c] = (1.0 - p.momentum) * stats_running_mean[c] + p.momentum * mean;
-        stats_new_var[c] = (1.0 - p.momentum) * stats_running_var[c] + p.momentum * var_unbiased;
-    }
+    finish_statistics(lid.x, c, mean, total4(squares));
 }
 
 // ---- evaluation statistics: μ = running mean, invstd from the running variance ----
@@ -292,6 +290,17 @@ fn normalize4(
 @group(0) @binding(5) var<storage, read_write> sums_dgamma: array<f32>;
 @group(0) @binding(6) var<storage, read_write> sums_dbeta: array<f32>;
 
+// Adds the workgroup's sums and stores channel c's dγ and dβ.
+fn finish_sums(lid: u32, c: u32, dgamma: f32, dbeta: f32) {
+    partial_a[lid] = dgamma;
+    partial_b[lid] = dbeta;
+    reduce_two(lid);
+    if lid == 0u {
+        sums_dgamma[c] = partial_a[0];
+        sums_dbeta[c] = partial_b[0];
+    }
+}
+
 @compute @workgroup_size(256)
 fn backward_sums(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -315,13 +324,7 @@ fn backward_sums(
         dgamma += dy * (sums_x[i] - mean) * invstd;
         channel_step(&walk, c, p.spatial);
     }
-    partial_a[lid.x] = dgamma;
-    partial_b[lid.x] = dbeta;
-    reduce_two(lid.x);
-    if lid.x == 0u {
-        sums_dgamma[c] = partial_a[0];
-        sums_dbeta[c] = partial_b[0];
-    }
+    finish_sums(lid.x, c, dgamma, dbeta);
 }
 
 // backward_sums by vec4 (see batch_statistics4).
@@ -352,13 +355,7 @@ fn backward_sums4(
         dgamma += dy * (sums_x4[i] - vec4<f32>(mean)) * invstd;
         channel_step(&walk, c, plane);
     }
-    partial_a[lid.x] = total4(dgamma);
-    partial_b[lid.x] = total4(dbeta);
-    reduce_two(lid.x);
-    if lid.x == 0u {
-        sums_dgamma[c] = partial_a[0];
-        sums_dbeta[c] = partial_b[0];
-    }
+    finish_sums(lid.x, c, total4(dgamma), total4(dbeta));
 }
 
 // ---- dx, one element per invocation ----
