@@ -78,12 +78,6 @@ impl<F: PartialEq, const N: usize> PartialEq<[F; N]> for Elements<F> {
     }
 }
 
-impl<F: PartialEq> PartialEq<[F]> for Elements<F> {
-    fn eq(&self, other: &[F]) -> bool {
-        self.0[..] == *other
-    }
-}
-
 impl<F: Clone> IntoIterator for Elements<F> {
     type Item = F;
     type IntoIter = std::vec::IntoIter<F>;

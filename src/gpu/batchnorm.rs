@@ -41,21 +41,20 @@ fn kernel(
 /// (`RUN` in shaders/batchnorm.wgsl).
 const ELEMENTS_PER_INVOCATION: usize = 8;
 
-/// The kernel `entry`, or its vec4 twin (`normalize4` and so on) when every
-/// channel's plane is whole vec4s.
-fn entry_for(l: &BatchNormLayout, entry: &'static str) -> &'static str {
-    match (l.spatial.is_multiple_of(4), entry) {
-        (true, "normalize") => "normalize4",
-        (true, "backward_dx") => "backward_dx4",
-        (true, "batch_statistics") => "batch_statistics4",
-        (true, "backward_sums") => "backward_sums4",
-        _ => entry,
+/// `vec4`, the kernel reading whole vec4s, when every channel's plane is
+/// whole vec4s; else `scalar`, its twin reading one value at a time.
+fn by_vec4(l: &BatchNormLayout, scalar: &'static str, vec4: &'static str) -> &'static str {
+    if l.spatial.is_multiple_of(4) {
+        vec4
+    } else {
+        scalar
     }
 }
 
 /// `y = γ·(x − μ)·invstd + β` with the given per-channel statistics.
 fn normalize(
     ctx: &GpuContext,
+    l: &BatchNormLayout,
     x: &GpuTensor,
     gamma: &GpuTensor,
     beta: &GpuTensor,
@@ -64,7 +63,7 @@ fn normalize(
 ) -> GpuTensor {
     let y = ctx.tensor(&x.shape, "batchnorm.y");
     ctx.dispatch(
-        &kernel(ctx, entry_for(&layout(x), "normalize"), 5, 1),
+        &kernel(ctx, by_vec4(l, "normalize", "normalize4"), 5, 1),
         p,
         &[
             &x.buffer,
@@ -99,7 +98,12 @@ pub fn forward_train(
     let new_mean = ctx.tensor(&c, "batchnorm.running_mean");
     let new_var = ctx.tensor(&c, "batchnorm.running_var");
     ctx.dispatch(
-        &kernel(ctx, entry_for(&l, "batch_statistics"), 3, 4),
+        &kernel(
+            ctx,
+            by_vec4(&l, "batch_statistics", "batch_statistics4"),
+            3,
+            4,
+        ),
         &p,
         &[&x.buffer, &running_mean.buffer, &running_var.buffer],
         &[
@@ -110,7 +114,7 @@ pub fn forward_train(
         ],
         grid(l.channels, 1),
     );
-    let y = normalize(ctx, x, gamma, beta, &saved, &p);
+    let y = normalize(ctx, &l, x, gamma, beta, &saved, &p);
     BatchNormTrain {
         y,
         saved,
@@ -143,7 +147,7 @@ pub fn forward_eval(
         &[&saved.mean.buffer, &saved.invstd.buffer],
         grid(l.channels, 256),
     );
-    let y = normalize(ctx, x, gamma, beta, &saved, &p);
+    let y = normalize(ctx, &l, x, gamma, beta, &saved, &p);
     (y, saved)
 }
 
@@ -163,7 +167,7 @@ pub fn backward(
     let dgamma = ctx.tensor(&c, "batchnorm.dgamma");
     let dbeta = ctx.tensor(&c, "batchnorm.dbeta");
     ctx.dispatch(
-        &kernel(ctx, entry_for(&l, "backward_sums"), 4, 2),
+        &kernel(ctx, by_vec4(&l, "backward_sums", "backward_sums4"), 4, 2),
         &p,
         &[
             &x.buffer,
@@ -176,7 +180,7 @@ pub fn backward(
     );
     let dx = ctx.tensor(&x.shape, "batchnorm.dx");
     ctx.dispatch(
-        &kernel(ctx, entry_for(&l, "backward_dx"), 7, 1),
+        &kernel(ctx, by_vec4(&l, "backward_dx", "backward_dx4"), 7, 1),
         &p,
         &[
             &x.buffer,
