@@ -45,8 +45,8 @@ pub struct GemmTuner {
     direct: Mutex<BTreeMap<ShapeClass, bool>>,
     forced: Mutex<Option<Block>>,
     forced_direct: Mutex<Option<bool>>,
-    /// A CPU-like adapter times the direct kernel as a GPU does, instead
-    /// of always running it (for tests of the race).
+    /// A CPU-like adapter races convolution paths as a GPU does, instead
+    /// of choosing by rule (for tests of the races).
     race_direct: std::sync::atomic::AtomicBool,
 }
 
@@ -98,11 +98,16 @@ impl GemmTuner {
     }
 
     /// Makes a CPU-like adapter time the direct kernel against the GEMM
-    /// paths as a GPU does (`true`), or always run it (`false`, the
-    /// default); for tests of the race.
+    /// paths, and a weight gradient's implicit GEMM against its explicit
+    /// one, as a GPU does (`true`), instead of choosing by rule (`false`,
+    /// the default); for tests of the races.
     pub fn race_direct(&self, race: bool) {
         self.race_direct
             .store(race, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn races_like_a_gpu(&self) -> bool {
+        self.race_direct.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether a convolution's `product` of `spec`'s class (batched `count`
@@ -127,7 +132,7 @@ impl GemmTuner {
         if self.forced.lock().unwrap().is_some() {
             return Some(false);
         }
-        if self.cpu_like && !self.race_direct.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.cpu_like && !self.races_like_a_gpu() {
             return Some(
                 product != ConvProduct::WeightGrad || spec.n <= DIRECT_WEIGHT_GRAD_MAX_TAPS,
             );
@@ -160,6 +165,12 @@ impl GemmTuner {
 
     /// How a convolution's `product` `spec` (batched `count` times) runs: an
     /// implicit block, or an explicit one after im2col (im2row for dW).
+    /// On CPU-like adapters a weight gradient the direct kernel leaves over
+    /// runs the implicit tall block (the small one where C has fewer rows
+    /// than the tall): it ran as fast as the best explicit path on the
+    /// built-in models' 288–576-tap convolutions, needs no im2row buffer,
+    /// and racing would compile three more kernels, seconds of a cold first
+    /// step on lavapipe (see ARCHITECTURE.md).
     /// `None`: not known yet; the caller times the explicit path (with the
     /// GEMM's own choice) against its implicit twin and calls
     /// [`GemmTuner::remember_conv`].
@@ -171,6 +182,10 @@ impl GemmTuner {
     ) -> Option<Block> {
         if let Some(block) = *self.forced.lock().unwrap() {
             return Some(block);
+        }
+        if self.cpu_like && !self.races_like_a_gpu() && product == ConvProduct::WeightGrad {
+            let block = if spec.m >= TALL.rows { TALL } else { SMALL };
+            return block.implicit_twin();
         }
         let class = ShapeClass::of(spec, count).conv(product);
         if let Some(&block) = self.choices.lock().unwrap().get(&class) {
@@ -545,6 +560,35 @@ mod tests {
         tuner.race_direct(true);
         let raced = tuner.direct_choice(forward, &spec(16, 100, 150), 64);
         assert!(raced.is_none() || raced == Some(false), "{raced:?}");
+    }
+
+    #[test]
+    fn cpu_like_adapters_run_large_weight_gradients_as_implicit_gemms_by_rule() {
+        let (dw, forward) = (ConvProduct::WeightGrad, ConvProduct::Forward);
+        let cpu = GemmTuner::new(&wgpu::AdapterInfo::new(
+            wgpu::DeviceType::Cpu,
+            wgpu::Backend::Vulkan,
+        ));
+        let tall = TALL.implicit_twin();
+        let small = SMALL.implicit_twin();
+        assert!(tall.is_some_and(|b| b.implicit) && tall != small);
+        // fashion-cnn's second and fourth convolutions.
+        assert_eq!(cpu.conv_choice(dw, &spec(32, 288, 784), 64), tall);
+        assert_eq!(cpu.conv_choice(dw, &spec(64, 576, 196), 64), tall);
+        // Fewer output channels than the tall block has rows.
+        assert_eq!(cpu.conv_choice(dw, &spec(16, 400, 100), 64), small);
+        // Only weight gradients; racing turns the rule off; a GPU races.
+        // (Unknown classes are timed: `None`; or, without timing, the
+        // explicit path's rule.)
+        let raced = |choice: Option<Block>| choice.is_none_or(|b| !b.implicit);
+        assert!(raced(cpu.conv_choice(forward, &spec(32, 784, 288), 64)));
+        cpu.race_direct(true);
+        assert!(raced(cpu.conv_choice(dw, &spec(32, 288, 784), 64)));
+        let gpu = GemmTuner::new(&wgpu::AdapterInfo::new(
+            wgpu::DeviceType::DiscreteGpu,
+            wgpu::Backend::Vulkan,
+        ));
+        assert!(raced(gpu.conv_choice(dw, &spec(32, 288, 784), 64)));
     }
 
     #[test]
