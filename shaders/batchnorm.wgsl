@@ -13,8 +13,9 @@
 //   training:   dx = γ·invstd/M · (M·dy − dβ − x̂·dγ)
 //   evaluation: dx = γ·invstd·dy
 //
-// Per-channel sums are tree reductions in workgroup memory, one workgroup per
-// channel: deterministic, no atomics.
+// Per-channel sums take one workgroup per channel, each invocation summing a
+// fixed strided subset, then workgroup_sum (workgroup_sum.wgsl or its
+// subgroup twin, put in front of this module): deterministic, no atomics.
 
 struct Params {
     batch: u32,
@@ -26,10 +27,6 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-
-const WG: u32 = 256u;
-var<workgroup> partial_a: array<f32, WG>;
-var<workgroup> partial_b: array<f32, WG>;
 
 // Indices are decoded once per invocation and then walked (integer division
 // per element is scalarised on CPU-like adapters).
@@ -90,18 +87,6 @@ fn next_element(c: ptr<function, u32>, s: ptr<function, u32>) {
     }
 }
 
-// Sums partial_a (and partial_b) over the workgroup into element 0.
-fn reduce_two(lid: u32) {
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if lid < half {
-            partial_a[lid] += partial_a[lid + half];
-            partial_b[lid] += partial_b[lid + half];
-        }
-        workgroupBarrier();
-    }
-}
-
 // ---- training statistics: one workgroup per channel ----
 @group(0) @binding(1) var<storage, read> stats_x: array<f32>;
 @group(0) @binding(2) var<storage, read> stats_running_mean: array<f32>;
@@ -113,13 +98,12 @@ fn reduce_two(lid: u32) {
 
 // Adds the workgroup's sums of squares and stores channel c's statistics
 // and running statistics.
-fn finish_statistics(lid: u32, c: u32, mean: f32, squares: f32) {
-    partial_a[lid] = squares;
-    reduce_two(lid);
-    if lid == 0u {
+fn finish_statistics(id: Invocation, c: u32, mean: f32, squares: f32) {
+    let total = workgroup_sum(id, vec2<f32>(squares, 0.0)).x;
+    if id.lid.x == 0u {
         let count = p.batch * p.spatial;
-        let var_biased = partial_a[0] / f32(count);
-        let var_unbiased = partial_a[0] / f32(count - 1u);
+        let var_biased = total / f32(count);
+        let var_unbiased = total / f32(count - 1u);
         stats_mean[c] = mean;
         stats_invstd[c] = 1.0 / sqrt(var_biased + p.eps);
         stats_new_mean[c] = (1.0 - p.momentum) * stats_running_mean[c] + p.momentum * mean;
@@ -127,73 +111,57 @@ fn finish_statistics(lid: u32, c: u32, mean: f32, squares: f32) {
     }
 }
 
-@compute @workgroup_size(256)
-fn batch_statistics(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_id) lid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let c = wid.x + wid.y * nwg.x;
+@compute @workgroup_size(WG)
+fn batch_statistics(id: Invocation) {
+    let c = id.wid.x + id.wid.y * id.nwg.x;
     if c >= p.channels {
         return;
     }
     let count = p.batch * p.spatial;
     var sum = 0.0;
-    var walk = channel_walk(c, lid.x, p.spatial);
-    for (var e = lid.x; e < count; e += WG) {
+    var walk = channel_walk(c, id.lid.x, p.spatial);
+    for (var e = id.lid.x; e < count; e += WG) {
         sum += stats_x[walk.at];
         channel_step(&walk, c, p.spatial);
     }
-    partial_a[lid.x] = sum;
-    partial_b[lid.x] = 0.0;
-    reduce_two(lid.x);
-    let mean = partial_a[0] / f32(count);
-    workgroupBarrier();
+    let mean = workgroup_sum(id, vec2<f32>(sum, 0.0)).x / f32(count);
     var squares = 0.0;
-    walk = channel_walk(c, lid.x, p.spatial);
-    for (var e = lid.x; e < count; e += WG) {
+    walk = channel_walk(c, id.lid.x, p.spatial);
+    for (var e = id.lid.x; e < count; e += WG) {
         let d = stats_x[walk.at] - mean;
         squares += d * d;
         channel_step(&walk, c, p.spatial);
     }
-    finish_statistics(lid.x, c, mean, squares);
+    finish_statistics(id, c, mean, squares);
 }
 
 // batch_statistics by vec4 (S a multiple of 4; see normalize4): each
 // invocation sums four values per load, adding its vec4's lanes at the end.
 @group(0) @binding(1) var<storage, read> stats_x4: array<vec4<f32>>;
 
-@compute @workgroup_size(256)
-fn batch_statistics4(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_id) lid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let c = wid.x + wid.y * nwg.x;
+@compute @workgroup_size(WG)
+fn batch_statistics4(id: Invocation) {
+    let c = id.wid.x + id.wid.y * id.nwg.x;
     if c >= p.channels {
         return;
     }
     let count = p.batch * p.spatial;
     let plane = p.spatial / 4u;
     var sum = vec4<f32>(0.0);
-    var walk = channel_walk(c, lid.x, plane);
-    for (var e = lid.x; e < count / 4u; e += WG) {
+    var walk = channel_walk(c, id.lid.x, plane);
+    for (var e = id.lid.x; e < count / 4u; e += WG) {
         sum += stats_x4[walk.at];
         channel_step(&walk, c, plane);
     }
-    partial_a[lid.x] = total4(sum);
-    partial_b[lid.x] = 0.0;
-    reduce_two(lid.x);
-    let mean = partial_a[0] / f32(count);
-    workgroupBarrier();
+    let mean = workgroup_sum(id, vec2<f32>(total4(sum), 0.0)).x / f32(count);
     var squares = vec4<f32>(0.0);
-    walk = channel_walk(c, lid.x, plane);
-    for (var e = lid.x; e < count / 4u; e += WG) {
+    walk = channel_walk(c, id.lid.x, plane);
+    for (var e = id.lid.x; e < count / 4u; e += WG) {
         let d = stats_x4[walk.at] - vec4<f32>(mean);
         squares += d * d;
         channel_step(&walk, c, plane);
     }
-    finish_statistics(lid.x, c, mean, total4(squares));
+    finish_statistics(id, c, mean, total4(squares));
 }
 
 // ---- evaluation statistics: μ = running mean, invstd from the running variance ----
@@ -291,23 +259,17 @@ fn normalize4(
 @group(0) @binding(6) var<storage, read_write> sums_dbeta: array<f32>;
 
 // Adds the workgroup's sums and stores channel c's dγ and dβ.
-fn finish_sums(lid: u32, c: u32, dgamma: f32, dbeta: f32) {
-    partial_a[lid] = dgamma;
-    partial_b[lid] = dbeta;
-    reduce_two(lid);
-    if lid == 0u {
-        sums_dgamma[c] = partial_a[0];
-        sums_dbeta[c] = partial_b[0];
+fn finish_sums(id: Invocation, c: u32, dgamma: f32, dbeta: f32) {
+    let total = workgroup_sum(id, vec2<f32>(dgamma, dbeta));
+    if id.lid.x == 0u {
+        sums_dgamma[c] = total.x;
+        sums_dbeta[c] = total.y;
     }
 }
 
-@compute @workgroup_size(256)
-fn backward_sums(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_id) lid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let c = wid.x + wid.y * nwg.x;
+@compute @workgroup_size(WG)
+fn backward_sums(id: Invocation) {
+    let c = id.wid.x + id.wid.y * id.nwg.x;
     if c >= p.channels {
         return;
     }
@@ -316,28 +278,24 @@ fn backward_sums(
     let invstd = sums_invstd[c];
     var dbeta = 0.0;
     var dgamma = 0.0;
-    var walk = channel_walk(c, lid.x, p.spatial);
-    for (var e = lid.x; e < count; e += WG) {
+    var walk = channel_walk(c, id.lid.x, p.spatial);
+    for (var e = id.lid.x; e < count; e += WG) {
         let i = walk.at;
         let dy = sums_dy[i];
         dbeta += dy;
         dgamma += dy * (sums_x[i] - mean) * invstd;
         channel_step(&walk, c, p.spatial);
     }
-    finish_sums(lid.x, c, dgamma, dbeta);
+    finish_sums(id, c, dgamma, dbeta);
 }
 
 // backward_sums by vec4 (see batch_statistics4).
 @group(0) @binding(1) var<storage, read> sums_x4: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> sums_dy4: array<vec4<f32>>;
 
-@compute @workgroup_size(256)
-fn backward_sums4(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_id) lid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let c = wid.x + wid.y * nwg.x;
+@compute @workgroup_size(WG)
+fn backward_sums4(id: Invocation) {
+    let c = id.wid.x + id.wid.y * id.nwg.x;
     if c >= p.channels {
         return;
     }
@@ -347,15 +305,15 @@ fn backward_sums4(
     let invstd = sums_invstd[c];
     var dbeta = vec4<f32>(0.0);
     var dgamma = vec4<f32>(0.0);
-    var walk = channel_walk(c, lid.x, plane);
-    for (var e = lid.x; e < count / 4u; e += WG) {
+    var walk = channel_walk(c, id.lid.x, plane);
+    for (var e = id.lid.x; e < count / 4u; e += WG) {
         let i = walk.at;
         let dy = sums_dy4[i];
         dbeta += dy;
         dgamma += dy * (sums_x4[i] - vec4<f32>(mean)) * invstd;
         channel_step(&walk, c, plane);
     }
-    finish_sums(lid.x, c, total4(dgamma), total4(dbeta));
+    finish_sums(id, c, total4(dgamma), total4(dbeta));
 }
 
 // ---- dx, one element per invocation ----

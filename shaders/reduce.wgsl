@@ -7,8 +7,9 @@
 //
 // channel_sum:
 // One workgroup per channel. Each invocation sums a fixed strided subset, then
-// a tree reduction in workgroup memory adds the 256 partial sums: the order of
-// additions is fixed, so results are the same run to run (no atomics).
+// workgroup_sum (workgroup_sum.wgsl or its subgroup twin, put in front of this
+// module) adds the partial sums: the order of additions is fixed, so results
+// are the same run to run (no atomics).
 
 struct Params {
     outer: u32,
@@ -20,17 +21,11 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
-const WG: u32 = 256u;
-var<workgroup> partial: array<f32, WG>;
-
-@compute @workgroup_size(256)
-fn channel_sum(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_id) lid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
+@compute @workgroup_size(WG)
+fn channel_sum(id: Invocation) {
     // Uniform across the workgroup, so the early return keeps barriers uniform.
-    let c = wid.x + wid.y * nwg.x;
+    let c = id.wid.x + id.wid.y * id.nwg.x;
+    let lid = id.lid;
     if c >= p.channels {
         return;
     }
@@ -51,16 +46,9 @@ fn channel_sum(
             o += 1u;
         }
     }
-    partial[lid.x] = sum;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if lid.x < half {
-            partial[lid.x] += partial[lid.x + half];
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(id, vec2<f32>(sum, 0.0)).x;
     if lid.x == 0u {
-        out[c] = partial[0];
+        out[c] = total;
     }
 }
 

@@ -67,30 +67,20 @@ fn rows(
 @group(0) @binding(3) var<storage, read_write> total_loss: array<f32>;
 @group(0) @binding(4) var<storage, read_write> total_correct: array<f32>;
 
-const WG: u32 = 256u;
-var<workgroup> partial_loss: array<f32, WG>;
-var<workgroup> partial_correct: array<f32, WG>;
-
-@compute @workgroup_size(256)
-fn totals(@builtin(local_invocation_id) lid: vec3<u32>) {
+// One workgroup; workgroup_sum is workgroup_sum.wgsl's or its subgroup
+// twin's, put in front of this module.
+@compute @workgroup_size(WG)
+fn totals(id: Invocation) {
+    let lid = id.lid;
     var loss = 0.0;
     var correct = 0.0;
     for (var n = lid.x; n < p.rows; n += WG) {
         loss += total_loss_in[n];
         correct += total_correct_in[n];
     }
-    partial_loss[lid.x] = loss;
-    partial_correct[lid.x] = correct;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if lid.x < half {
-            partial_loss[lid.x] += partial_loss[lid.x + half];
-            partial_correct[lid.x] += partial_correct[lid.x + half];
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(id, vec2<f32>(loss, correct));
     if lid.x == 0u {
-        total_loss[0] = partial_loss[0] / f32(p.rows);
-        total_correct[0] = partial_correct[0];
+        total_loss[0] = total.x / f32(p.rows);
+        total_correct[0] = total.y;
     }
 }

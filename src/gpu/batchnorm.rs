@@ -3,10 +3,11 @@
 
 use super::context::{GpuContext, KernelSpec, Params, grid};
 use super::tensor::GpuTensor;
+use super::workgroup_sum::SummingModule;
 use crate::backend::{BatchNormGrads, BatchNormSaved, BatchNormTrain};
 use crate::geometry::{BatchNormLayout, BatchNormSettings};
 
-const SOURCE: &str = include_str!("../../shaders/batchnorm.wgsl");
+static SOURCE: SummingModule = SummingModule::new(include_str!("../../shaders/batchnorm.wgsl"));
 
 fn layout(x: &GpuTensor) -> BatchNormLayout {
     BatchNormLayout::of_shape(&x.shape).expect("batchnorm shape validated by the layer")
@@ -30,7 +31,7 @@ fn kernel(
 ) -> std::sync::Arc<super::context::Kernel> {
     ctx.kernel(&KernelSpec::new(
         "batchnorm",
-        SOURCE,
+        SOURCE.source(ctx),
         entry,
         inputs,
         outputs,

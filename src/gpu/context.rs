@@ -347,8 +347,9 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     /// The limits the device was created with (the adapter's own).
     pub limits: wgpu::Limits,
-    /// The optional features the device was created with: `TIMESTAMP_QUERY`
-    /// where the adapter offers it (see [`GpuContext::gpu_timer`]), else none.
+    /// The optional features the device was created with, those of
+    /// `TIMESTAMP_QUERY` (see [`GpuContext::gpu_timer`]) and `SUBGROUP` (see
+    /// [`GpuContext::has_subgroups`]) that the adapter offers.
     pub features: wgpu::Features,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     kernels: Mutex<HashMap<String, Arc<Kernel>>>,
@@ -417,14 +418,18 @@ impl GpuContext {
         };
         let info = adapter.get_info();
         let limits = adapter.limits();
-        // Timestamp queries only where the adapter has them, so any adapter
-        // still opens; `WGCNN_TIMESTAMPS=0` leaves them off, to see (and test)
-        // the wall-clock fallback on an adapter that has them.
-        let wanted = if std::env::var("WGCNN_TIMESTAMPS").is_ok_and(|v| v == "0") {
-            wgpu::Features::empty()
-        } else {
-            wgpu::Features::TIMESTAMP_QUERY
-        };
+        // Timestamp queries and subgroup operations only where the adapter
+        // has them, so any adapter still opens; `WGCNN_TIMESTAMPS=0` and
+        // `WGCNN_SUBGROUPS=0` leave them off, to see (and test) the
+        // fallbacks on an adapter that has them.
+        let off = |name: &str| std::env::var(name).is_ok_and(|v| v == "0");
+        let mut wanted = wgpu::Features::empty();
+        if !off("WGCNN_TIMESTAMPS") {
+            wanted |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        if !off("WGCNN_SUBGROUPS") {
+            wanted |= wgpu::Features::SUBGROUP;
+        }
         let features = adapter.features() & wanted;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgcnn"),
@@ -488,11 +493,19 @@ impl GpuContext {
         })
     }
 
-    /// `name (backend, type)` for logs.
+    /// `name (backend, type)` for logs, with `, subgroups` when the device
+    /// has them.
     pub fn describe(&self) -> String {
         format!(
-            "{} ({:?}, {:?})",
-            self.info.name, self.info.backend, self.info.device_type
+            "{} ({:?}, {:?}{})",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            if self.has_subgroups() {
+                ", subgroups"
+            } else {
+                ""
+            }
         )
     }
 
@@ -513,6 +526,12 @@ impl GpuContext {
             Some(message) => Err(Error::Gpu(message)),
             None => Ok(()),
         }
+    }
+
+    /// Whether the device has subgroup operations, which the reductions
+    /// then use (`gpu/workgroup_sum.rs`).
+    pub fn has_subgroups(&self) -> bool {
+        self.features.contains(wgpu::Features::SUBGROUP)
     }
 
     /// The compiled kernel for `spec`, built on first use and cached.

@@ -21,6 +21,7 @@ pub mod softmax;
 mod tensor;
 pub mod timer;
 pub mod tune;
+mod workgroup_sum;
 
 pub use backend::GpuBackend;
 pub use context::{AdapterSummary, GpuContext, GpuCounters, list_adapters};

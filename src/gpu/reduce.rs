@@ -2,8 +2,9 @@
 //! and slice sums that add partial results.
 
 use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid};
+use super::workgroup_sum::SummingModule;
 
-const SOURCE: &str = include_str!("../../shaders/reduce.wgsl");
+static SOURCE: SummingModule = SummingModule::new(include_str!("../../shaders/reduce.wgsl"));
 
 /// Records `out[c] = Σ_{o, i} x[(o·C + c)·inner + i]` for `x` viewed as
 /// `(outer, channels, inner)`; `out` holds `channels` values.
@@ -23,7 +24,13 @@ pub fn channel_sum_into(
         slice_sum_into(ctx, x, out, outer, channels);
         return;
     }
-    let kernel = ctx.kernel(&KernelSpec::new("reduce", SOURCE, "channel_sum", 1, 1));
+    let kernel = ctx.kernel(&KernelSpec::new(
+        "reduce",
+        SOURCE.source(ctx),
+        "channel_sum",
+        1,
+        1,
+    ));
     let params = Params::new().u32(outer).u32(channels).u32(inner);
     ctx.dispatch(&kernel, &params, &[x], &[out], grid(channels, 1));
 }
@@ -31,7 +38,13 @@ pub fn channel_sum_into(
 /// Records `out[c] = Σ_{o < slices} x[o·len + c]` for `c < len`: adds
 /// `slices` partial results of `len` values each, in slice order.
 pub fn slice_sum_into(ctx: &GpuContext, x: &GpuBuffer, out: &GpuBuffer, slices: usize, len: usize) {
-    let kernel = ctx.kernel(&KernelSpec::new("reduce", SOURCE, "slice_sum", 1, 1));
+    let kernel = ctx.kernel(&KernelSpec::new(
+        "reduce",
+        SOURCE.source(ctx),
+        "slice_sum",
+        1,
+        1,
+    ));
     let params = Params::new().u32(slices).u32(len).u32(1);
     ctx.dispatch(&kernel, &params, &[x], &[out], grid(len, 256));
 }

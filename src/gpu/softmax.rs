@@ -3,9 +3,10 @@
 
 use super::context::{GpuContext, KernelSpec, Params, grid};
 use super::tensor::{GpuIndices, GpuTensor};
+use super::workgroup_sum::SummingModule;
 use crate::backend::SoftmaxXent;
 
-const SOURCE: &str = include_str!("../../shaders/softmax_xent.wgsl");
+static SOURCE: SummingModule = SummingModule::new(include_str!("../../shaders/softmax_xent.wgsl"));
 
 /// Loss (mean over rows), correct count and `(softmax − onehot)/N`.
 pub fn softmax_cross_entropy(
@@ -24,7 +25,13 @@ pub fn softmax_cross_entropy(
     let grad = ctx.tensor(&logits.shape, "xent.grad");
     let row_loss = ctx.tensor(&[rows], "xent.row_loss");
     let row_correct = ctx.tensor(&[rows], "xent.row_correct");
-    let per_row = ctx.kernel(&KernelSpec::new("softmax_xent", SOURCE, "rows", 2, 3));
+    let per_row = ctx.kernel(&KernelSpec::new(
+        "softmax_xent",
+        SOURCE.source(ctx),
+        "rows",
+        2,
+        3,
+    ));
     ctx.dispatch(
         &per_row,
         &params,
@@ -34,7 +41,13 @@ pub fn softmax_cross_entropy(
     );
     let loss = ctx.tensor(&[1], "xent.loss");
     let correct = ctx.tensor(&[1], "xent.correct");
-    let totals = ctx.kernel(&KernelSpec::new("softmax_xent", SOURCE, "totals", 2, 2));
+    let totals = ctx.kernel(&KernelSpec::new(
+        "softmax_xent",
+        SOURCE.source(ctx),
+        "totals",
+        2,
+        2,
+    ));
     ctx.dispatch(
         &totals,
         &params,
