@@ -23,7 +23,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 # Test suites that run on the GPU (tests/*.rs).
-GPU_TESTS="gpu_ops gpu_resident gpu_timer gemm_tune network training robustness resume against"
+GPU_TESTS="gpu_ops gpu_resident gpu_timer gpu_subgroups gemm_tune network training robustness resume against"
 
 pack() {
     set -e
