@@ -108,7 +108,8 @@ impl Kernel {
 pub struct KernelSpec {
     /// Name of the shader family (for labels and the cache key).
     pub family: &'static str,
-    /// WGSL source, from `include_str!`.
+    /// WGSL source: from `include_str!`, or generated once (the GEMM and
+    /// direct convolution kernels, the modules that sum over workgroups).
     pub source: &'static str,
     /// Entry point.
     pub entry: &'static str,
