@@ -33,6 +33,8 @@
 //                    multiply-add
 //   conv_8x16, conv_32x16  implicit GEMM: B read from the input image (X_col
 //                    for the forward, X_colᵀ for dW)
+//   …_sg             (with subgroups of a fixed size that fits) each of the
+//                    above loading A once per subgroup and broadcasting it
 // and gemm_tiled (below, written out) stages tiles in workgroup memory for
 // GPUs. src/gpu/tune.rs picks one per device and shape class.
 //

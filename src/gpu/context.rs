@@ -530,9 +530,17 @@ impl GpuContext {
     }
 
     /// Whether the device has subgroup operations, which the reductions
-    /// then use (`gpu/workgroup_sum.rs`).
+    /// (`gpu/workgroup_sum.rs`) and the register-blocked GEMMs then use.
     pub fn has_subgroups(&self) -> bool {
         self.features.contains(wgpu::Features::SUBGROUP)
+    }
+
+    /// The device's subgroup size when it has subgroup operations and every
+    /// subgroup has that one size (lavapipe: 8); kernels that rely on how
+    /// a subgroup's lanes fall in a workgroup need it fixed.
+    pub fn fixed_subgroup_size(&self) -> Option<usize> {
+        let (min, max) = (self.info.subgroup_min_size, self.info.subgroup_max_size);
+        (self.has_subgroups() && min == max && min > 0).then_some(min as usize)
     }
 
     /// The compiled kernel for `spec`, built on first use and cached.

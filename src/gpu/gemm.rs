@@ -477,12 +477,18 @@ fn gemm_packed_into(
     }
 }
 
-/// The pipeline of GEMM kernel `block`.
+/// The pipeline of GEMM kernel `block`: its twin that loads A once per
+/// subgroup where the device's subgroups allow ([`Block::shares_a_in`]).
 fn block_kernel(ctx: &GpuContext, block: Block) -> std::sync::Arc<Kernel> {
+    let subgroups = ctx.has_subgroups();
+    let entry = match ctx.fixed_subgroup_size() {
+        Some(lanes) if block.shares_a_in(lanes) => block.entry_sharing_a(),
+        _ => block.entry(),
+    };
     ctx.kernel(&KernelSpec::new(
         "gemm",
-        gemm_source::source(),
-        block.entry(),
+        gemm_source::source(subgroups),
+        entry,
         3,
         1,
     ))

@@ -76,6 +76,32 @@ impl Block {
         .name()
     }
 
+    /// The entry point of the block's twin that loads A once per subgroup
+    /// (see [`source`]); register blocks only, not their slot-lanes
+    /// mapping.
+    pub fn entry_sharing_a(self) -> &'static str {
+        match self.name() {
+            "gemm_8x16" => "gemm_8x16_sg",
+            "gemm_32x16" => "gemm_32x16_sg",
+            "conv_8x16" => "conv_8x16_sg",
+            "conv_32x16" => "conv_32x16_sg",
+            name => unreachable!("{name} has no subgroup twin"),
+        }
+    }
+
+    /// Whether the block can load A once per subgroup on a device whose
+    /// subgroups are always `lanes` invocations: the lanes of a subgroup
+    /// must all compute the same rows of C (so `lanes` divides the
+    /// workgroup's width), and enough of them must exist to load those
+    /// rows' vec4s.
+    pub fn shares_a_in(self, lanes: usize) -> bool {
+        !self.tiled
+            && !self.slot_lanes
+            && lanes.is_power_of_two()
+            && lanes >= self.rows / 4
+            && self.workgroup[0].is_multiple_of(lanes)
+    }
+
     /// The same block reading B from an image (implicit GEMM), where one is
     /// generated; the tiled kernel has none.
     pub fn implicit_twin(self) -> Option<Block> {
@@ -149,10 +175,16 @@ pub const CONV_BLOCKS: [Block; 3] = [
     },
 ];
 
-/// The complete GEMM module source (built once).
-pub fn source() -> &'static str {
-    static SOURCE: OnceLock<String> = OnceLock::new();
-    SOURCE.get_or_init(|| {
+/// The complete GEMM module source (built once per version). With
+/// `subgroups`, each register-blocked kernel also has a twin (`…_sg`) that
+/// loads A once per subgroup: the rows of C a subgroup computes are the
+/// same for all its lanes, so each of the first `rows / 4` lanes loads one
+/// of their vec4s and `subgroupBroadcast` hands it to the others. On
+/// CPU-like adapters, where every lane's load is a gather, that removes
+/// most of A's loads; see [`Block::shares_a_in`] for when it applies.
+pub fn source(subgroups: bool) -> &'static str {
+    static SOURCES: [OnceLock<String>; 2] = [const { OnceLock::new() }; 2];
+    SOURCES[subgroups as usize].get_or_init(|| {
         let mut s = format!("{ACTIVATION}\n{COMMON}");
         for block in BLOCKS
             .iter()
@@ -160,14 +192,22 @@ pub fn source() -> &'static str {
             .filter(|b| !b.tiled && !b.slot_lanes)
         {
             s.push('\n');
-            s.push_str(&register_blocked(block));
+            s.push_str(&register_blocked(block, false));
+            if subgroups {
+                s.push('\n');
+                s.push_str(&register_blocked(block, true));
+            }
         }
         s
     })
 }
 
-/// One kernel computing a `rows × cols` block of C per invocation.
-fn register_blocked(block: &Block) -> String {
+/// One kernel computing a `rows × cols` block of C per invocation; with
+/// `share_a`, its twin that loads A once per subgroup (the lanes of a
+/// subgroup are laid out along a row of blocks, from the subgroup builtins,
+/// and every lane runs the loops, out-of-range ones on clamped indices, so
+/// the broadcasts are in uniform control flow).
+fn register_blocked(block: &Block, share_a: bool) -> String {
     let (rows, vecs) = (block.rows, block.cols / 4);
     let mut s = String::new();
     let w = &mut s;
@@ -175,11 +215,25 @@ fn register_blocked(block: &Block) -> String {
     let [wg_x, wg_y] = block.workgroup;
     let size = wg_x * wg_y;
     let _ = writeln!(w, "@compute @workgroup_size({size}, 1, 1)");
-    let _ = writeln!(
-        w,
-        "fn {}(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{",
-        block.entry()
-    );
+    if share_a {
+        let _ = writeln!(
+            w,
+            "fn {}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_id) sg: u32, @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) sg_lane: u32) {{",
+            block.entry_sharing_a()
+        );
+        // Invocations numbered by subgroup, so a subgroup's lanes are
+        // consecutive and (the host checks) within one row of blocks.
+        let _ = writeln!(
+            w,
+            "    let lid = vec3<u32>(sg * sg_size + sg_lane, 0u, 0u);"
+        );
+    } else {
+        let _ = writeln!(
+            w,
+            "fn {}(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{",
+            block.entry()
+        );
+    }
     // Grid: (column block, row block, slot), the invocations laid out over
     // blocks of C in the block's workgroup shape; or with p.slot_lanes (the
     // slot-lanes block), (slot, column block, row block), each invocation on
@@ -194,17 +248,47 @@ fn register_blocked(block: &Block) -> String {
     );
     let _ = writeln!(w, "    let row0 = row_block * {rows}u;");
     let _ = writeln!(w, "    let col0 = col_block * {}u;", block.cols);
-    let _ = writeln!(
-        w,
-        "    if row0 >= p.m || col0 >= p.n {{\n        return;\n    }}"
-    );
-    if block.implicit {
+    if share_a {
+        // A subgroup shares its rows: it leaves only when all its lanes are
+        // outside C (lanes past N in a live subgroup run on clamped
+        // indices; the stores are guarded).
+        let _ = writeln!(
+            w,
+            "    if row0 >= p.m || subgroupAll(col0 >= p.n) {{\n        return;\n    }}"
+        );
+    } else {
+        let _ = writeln!(
+            w,
+            "    if row0 >= p.m || col0 >= p.n {{\n        return;\n    }}"
+        );
+    }
+    if block.implicit && share_a {
+        // This lane loads rows 4·q .. 4·q + 3 of the block, q = its lane
+        // number modulo rows / 4 (rows past M repeat the last one).
+        let _ = writeln!(w, "    let mine = row0 + 4u * (sg_lane % {}u);", rows / 4);
+        for t in 0..4 {
+            let _ = writeln!(w, "    let am{t} = min(mine + {t}u, p.m - 1u) * p.k;");
+        }
+        image_offsets(w, block.cols);
+    } else if block.implicit {
         // Row r of A starts at ar{r}: rows past M repeat the last one (their
         // results are not stored).
         for r in 0..rows {
             let _ = writeln!(w, "    let ar{r} = min(row0 + {r}u, p.m - 1u) * p.k;");
         }
         image_offsets(w, block.cols);
+    } else if share_a {
+        let _ = writeln!(w, "    // Row strides of the packed operands, in vec4s.");
+        let _ = writeln!(w, "    let a_stride = (p.m + 3u) / 4u;");
+        let _ = writeln!(w, "    let b_stride = (p.n + 3u) / 4u;");
+        let _ = writeln!(
+            w,
+            "    let a_mine = min(row0 / 4u + sg_lane % {}u, a_stride - 1u);",
+            rows / 4
+        );
+        for h in 0..vecs {
+            let _ = writeln!(w, "    let b{h} = min(col0 / 4u + {h}u, b_stride - 1u);");
+        }
     } else {
         let _ = writeln!(w, "    // Row strides of the packed operands, in vec4s.");
         let _ = writeln!(w, "    let a_stride = (p.m + 3u) / 4u;");
@@ -250,8 +334,21 @@ fn register_blocked(block: &Block) -> String {
         let _ = writeln!(w, "            var ib = z * p.stride_b / 4u;");
     }
     let _ = writeln!(w, "            for (var kk = 0u; kk < p.k; kk++) {{");
+    if share_a {
+        let mine = if block.implicit {
+            vec4_of(|t| format!("a_rows[ia + am{t}]"))
+        } else {
+            "a[ia + a_mine]".to_string()
+        };
+        let _ = writeln!(w, "                let own = {mine};");
+    }
     for q in 0..rows / 4 {
-        if block.implicit {
+        if share_a {
+            let _ = writeln!(
+                w,
+                "                let av{q} = subgroupBroadcast(own, {q}u);"
+            );
+        } else if block.implicit {
             let av = vec4_of(|t| format!("a_rows[ia + ar{}]", 4 * q + t));
             let _ = writeln!(w, "                let av{q} = {av};");
         } else {
@@ -401,10 +498,27 @@ mod tests {
     }
 
     #[test]
-    fn every_block_has_its_entry_point() {
-        let source = source();
-        for block in BLOCKS.iter().chain(&CONV_BLOCKS) {
-            assert!(source.contains(&format!("fn {}(", block.entry())));
+    fn every_block_has_its_entry_points() {
+        for subgroups in [false, true] {
+            let source = source(subgroups);
+            for block in BLOCKS.iter().chain(&CONV_BLOCKS) {
+                assert!(source.contains(&format!("fn {}(", block.entry())));
+                if !block.tiled && !block.slot_lanes {
+                    let twin = format!("fn {}(", block.entry_sharing_a());
+                    assert_eq!(source.contains(&twin), subgroups, "{twin}");
+                }
+            }
         }
+    }
+
+    #[test]
+    fn blocks_share_a_only_where_a_subgroup_computes_one_row_of_blocks() {
+        // lavapipe: subgroups of 8.
+        assert!(SMALL.shares_a_in(8) && TALL.shares_a_in(8));
+        assert!(!SLOTS.shares_a_in(8) && !TILED.shares_a_in(8));
+        // Subgroups wider than a row of blocks (GPUs' 32 or 64 lanes), or
+        // too narrow to load the block's rows.
+        assert!(!SMALL.shares_a_in(32) && !TALL.shares_a_in(32));
+        assert!(!TALL.shares_a_in(4) && SMALL.shares_a_in(4));
     }
 }
