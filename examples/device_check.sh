@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks for a machine with a real GPU but no Rust toolchain, in one
 # prepared run: the GPU test suites, `wgcnn check` (every kernel against the
-# CPU reference), `check --against` the PyTorch fixtures, `bench gemm` (and
-# each GEMM kernel alone at the largest size), `bench train` and `bench
+# CPU reference), `check --against` the PyTorch fixtures, `bench gemm` (with
+# the adapter's multiply-add peak and each product's share of it, and each
+# GEMM kernel alone at the largest size), `bench train` and `bench
 # layers`, and the side-by-side table against PyTorch (CUDA when it sees a
 # GPU).
 #
@@ -23,7 +24,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 # Test suites that run on the GPU (tests/*.rs).
-GPU_TESTS="gpu_ops gpu_resident gpu_timer gpu_subgroups gemm_tune network training robustness resume against"
+GPU_TESTS="gpu_ops gpu_resident gpu_timer gpu_subgroups gpu_peak gemm_tune network training robustness resume against"
 
 pack() {
     set -e

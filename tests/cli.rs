@@ -195,8 +195,9 @@ fn resume_continues_with_the_checkpoints_settings() {
 fn bad_flags_and_files_are_clear_errors() {
     let dir = temp_dir("cli", "bad");
     let missing = dir.join("none.safetensors");
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 11] = [
         (&["bench", "kernels", "--cpu"], "no --cpu form"),
+        (&["bench", "peak", "--cpu"], "no --cpu form"),
         (&["bench", "gemm", "--cpu", "--shape", "3x0x5"], "`3x0x5`"),
         (
             &["bench", "gemm", "--cpu", "--kernel", "gemm_9x9"],
@@ -315,7 +316,8 @@ fn bench_gemm_times_the_shapes_asked_for() {
 
 /// `bench gemm --kernel` times every product with the kernel asked for: no
 /// tuning race runs (none is saved), and its JSON lines name the kernel.
-/// Without it, the same product is raced and the winner saved.
+/// Without it, the same product is raced and the winner saved. On a GPU the
+/// adapter's multiply-add peak comes first, and each product's share of it.
 #[test]
 fn bench_gemm_runs_the_kernel_asked_for_instead_of_tuning() {
     if common::gpu().is_none() {
@@ -334,9 +336,25 @@ fn bench_gemm_runs_the_kernel_asked_for_instead_of_tuning() {
             .output()
             .expect("run wgcnn");
         assert!(out.status.success(), "{}", text(&out));
-        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let record: serde_json::Value = serde_json::from_str(&line).expect("one JSON line");
-        assert_eq!(record["shape"], shape, "{line}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let records: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON line"))
+            .collect();
+        let [peak, record] = &records[..] else {
+            panic!("a peak line and a gemm line wanted:\n{stdout}");
+        };
+        assert_eq!(peak["kind"], "peak", "{stdout}");
+        let peak = peak["gflops"].as_f64().expect("the peak in GFLOP/s");
+        assert_eq!(record["shape"], shape, "{stdout}");
+        let share = record["percent_of_peak"]
+            .as_f64()
+            .expect("a share of the peak");
+        let gflops = record["gflops"].as_f64().unwrap();
+        assert!(
+            (share - 100.0 * gflops / peak).abs() < 1e-9 * share,
+            "{stdout}"
+        );
         record["kernel"].clone()
     };
     let tuned = |cache: &std::path::Path| {

@@ -14,6 +14,10 @@ use wgcnn::nn::builtin;
 /// What to measure (all of it when omitted).
 #[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BenchKind {
+    /// The adapter's multiply-add throughput with everything in registers
+    /// (GFLOP/s): the ceiling no kernel passes. `gemm` on a GPU measures it
+    /// too and shows each product's share of it.
+    Peak,
     /// GEMM GFLOP/s on square sizes and the built-in models' conv shapes.
     Gemm,
     /// Forward and backward time of every layer of --model (GPU timestamps
@@ -94,6 +98,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 .into(),
         ));
     }
+    if args.cpu && args.kind == Some(BenchKind::Peak) {
+        return Err(wgcnn::Error::Setting(
+            "`bench peak` measures a GPU adapter's ceiling; it has no --cpu form (try `bench gemm --cpu`)"
+                .into(),
+        ));
+    }
     if args.kernel.is_some() && (args.cpu || args.kind != Some(BenchKind::Gemm)) {
         return Err(wgcnn::Error::Setting(
             "--kernel picks the GPU kernel of `bench gemm` (the CPU path has one GEMM)".into(),
@@ -101,16 +111,46 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if args.cpu {
         let cpu = CpuBackend::<f32>::fast();
-        run_on(&cpu, &cpu.name(), args)
+        if !args.json {
+            println!("device: {}", cpu.name());
+        }
+        run_on(&cpu, &cpu.name(), args, None)
     } else {
         let gpu = GpuBackend::new(args.device)?;
         let name = gpu.ctx.describe();
         if args.kind == Some(BenchKind::Kernels) {
             return kernels(&gpu, &name, args);
         }
+        if !args.json {
+            println!("device: {name}");
+        }
+        let peak = matches!(args.kind, None | Some(BenchKind::Peak | BenchKind::Gemm))
+            .then(|| peak(&gpu, &name, args));
         gpu.ctx.gemm_tuner.force(args.kernel);
-        run_on(&gpu, &name, args)
+        run_on(&gpu, &name, args, peak)
     }
+}
+
+/// Measures and prints the adapter's multiply-add ceiling; returns it in
+/// GFLOP/s.
+fn peak(gpu: &GpuBackend, device: &str, args: &BenchArgs) -> f64 {
+    let r = bench::peak(gpu, args.runs);
+    if args.json {
+        println!(
+            "{}",
+            json!({"kind": "peak", "device": device, "gflops": r.gflops, "seconds": r.seconds,
+                   "invocations": r.invocations, "iterations": r.iterations})
+        );
+    } else {
+        println!(
+            "\npeak: {:.1} GFLOP/s of multiply-adds in registers ({} invocations × {} iterations in {:.1} ms)",
+            r.gflops,
+            r.invocations,
+            r.iterations,
+            r.seconds * 1e3
+        );
+    }
+    r.gflops
 }
 
 fn kernels(gpu: &GpuBackend, device: &str, args: &BenchArgs) -> Result<()> {
@@ -166,13 +206,17 @@ fn shape_of(model: &str) -> [usize; 3] {
     }
 }
 
-fn run_on<B: Backend>(backend: &B, device: &str, args: &BenchArgs) -> Result<()> {
+/// The benchmarks `args` asks for on `backend` (`peak`: the adapter's
+/// ceiling in GFLOP/s, where measured).
+fn run_on<B: Backend>(
+    backend: &B,
+    device: &str,
+    args: &BenchArgs,
+    peak: Option<f64>,
+) -> Result<()> {
     let all = args.kind.is_none();
-    if !args.json {
-        println!("device: {device}");
-    }
     if all || args.kind == Some(BenchKind::Gemm) {
-        gemm(backend, device, args)?;
+        gemm(backend, device, args, peak)?;
     }
     if all || args.kind == Some(BenchKind::Layers) {
         let models = if args.models.is_empty() {
@@ -240,7 +284,7 @@ fn run_on<B: Backend>(backend: &B, device: &str, args: &BenchArgs) -> Result<()>
     Ok(())
 }
 
-fn gemm<B: Backend>(backend: &B, device: &str, args: &BenchArgs) -> Result<()> {
+fn gemm<B: Backend>(backend: &B, device: &str, args: &BenchArgs, peak: Option<f64>) -> Result<()> {
     let defaults = args.sizes.is_empty() && args.shapes.is_empty();
     let sizes = if defaults {
         vec![256, 512, 1024, 2048, 4096]
@@ -269,7 +313,10 @@ fn gemm<B: Backend>(backend: &B, device: &str, args: &BenchArgs) -> Result<()> {
         if let Some(kernel) = kernel {
             println!("kernel: {kernel}");
         }
-        println!("\n{:<40} {:>12} {:>10}", "gemm (MxNxK)", "ms", "GFLOP/s");
+        println!(
+            "\n{:<40} {:>12} {:>10} {:>8}",
+            "gemm (MxNxK)", "ms", "GFLOP/s", "% peak"
+        );
     }
     for (label, m, n, k) in shapes {
         // Large products: fewer runs keep the whole bench in minutes.
@@ -279,18 +326,20 @@ fn gemm<B: Backend>(backend: &B, device: &str, args: &BenchArgs) -> Result<()> {
             args.runs
         };
         let r = bench::gemm(backend, label, m, n, k, runs);
+        let percent = peak.map(|p| 100.0 * r.gflops / p);
         if args.json {
             println!(
                 "{}",
                 json!({"kind": "gemm", "shape": r.shape, "device": device, "kernel": kernel,
-                       "seconds": r.seconds, "gflops": r.gflops})
+                       "seconds": r.seconds, "gflops": r.gflops, "percent_of_peak": percent})
             );
         } else {
             println!(
-                "{:<40} {:>12.3} {:>10.2}",
+                "{:<40} {:>12.3} {:>10.2} {:>8}",
                 r.shape,
                 r.seconds * 1e3,
-                r.gflops
+                r.gflops,
+                percent.map_or("-".to_string(), |p| format!("{p:.1}"))
             );
         }
     }

@@ -15,6 +15,7 @@ pub mod gemm;
 pub mod gemm_source;
 pub mod linear;
 pub mod optim;
+pub mod peak;
 pub mod pool;
 pub mod reduce;
 pub mod softmax;
