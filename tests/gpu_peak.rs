@@ -5,31 +5,27 @@
 
 mod common;
 
-use wgcnn::gpu::peak::{COEFFICIENTS, PeakBuffers};
+use wgcnn::gpu::peak::{CHAINS, COEFFICIENTS, PeakBuffers, chain_offset};
 
 /// What invocation `index` stores after `iterations` loop iterations: its
-/// 16 chains a ← a·x + y, four steps per iteration, summed as the kernel
-/// sums them.
+/// chains a ← a·x + y, four steps per iteration, added in pairs, then
+/// pairs of pairs, as the kernel adds them.
 fn expected(index: usize, iterations: u32) -> f32 {
     let [x, y] = COEFFICIENTS;
     let start = (index % 64) as f32 * 0.015625;
-    let offsets = [
-        0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10, 0.11, 0.12, 0.13, 0.14,
-        0.15,
-    ];
-    let chains = offsets.map(|offset: f32| {
-        let mut a = start + offset;
-        for _ in 0..4 * iterations {
-            a = a * x + y;
-        }
-        a
-    });
-    // ((a0 + a1) + (a2 + a3)) for each four, the fours added left to right.
-    let fours: Vec<f32> = chains
-        .chunks(4)
-        .map(|c| (c[0] + c[1]) + (c[2] + c[3]))
+    let mut terms: Vec<f32> = (0..CHAINS)
+        .map(|c| {
+            let mut a = start + chain_offset(c);
+            for _ in 0..4 * iterations {
+                a = a * x + y;
+            }
+            a
+        })
         .collect();
-    ((fours[0] + fours[1]) + fours[2]) + fours[3]
+    while terms.len() > 1 {
+        terms = terms.chunks(2).map(|pair| pair.iter().sum()).collect();
+    }
+    terms[0]
 }
 
 #[test]
