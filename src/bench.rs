@@ -95,28 +95,30 @@ pub struct PeakResult {
 }
 
 /// Measures the multiply-add ceiling of `gpu`'s adapter
-/// ([`crate::gpu::peak`]): the loop count grows until one run takes at
-/// least 50 ms, then the median of `runs` runs.
+/// ([`crate::gpu::peak`]): the loop count grows, one run per count, until
+/// a run takes at least 50 ms; then the median of `runs` runs at that
+/// count.
 pub fn peak(gpu: &crate::gpu::GpuBackend, runs: usize) -> PeakResult {
     use crate::gpu::peak::{FLOPS_PER_ITERATION, PeakBuffers, invocations};
     let ctx = &gpu.ctx;
     let invocations = invocations(ctx);
     let buffers = PeakBuffers::new(ctx, invocations);
-    let run = |iterations: u32| {
+    let run = |iterations: u32, runs: usize| {
         median_seconds(runs, || {
             buffers.record(ctx, iterations);
             ctx.synchronize();
         })
     };
     let mut iterations = 16u32;
-    let mut seconds = run(iterations).max(1e-9);
+    let mut seconds = run(iterations, 1).max(1e-9);
     while seconds < 0.05 && iterations < 1 << 24 {
         // Straight to about 50 ms (at most 16× at a time: early runs are
         // mostly fixed costs).
         let factor = (0.05 / seconds).ceil().clamp(2.0, 16.0) as u32;
         iterations = iterations.saturating_mul(factor).min(1 << 24);
-        seconds = run(iterations).max(1e-9);
+        seconds = run(iterations, 1).max(1e-9);
     }
+    let seconds = run(iterations, runs).max(1e-9);
     let flops = (invocations as u64 * iterations as u64 * FLOPS_PER_ITERATION) as f64;
     PeakResult {
         invocations,
