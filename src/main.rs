@@ -74,7 +74,7 @@ enum Command {
     Fetch(cli::fetch::FetchArgs),
     /// Draw the loss and accuracy curves of a `--metrics` file to PNG or SVG.
     Plot(cli::plot::PlotArgs),
-    /// Measure GEMM GFLOP/s, per-layer times and training images/s.
+    /// Measure the adapter's peak, GEMM GFLOP/s, per-layer times and training images/s.
     Bench(cli::bench::BenchArgs),
 }
 
