@@ -1,11 +1,14 @@
 //! The subgroup code (the reductions' sums, the GEMMs that share A) must be
 //! right at every subgroup size a GPU may have, not only at lavapipe's
 //! default of 8 lanes. Lavapipe's subgroups are as wide as its SIMD
-//! vectors, which `LP_NATIVE_VECTOR_WIDTH` sets when the process starts:
-//! 128 bits give 4 lanes (the small GEMM still shares A, the tall one no
-//! longer can), 512 bits give 16 (the tall GEMM shares A across a wider
-//! subgroup, the small one no longer can). `wgcnn check` runs every op
-//! against the CPU reference at each width, in a process of its own.
+//! vectors, which `LP_NATIVE_VECTOR_WIDTH` sets when the process starts
+//! (wider than the CPU's own vectors, LLVM splits them): 128 bits give 4
+//! lanes (the small GEMM still shares A, the tall one no longer can), 512
+//! give 16 (the tall GEMM shares A across a wider subgroup, the small one
+//! no longer can), 1024 give NVIDIA's 32 and 2048 AMD's 64 (neither shares
+//! A, as on those GPUs; the reductions add over 8 or 4 subgroups). `wgcnn
+//! check` runs every op against the CPU reference at each width, in a
+//! process of its own.
 
 mod common;
 
@@ -24,7 +27,7 @@ fn every_op_matches_the_reference_at_lavapipes_other_subgroup_sizes() {
         );
         return;
     }
-    for (bits, lanes) in [(128, 4), (512, 16)] {
+    for (bits, lanes) in [(128, 4), (512, 16), (1024, 32), (2048, 64)] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_wgcnn"))
             .arg("check")
             .env("LP_NATIVE_VECTOR_WIDTH", bits.to_string())
