@@ -26,6 +26,50 @@ fn assert_close(what: &str, fast: &HostTensor<f64>, reference: &HostTensor<f64>)
     }
 }
 
+/// f32 convolutions, whose products may take the few-rows kernel (fused
+/// multiply-adds, `src/cpu/fast/few_rows.rs`) on CPUs with AVX2 or AVX-512,
+/// against the f64 reference: equal within f32 rounding of the terms.
+#[test]
+fn convolution_in_f32_matches_the_reference_within_rounding() {
+    let fast = CpuBackend::<f32>::fast();
+    let reference = CpuBackend::<f64>::new();
+    let mut rng = SplitMix64::new(5);
+    let to_f32 =
+        |t: &HostTensor<f64>| HostTensor::new(&t.shape, t.data.iter().map(|&v| v as f32).collect());
+    let abs =
+        |t: &HostTensor<f64>| HostTensor::new(&t.shape, t.data.iter().map(|v| v.abs()).collect());
+    for (n, c, h, w, o, kh, kw, s, p) in [
+        // LeNet-5's two convolutions (6 and 16 output channels).
+        (3, 1, 28, 28, 6, 5, 5, 1, 2),
+        (2, 6, 14, 14, 16, 5, 5, 1, 0),
+        // Rows in blocks of 8 and a ragged rest, columns past the last
+        // whole vector pair; more rows than the kernel takes.
+        (2, 3, 9, 13, 11, 3, 3, 1, 1),
+        (1, 2, 6, 6, 1, 3, 3, 1, 0),
+        (2, 2, 7, 7, 17, 3, 3, 1, 1),
+    ] {
+        let g = Conv2dGeometry::new(n, c, h, w, o, kh, kw, s, p).unwrap();
+        let x = random(&mut rng, &g.input_shape());
+        let wt = random(&mut rng, &g.weight_shape());
+        let b = random(&mut rng, &[o]);
+        let y = fast.conv2d_forward(&to_f32(&x), &to_f32(&wt), &to_f32(&b), &g);
+        let expected = reference.conv2d_forward(&x, &wt, &b, &g);
+        let magnitude = reference.conv2d_forward(&abs(&x), &abs(&wt), &abs(&b), &g);
+        for (i, ((&got, want), mag)) in y
+            .data
+            .iter()
+            .zip(&expected.data)
+            .zip(&magnitude.data)
+            .enumerate()
+        {
+            assert!(
+                (got as f64 - want).abs() <= 1e-6 * (1.0 + mag),
+                "conv y[{i}] of {g:?}: fast {got} vs reference {want}"
+            );
+        }
+    }
+}
+
 #[test]
 fn convolution_matches_the_reference() {
     let fast = CpuBackend::<f64>::fast();

@@ -79,8 +79,32 @@ fn check_strided(len: usize, rows: usize, cols: usize, rs: isize, cs: isize) {
     );
 }
 
+/// [`fast::few_rows`] for a product it takes (few rows of C, every operand
+/// row-major), else `false`.
+fn few_rows_f32(
+    (m, k, n): (usize, usize, usize),
+    a: (&[f32], isize, isize),
+    b: (&[f32], isize, isize),
+    beta: f32,
+    c: (&mut [f32], isize, isize),
+) -> bool {
+    // Narrower products leave its column blocks mostly empty.
+    const MIN_COLS: usize = 16;
+    let row_major = a.2 == 1 && b.2 == 1 && c.2 == 1 && a.1 >= 0 && b.1 >= 0 && c.1 >= 0;
+    row_major
+        && m <= fast::few_rows::MAX_ROWS
+        && n >= MIN_COLS
+        && fast::few_rows::few_rows_matmul(
+            (m, k, n),
+            (a.0, a.1 as usize),
+            (b.0, b.1 as usize),
+            beta,
+            (c.0, c.1 as usize),
+        )
+}
+
 macro_rules! impl_matmul {
-    ($t:ty, $gemm:path) => {
+    ($t:ty, $gemm:path, $few_rows:expr) => {
         fn matmul(
             m: usize,
             k: usize,
@@ -93,6 +117,9 @@ macro_rules! impl_matmul {
             check_strided(a.0.len(), m, k, a.1, a.2);
             check_strided(b.0.len(), k, n, b.1, b.2);
             check_strided(c.0.len(), m, n, c.1, c.2);
+            if $few_rows((m, k, n), a, b, beta, (&mut *c.0, c.1, c.2)) {
+                return;
+            }
             // SAFETY: every element addressed by the strides lies inside its
             // slice (checked above), and C's strides do not alias (rows and
             // columns of a row-major matrix).
@@ -125,7 +152,7 @@ impl Real for f32 {
     fn to_f64(self) -> f64 {
         self as f64
     }
-    impl_matmul!(f32, matrixmultiply::sgemm);
+    impl_matmul!(f32, matrixmultiply::sgemm, few_rows_f32);
 }
 
 impl Real for f64 {
@@ -135,5 +162,6 @@ impl Real for f64 {
     fn to_f64(self) -> f64 {
         self
     }
-    impl_matmul!(f64, matrixmultiply::dgemm);
+    // The f64 path is for tests of precision; it keeps the one GEMM.
+    impl_matmul!(f64, matrixmultiply::dgemm, |_, _, _, _, _| false);
 }

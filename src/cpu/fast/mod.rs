@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 pub(super) mod batchnorm;
 mod conv;
+pub(super) mod few_rows;
 mod lanes;
 
 pub use conv::{conv2d_backward, conv2d_forward, conv2d_weight_grads};

@@ -1,0 +1,279 @@
+//! `C ← A·B + β·C` for products with few rows (a convolution's forward,
+//! `W (O, C·kh·kw) · X_col`, with O of 16 or fewer), without packing.
+//!
+//! A packing GEMM (matrixmultiply) copies all of B into panels before each
+//! product, and rounds the rows up to its kernel's height: for LeNet-5's
+//! first convolution (6 rows, 25 deep) the copy is a sixth of the
+//! multiply-adds' worth of memory traffic, and more than half of the
+//! kernel's rows are padding. Here each block of up to eight rows of C is
+//! summed in registers over B's rows as they lie, row-major: one load of B
+//! per `rows` multiply-adds, every row real.
+//!
+//! The multiply-adds are fused (`mul_add`), so results differ from the
+//! unfused reference by rounding only, within the tests' tolerance. The
+//! kernels need AVX-512 or AVX2 with FMA, found at run time; without them
+//! the caller falls back to the packing GEMM.
+
+/// The most rows of C this module takes.
+pub const MAX_ROWS: usize = 16;
+/// Rows of C summed in one pass over B.
+const BLOCK_ROWS: usize = 8;
+
+/// Computes `C ← A·B + β·C` for row-major `A (m, k)`, `B (k, n)` and
+/// `C (m, n)` with row strides `lda`, `ldb`, `ldc`, if the CPU has the
+/// instructions for it and `m ≤ MAX_ROWS`; returns whether it did.
+#[allow(clippy::too_many_arguments)]
+pub fn few_rows_matmul(
+    (m, k, n): (usize, usize, usize),
+    (a, lda): (&[f32], usize),
+    (b, ldb): (&[f32], usize),
+    beta: f32,
+    (c, ldc): (&mut [f32], usize),
+) -> bool {
+    if m == 0 || m > MAX_ROWS || n == 0 {
+        return false;
+    }
+    assert!(
+        (m - 1) * lda + k <= a.len() && (k == 0 || (k - 1) * ldb + n <= b.len()),
+        "few_rows_matmul: operand shorter than its shape"
+    );
+    assert!(
+        (m - 1) * ldc + n <= c.len(),
+        "few_rows_matmul: C shorter than its shape"
+    );
+    let product = Product {
+        k,
+        n,
+        a,
+        lda,
+        b,
+        ldb,
+        beta,
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            unsafe { with_avx512(&product, m, c, ldc) };
+            return true;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            unsafe { with_avx2(&product, m, c, ldc) };
+            return true;
+        }
+    }
+    let _ = (product, c, ldc);
+    false
+}
+
+/// The operands and sizes of one product (all rows of `A`).
+struct Product<'a> {
+    k: usize,
+    n: usize,
+    a: &'a [f32],
+    lda: usize,
+    b: &'a [f32],
+    ldb: usize,
+    beta: f32,
+}
+
+/// Defines `$name`, computing every row of C: blocks of [`BLOCK_ROWS`]
+/// rows, each summed in registers over B's rows, two `$lanes`-lane vectors
+/// (`$vector`'s intrinsics) per row of C at a time; then the columns past
+/// the last whole pair of vectors, in scalars.
+#[cfg(target_arch = "x86_64")]
+macro_rules! kernel {
+    ($name:ident, $features:literal, $lanes:literal,
+     $zero:ident, $load:ident, $splat:ident, $fma:ident, $store:ident) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $name(p: &Product, m: usize, c: &mut [f32], ldc: usize) {
+            let full = p.n / (2 * $lanes) * (2 * $lanes);
+            let mut row = 0;
+            while row < m {
+                let rows = (m - row).min(BLOCK_ROWS);
+                let (a, c) = (&p.a[row * p.lda..], &mut c[row * ldc..]);
+                // SAFETY (every arm): the caller checked that A, B and C hold
+                // their shapes, and `row + rows <= m`.
+                unsafe {
+                    match rows {
+                        8 => block::<8>(p, a, c, ldc, full),
+                        7 => block::<7>(p, a, c, ldc, full),
+                        6 => block::<6>(p, a, c, ldc, full),
+                        5 => block::<5>(p, a, c, ldc, full),
+                        4 => block::<4>(p, a, c, ldc, full),
+                        3 => block::<3>(p, a, c, ldc, full),
+                        2 => block::<2>(p, a, c, ldc, full),
+                        _ => block::<1>(p, a, c, ldc, full),
+                    }
+                }
+                ragged_end(p, a, rows, c, ldc, full);
+                row += rows;
+            }
+
+            /// `ROWS` rows of C, columns `0..full`.
+            #[target_feature(enable = $features)]
+            unsafe fn block<const ROWS: usize>(
+                p: &Product,
+                a: &[f32],
+                c: &mut [f32],
+                ldc: usize,
+                full: usize,
+            ) {
+                use std::arch::x86_64::*;
+                for col in (0..full).step_by(2 * $lanes) {
+                    let mut low = [$zero(); ROWS];
+                    let mut high = [$zero(); ROWS];
+                    for depth in 0..p.k {
+                        // SAFETY: B's row `depth` has at least `full` columns.
+                        let (b_low, b_high) = unsafe {
+                            let b = p.b.as_ptr().add(depth * p.ldb + col);
+                            ($load(b), $load(b.add($lanes)))
+                        };
+                        for r in 0..ROWS {
+                            // SAFETY: A has `ROWS` rows of `k` values.
+                            let a_value = $splat(unsafe { *a.get_unchecked(r * p.lda + depth) });
+                            low[r] = $fma(a_value, b_low, low[r]);
+                            high[r] = $fma(a_value, b_high, high[r]);
+                        }
+                    }
+                    for r in 0..ROWS {
+                        // SAFETY: C has `ROWS` rows of `full` columns.
+                        unsafe {
+                            let out = c.as_mut_ptr().add(r * ldc + col);
+                            let (mut low, mut high) = (low[r], high[r]);
+                            if p.beta != 0.0 {
+                                let beta = $splat(p.beta);
+                                low = $fma(beta, $load(out), low);
+                                high = $fma(beta, $load(out.add($lanes)), high);
+                            }
+                            $store(out, low);
+                            $store(out.add($lanes), high);
+                        }
+                    }
+                }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+kernel!(
+    with_avx512,
+    "avx512f,avx2,fma",
+    16,
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_storeu_ps
+);
+
+#[cfg(target_arch = "x86_64")]
+kernel!(
+    with_avx2,
+    "avx2,fma",
+    8,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_storeu_ps
+);
+
+/// Columns `full..n` of `rows` rows of C, one at a time (fused like the
+/// vector blocks).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn ragged_end(p: &Product, a: &[f32], rows: usize, c: &mut [f32], ldc: usize, full: usize) {
+    for r in 0..rows {
+        let a_row = &a[r * p.lda..][..p.k];
+        for col in full..p.n {
+            let mut sum = 0.0f32;
+            for (depth, &a_value) in a_row.iter().enumerate() {
+                sum = a_value.mul_add(p.b[depth * p.ldb + col], sum);
+            }
+            let out = &mut c[r * ldc + col];
+            *out = if p.beta == 0.0 {
+                sum
+            } else {
+                p.beta.mul_add(*out, sum)
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    /// The definition, in f64.
+    fn reference(
+        (m, k, n): (usize, usize, usize),
+        a: &[f32],
+        b: &[f32],
+        beta: f32,
+        c: &[f32],
+    ) -> Vec<f32> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let sum: f64 = (0..k)
+                    .map(|l| a[i * k + l] as f64 * b[l * n + j] as f64)
+                    .sum();
+                let prior = if beta == 0.0 {
+                    0.0
+                } else {
+                    beta as f64 * c[i * n + j] as f64
+                };
+                out[i * n + j] = (sum + prior) as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_the_definition_on_ragged_shapes() {
+        let mut rng = SplitMix64::new(7);
+        for (m, k, n) in [
+            (1, 1, 1),
+            (6, 25, 784),
+            (16, 150, 100),
+            (3, 7, 33),
+            (9, 4, 65),
+            (8, 0, 40),
+        ] {
+            for beta in [0.0, 1.0] {
+                let a = rng.uniform_vec(m * k, -1.0, 1.0);
+                let b = rng.uniform_vec(k * n, -1.0, 1.0);
+                // With β = 0 whatever C held (here NaN) is ignored.
+                let fill = if beta == 0.0 { f32::NAN } else { 0.5 };
+                let mut c = vec![fill; m * n];
+                let expected = reference((m, k, n), &a, &b, beta, &c);
+                if !few_rows_matmul((m, k, n), (&a, k), (&b, n), beta, (&mut c, n)) {
+                    return; // no AVX2 here: the caller uses the packing GEMM
+                }
+                for (got, want) in c.iter().zip(&expected) {
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + k as f32),
+                        "{m}x{k}x{n}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn declines_more_rows_than_it_takes() {
+        let (a, b) = (vec![0.0; 17], vec![0.0; 1]);
+        let mut c = vec![0.0; 17];
+        assert!(!few_rows_matmul(
+            (17, 1, 1),
+            (&a, 1),
+            (&b, 1),
+            0.0,
+            (&mut c, 1)
+        ));
+    }
+}
