@@ -26,9 +26,10 @@ fn assert_close(what: &str, fast: &HostTensor<f64>, reference: &HostTensor<f64>)
     }
 }
 
-/// f32 convolutions, whose products may take the few-rows kernel (fused
-/// multiply-adds, `src/cpu/fast/few_rows.rs`) on CPUs with AVX2 or AVX-512,
-/// against the f64 reference: equal within f32 rounding of the terms.
+/// f32 convolutions, whose forward and weight-gradient products may take
+/// the few-rows kernels (fused multiply-adds, `src/cpu/fast/few_rows.rs`) on
+/// CPUs with AVX2 or AVX-512, against the f64 reference: equal within f32
+/// rounding of the terms.
 #[test]
 fn convolution_in_f32_matches_the_reference_within_rounding() {
     let fast = CpuBackend::<f32>::fast();
@@ -52,21 +53,28 @@ fn convolution_in_f32_matches_the_reference_within_rounding() {
         let x = random(&mut rng, &g.input_shape());
         let wt = random(&mut rng, &g.weight_shape());
         let b = random(&mut rng, &[o]);
+        let dy = random(&mut rng, &g.output_shape());
+        let close =
+            |what: &str, got: &HostTensor<f32>, want: &HostTensor<f64>, mag: &HostTensor<f64>| {
+                for (i, ((&got, want), mag)) in
+                    got.data.iter().zip(&want.data).zip(&mag.data).enumerate()
+                {
+                    assert!(
+                        (got as f64 - want).abs() <= 1e-6 * (1.0 + mag),
+                        "conv {what}[{i}] of {g:?}: fast {got} vs reference {want}"
+                    );
+                }
+            };
         let y = fast.conv2d_forward(&to_f32(&x), &to_f32(&wt), &to_f32(&b), &g);
         let expected = reference.conv2d_forward(&x, &wt, &b, &g);
         let magnitude = reference.conv2d_forward(&abs(&x), &abs(&wt), &abs(&b), &g);
-        for (i, ((&got, want), mag)) in y
-            .data
-            .iter()
-            .zip(&expected.data)
-            .zip(&magnitude.data)
-            .enumerate()
-        {
-            assert!(
-                (got as f64 - want).abs() <= 1e-6 * (1.0 + mag),
-                "conv y[{i}] of {g:?}: fast {got} vs reference {want}"
-            );
-        }
+        close("y", &y, &expected, &magnitude);
+        let f = fast.conv2d_backward(&to_f32(&x), &to_f32(&wt), &to_f32(&dy), &g);
+        let r = reference.conv2d_backward(&x, &wt, &dy, &g);
+        let mags = reference.conv2d_backward(&abs(&x), &abs(&wt), &abs(&dy), &g);
+        close("dx", &f.dx, &r.dx, &mags.dx);
+        close("dw", &f.dw, &r.dw, &mags.dw);
+        close("db", &f.db, &r.db, &mags.db);
     }
 }
 

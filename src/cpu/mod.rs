@@ -79,8 +79,8 @@ fn check_strided(len: usize, rows: usize, cols: usize, rs: isize, cs: isize) {
     );
 }
 
-/// [`fast::few_rows`] for a product it takes (few rows of C, every operand
-/// row-major), else `false`.
+/// [`fast::few_rows`] for a product it takes (few rows of C, A and C
+/// row-major, B stored either way round), else `false`.
 fn few_rows_f32(
     (m, k, n): (usize, usize, usize),
     a: (&[f32], isize, isize),
@@ -88,19 +88,21 @@ fn few_rows_f32(
     beta: f32,
     c: (&mut [f32], isize, isize),
 ) -> bool {
-    // Narrower products leave its column blocks mostly empty.
-    const MIN_COLS: usize = 16;
-    let row_major = a.2 == 1 && b.2 == 1 && c.2 == 1 && a.1 >= 0 && b.1 >= 0 && c.1 >= 0;
-    row_major
-        && m <= fast::few_rows::MAX_ROWS
-        && n >= MIN_COLS
-        && fast::few_rows::few_rows_matmul(
-            (m, k, n),
-            (a.0, a.1 as usize),
-            (b.0, b.1 as usize),
-            beta,
-            (c.0, c.1 as usize),
-        )
+    use fast::few_rows::{MAX_ROWS, few_rows_matmul, few_rows_matmul_transposed_b};
+    // Narrower (shallower) products leave its vectors mostly empty.
+    const MIN_LENGTH: usize = 16;
+    let rows_fit = m <= MAX_ROWS && a.2 == 1 && c.2 == 1 && a.1 >= 0 && b.1 >= 0 && b.2 >= 0;
+    if !rows_fit || c.1 < 0 {
+        return false;
+    }
+    let (a, c) = ((a.0, a.1 as usize), (c.0, c.1 as usize));
+    if b.2 == 1 && n >= MIN_LENGTH {
+        few_rows_matmul((m, k, n), a, (b.0, b.1 as usize), beta, c)
+    } else if b.1 == 1 && k >= MIN_LENGTH {
+        few_rows_matmul_transposed_b((m, k, n), a, (b.0, b.2 as usize), beta, c)
+    } else {
+        false
+    }
 }
 
 macro_rules! impl_matmul {

@@ -203,6 +203,184 @@ fn ragged_end(p: &Product, a: &[f32], rows: usize, c: &mut [f32], ldc: usize, fu
     }
 }
 
+/// Computes `C ← A·Bᵀ + β·C` for row-major `A (m, k)`, `B (n, k)` and
+/// `C (m, n)` (row strides `lda`, `ldb`, `ldc`) as dot products along the
+/// rows, if the CPU has the instructions for it and `m ≤ MAX_ROWS`; returns
+/// whether it did. A convolution's weight gradient, `dY_n (O, OH·OW) ·
+/// X_colᵀ`, is this shape: few rows of C, both operands contiguous along
+/// the long depth, which a packing GEMM would copy transposed.
+pub fn few_rows_matmul_transposed_b(
+    (m, k, n): (usize, usize, usize),
+    (a, lda): (&[f32], usize),
+    (b, ldb): (&[f32], usize),
+    beta: f32,
+    (c, ldc): (&mut [f32], usize),
+) -> bool {
+    if m == 0 || m > MAX_ROWS || n == 0 {
+        return false;
+    }
+    assert!(
+        (m - 1) * lda + k <= a.len() && (n - 1) * ldb + k <= b.len(),
+        "few_rows_matmul_transposed_b: operand shorter than its shape"
+    );
+    assert!(
+        (m - 1) * ldc + n <= c.len(),
+        "few_rows_matmul_transposed_b: C shorter than its shape"
+    );
+    let dots = Dots {
+        m,
+        k,
+        n,
+        a,
+        lda,
+        b,
+        ldb,
+        beta,
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            unsafe { dots_with_avx512(&dots, c, ldc) };
+            return true;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            unsafe { dots_with_avx2(&dots, c, ldc) };
+            return true;
+        }
+    }
+    let _ = (dots, c, ldc);
+    false
+}
+
+/// The operands and sizes of one product `A·Bᵀ`.
+struct Dots<'a> {
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &'a [f32],
+    lda: usize,
+    b: &'a [f32],
+    ldb: usize,
+    beta: f32,
+}
+
+/// Rows of A and of B whose dot products one block sums at a time.
+const DOT_ROWS_A: usize = 2;
+const DOT_ROWS_B: usize = 4;
+
+/// Defines `$name`, computing `A·Bᵀ` in blocks of [`DOT_ROWS_A`] ×
+/// [`DOT_ROWS_B`] dot products, each summed in one `$lanes`-lane vector
+/// (`$vector`'s intrinsics) and added across its lanes by `$sum` at the end;
+/// the depth past the last whole vector in scalars.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dot_kernel {
+    ($name:ident, $features:literal, $lanes:literal,
+     $zero:ident, $load:ident, $fma:ident, $sum:ident) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $name(d: &Dots, c: &mut [f32], ldc: usize) {
+            for i in (0..d.m).step_by(DOT_ROWS_A) {
+                for j in (0..d.n).step_by(DOT_ROWS_B) {
+                    let rows = ((d.m - i).min(DOT_ROWS_A), (d.n - j).min(DOT_ROWS_B));
+                    // SAFETY (every arm): the caller checked that A, B and C
+                    // hold their shapes, and the block lies inside them.
+                    unsafe {
+                        match rows {
+                            (2, 4) => block::<2, 4>(d, i, j, c, ldc),
+                            (2, 3) => block::<2, 3>(d, i, j, c, ldc),
+                            (2, 2) => block::<2, 2>(d, i, j, c, ldc),
+                            (2, _) => block::<2, 1>(d, i, j, c, ldc),
+                            (_, 4) => block::<1, 4>(d, i, j, c, ldc),
+                            (_, 3) => block::<1, 3>(d, i, j, c, ldc),
+                            (_, 2) => block::<1, 2>(d, i, j, c, ldc),
+                            _ => block::<1, 1>(d, i, j, c, ldc),
+                        }
+                    }
+                }
+            }
+
+            /// C's rows `i..i + RA`, columns `j..j + RB`.
+            #[target_feature(enable = $features)]
+            unsafe fn block<const RA: usize, const RB: usize>(
+                d: &Dots,
+                i: usize,
+                j: usize,
+                c: &mut [f32],
+                ldc: usize,
+            ) {
+                use std::arch::x86_64::*;
+                let whole = d.k / $lanes * $lanes;
+                let a_rows: [*const f32; RA] =
+                    std::array::from_fn(|r| d.a[(i + r) * d.lda..].as_ptr());
+                let b_rows: [*const f32; RB] =
+                    std::array::from_fn(|r| d.b[(j + r) * d.ldb..].as_ptr());
+                let mut sums = [[$zero(); RB]; RA];
+                for depth in (0..whole).step_by($lanes) {
+                    // SAFETY: every row holds `k >= whole` values.
+                    let b_values: [_; RB] =
+                        std::array::from_fn(|r| unsafe { $load(b_rows[r].add(depth)) });
+                    for ra in 0..RA {
+                        // SAFETY: as above.
+                        let a_values = unsafe { $load(a_rows[ra].add(depth)) };
+                        for rb in 0..RB {
+                            sums[ra][rb] = $fma(a_values, b_values[rb], sums[ra][rb]);
+                        }
+                    }
+                }
+                for ra in 0..RA {
+                    let a_row = &d.a[(i + ra) * d.lda..][..d.k];
+                    for rb in 0..RB {
+                        let b_row = &d.b[(j + rb) * d.ldb..][..d.k];
+                        let mut sum = $sum(sums[ra][rb]);
+                        for depth in whole..d.k {
+                            sum = a_row[depth].mul_add(b_row[depth], sum);
+                        }
+                        let out = &mut c[(i + ra) * ldc + j + rb];
+                        *out = if d.beta == 0.0 {
+                            sum
+                        } else {
+                            d.beta.mul_add(*out, sum)
+                        };
+                    }
+                }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+dot_kernel!(
+    dots_with_avx512,
+    "avx512f,avx2,fma",
+    16,
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_fmadd_ps,
+    _mm512_reduce_add_ps
+);
+
+#[cfg(target_arch = "x86_64")]
+dot_kernel!(
+    dots_with_avx2,
+    "avx2,fma",
+    8,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_fmadd_ps,
+    sum_lanes_avx2
+);
+
+/// The sum of an AVX vector's eight lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn sum_lanes_avx2(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let pairs = _mm_hadd_ps(halves, halves);
+    _mm_cvtss_f32(_mm_hadd_ps(pairs, pairs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +430,44 @@ mod tests {
                 let mut c = vec![fill; m * n];
                 let expected = reference((m, k, n), &a, &b, beta, &c);
                 if !few_rows_matmul((m, k, n), (&a, k), (&b, n), beta, (&mut c, n)) {
+                    return; // no AVX2 here: the caller uses the packing GEMM
+                }
+                for (got, want) in c.iter().zip(&expected) {
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + k as f32),
+                        "{m}x{k}x{n}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dot_products_match_the_definition_on_ragged_shapes() {
+        let mut rng = SplitMix64::new(11);
+        for (m, k, n) in [
+            (1, 1, 1),
+            (6, 784, 25),
+            (16, 100, 150),
+            (3, 37, 5),
+            (5, 16, 7),
+            (2, 0, 3),
+        ] {
+            for beta in [0.0, 1.0] {
+                let a = rng.uniform_vec(m * k, -1.0, 1.0);
+                let b_rows = rng.uniform_vec(n * k, -1.0, 1.0);
+                // B (k, n) for the definition: B's rows as stored are its columns.
+                let b: Vec<f32> = (0..k * n).map(|e| b_rows[(e % n) * k + e / n]).collect();
+                let fill = if beta == 0.0 { f32::NAN } else { 0.5 };
+                let mut c = vec![fill; m * n];
+                let expected = reference((m, k, n), &a, &b, beta, &c);
+                if !few_rows_matmul_transposed_b(
+                    (m, k, n),
+                    (&a, k),
+                    (&b_rows, k),
+                    beta,
+                    (&mut c, n),
+                ) {
                     return; // no AVX2 here: the caller uses the packing GEMM
                 }
                 for (got, want) in c.iter().zip(&expected) {
