@@ -24,6 +24,18 @@ const BLOCK_ROWS: usize = 8;
 /// instructions for it and `m ≤ MAX_ROWS`; returns whether it did.
 #[allow(clippy::too_many_arguments)]
 pub fn few_rows_matmul(
+    shape: (usize, usize, usize),
+    a: (&[f32], usize),
+    b: (&[f32], usize),
+    beta: f32,
+    c: (&mut [f32], usize),
+) -> bool {
+    matmul_on(Isa::best(), shape, a, b, beta, c)
+}
+
+/// [`few_rows_matmul`] with the instructions of `isa` (none: declines).
+fn matmul_on(
+    isa: Option<Isa>,
     (m, k, n): (usize, usize, usize),
     (a, lda): (&[f32], usize),
     (b, ldb): (&[f32], usize),
@@ -50,21 +62,75 @@ pub fn few_rows_matmul(
         ldb,
         beta,
     };
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            unsafe { with_avx512(&product, m, c, ldc) };
-            return true;
+    match isa {
+        Some(isa) => {
+            // SAFETY: callers pass only instruction sets this CPU has.
+            unsafe { isa.matmul(&product, m, c, ldc) };
+            true
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            unsafe { with_avx2(&product, m, c, ldc) };
-            return true;
-        }
+        None => false,
     }
-    let _ = (product, c, ldc);
-    false
+}
+
+/// The instruction sets the kernels are written for, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F (with FMA): 16-lane vectors.
+    Avx512,
+    /// AVX2 with FMA: 8-lane vectors.
+    Avx2,
+}
+
+impl Isa {
+    /// Those this CPU has, best first.
+    pub fn available() -> Vec<Isa> {
+        let mut found = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("fma") && is_x86_feature_detected!("avx2") {
+                if is_x86_feature_detected!("avx512f") {
+                    found.push(Isa::Avx512);
+                }
+                found.push(Isa::Avx2);
+            }
+        }
+        found
+    }
+
+    /// The best this CPU has (the detection is cached, so this is cheap).
+    fn best() -> Option<Isa> {
+        Isa::available().first().copied()
+    }
+
+    /// # Safety
+    /// The CPU has `self`'s instructions.
+    unsafe fn matmul(self, p: &Product, m: usize, c: &mut [f32], ldc: usize) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller's promise.
+        unsafe {
+            match self {
+                Isa::Avx512 => with_avx512(p, m, c, ldc),
+                Isa::Avx2 => with_avx2(p, m, c, ldc),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (p, m, c, ldc);
+    }
+
+    /// # Safety
+    /// The CPU has `self`'s instructions.
+    unsafe fn dots(self, d: &Dots, c: &mut [f32], ldc: usize) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller's promise.
+        unsafe {
+            match self {
+                Isa::Avx512 => dots_with_avx512(d, c, ldc),
+                Isa::Avx2 => dots_with_avx2(d, c, ldc),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (d, c, ldc);
+    }
 }
 
 /// The operands and sizes of one product (all rows of `A`).
@@ -210,6 +276,19 @@ fn ragged_end(p: &Product, a: &[f32], rows: usize, c: &mut [f32], ldc: usize, fu
 /// X_colᵀ`, is this shape: few rows of C, both operands contiguous along
 /// the long depth, which a packing GEMM would copy transposed.
 pub fn few_rows_matmul_transposed_b(
+    shape: (usize, usize, usize),
+    a: (&[f32], usize),
+    b: (&[f32], usize),
+    beta: f32,
+    c: (&mut [f32], usize),
+) -> bool {
+    dots_on(Isa::best(), shape, a, b, beta, c)
+}
+
+/// [`few_rows_matmul_transposed_b`] with the instructions of `isa` (none:
+/// declines).
+fn dots_on(
+    isa: Option<Isa>,
     (m, k, n): (usize, usize, usize),
     (a, lda): (&[f32], usize),
     (b, ldb): (&[f32], usize),
@@ -237,21 +316,14 @@ pub fn few_rows_matmul_transposed_b(
         ldb,
         beta,
     };
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            unsafe { dots_with_avx512(&dots, c, ldc) };
-            return true;
+    match isa {
+        Some(isa) => {
+            // SAFETY: callers pass only instruction sets this CPU has.
+            unsafe { isa.dots(&dots, c, ldc) };
+            true
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            unsafe { dots_with_avx2(&dots, c, ldc) };
-            return true;
-        }
+        None => false,
     }
-    let _ = (dots, c, ldc);
-    false
 }
 
 /// The operands and sizes of one product `A·Bᵀ`.
@@ -411,73 +483,71 @@ mod tests {
         out
     }
 
-    #[test]
-    fn matches_the_definition_on_ragged_shapes() {
+    /// Checks `run` (a kernel on one instruction set) against the
+    /// definition on `shapes`, with β 0 and 1; `transposed`: B is passed as
+    /// stored `(n, k)`.
+    fn check_kernel(
+        shapes: &[(usize, usize, usize)],
+        transposed: bool,
+        run: impl Fn(Isa, (usize, usize, usize), &[f32], &[f32], f32, &mut [f32]) -> bool,
+    ) {
         let mut rng = SplitMix64::new(7);
-        for (m, k, n) in [
-            (1, 1, 1),
-            (6, 25, 784),
-            (16, 150, 100),
-            (3, 7, 33),
-            (9, 4, 65),
-            (8, 0, 40),
-        ] {
+        for &(m, k, n) in shapes {
             for beta in [0.0, 1.0] {
                 let a = rng.uniform_vec(m * k, -1.0, 1.0);
                 let b = rng.uniform_vec(k * n, -1.0, 1.0);
+                // B (k, n) for the definition: stored transposed, B's rows
+                // as stored are its columns.
+                let b_kn: Vec<f32> = if transposed {
+                    (0..k * n).map(|e| b[(e % n) * k + e / n]).collect()
+                } else {
+                    b.clone()
+                };
                 // With β = 0 whatever C held (here NaN) is ignored.
                 let fill = if beta == 0.0 { f32::NAN } else { 0.5 };
-                let mut c = vec![fill; m * n];
-                let expected = reference((m, k, n), &a, &b, beta, &c);
-                if !few_rows_matmul((m, k, n), (&a, k), (&b, n), beta, (&mut c, n)) {
-                    return; // no AVX2 here: the caller uses the packing GEMM
-                }
-                for (got, want) in c.iter().zip(&expected) {
-                    assert!(
-                        (got - want).abs() <= 1e-5 * (1.0 + k as f32),
-                        "{m}x{k}x{n}: {got} vs {want}"
-                    );
+                let expected = reference((m, k, n), &a, &b_kn, beta, &vec![fill; m * n]);
+                for isa in Isa::available() {
+                    let mut c = vec![fill; m * n];
+                    assert!(run(isa, (m, k, n), &a, &b, beta, &mut c));
+                    for (got, want) in c.iter().zip(&expected) {
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + k as f32),
+                            "{isa:?} {m}x{k}x{n} β {beta}: {got} vs {want}"
+                        );
+                    }
                 }
             }
         }
     }
 
     #[test]
+    fn matches_the_definition_on_ragged_shapes() {
+        let shapes = [
+            (1, 1, 1),
+            (6, 25, 784),
+            (16, 150, 100),
+            (3, 7, 33),
+            (9, 4, 65),
+            (8, 0, 40),
+        ];
+        check_kernel(&shapes, false, |isa, (m, k, n), a, b, beta, c| {
+            matmul_on(Some(isa), (m, k, n), (a, k), (b, n), beta, (c, n))
+        });
+    }
+
+    #[test]
     fn dot_products_match_the_definition_on_ragged_shapes() {
-        let mut rng = SplitMix64::new(11);
-        for (m, k, n) in [
+        let shapes = [
             (1, 1, 1),
             (6, 784, 25),
             (16, 100, 150),
             (3, 37, 5),
             (5, 16, 7),
             (2, 0, 3),
-        ] {
-            for beta in [0.0, 1.0] {
-                let a = rng.uniform_vec(m * k, -1.0, 1.0);
-                let b_rows = rng.uniform_vec(n * k, -1.0, 1.0);
-                // B (k, n) for the definition: B's rows as stored are its columns.
-                let b: Vec<f32> = (0..k * n).map(|e| b_rows[(e % n) * k + e / n]).collect();
-                let fill = if beta == 0.0 { f32::NAN } else { 0.5 };
-                let mut c = vec![fill; m * n];
-                let expected = reference((m, k, n), &a, &b, beta, &c);
-                if !few_rows_matmul_transposed_b(
-                    (m, k, n),
-                    (&a, k),
-                    (&b_rows, k),
-                    beta,
-                    (&mut c, n),
-                ) {
-                    return; // no AVX2 here: the caller uses the packing GEMM
-                }
-                for (got, want) in c.iter().zip(&expected) {
-                    assert!(
-                        (got - want).abs() <= 1e-5 * (1.0 + k as f32),
-                        "{m}x{k}x{n}: {got} vs {want}"
-                    );
-                }
-            }
-        }
+        ];
+        check_kernel(&shapes, true, |isa, (m, k, n), a, b, beta, c| {
+            dots_on(Some(isa), (m, k, n), (a, k), (b, k), beta, (c, n))
+        });
     }
 
     #[test]
@@ -485,6 +555,13 @@ mod tests {
         let (a, b) = (vec![0.0; 17], vec![0.0; 1]);
         let mut c = vec![0.0; 17];
         assert!(!few_rows_matmul(
+            (17, 1, 1),
+            (&a, 1),
+            (&b, 1),
+            0.0,
+            (&mut c, 1)
+        ));
+        assert!(!few_rows_matmul_transposed_b(
             (17, 1, 1),
             (&a, 1),
             (&b, 1),
