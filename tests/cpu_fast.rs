@@ -27,7 +27,7 @@ fn assert_close(what: &str, fast: &HostTensor<f64>, reference: &HostTensor<f64>)
 }
 
 /// f32 convolutions, whose forward and weight-gradient products may take
-/// the few-rows kernels (fused multiply-adds, `src/cpu/fast/few_rows.rs`) on
+/// the few-rows kernels (fused multiply-adds, `src/cpu/fast/unpacked.rs`) on
 /// CPUs with AVX2 or AVX-512, against the f64 reference: equal within f32
 /// rounding of the terms.
 #[test]
@@ -48,6 +48,20 @@ fn convolution_in_f32_matches_the_reference_within_rounding() {
         (2, 3, 9, 13, 11, 3, 3, 1, 1),
         (1, 2, 6, 6, 1, 3, 3, 1, 0),
         (2, 2, 7, 7, 17, 3, 3, 1, 1),
+        // The direct way (stride 1, outputs nearly as wide as the padded
+        // input, `src/cpu/fast/direct_conv.rs`): fashion-cnn's and
+        // cifar-cnn's convolutions, no padding, padding of k − 1, a 1×1
+        // kernel, and kernels and inputs that are not square.
+        (2, 32, 28, 28, 32, 3, 3, 1, 1),
+        (3, 32, 14, 14, 64, 3, 3, 1, 1),
+        (2, 3, 32, 32, 32, 3, 3, 1, 1),
+        (2, 4, 30, 30, 9, 3, 3, 1, 0),
+        (2, 3, 20, 20, 5, 3, 3, 1, 2),
+        (2, 7, 28, 28, 3, 1, 1, 1, 0),
+        (2, 3, 24, 40, 7, 3, 5, 1, 1),
+        (1, 2, 40, 24, 10, 5, 3, 1, 2),
+        // Stride 2 keeps im2col.
+        (2, 3, 28, 28, 8, 3, 3, 2, 1),
     ] {
         let g = Conv2dGeometry::new(n, c, h, w, o, kh, kw, s, p).unwrap();
         let x = random(&mut rng, &g.input_shape());

@@ -21,6 +21,7 @@ pub use backend::CpuBackend;
 pub use batchnorm::{batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train};
 pub use conv::{col2im, conv2d_backward, conv2d_forward, im2col};
 pub use dropout::{dropout_backward, dropout_forward};
+pub use fast::unpacked::Rows;
 pub use gemm::gemm;
 pub use linear::{linear_backward, linear_forward};
 pub use optim::{optimizer_update, optimizer_update_with};
@@ -65,6 +66,40 @@ pub trait Real:
         beta: Self,
         c: (&mut [Self], isize, isize),
     );
+
+    /// Whether [`Real::matmul_unpacked`] and [`Real::dots_listed_rows`]
+    /// run here (this type has the kernels, and the CPU their
+    /// instructions).
+    fn has_unpacked() -> bool {
+        false
+    }
+
+    /// `C ← A·B + β·C` for `A (m, k)`, `B (k, n)` and row-major `C (m, n)`
+    /// (row stride `ldc`), A's and B's rows where [`Rows`] puts them,
+    /// through the unpacked SIMD kernels ([`fast::unpacked`]); returns
+    /// whether it ran (see [`Real::has_unpacked`]).
+    fn matmul_unpacked(
+        _shape: (usize, usize, usize),
+        _a: (&[Self], Rows),
+        _b: (&[Self], Rows),
+        _beta: Self,
+        _c: (&mut [Self], usize),
+    ) -> bool {
+        false
+    }
+
+    /// `C ← A·Bᵀ + β·C` as dot products, for row-major `A (m, k)` and
+    /// `C (m, n)`, where B's row `r` is `b[starts[r]..][..k]`; returns
+    /// whether it ran (see [`Real::has_unpacked`]).
+    fn dots_listed_rows(
+        _shape: (usize, usize, usize),
+        _a: (&[Self], usize),
+        _b: (&[Self], &[usize]),
+        _beta: Self,
+        _c: (&mut [Self], usize),
+    ) -> bool {
+        false
+    }
 }
 
 /// Checks that the strided `rows × cols` matrix fits in `len` elements.
@@ -79,7 +114,7 @@ fn check_strided(len: usize, rows: usize, cols: usize, rs: isize, cs: isize) {
     );
 }
 
-/// [`fast::few_rows`] for a product it takes (few rows of C, A and C
+/// [`fast::unpacked`] for a product it takes (few rows of C, A and C
 /// row-major, B stored either way round), else `false`.
 fn few_rows_f32(
     (m, k, n): (usize, usize, usize),
@@ -88,7 +123,7 @@ fn few_rows_f32(
     beta: f32,
     c: (&mut [f32], isize, isize),
 ) -> bool {
-    use fast::few_rows::{MAX_ROWS, few_rows_matmul, few_rows_matmul_transposed_b};
+    use fast::unpacked::{MAX_ROWS, few_rows_matmul, few_rows_matmul_transposed_b};
     // Narrower (shallower) products leave its vectors mostly empty.
     const MIN_LENGTH: usize = 16;
     let rows_fit = m <= MAX_ROWS && a.2 == 1 && c.2 == 1 && a.1 >= 0 && b.1 >= 0 && b.2 >= 0;
@@ -155,6 +190,30 @@ impl Real for f32 {
         self as f64
     }
     impl_matmul!(f32, matrixmultiply::sgemm, few_rows_f32);
+
+    fn has_unpacked() -> bool {
+        fast::unpacked::available()
+    }
+
+    fn matmul_unpacked(
+        shape: (usize, usize, usize),
+        a: (&[f32], Rows),
+        b: (&[f32], Rows),
+        beta: f32,
+        c: (&mut [f32], usize),
+    ) -> bool {
+        fast::unpacked::matmul_unpacked(shape, a, b, beta, c)
+    }
+
+    fn dots_listed_rows(
+        shape: (usize, usize, usize),
+        a: (&[f32], usize),
+        b: (&[f32], &[usize]),
+        beta: f32,
+        c: (&mut [f32], usize),
+    ) -> bool {
+        fast::unpacked::dots_listed_rows(shape, a, b, beta, c)
+    }
 }
 
 impl Real for f64 {

@@ -1,10 +1,13 @@
-//! Convolution on the CPU training path: im2col of one image at a time
-//! into a reused buffer, then an optimised GEMM ([`Real::matmul`]), a run
-//! of images per task of the pool; the backward sums each task's dW and db
-//! and adds the tasks' partial sums in task order.
+//! Convolution on the CPU training path, a run of images per task of the
+//! pool; the backward sums each task's dW and db and adds the tasks'
+//! partial sums in task order. Each image goes through one of two
+//! [`PerImage`] ways: the direct convolution ([`super::direct_conv`]) where
+//! it applies, else im2col into a reused buffer and an optimised GEMM
+//! ([`Real::matmul`]).
 
 use rayon::prelude::*;
 
+use super::direct_conv::DirectConv;
 use super::{lanes, workers};
 use crate::backend::ParamGrads;
 use crate::cpu::Real;
@@ -188,7 +191,119 @@ fn col2im_into<F: Real>(dcols: &[F], g: &Conv2dGeometry, taps: &[Tap], dx_n: &mu
     }
 }
 
-/// `Y_n = W_col · X_col,n + b`, `(N, O, OH, OW)`.
+/// One way of computing a convolution an image at a time, for a batch's
+/// geometry and weights; each task of the pool owns one [`Self::Scratch`].
+pub(super) trait PerImage<F: Real>: Sync {
+    /// Buffers reused across one task's images.
+    type Scratch: Send;
+
+    /// A task's buffers; `need_dx`: [`Self::grads`] will be asked for `dX`.
+    fn scratch(&self, need_dx: bool) -> Self::Scratch;
+
+    /// `y_n = W ∗ x_n + b`, `(O, OH, OW)`.
+    fn forward(&self, scratch: &mut Self::Scratch, x_n: &[F], b: &[F], y_n: &mut [F]);
+
+    /// Adds the image's weight gradient into the task's sum, and when
+    /// `dx_n` is given (zeroed), writes the image's input gradient into it.
+    fn grads(&self, scratch: &mut Self::Scratch, x_n: &[F], dy_n: &[F], dx_n: Option<&mut [F]>);
+
+    /// The task's sum of weight gradients, `(O, C·kh·kw)`.
+    fn weight_grad(&self, scratch: Self::Scratch) -> Vec<F>;
+}
+
+/// im2col of each image, then [`Real::matmul`].
+struct Im2col<'a, F> {
+    g: &'a Conv2dGeometry,
+    w: &'a [F],
+    taps: Vec<Tap>,
+}
+
+/// An [`Im2col`] task's buffers: the image's columns and their gradient,
+/// and the sum of weight gradients.
+struct Columns<F> {
+    cols: Vec<F>,
+    dcols: Vec<F>,
+    dw: Vec<F>,
+}
+
+impl<'a, F: Real> Im2col<'a, F> {
+    fn new(g: &'a Conv2dGeometry, w: &'a [F]) -> Self {
+        Im2col {
+            g,
+            w,
+            taps: taps(g).collect(),
+        }
+    }
+
+    /// Elements between the column matrix's rows.
+    fn ld(&self) -> usize {
+        col_stride::<F>(self.g.out_positions())
+    }
+}
+
+impl<F: Real> PerImage<F> for Im2col<'_, F> {
+    type Scratch = Columns<F>;
+
+    fn scratch(&self, need_dx: bool) -> Columns<F> {
+        let cols = vec![F::zero(); self.g.col_rows() * self.ld()];
+        let dcols = if need_dx { cols.clone() } else { Vec::new() };
+        let dw = vec![F::zero(); self.g.out_channels * self.g.col_rows()];
+        Columns { cols, dcols, dw }
+    }
+
+    fn forward(&self, s: &mut Columns<F>, x_n: &[F], b: &[F], y_n: &mut [F]) {
+        let g = self.g;
+        let (o, rows, positions) = (g.out_channels, g.col_rows(), g.out_positions());
+        image_cols_into(x_n, g, &self.taps, &mut s.cols);
+        for (row, bias) in y_n.chunks_mut(positions).zip(b) {
+            row.fill(*bias);
+        }
+        F::matmul(
+            o,
+            rows,
+            positions,
+            (self.w, rows as isize, 1),
+            (&s.cols, self.ld() as isize, 1),
+            F::one(),
+            (y_n, positions as isize, 1),
+        );
+    }
+
+    fn grads(&self, s: &mut Columns<F>, x_n: &[F], dy_n: &[F], dx_n: Option<&mut [F]>) {
+        let g = self.g;
+        let (o, rows, positions) = (g.out_channels, g.col_rows(), g.out_positions());
+        let ld = self.ld();
+        image_cols_into(x_n, g, &self.taps, &mut s.cols);
+        F::matmul(
+            o,
+            positions,
+            rows,
+            (dy_n, positions as isize, 1),
+            (&s.cols, 1, ld as isize),
+            F::one(),
+            (&mut s.dw, rows as isize, 1),
+        );
+        let Some(dx_n) = dx_n else {
+            return;
+        };
+        F::matmul(
+            rows,
+            o,
+            positions,
+            (self.w, 1, rows as isize),
+            (dy_n, positions as isize, 1),
+            F::zero(),
+            (&mut s.dcols, ld as isize, 1),
+        );
+        col2im_into(&s.dcols, g, &self.taps, dx_n);
+    }
+
+    fn weight_grad(&self, s: Columns<F>) -> Vec<F> {
+        s.dw
+    }
+}
+
+/// `Y_n = W ∗ X_n + b`, `(N, O, OH, OW)`.
 pub fn conv2d_forward<F: Real>(
     x: &HostTensor<F>,
     w: &HostTensor<F>,
@@ -197,30 +312,33 @@ pub fn conv2d_forward<F: Real>(
 ) -> HostTensor<F> {
     assert_eq!(x.shape, g.input_shape(), "conv2d input shape");
     assert_eq!(w.shape, g.weight_shape(), "conv2d weight shape");
-    let (o, rows, positions) = (g.out_channels, g.col_rows(), g.out_positions());
+    match DirectConv::new(g, &w.data) {
+        Some(direct) => forward_with(&direct, x, b, g),
+        None => forward_with(&Im2col::new(g, &w.data), x, b, g),
+    }
+}
+
+/// [`conv2d_forward`] an image at a time by `way`.
+fn forward_with<F: Real>(
+    way: &impl PerImage<F>,
+    x: &HostTensor<F>,
+    b: &HostTensor<F>,
+    g: &Conv2dGeometry,
+) -> HostTensor<F> {
     let mut y = HostTensor::zeros(&g.output_shape());
-    let per_image = o * positions;
+    let per_image = g.out_channels * g.out_positions();
     let chunk = g.batch.div_ceil(workers(g.batch));
     let image_len = g.channels * g.height * g.width;
-    let taps: Vec<Tap> = taps(g).collect();
     let tasks = y.data.par_chunks_mut(chunk * per_image).enumerate();
     tasks.for_each(|(c, out)| {
-        let ld = col_stride::<F>(positions);
-        let mut cols = vec![F::zero(); rows * ld];
+        let mut scratch = way.scratch(false);
         for (i, y_n) in out.chunks_mut(per_image).enumerate() {
             let n = c * chunk + i;
-            image_cols_into(&x.data[n * image_len..][..image_len], g, &taps, &mut cols);
-            for (row, bias) in y_n.chunks_mut(positions).zip(&b.data) {
-                row.fill(*bias);
-            }
-            F::matmul(
-                o,
-                rows,
-                positions,
-                (&w.data, rows as isize, 1),
-                (&cols, ld as isize, 1),
-                F::one(),
-                (y_n, positions as isize, 1),
+            way.forward(
+                &mut scratch,
+                &x.data[n * image_len..][..image_len],
+                &b.data,
+                y_n,
             );
         }
     });
@@ -255,7 +373,7 @@ pub fn conv2d_weight_grads<F: Real>(
 
 type ConvGrads<F> = (Option<HostTensor<F>>, HostTensor<F>, HostTensor<F>);
 
-/// `dX` (when `need_dx`), `dW` and `db`, one image per task.
+/// `dX` (when `need_dx`), `dW` and `db`.
 fn conv2d_grads<F: Real>(
     x: &HostTensor<F>,
     w: &HostTensor<F>,
@@ -264,10 +382,23 @@ fn conv2d_grads<F: Real>(
     need_dx: bool,
 ) -> ConvGrads<F> {
     assert_eq!(dy.shape, g.output_shape(), "conv2d output gradient shape");
-    let (o, rows, positions) = (g.out_channels, g.col_rows(), g.out_positions());
+    match DirectConv::new(g, &w.data) {
+        Some(direct) => grads_with(&direct, x, dy, g, need_dx),
+        None => grads_with(&Im2col::new(g, &w.data), x, dy, g, need_dx),
+    }
+}
+
+/// [`conv2d_grads`] an image at a time by `way`, a run of images per task.
+fn grads_with<F: Real>(
+    way: &impl PerImage<F>,
+    x: &HostTensor<F>,
+    dy: &HostTensor<F>,
+    g: &Conv2dGeometry,
+    need_dx: bool,
+) -> ConvGrads<F> {
+    let (o, positions) = (g.out_channels, g.out_positions());
     let image_len = g.channels * g.height * g.width;
     let mut dx = need_dx.then(|| HostTensor::zeros(&g.input_shape()));
-    let taps: Vec<Tap> = taps(g).collect();
     let chunk = g.batch.div_ceil(workers(g.batch));
     // Each task's slice of dX (empty when dX is not wanted).
     let dx_slices: Vec<&mut [F]> = match dx.as_mut() {
@@ -280,47 +411,19 @@ fn conv2d_grads<F: Real>(
         .into_par_iter()
         .enumerate()
         .map(|(c, dx_chunk)| {
-            let mut dw = vec![F::zero(); o * rows];
             let mut db = vec![F::zero(); o];
-            let ld = col_stride::<F>(positions);
-            let mut cols = vec![F::zero(); rows * ld];
-            let mut dcols = if need_dx { cols.clone() } else { Vec::new() };
+            let mut scratch = way.scratch(need_dx);
             let images = c * chunk..((c + 1) * chunk).min(g.batch);
             for (i, n) in images.enumerate() {
                 let dy_n = &dy.data[n * o * positions..(n + 1) * o * positions];
-                image_cols_into(&x.data[n * image_len..][..image_len], g, &taps, &mut cols);
-                F::matmul(
-                    o,
-                    positions,
-                    rows,
-                    (dy_n, positions as isize, 1),
-                    (&cols, 1, ld as isize),
-                    F::one(),
-                    (&mut dw, rows as isize, 1),
-                );
+                let dx_n = need_dx.then(|| &mut dx_chunk[i * image_len..][..image_len]);
+                let x_n = &x.data[n * image_len..][..image_len];
+                way.grads(&mut scratch, x_n, dy_n, dx_n);
                 for (sum, row) in db.iter_mut().zip(dy_n.chunks(positions)) {
                     *sum += lanes::sum(row);
                 }
-                if !need_dx {
-                    continue;
-                }
-                F::matmul(
-                    rows,
-                    o,
-                    positions,
-                    (&w.data, 1, rows as isize),
-                    (dy_n, positions as isize, 1),
-                    F::zero(),
-                    (&mut dcols, ld as isize, 1),
-                );
-                col2im_into(
-                    &dcols,
-                    g,
-                    &taps,
-                    &mut dx_chunk[i * image_len..][..image_len],
-                );
             }
-            (dw, db)
+            (way.weight_grad(scratch), db)
         })
         .collect();
     let mut dw = HostTensor::zeros(&g.weight_shape());

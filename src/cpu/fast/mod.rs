@@ -8,8 +8,9 @@ use rayon::prelude::*;
 
 pub(super) mod batchnorm;
 mod conv;
-pub(super) mod few_rows;
+mod direct_conv;
 mod lanes;
+pub(super) mod unpacked;
 
 pub use conv::{conv2d_backward, conv2d_forward, conv2d_weight_grads};
 
