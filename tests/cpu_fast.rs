@@ -26,10 +26,11 @@ fn assert_close(what: &str, fast: &HostTensor<f64>, reference: &HostTensor<f64>)
     }
 }
 
-/// f32 convolutions, whose forward and weight-gradient products may take
-/// the few-rows kernels (fused multiply-adds, `src/cpu/fast/unpacked.rs`) on
-/// CPUs with AVX2 or AVX-512, against the f64 reference: equal within f32
-/// rounding of the terms.
+/// f32 convolutions, which on CPUs with AVX2 or AVX-512 take the unpacked
+/// kernels (fused multiply-adds, `src/cpu/fast/unpacked.rs`): the direct
+/// way for stride 1 (`direct_conv.rs`), else im2col with the few-rows
+/// products. Against the f64 reference: equal within f32 rounding of the
+/// terms.
 #[test]
 fn convolution_in_f32_matches_the_reference_within_rounding() {
     let fast = CpuBackend::<f32>::fast();
@@ -44,7 +45,7 @@ fn convolution_in_f32_matches_the_reference_within_rounding() {
         (3, 1, 28, 28, 6, 5, 5, 1, 2),
         (2, 6, 14, 14, 16, 5, 5, 1, 0),
         // Rows in blocks of 8 and a ragged rest, columns past the last
-        // whole vector pair; more rows than the kernel takes.
+        // whole vector pair; 17 output channels.
         (2, 3, 9, 13, 11, 3, 3, 1, 1),
         (1, 2, 6, 6, 1, 3, 3, 1, 0),
         (2, 2, 7, 7, 17, 3, 3, 1, 1),
@@ -60,8 +61,10 @@ fn convolution_in_f32_matches_the_reference_within_rounding() {
         (2, 7, 28, 28, 3, 1, 1, 1, 0),
         (2, 3, 24, 40, 7, 3, 5, 1, 1),
         (1, 2, 40, 24, 10, 5, 3, 1, 2),
-        // Stride 2 keeps im2col.
+        // im2col: stride 2, and a grid too wide for its outputs.
         (2, 3, 28, 28, 8, 3, 3, 2, 1),
+        (2, 3, 6, 6, 4, 5, 5, 1, 0),
+        (2, 3, 6, 6, 20, 5, 5, 1, 0),
     ] {
         let g = Conv2dGeometry::new(n, c, h, w, o, kh, kw, s, p).unwrap();
         let x = random(&mut rng, &g.input_shape());

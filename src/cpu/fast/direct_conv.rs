@@ -17,7 +17,7 @@
 //! The grid's length is rounded up to the kernels' column block; the
 //! dropped columns make the work `Wp·OH / (OW·OH)` of im2col's, so
 //! [`DirectConv::new`] declines geometries where that waste is large (a
-//! 5×5 kernel without padding on a 14-wide input).
+//! 5×5 kernel without padding on a 6-wide input).
 
 use super::conv::PerImage;
 use super::unpacked::BLOCK_COLUMNS;
@@ -25,8 +25,10 @@ use crate::cpu::{Real, Rows};
 use crate::geometry::Conv2dGeometry;
 
 /// The most work the grid may add over the outputs themselves (its
-/// positions over `OH·OW`) for the direct way to be taken.
-const MAX_GRID_WASTE: f64 = 1.25;
+/// positions over `OH·OW`) for the direct way to be taken. LeNet-5's
+/// second convolution (5×5, no padding, 14×14 in) computes 160 positions
+/// for 100 outputs and still trains 1.2× faster than through im2col.
+const MAX_GRID_WASTE: f64 = 2.0;
 
 /// Zero-padded copies of `channels` planes, and the grid and windows a
 /// convolution of them with a `kh × kw` kernel reads.
