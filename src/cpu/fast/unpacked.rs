@@ -543,9 +543,14 @@ macro_rules! dot_kernel {
                     std::array::from_fn(|r| &d.b[unsafe { d.b_rows.start(j + r) }..][..d.k]);
                 let mut sums = [[$zero(); RB]; RA];
                 for depth in (0..whole).step_by($lanes) {
-                    // SAFETY: every row holds `k >= whole` values.
-                    let b_values: [_; RB] =
-                        std::array::from_fn(|r| unsafe { $load(b_rows[r].as_ptr().add(depth)) });
+                    // A loop, not `array::from_fn`: a closure lacks this
+                    // function's target features, so the loads in it were
+                    // calls, not inlined.
+                    let mut b_values = [$zero(); RB];
+                    for (value, row) in b_values.iter_mut().zip(&b_rows) {
+                        // SAFETY: every row holds `k >= whole` values.
+                        *value = unsafe { $load(row.as_ptr().add(depth)) };
+                    }
                     for ra in 0..RA {
                         // SAFETY: as above.
                         let a_values = unsafe { $load(a_rows[ra].as_ptr().add(depth)) };
