@@ -20,7 +20,7 @@
 //! 5×5 kernel without padding on a 6-wide input).
 
 use super::conv::PerImage;
-use super::unpacked::BLOCK_COLUMNS;
+use super::unpacked::{BLOCK_COLUMNS, MIN_BLOCK_COLUMNS};
 use crate::cpu::{Real, Rows};
 use crate::geometry::Conv2dGeometry;
 
@@ -247,7 +247,7 @@ enum WeightGradForm {
 
 impl<F: Real> DirectConv<'_, F> {
     fn weight_grad_form(&self) -> WeightGradForm {
-        if self.g.out_channels >= BLOCK_COLUMNS {
+        if self.g.out_channels >= MIN_BLOCK_COLUMNS {
             WeightGradForm::Transposed
         } else {
             WeightGradForm::Dots

@@ -25,8 +25,11 @@ pub const MAX_ROWS: usize = 16;
 /// Rows of C summed in one pass over B.
 const BLOCK_ROWS: usize = 8;
 /// Columns of C one pass sums per row, at most (two AVX-512 vectors): the
-/// listed-rows product is fastest when `n` is a multiple of this.
+/// product is fastest when `n` is a multiple of this.
 pub const BLOCK_COLUMNS: usize = 32;
+/// The fewest columns of C a pass takes (one AVX-512 vector, two AVX2
+/// ones); narrower products are summed in scalars.
+pub const MIN_BLOCK_COLUMNS: usize = 16;
 
 /// Whether this CPU has the instructions the kernels need.
 pub fn available() -> bool {
@@ -269,8 +272,9 @@ struct Product<'a, RA, RB> {
 
 /// Defines `$name`, computing every row of C: blocks of [`BLOCK_ROWS`]
 /// rows, each summed in registers over B's rows, two `$lanes`-lane vectors
-/// (`$vector`'s intrinsics) per row of C at a time; then the columns past
-/// the last whole pair of vectors, in scalars.
+/// (`$vector`'s intrinsics) per row of C at a time, then one where a whole
+/// vector is left; then the columns past the last whole vector, in
+/// scalars.
 #[cfg(target_arch = "x86_64")]
 macro_rules! kernel {
     ($name:ident, $features:literal, $lanes:literal,
@@ -282,71 +286,93 @@ macro_rules! kernel {
             c: &mut [f32],
             ldc: usize,
         ) {
-            let full = p.n / (2 * $lanes) * (2 * $lanes);
+            let pairs = p.n / (2 * $lanes) * (2 * $lanes);
+            let full = p.n / $lanes * $lanes;
             let mut row = 0;
             while row < m {
                 let rows = (m - row).min(BLOCK_ROWS);
                 let c = &mut c[row * ldc..];
-                // SAFETY (every arm): the caller checked that A, B and C hold
-                // their shapes, and `row + rows <= m`.
+                // SAFETY: the caller checked that A, B and C hold their
+                // shapes, and `row + rows <= m`.
                 unsafe {
-                    match rows {
-                        8 => block::<8, RA, RB>(p, row, c, ldc, full),
-                        7 => block::<7, RA, RB>(p, row, c, ldc, full),
-                        6 => block::<6, RA, RB>(p, row, c, ldc, full),
-                        5 => block::<5, RA, RB>(p, row, c, ldc, full),
-                        4 => block::<4, RA, RB>(p, row, c, ldc, full),
-                        3 => block::<3, RA, RB>(p, row, c, ldc, full),
-                        2 => block::<2, RA, RB>(p, row, c, ldc, full),
-                        _ => block::<1, RA, RB>(p, row, c, ldc, full),
-                    }
+                    blocks::<2, RA, RB>(p, row, rows, c, ldc, 0..pairs);
+                    blocks::<1, RA, RB>(p, row, rows, c, ldc, pairs..full);
                 }
                 ragged_end(p, row..row + rows, c, ldc, full);
                 row += rows;
             }
 
-            /// Rows `first..first + ROWS` of C (`c` starts at the first),
-            /// columns `0..full`.
+            /// Rows `first..first + rows` of C (`c` starts at the first),
+            /// columns `cols`, `VECS` vectors at a time.
             #[target_feature(enable = $features)]
-            unsafe fn block<const ROWS: usize, RA: RowStarts, RB: RowStarts>(
+            unsafe fn blocks<const VECS: usize, RA: RowStarts, RB: RowStarts>(
+                p: &Product<RA, RB>,
+                first: usize,
+                rows: usize,
+                c: &mut [f32],
+                ldc: usize,
+                cols: std::ops::Range<usize>,
+            ) {
+                // SAFETY (every arm): the caller's promise.
+                unsafe {
+                    match rows {
+                        8 => block::<8, VECS, RA, RB>(p, first, c, ldc, cols),
+                        7 => block::<7, VECS, RA, RB>(p, first, c, ldc, cols),
+                        6 => block::<6, VECS, RA, RB>(p, first, c, ldc, cols),
+                        5 => block::<5, VECS, RA, RB>(p, first, c, ldc, cols),
+                        4 => block::<4, VECS, RA, RB>(p, first, c, ldc, cols),
+                        3 => block::<3, VECS, RA, RB>(p, first, c, ldc, cols),
+                        2 => block::<2, VECS, RA, RB>(p, first, c, ldc, cols),
+                        _ => block::<1, VECS, RA, RB>(p, first, c, ldc, cols),
+                    }
+                }
+            }
+
+            /// Rows `first..first + ROWS` of C (`c` starts at the first),
+            /// columns `cols` (a multiple of `VECS` vectors).
+            #[target_feature(enable = $features)]
+            unsafe fn block<const ROWS: usize, const VECS: usize, RA: RowStarts, RB: RowStarts>(
                 p: &Product<RA, RB>,
                 first: usize,
                 c: &mut [f32],
                 ldc: usize,
-                full: usize,
+                cols: std::ops::Range<usize>,
             ) {
                 use std::arch::x86_64::*;
                 // SAFETY: `first + ROWS <= m`, the rows `fit` checked.
                 let a_rows: [usize; ROWS] =
                     std::array::from_fn(|r| unsafe { p.a_rows.start(first + r) });
-                for col in (0..full).step_by(2 * $lanes) {
-                    let mut low = [$zero(); ROWS];
-                    let mut high = [$zero(); ROWS];
+                for col in cols.step_by(VECS * $lanes) {
+                    let mut sums = [[$zero(); VECS]; ROWS];
                     for depth in 0..p.k {
-                        // SAFETY: B's row `depth` has at least `full` columns.
-                        let (b_low, b_high) = unsafe {
-                            let b = p.b.as_ptr().add(p.b_rows.start(depth) + col);
-                            ($load(b), $load(b.add($lanes)))
-                        };
-                        for r in 0..ROWS {
+                        let mut b_values = [$zero(); VECS];
+                        for (v, value) in b_values.iter_mut().enumerate() {
+                            // SAFETY: B's row `depth` has at least `cols.end`
+                            // columns.
+                            *value = unsafe {
+                                $load(p.b.as_ptr().add(p.b_rows.start(depth) + col + v * $lanes))
+                            };
+                        }
+                        for (r, row_sums) in sums.iter_mut().enumerate() {
                             // SAFETY: A has `ROWS` rows of `k` values.
                             let a_value = $splat(unsafe { *p.a.get_unchecked(a_rows[r] + depth) });
-                            low[r] = $fma(a_value, b_low, low[r]);
-                            high[r] = $fma(a_value, b_high, high[r]);
+                            for (sum, &b_value) in row_sums.iter_mut().zip(&b_values) {
+                                *sum = $fma(a_value, b_value, *sum);
+                            }
                         }
                     }
-                    for r in 0..ROWS {
-                        // SAFETY: C has `ROWS` rows of `full` columns.
-                        unsafe {
-                            let out = c.as_mut_ptr().add(r * ldc + col);
-                            let (mut low, mut high) = (low[r], high[r]);
-                            if p.beta != 0.0 {
-                                let beta = $splat(p.beta);
-                                low = $fma(beta, $load(out), low);
-                                high = $fma(beta, $load(out.add($lanes)), high);
+                    for (r, row_sums) in sums.iter().enumerate() {
+                        for (v, &sum) in row_sums.iter().enumerate() {
+                            // SAFETY: C has `ROWS` rows of `cols.end` columns.
+                            unsafe {
+                                let out = c.as_mut_ptr().add(r * ldc + col + v * $lanes);
+                                let sum = if p.beta != 0.0 {
+                                    $fma($splat(p.beta), $load(out), sum)
+                                } else {
+                                    sum
+                                };
+                                $store(out, sum);
                             }
-                            $store(out, low);
-                            $store(out.add($lanes), high);
                         }
                     }
                 }
@@ -715,7 +741,9 @@ mod tests {
         }
     }
 
-    const MATMUL_SHAPES: [(usize, usize, usize); 7] = [
+    /// Pairs of vectors, one vector (784, 40 on AVX2, 16 and 57 on
+    /// AVX-512) and scalars after them.
+    const MATMUL_SHAPES: [(usize, usize, usize); 9] = [
         (1, 1, 1),
         (6, 25, 784),
         (16, 150, 100),
@@ -723,6 +751,8 @@ mod tests {
         (9, 4, 65),
         (8, 0, 40),
         (37, 20, 64),
+        (10, 9, 16),
+        (5, 3, 57),
     ];
 
     const DOT_SHAPES: [(usize, usize, usize); 7] = [
