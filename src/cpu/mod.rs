@@ -76,7 +76,7 @@ pub trait Real:
 
     /// `C ← A·B + β·C` for `A (m, k)`, `B (k, n)` and row-major `C (m, n)`
     /// (row stride `ldc`), A's and B's rows where [`Rows`] puts them,
-    /// through the unpacked SIMD kernels ([`fast::unpacked`]); returns
+    /// through the unpacked SIMD kernels (`cpu/fast/unpacked.rs`); returns
     /// whether it ran (see [`Real::has_unpacked`]).
     fn matmul_unpacked(
         _shape: (usize, usize, usize),

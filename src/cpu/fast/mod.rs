@@ -1,6 +1,7 @@
 //! The CPU training path's matrix-product ops: the same math as the reference
-//! functions, but convolutions as im2col + an optimised GEMM
-//! ([`Real::matmul`]) in `conv.rs`, fully connected layers as bands of
+//! functions, but convolutions read in place from a padded image by SIMD
+//! kernels (`direct_conv.rs`, `unpacked.rs`) or as im2col + an optimised
+//! GEMM ([`Real::matmul`]) in `conv.rs`, fully connected layers as bands of
 //! rows, over a pool of one thread per core (rayon's). The reference stays
 //! the judge; `tests/cpu_fast.rs` compares the two.
 
