@@ -3,7 +3,7 @@
 
 use wgcnn::backend::Backend;
 use wgcnn::cpu::CpuBackend;
-use wgcnn::geometry::{Conv2dGeometry, GemmSpec};
+use wgcnn::geometry::{Activation, Conv2dGeometry, GemmSpec};
 use wgcnn::rng::SplitMix64;
 use wgcnn::tensor::HostTensor;
 
@@ -220,6 +220,32 @@ fn max_pooling_and_its_gradient_match_the_reference_including_ties() {
             bits(&reference.maxpool_backward(&dy, &ra, &g)),
             "input gradient of {g:?}"
         );
+    }
+}
+
+/// Activations over the pool, in runs of elements: each element's value is
+/// the reference's, across several runs and a ragged last one.
+#[test]
+fn activations_match_the_reference_exactly() {
+    let fast = CpuBackend::<f64>::fast();
+    let reference = CpuBackend::<f64>::new();
+    let mut rng = SplitMix64::new(11);
+    let shape = [3, 5, 101, 67];
+    let x = random(&mut rng, &shape);
+    let dy = random(&mut rng, &shape);
+    for act in [
+        Activation::Relu,
+        Activation::LeakyRelu {
+            negative_slope: 0.1,
+        },
+        Activation::Sigmoid,
+        Activation::Tanh,
+    ] {
+        let y = fast.activation_forward(act, &x);
+        assert_eq!(y, reference.activation_forward(act, &x), "{act:?} forward");
+        let dx = fast.activation_backward(act, &x, &y, &dy);
+        let expected = reference.activation_backward(act, &x, &y, &dy);
+        assert_eq!(dx, expected, "{act:?} backward");
     }
 }
 

@@ -184,7 +184,11 @@ impl<F: Real> Backend for CpuBackend<F> {
     }
 
     fn activation_forward(&self, act: Activation, x: &HostTensor<F>) -> HostTensor<F> {
-        super::activation_forward(act, x)
+        if self.fast {
+            super::fast::activation_forward(act, x)
+        } else {
+            super::activation_forward(act, x)
+        }
     }
 
     fn activation_backward(
@@ -194,7 +198,11 @@ impl<F: Real> Backend for CpuBackend<F> {
         y: &HostTensor<F>,
         dy: &HostTensor<F>,
     ) -> HostTensor<F> {
-        super::activation_backward(act, x, y, dy)
+        if self.fast {
+            super::fast::activation_backward(act, x, y, dy)
+        } else {
+            super::activation_backward(act, x, y, dy)
+        }
     }
 
     fn dropout_forward(&self, x: &HostTensor<F>, d: &DropoutSettings) -> HostTensor<F> {

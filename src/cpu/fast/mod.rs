@@ -16,9 +16,53 @@ pub(super) mod unpacked;
 pub use conv::{conv2d_backward, conv2d_forward, conv2d_weight_grads};
 
 use super::Real;
+use super::activation::{Elementwise, activation_backward_with, activation_forward_with};
 use crate::backend::ParamGrads;
+use crate::geometry::Activation;
 use crate::geometry::{GemmSpec, Pool2dGeometry};
 use crate::tensor::HostTensor;
+
+/// Elements per run of an elementwise op on the pool: big enough that
+/// handing a run to a thread costs little beside it.
+const ELEMENTWISE_RUN: usize = 1 << 15;
+
+/// Elementwise ops over the pool, a run of elements per task, written
+/// straight into the output (no zero-filled buffer first).
+pub(super) struct OverThePool;
+
+impl Elementwise for OverThePool {
+    fn map<F: Real>(input: &[F], f: impl Fn(F) -> F + Sync) -> Vec<F> {
+        input
+            .par_iter()
+            .with_min_len(ELEMENTWISE_RUN)
+            .map(|&v| f(v))
+            .collect()
+    }
+
+    fn zip_map<F: Real>(a: &[F], b: &[F], f: impl Fn(F, F) -> F + Sync) -> Vec<F> {
+        assert_eq!(a.len(), b.len(), "zip_map: lengths differ");
+        a.par_iter()
+            .zip(b)
+            .with_min_len(ELEMENTWISE_RUN)
+            .map(|(&a, &b)| f(a, b))
+            .collect()
+    }
+}
+
+/// `y = f(x)` ([`crate::cpu::activation_forward`]) over the pool.
+pub fn activation_forward<F: Real>(act: Activation, x: &HostTensor<F>) -> HostTensor<F> {
+    activation_forward_with::<OverThePool, F>(act, x)
+}
+
+/// `dx = dy·f'` ([`crate::cpu::activation_backward`]) over the pool.
+pub fn activation_backward<F: Real>(
+    act: Activation,
+    x: &HostTensor<F>,
+    y: &HostTensor<F>,
+    dy: &HostTensor<F>,
+) -> HostTensor<F> {
+    activation_backward_with::<OverThePool, F>(act, x, y, dy)
+}
 
 /// Tasks to split `items` over: one per thread of the pool (rayon's, kept
 /// alive between ops; spawning threads per op cost ~75 µs each time).
