@@ -1,5 +1,7 @@
-//! The CPU training path (im2col + optimised GEMM over threads) against the
-//! direct-loop reference, in f64 so any difference is a bug, not rounding.
+//! The CPU training path (direct or im2col convolutions, optimised GEMM,
+//! ops over a thread pool) against the direct-loop reference: in f64 so
+//! any difference is a bug, not rounding, and in f32 where the SIMD kernels
+//! (f32 only) run, within rounding.
 
 use wgcnn::backend::Backend;
 use wgcnn::cpu::CpuBackend;
