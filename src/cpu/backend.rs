@@ -5,6 +5,8 @@
 use std::marker::PhantomData;
 
 use super::Real;
+use super::activation::{InOrder, activation_backward_with, activation_forward_with};
+use super::fast::OverThePool;
 use super::fast::batchnorm::Vectorised;
 use crate::backend::{
     Backend, BatchNormGrads, BatchNormSaved, BatchNormTrain, ParamGrads, SoftmaxXent,
@@ -185,9 +187,9 @@ impl<F: Real> Backend for CpuBackend<F> {
 
     fn activation_forward(&self, act: Activation, x: &HostTensor<F>) -> HostTensor<F> {
         if self.fast {
-            super::fast::activation_forward(act, x)
+            activation_forward_with::<OverThePool, F>(act, x)
         } else {
-            super::activation_forward(act, x)
+            activation_forward_with::<InOrder, F>(act, x)
         }
     }
 
@@ -199,9 +201,9 @@ impl<F: Real> Backend for CpuBackend<F> {
         dy: &HostTensor<F>,
     ) -> HostTensor<F> {
         if self.fast {
-            super::fast::activation_backward(act, x, y, dy)
+            activation_backward_with::<OverThePool, F>(act, x, y, dy)
         } else {
-            super::activation_backward(act, x, y, dy)
+            activation_backward_with::<InOrder, F>(act, x, y, dy)
         }
     }
 

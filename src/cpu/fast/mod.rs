@@ -16,9 +16,8 @@ pub(super) mod unpacked;
 pub use conv::{conv2d_backward, conv2d_forward, conv2d_weight_grads};
 
 use super::Real;
-use super::activation::{Elementwise, activation_backward_with, activation_forward_with};
+use super::activation::Elementwise;
 use crate::backend::ParamGrads;
-use crate::geometry::Activation;
 use crate::geometry::{GemmSpec, Pool2dGeometry};
 use crate::tensor::HostTensor;
 
@@ -47,21 +46,6 @@ impl Elementwise for OverThePool {
             .map(|(&a, &b)| f(a, b))
             .collect()
     }
-}
-
-/// `y = f(x)` ([`crate::cpu::activation_forward`]) over the pool.
-pub fn activation_forward<F: Real>(act: Activation, x: &HostTensor<F>) -> HostTensor<F> {
-    activation_forward_with::<OverThePool, F>(act, x)
-}
-
-/// `dx = dy·f'` ([`crate::cpu::activation_backward`]) over the pool.
-pub fn activation_backward<F: Real>(
-    act: Activation,
-    x: &HostTensor<F>,
-    y: &HostTensor<F>,
-    dy: &HostTensor<F>,
-) -> HostTensor<F> {
-    activation_backward_with::<OverThePool, F>(act, x, y, dy)
 }
 
 /// Tasks to split `items` over: one per thread of the pool (rayon's, kept
