@@ -6,9 +6,10 @@
 //
 // with X̃ the padded input in rows of `pitch` vec4s and dY in rows of
 // `out_vecs` vec4s (zero past OW; im2col.wgsl's pad). An invocation sums,
-// over one slice of the batch's (image, oh) rows, 8 output channels × the
-// kw taps of a group of window rows (c, i0 .. i0 + R − 1): per row and vec4
-// of output columns it loads the 8 channels' dY once for the R window rows,
+// over one slice of the batch's (image, oh) rows, 8 output channels (all of
+// them when there are fewer) × the kw taps of a group of window rows
+// (c, i0 .. i0 + R − 1): per row and vec4 of output columns it loads those
+// channels' dY once for the R window rows,
 // and each window row's input segment once for its kw taps, taken as
 // register swizzles. The invocations of channel 0's first group also
 // store their dY sums, the bias gradient, which costs them no load. Each
@@ -16,7 +17,7 @@
 // partial sums are added by reduce.wgsl's slice_sum, in slice order.
 //
 // The generated kernels (src/gpu/direct_conv.rs) follow this header, one
-// per (kw, R).
+// per (channels, kw, R).
 
 struct Params {
     batch: u32,
@@ -29,7 +30,7 @@ struct Params {
     pitch: u32,
     in_rows: u32,
     kernel_h: u32,
-    // Blocks of 8 output channels.
+    // Blocks of output channels (8, or all of fewer).
     o_blocks: u32,
     // Slices of the flattened (image, output row) sequence, rows per
     // slice, and groups of window rows.

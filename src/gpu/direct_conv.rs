@@ -519,31 +519,39 @@ fn weight_grad_rows(kernel_h: usize) -> usize {
     kernel_h.div_ceil(kernel_h.div_ceil(WEIGHT_GRAD_MAX_ROWS))
 }
 
-/// Weight-gradient kernels there can be: one per (kw, window rows).
-const WEIGHT_GRAD_KERNELS: usize = MAX_KERNEL_W * WEIGHT_GRAD_MAX_ROWS;
+/// Weight-gradient kernels there can be: one per (output channels, kw,
+/// window rows).
+const WEIGHT_GRAD_KERNELS: usize = CHANNELS_PER_INVOCATION * MAX_KERNEL_W * WEIGHT_GRAD_MAX_ROWS;
 
-/// The place of the kernel for `kernel_w` and `rows` in the tables of
-/// generated modules.
-fn weight_grad_index(kernel_w: usize, rows: usize) -> usize {
-    (rows - 1) * MAX_KERNEL_W + kernel_w - 1
+/// The place of the kernel for `channels`, `kernel_w` and `rows` in the
+/// tables of generated modules.
+fn weight_grad_index(channels: usize, kernel_w: usize, rows: usize) -> usize {
+    ((channels - 1) * WEIGHT_GRAD_MAX_ROWS + rows - 1) * MAX_KERNEL_W + kernel_w - 1
 }
 
-/// The module family of the weight-gradient kernel for windows `kernel_w`
-/// wide and `rows` window rows per invocation.
-fn weight_grad_family(kernel_w: usize, rows: usize) -> &'static str {
+/// The module family of the weight-gradient kernel for `channels` output
+/// channels, windows `kernel_w` wide and `rows` window rows per invocation.
+fn weight_grad_family(channels: usize, kernel_w: usize, rows: usize) -> &'static str {
     static NAMES: [OnceLock<String>; WEIGHT_GRAD_KERNELS] =
         [const { OnceLock::new() }; WEIGHT_GRAD_KERNELS];
-    NAMES[weight_grad_index(kernel_w, rows)]
-        .get_or_init(|| format!("direct_conv_dw_{rows}x{kernel_w}"))
+    NAMES[weight_grad_index(channels, kernel_w, rows)].get_or_init(|| {
+        let channels = if channels < CHANNELS_PER_INVOCATION {
+            format!("{channels}o_")
+        } else {
+            String::new()
+        };
+        format!("direct_conv_dw_{channels}{rows}x{kernel_w}")
+    })
 }
 
-/// The weight-gradient kernel for windows `kernel_w` wide, `window_rows`
-/// rows of them per invocation (generated once).
-fn weight_grad_source(kernel_w: usize, window_rows: usize) -> &'static str {
+/// The weight-gradient kernel for `channels` output channels per
+/// invocation (8, or all of fewer), windows `kernel_w` wide and
+/// `window_rows` rows of them per invocation (generated once).
+fn weight_grad_source(channels: usize, kernel_w: usize, window_rows: usize) -> &'static str {
     static SOURCES: [OnceLock<String>; WEIGHT_GRAD_KERNELS] =
         [const { OnceLock::new() }; WEIGHT_GRAD_KERNELS];
-    SOURCES[weight_grad_index(kernel_w, window_rows)].get_or_init(|| {
-        let rows = CHANNELS_PER_INVOCATION;
+    SOURCES[weight_grad_index(channels, kernel_w, window_rows)].get_or_init(|| {
+        let rows = channels;
         let loads = 1 + (kernel_w - 1).div_ceil(4);
         let taps_per_row = window_rows * kernel_w;
         let mut s = format!("{WEIGHT_GRAD_HEADER}\n");
@@ -677,7 +685,8 @@ pub fn weight_grads(
         };
         pad_planes(ctx, &dy.buffer, planes, [0, 0], 4 * out_vecs)
     });
-    let o_blocks = g.out_channels.div_ceil(CHANNELS_PER_INVOCATION);
+    let channels = g.out_channels.min(CHANNELS_PER_INVOCATION);
+    let o_blocks = g.out_channels.div_ceil(channels);
     let window_rows = weight_grad_rows(g.kernel_h);
     let row_groups = g.kernel_h.div_ceil(window_rows);
     let per_slice = o_blocks * g.channels * row_groups;
@@ -711,8 +720,8 @@ pub fn weight_grads(
         .u32(rows_per_slice)
         .u32(row_groups);
     let kernel = ctx.kernel(&KernelSpec::new(
-        weight_grad_family(g.kernel_w, window_rows),
-        weight_grad_source(g.kernel_w, window_rows),
+        weight_grad_family(channels, g.kernel_w, window_rows),
+        weight_grad_source(channels, g.kernel_w, window_rows),
         "direct_conv_dw",
         2,
         2,
