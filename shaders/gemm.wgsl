@@ -85,7 +85,43 @@ struct Params {
     depth_step_a: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(0) var<uniform> params: Params;
+// The parameters every function reads, set by each entry point from
+// `params` through load_params.
+var<private> p: Params;
+
+// Copies the parameters into p, each 32-bit field OR-ed with a zero the
+// compiler cannot see through (num_workgroups.z is below 2^16). lavapipe
+// otherwise inlines the values of parameters that steer loops and branches
+// and compiles a variant of the kernel for every product shape: LLVM's
+// second largest cost in a cold first step. With them hidden a kernel
+// compiles once, whatever the shapes.
+fn load_params(nwg: vec3<u32>) {
+    let hidden = nwg.z >> 31u;
+    p = params;
+    p.m |= hidden;
+    p.n |= hidden;
+    p.k |= hidden;
+    p.batch |= hidden;
+    p.stride_a |= hidden;
+    p.stride_b |= hidden;
+    p.stride_c |= hidden;
+    p.bias_mode |= hidden;
+    p.chunk |= hidden;
+    p.act_mode |= hidden;
+    p.slot_lanes |= hidden;
+    p.image_stride |= hidden;
+    p.col_len_c |= hidden;
+    p.col_len_b |= hidden;
+    p.col_step_c |= hidden;
+    p.col_step_b |= hidden;
+    p.col_step_a |= hidden;
+    p.depth_step_c |= hidden;
+    p.depth_end_c |= hidden;
+    p.depth_step_b |= hidden;
+    p.depth_end_b |= hidden;
+    p.depth_step_a |= hidden;
+}
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
@@ -192,6 +228,7 @@ fn gemm_tiled(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
+    load_params(nwg);
     let tx = lid.x;
     let ty = lid.y;
     let li = ty * 16u + tx;

@@ -234,6 +234,7 @@ fn register_blocked(block: &Block, share_a: bool) -> String {
             block.entry()
         );
     }
+    let _ = writeln!(w, "    load_params(nwg);");
     // Grid: (column block, row block, slot), the invocations laid out over
     // blocks of C in the block's workgroup shape; or with p.slot_lanes (the
     // slot-lanes block), (slot, column block, row block), each invocation on
