@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::derived::DerivedKey;
+use super::precompile::Precompiler;
 use crate::error::{Error, Result};
 
 /// One adapter as `wgcnn devices` lists it.
@@ -90,6 +91,8 @@ pub struct Kernel {
     inputs: usize,
     outputs: usize,
     label: String,
+    /// What it was built from, for the precompiling helper.
+    spec: KernelSpec,
     /// Whether it has been dispatched: some drivers (lavapipe) compile a
     /// pipeline at its first dispatch, so a first run is no timing.
     dispatched: std::sync::atomic::AtomicBool,
@@ -158,7 +161,7 @@ impl KernelSpec {
         self
     }
 
-    fn key(&self) -> String {
+    pub(super) fn key(&self) -> String {
         let mut key = format!("{}::{}", self.family, self.entry);
         for (name, value) in &self.constants {
             key.push_str(&format!(",{name}={value}"));
@@ -382,6 +385,9 @@ pub struct GpuContext {
     /// Buffers derived from others' contents, kept until their source is
     /// written or the step ends ([`GpuContext::keep_derived`]).
     derived: super::derived::DerivedBuffers,
+    /// The helper compiling new kernels on another core, on software
+    /// adapters ([`super::precompile`]).
+    precompiler: Option<Precompiler>,
 }
 
 /// Time spent in one kernel while profiling.
@@ -397,26 +403,30 @@ impl GpuContext {
     /// Opens adapter `index` from [`list_adapters`], or the preferred one when
     /// `None`.
     pub fn new(index: Option<usize>) -> Result<Self> {
+        Self::open(index, true)
+    }
+
+    /// [`GpuContext::new`], with a [`Precompiler`] where
+    /// [`Precompiler::wanted`] and `precompile`.
+    pub(super) fn open(index: Option<usize>, precompile: bool) -> Result<Self> {
         let instance = instance();
         let mut adapters = enumerate(&instance);
         if adapters.is_empty() {
             return Err(Error::Gpu(NO_ADAPTER_HELP.to_string()));
         }
-        let adapter = match index {
-            Some(i) if i < adapters.len() => adapters.swap_remove(i),
+        let chosen = match index {
+            Some(i) if i < adapters.len() => i,
             Some(i) => {
                 return Err(Error::Gpu(format!(
                     "--device {i} does not exist: there are {} adapters (see `wgcnn devices`)",
                     adapters.len()
                 )));
             }
-            None => {
-                let best = (0..adapters.len())
-                    .min_by_key(|&i| preference(&adapters[i].get_info()))
-                    .expect("adapters is not empty");
-                adapters.swap_remove(best)
-            }
+            None => (0..adapters.len())
+                .min_by_key(|&i| preference(&adapters[i].get_info()))
+                .expect("adapters is not empty"),
         };
+        let adapter = adapters.swap_remove(chosen);
         let info = adapter.get_info();
         let limits = adapter.limits();
         // Timestamp queries and subgroup operations only where the adapter
@@ -465,7 +475,10 @@ impl GpuContext {
                 None => lost,
             });
         });
+        let precompiler =
+            (precompile && Precompiler::wanted(&info)).then(|| Precompiler::new(chosen));
         Ok(Self {
+            precompiler,
             gemm_tuner: super::tune::GemmTuner::new(&info),
             view_ids: Mutex::new(HashMap::new()),
             buffer_limit: Mutex::new(None),
@@ -492,6 +505,12 @@ impl GpuContext {
             in_flight: Mutex::new(None),
             profile: Mutex::new(None),
         })
+    }
+
+    /// The helper compiling this context's kernels on another core
+    /// ([`super::precompile`]), where the adapter gets one.
+    pub fn precompiler(&self) -> Option<&Precompiler> {
+        self.precompiler.as_ref()
     }
 
     /// `name (backend, type)` for logs, with `, subgroups` when the device
@@ -640,6 +659,7 @@ impl GpuContext {
             inputs: spec.inputs,
             outputs: spec.outputs,
             label: key.to_string(),
+            spec: spec.clone(),
             dispatched: Default::default(),
         }
     }
@@ -848,6 +868,9 @@ impl GpuContext {
         for output in outputs {
             self.derived.forget_written(output);
         }
+        if let Some(precompiler) = &self.precompiler {
+            precompiler.offer(&kernel.spec, params);
+        }
         let buffers: Vec<&GpuBuffer> = inputs.iter().chain(outputs).copied().collect();
         let key: BindKey = (
             kernel.label.clone(),
@@ -997,6 +1020,9 @@ impl GpuContext {
     /// runs and at most one step is queued ahead.
     pub fn end_step(&self) {
         self.derived.clear();
+        if let Some(precompiler) = &self.precompiler {
+            precompiler.step_ended();
+        }
         let Some(index) = self.submit() else { return };
         if let Some(previous) = self.in_flight.lock().unwrap().replace(index) {
             self.device
@@ -1072,7 +1098,7 @@ impl GpuContext {
 
 /// The uniform parameters of one dispatch: 32-bit words in WGSL struct order,
 /// padded to a multiple of 16 bytes.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Params {
     words: Vec<u32>,
 }

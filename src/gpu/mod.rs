@@ -17,6 +17,7 @@ pub mod linear;
 pub mod optim;
 pub mod peak;
 pub mod pool;
+pub mod precompile;
 pub mod reduce;
 pub mod softmax;
 mod tensor;

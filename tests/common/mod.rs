@@ -36,7 +36,15 @@ pub fn random_conv_tensors(
 pub fn gpu() -> Option<&'static GpuBackend> {
     static GPU: OnceLock<Option<GpuBackend>> = OnceLock::new();
     let gpu = GPU.get_or_init(|| match GpuBackend::new(None) {
-        Ok(gpu) => Some(gpu),
+        Ok(gpu) => {
+            // A static is never dropped, so its precompiling helper could
+            // still be inside the driver when the process exits: this one
+            // goes without (tests/gpu_precompile.rs tests the helper).
+            if let Some(helper) = gpu.ctx.precompiler() {
+                helper.finish();
+            }
+            Some(gpu)
+        }
         Err(e) => {
             if std::env::var("WGCNN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("WGCNN_REQUIRE_GPU=1 but no GPU backend could be opened: {e}");
