@@ -475,8 +475,8 @@ impl GpuContext {
                 None => lost,
             });
         });
-        let precompiler =
-            (precompile && Precompiler::wanted(&info)).then(|| Precompiler::new(chosen));
+        let precompiler = (precompile && Precompiler::wanted(&info))
+            .then(|| Precompiler::new(chosen, info.clone()));
         Ok(Self {
             precompiler,
             gemm_tuner: super::tune::GemmTuner::new(&info),

@@ -56,8 +56,10 @@ type Offer = (KernelSpec, Params);
 
 /// The helper of one context: started at the first offer.
 pub struct Precompiler {
-    /// The adapter, as [`GpuContext::new`] indexes it.
+    /// The adapter, as [`GpuContext::new`] indexes it, and what it said
+    /// about itself (the helper checks it opened the same one).
     adapter: usize,
+    info: wgpu::AdapterInfo,
     state: Mutex<State>,
     steps: AtomicUsize,
     compiled: Arc<AtomicUsize>,
@@ -85,10 +87,12 @@ impl Precompiler {
             && std::env::var("WGCNN_PRECOMPILE").map_or(true, |v| v != "0")
     }
 
-    /// A helper for adapter `adapter`, not started yet.
-    pub fn new(adapter: usize) -> Self {
+    /// A helper for adapter `adapter`, which described itself as `info`,
+    /// not started yet.
+    pub fn new(adapter: usize, info: wgpu::AdapterInfo) -> Self {
         Self {
             adapter,
+            info,
             state: Mutex::default(),
             steps: AtomicUsize::new(0),
             compiled: Arc::default(),
@@ -112,14 +116,18 @@ impl Precompiler {
         }
         if state.queue.is_none() {
             let (queue, pending) = channel();
-            let (adapter, compiled, stop) =
-                (self.adapter, self.compiled.clone(), self.stop.clone());
+            let (adapter, info) = (self.adapter, self.info.clone());
+            let (compiled, stop) = (self.compiled.clone(), self.stop.clone());
             state.thread = std::thread::Builder::new()
                 .name("wgcnn-precompile".into())
                 .spawn(move || {
-                    // A device that cannot be opened leaves the helper idle.
-                    if let Ok(ctx) = GpuContext::open(Some(adapter), false) {
-                        compile_each(&ctx, &pending, &compiled, &stop);
+                    // A device that cannot be opened, or another adapter
+                    // under that index, leaves the helper idle.
+                    let opened = GpuContext::open(Some(adapter), false);
+                    if let Ok(ctx) = opened.as_ref()
+                        && ctx.info == info
+                    {
+                        compile_each(ctx, &pending, &compiled, &stop);
                     }
                 })
                 .ok();
