@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use wgcnn::check;
 use wgcnn::gpu::GpuBackend;
+use wgcnn::gpu::precompile::Precompiler;
 
 #[test]
 fn the_helper_replays_every_kernel_of_check_and_stops_when_asked() {
@@ -23,11 +24,7 @@ fn the_helper_replays_every_kernel_of_check_and_stops_when_asked() {
             return;
         }
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let wanted = gpu.ctx.info.device_type == wgpu::DeviceType::Cpu
-        && gpu.ctx.info.backend == wgpu::Backend::Vulkan
-        && cores >= 2
-        && std::env::var("WGCNN_PRECOMPILE").map_or(true, |v| v != "0");
+    let wanted = Precompiler::wanted(&gpu.ctx.info);
     let Some(helper) = gpu.ctx.precompiler() else {
         assert!(
             !wanted,

@@ -161,7 +161,7 @@ impl KernelSpec {
         self
     }
 
-    pub(super) fn key(&self) -> String {
+    fn key(&self) -> String {
         let mut key = format!("{}::{}", self.family, self.entry);
         for (name, value) in &self.constants {
             key.push_str(&format!(",{name}={value}"));
@@ -869,7 +869,7 @@ impl GpuContext {
             self.derived.forget_written(output);
         }
         if let Some(precompiler) = &self.precompiler {
-            precompiler.offer(&kernel.spec, params);
+            precompiler.offer(&kernel.label, &kernel.spec, params);
         }
         let buffers: Vec<&GpuBuffer> = inputs.iter().chain(outputs).copied().collect();
         let key: BindKey = (

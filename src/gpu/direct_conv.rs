@@ -103,6 +103,16 @@ struct Shape {
     uniform_weights: bool,
 }
 
+/// The part of a kernel's family name for its output channels per
+/// invocation: `6o_` for a kernel computing 6, nothing for the usual 8.
+fn channels_tag(channels: usize) -> String {
+    if channels < CHANNELS_PER_INVOCATION {
+        format!("{channels}o_")
+    } else {
+        String::new()
+    }
+}
+
 /// Kernels there can be: one per [`Shape`].
 const SHAPES: usize = CHANNELS_PER_INVOCATION * 2 * MAX_SEGMENT_VECS * MAX_KERNEL_W;
 
@@ -159,11 +169,7 @@ impl Shape {
         static NAMES: [OnceLock<String>; SHAPES] = [const { OnceLock::new() }; SHAPES];
         NAMES[self.index()].get_or_init(|| {
             let memory = if self.uniform_weights { "_uniform" } else { "" };
-            let channels = if self.channels < CHANNELS_PER_INVOCATION {
-                format!("{}o_", self.channels)
-            } else {
-                String::new()
-            };
+            let channels = channels_tag(self.channels);
             format!(
                 "direct_conv_{channels}{}x{}{memory}",
                 4 * self.vecs,
@@ -534,14 +540,8 @@ fn weight_grad_index(channels: usize, kernel_w: usize, rows: usize) -> usize {
 fn weight_grad_family(channels: usize, kernel_w: usize, rows: usize) -> &'static str {
     static NAMES: [OnceLock<String>; WEIGHT_GRAD_KERNELS] =
         [const { OnceLock::new() }; WEIGHT_GRAD_KERNELS];
-    NAMES[weight_grad_index(channels, kernel_w, rows)].get_or_init(|| {
-        let channels = if channels < CHANNELS_PER_INVOCATION {
-            format!("{channels}o_")
-        } else {
-            String::new()
-        };
-        format!("direct_conv_dw_{channels}{rows}x{kernel_w}")
-    })
+    NAMES[weight_grad_index(channels, kernel_w, rows)]
+        .get_or_init(|| format!("direct_conv_dw_{}{rows}x{kernel_w}", channels_tag(channels)))
 }
 
 /// The weight-gradient kernel for `channels` output channels per

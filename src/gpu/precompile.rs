@@ -100,17 +100,17 @@ impl Precompiler {
         }
     }
 
-    /// Queues the dispatch of `spec` with `params` the main device is
-    /// recording, unless it was offered before or offers have ended;
-    /// starts the helper at the first.
-    pub fn offer(&self, spec: &KernelSpec, params: &Params) {
+    /// Queues the dispatch of kernel `key` (built from `spec`) with
+    /// `params` the main device is recording, unless it was offered before
+    /// or offers have ended; starts the helper at the first.
+    pub fn offer(&self, key: &str, spec: &KernelSpec, params: &Params) {
         if self.steps.load(Ordering::Relaxed) >= OFFERING_STEPS {
             return;
         }
         let mut state = self.state.lock().unwrap();
         if state.finished
             || state.offered.len() >= MAX_OFFERS
-            || !state.offered.insert((spec.key(), params.clone()))
+            || !state.offered.insert((key.to_string(), params.clone()))
         {
             return;
         }
