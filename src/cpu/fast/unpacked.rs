@@ -163,10 +163,6 @@ fn matmul_on<RA: RowStarts, RB: RowStarts>(
         a_rows.fit(m, k, a.len()) && b_rows.fit(k, n, b.len()),
         "unpacked matmul: operand shorter than its shape"
     );
-    assert!(
-        (m - 1) * ldc + n <= c.len(),
-        "unpacked matmul: C shorter than its shape"
-    );
     let product = Product {
         k,
         n,
@@ -176,14 +172,29 @@ fn matmul_on<RA: RowStarts, RB: RowStarts>(
         b_rows,
         beta,
     };
-    match isa {
-        Some(isa) => {
-            // SAFETY: callers pass only instruction sets this CPU has.
-            unsafe { isa.matmul(&product, m, c, ldc) };
-            true
-        }
-        None => false,
-    }
+    run_on(isa, (m, n), (c, ldc), "matmul", |isa, c| {
+        // SAFETY: callers pass only instruction sets this CPU has.
+        unsafe { isa.matmul(&product, m, c, ldc) }
+    })
+}
+
+/// Runs `kernel` on C with the instructions of `isa`, once C is known to
+/// hold `m` rows of `n` at row stride `ldc`; returns whether it ran (no
+/// instruction set: declines). `what` names the product in the panic.
+fn run_on(
+    isa: Option<Isa>,
+    (m, n): (usize, usize),
+    (c, ldc): (&mut [f32], usize),
+    what: &str,
+    kernel: impl FnOnce(Isa, &mut [f32]),
+) -> bool {
+    assert!(
+        (m - 1) * ldc + n <= c.len(),
+        "unpacked {what}: C shorter than its shape"
+    );
+    let Some(isa) = isa else { return false };
+    kernel(isa, c);
+    true
 }
 
 /// The instruction sets the kernels are written for, best first.
@@ -482,10 +493,6 @@ fn dots_on<R: RowStarts>(
         (m - 1) * lda + k <= a.len() && b_rows.fit(n, k, b.len()),
         "unpacked dot products: operand shorter than its shape"
     );
-    assert!(
-        (m - 1) * ldc + n <= c.len(),
-        "unpacked dot products: C shorter than its shape"
-    );
     let dots = Dots {
         m,
         k,
@@ -496,14 +503,10 @@ fn dots_on<R: RowStarts>(
         b_rows,
         beta,
     };
-    match isa {
-        Some(isa) => {
-            // SAFETY: callers pass only instruction sets this CPU has.
-            unsafe { isa.dots(&dots, c, ldc) };
-            true
-        }
-        None => false,
-    }
+    run_on(isa, (m, n), (c, ldc), "dot products", |isa, c| {
+        // SAFETY: callers pass only instruction sets this CPU has.
+        unsafe { isa.dots(&dots, c, ldc) }
+    })
 }
 
 /// The operands and sizes of one product `A·Bᵀ`.
