@@ -1,7 +1,11 @@
 //! A host tensor: a shape and its elements in row-major order.
 
+use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+
+use rayon::iter::ParallelIterator;
+use rayon::slice::ParallelSliceMut;
 
 /// A dense row-major tensor in host memory, generic over the element type so the
 /// CPU reference can run in `f32` (to compare with the GPU) or `f64` (for
@@ -105,12 +109,34 @@ impl<'a, F> IntoIterator for &'a Elements<F> {
     }
 }
 
-impl<F: Copy + Default> HostTensor<F> {
+/// Elements from which [`HostTensor::zeros`] fills in parallel: below this a
+/// thread hand-off costs more than the fill.
+const PARALLEL_FILL_MIN: usize = 1 << 16;
+
+impl<F: Copy + Default + Send + Sync> HostTensor<F> {
     /// A tensor of `shape` filled with `F::default()` (zero for floats).
+    ///
+    /// Large tensors are filled by every core: the CPU path allocates its op
+    /// outputs each step, and the allocator's zero fill of reused memory ran
+    /// on the calling thread while the pool waited.
     pub fn zeros(shape: &[usize]) -> Self {
+        let len = shape.iter().product();
+        let data = if len < PARALLEL_FILL_MIN {
+            vec![F::default(); len]
+        } else {
+            let mut data = Vec::with_capacity(len);
+            let spare = &mut data.spare_capacity_mut()[..len];
+            spare
+                .par_chunks_mut(PARALLEL_FILL_MIN)
+                .for_each(|chunk| chunk.fill(MaybeUninit::new(F::default())));
+            // SAFETY: the loop above initialised all `len` elements, and
+            // `len` is within the capacity.
+            unsafe { data.set_len(len) };
+            data
+        };
         Self {
             shape: shape.to_vec(),
-            data: vec![F::default(); shape.iter().product()].into(),
+            data: data.into(),
         }
     }
 }
@@ -202,5 +228,21 @@ mod tests {
         drop(b);
         let values = flat.data.into_vec();
         assert_eq!(values.as_ptr(), at);
+    }
+
+    #[test]
+    fn large_zero_tensors_are_zero_to_the_last_element() {
+        // Memory the allocator hands out again holds old values.
+        drop(vec![7.0f32; 5 * PARALLEL_FILL_MIN]);
+        for len in [
+            PARALLEL_FILL_MIN - 1,
+            PARALLEL_FILL_MIN,
+            3 * PARALLEL_FILL_MIN + 5,
+        ] {
+            let t = HostTensor::<f32>::zeros(&[len, 1]);
+            assert_eq!(t.shape, [len, 1]);
+            assert_eq!(t.data.len(), len);
+            assert!(t.data.iter().all(|&v| v == 0.0), "len {len}");
+        }
     }
 }
