@@ -295,6 +295,46 @@ fn every_rule_matches_pytorch_over_several_steps() {
     }
 }
 
+/// Large parameters are updated in chunks over the cores: every element,
+/// the ones at chunk edges included, gets what a one-element update gives it,
+/// its state slots included.
+#[test]
+fn large_parameters_update_element_by_element() {
+    let len = 3 * 32_768 + 5;
+    let p0: Vec<f64> = (0..len).map(|i| (i as f64 * 0.37).sin()).collect();
+    let grads: Vec<Vec<f64>> = (1..=3)
+        .map(|t| {
+            (0..len)
+                .map(|i| (i as f64 * 0.11 * t as f64).cos())
+                .collect()
+        })
+        .collect();
+    let grads: Vec<&[f64]> = grads.iter().map(|g| &g[..]).collect();
+    for kind in OptimizerKind::ALL {
+        let settings = OptimizerSettings::new(kind, 0.01).unwrap();
+        let (p, state) = run(&settings, 0.1, &p0, &grads);
+        for i in [
+            0,
+            1,
+            32_767,
+            32_768,
+            65_535,
+            65_536,
+            98_303,
+            98_304,
+            len - 1,
+        ] {
+            let column: Vec<Vec<f64>> = grads.iter().map(|g| vec![g[i]]).collect();
+            let column: Vec<&[f64]> = column.iter().map(|g| &g[..]).collect();
+            let (p_i, state_i) = run(&settings, 0.1, &[p0[i]], &column);
+            assert_eq!(p[i], p_i[0], "{} p[{i}]", kind.name());
+            for (slot, slot_i) in state.iter().zip(&state_i) {
+                assert_eq!(slot[i], slot_i[0], "{} state[{i}]", kind.name());
+            }
+        }
+    }
+}
+
 #[test]
 fn every_rule_reduces_a_quadratic() {
     // f(p) = ½‖p − c‖², ∇f = p − c, from p = 0, through the Backend trait in f32.

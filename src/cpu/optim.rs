@@ -2,6 +2,8 @@
 //! `torch.optim` defines them (dampening 0, amsgrad off, maximize off, centered
 //! rmsprop off, adagrad's lr decay 0).
 
+use rayon::prelude::*;
+
 use super::Real;
 use crate::optim::{OptimizerKind, OptimizerSettings, UpdateStep};
 use crate::tensor::HostTensor;
@@ -65,62 +67,120 @@ pub fn optimizer_update_with<F: Real>(
     );
 
     let f = F::from_f32;
-    let one = F::one();
-    let wd = f(settings.weight_decay);
-    let (mu, alpha, beta1, beta2, eps) = (
-        f(settings.momentum),
-        f(settings.alpha),
-        f(settings.beta1),
-        f(settings.beta2),
-        f(settings.eps),
-    );
-    let decoupled = kind == OptimizerKind::AdamW;
+    let rule = Rule {
+        kind,
+        lr,
+        correction1,
+        correction2,
+        wd: f(settings.weight_decay),
+        mu: f(settings.momentum),
+        alpha: f(settings.alpha),
+        beta1: f(settings.beta1),
+        beta2: f(settings.beta2),
+        eps: f(settings.eps),
+    };
     let (s0, s1): (&mut [F], &mut [F]) = match state {
         [] => (&mut [], &mut []),
         [a] => (&mut a.data, &mut []),
         [a, b] => (&mut a.data, &mut b.data),
         _ => unreachable!("no rule has more than two state tensors"),
     };
+    let (param, grad) = (&mut param.data[..], &grad.data[..]);
+    if param.len() < PARALLEL_CHUNK {
+        rule.apply(param, grad, s0, s1);
+        return;
+    }
+    // Every element's update is independent, so chunks over the cores give
+    // the same values as one loop.
+    let chunks = param
+        .par_chunks_mut(PARALLEL_CHUNK)
+        .zip(grad.par_chunks(PARALLEL_CHUNK));
+    match (s0.is_empty(), s1.is_empty()) {
+        (true, _) => chunks.for_each(|(p, g)| rule.apply(p, g, &mut [], &mut [])),
+        (false, true) => chunks
+            .zip(s0.par_chunks_mut(PARALLEL_CHUNK))
+            .for_each(|((p, g), a)| rule.apply(p, g, a, &mut [])),
+        (false, false) => chunks
+            .zip(s0.par_chunks_mut(PARALLEL_CHUNK))
+            .zip(s1.par_chunks_mut(PARALLEL_CHUNK))
+            .for_each(|(((p, g), a), b)| rule.apply(p, g, a, b)),
+    }
+}
 
-    for (i, (p, &grad)) in param.data.iter_mut().zip(&grad.data).enumerate() {
-        let g = if decoupled || settings.weight_decay == 0.0 {
-            grad
-        } else {
-            grad + wd * *p
-        };
-        match kind {
-            OptimizerKind::Sgd => *p = *p - lr * g,
-            OptimizerKind::Momentum => {
-                let v = mu * s0[i] + g;
-                s0[i] = v;
-                *p = *p - lr * v;
-            }
-            OptimizerKind::Nesterov => {
-                let v = mu * s0[i] + g;
-                s0[i] = v;
-                *p = *p - lr * (g + mu * v);
-            }
-            OptimizerKind::Adagrad => {
-                let s = s0[i] + g * g;
-                s0[i] = s;
-                *p = *p - lr * g / (s.sqrt() + eps);
-            }
-            OptimizerKind::RmsProp => {
-                let s = alpha * s0[i] + (one - alpha) * g * g;
-                s0[i] = s;
-                *p = *p - lr * g / (s.sqrt() + eps);
-            }
-            OptimizerKind::Adam | OptimizerKind::AdamW => {
-                if decoupled {
-                    *p = *p * (one - lr * wd);
+/// Parameters from which an update is split over the cores, in chunks of
+/// this many (fashion-cnn's first linear layer has 803k).
+const PARALLEL_CHUNK: usize = 1 << 15;
+
+/// One update rule with its constants, in the parameter's element type.
+#[derive(Clone, Copy)]
+struct Rule<F> {
+    kind: OptimizerKind,
+    lr: F,
+    correction1: F,
+    correction2: F,
+    wd: F,
+    mu: F,
+    alpha: F,
+    beta1: F,
+    beta2: F,
+    eps: F,
+}
+
+impl<F: Real> Rule<F> {
+    /// Updates `param` from `grad` element by element, with the rule's state
+    /// slots `s0` and `s1` (empty where the rule has fewer).
+    fn apply(&self, param: &mut [F], grad: &[F], s0: &mut [F], s1: &mut [F]) {
+        let Rule {
+            kind,
+            lr,
+            correction1,
+            correction2,
+            wd,
+            mu,
+            alpha,
+            beta1,
+            beta2,
+            eps,
+        } = *self;
+        let one = F::one();
+        let decoupled = kind == OptimizerKind::AdamW;
+        let decay = !decoupled && wd != F::zero();
+        for (i, (p, &grad)) in param.iter_mut().zip(grad).enumerate() {
+            let g = if decay { grad + wd * *p } else { grad };
+            match kind {
+                OptimizerKind::Sgd => *p = *p - lr * g,
+                OptimizerKind::Momentum => {
+                    let v = mu * s0[i] + g;
+                    s0[i] = v;
+                    *p = *p - lr * v;
                 }
-                let m = beta1 * s0[i] + (one - beta1) * g;
-                let v = beta2 * s1[i] + (one - beta2) * g * g;
-                s0[i] = m;
-                s1[i] = v;
-                let m_hat = m / correction1;
-                let v_hat = v / correction2;
-                *p = *p - lr * m_hat / (v_hat.sqrt() + eps);
+                OptimizerKind::Nesterov => {
+                    let v = mu * s0[i] + g;
+                    s0[i] = v;
+                    *p = *p - lr * (g + mu * v);
+                }
+                OptimizerKind::Adagrad => {
+                    let s = s0[i] + g * g;
+                    s0[i] = s;
+                    *p = *p - lr * g / (s.sqrt() + eps);
+                }
+                OptimizerKind::RmsProp => {
+                    let s = alpha * s0[i] + (one - alpha) * g * g;
+                    s0[i] = s;
+                    *p = *p - lr * g / (s.sqrt() + eps);
+                }
+                OptimizerKind::Adam | OptimizerKind::AdamW => {
+                    if decoupled {
+                        *p = *p * (one - lr * wd);
+                    }
+                    let m = beta1 * s0[i] + (one - beta1) * g;
+                    let v = beta2 * s1[i] + (one - beta2) * g * g;
+                    s0[i] = m;
+                    s1[i] = v;
+                    let m_hat = m / correction1;
+                    let v_hat = v / correction2;
+                    *p = *p - lr * m_hat / (v_hat.sqrt() + eps);
+                }
             }
         }
     }
