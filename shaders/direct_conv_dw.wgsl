@@ -13,8 +13,11 @@
 // and each window row's input segment once for its kw taps, taken as
 // register swizzles. The invocations of channel 0's first group also
 // store their dY sums, the bias gradient, which costs them no load. Each
-// accumulator sums 4 columns in its lanes, added at the end; the slices'
-// partial sums are added by reduce.wgsl's slice_sum, in slice order.
+// accumulator is one float that adds the dot product of a dY vec4 and an
+// input vec4 (4 columns) per step: four times fewer accumulators than
+// vec4 ones summed across at the end, which spilled on lavapipe. The
+// slices' partial sums are added by reduce.wgsl's slice_sum, in slice
+// order.
 //
 // The generated kernels (src/gpu/direct_conv.rs) follow this header, one
 // per (channels, kw, R).

@@ -214,7 +214,7 @@ impl Shape {
              let i_hi = min(p.kernel_h, p.pad_top + p.height - oh);\n    \
              let skipped = p.kernel_h - (i_hi - i_lo);"
         );
-        declare_accumulators(w, rows, vecs);
+        declare_accumulators(w, "vec4<f32>", rows, vecs);
         let _ = writeln!(
             w,
             "    var at = (n * p.channels * p.in_rows + oh + i_lo) * p.pitch + segment * {vecs}u;\n    \
@@ -278,11 +278,11 @@ impl Shape {
     }
 }
 
-/// `var acc_{r}_{h} = vec4<f32>(0.0);` for `rows × cols` accumulators.
-fn declare_accumulators(w: &mut String, rows: usize, cols: usize) {
+/// `var acc_{r}_{h} = {ty}(0.0);` for `rows × cols` accumulators.
+fn declare_accumulators(w: &mut String, ty: &str, rows: usize, cols: usize) {
     for r in 0..rows {
         let line: Vec<String> = (0..cols)
-            .map(|h| format!("var acc_{r}_{h} = vec4<f32>(0.0);"))
+            .map(|h| format!("var acc_{r}_{h} = {ty}(0.0);"))
             .collect();
         let _ = writeln!(w, "    {}", line.join(" "));
     }
@@ -511,11 +511,13 @@ pub fn input_grad(
 const WEIGHT_GRAD_TARGET_INVOCATIONS: usize = 512;
 
 /// The most window rows one weight-gradient invocation sums. More rows
-/// share each dY load among more multiply-adds; past 3 the accumulators
-/// (8 channels × rows × kw vec4s) cost more than the loads they save
-/// (LeNet-5's two dW on lavapipe: 1 row 4.1–4.6 ms, 3 rows 2.9–3.3, 5 rows
-/// 3.0–4.7).
-const WEIGHT_GRAD_MAX_ROWS: usize = 3;
+/// share each dY load among more multiply-adds, and a 5×5 window's rows
+/// are then one group (at 3, two groups computed a sixth row and loaded dY
+/// twice). With vec4 accumulators 3 rows won (LeNet-5's two dW on
+/// lavapipe: 1 row 4.1–4.6 ms, 3 rows 2.9–3.3, 5 rows 3.0–4.7, the 200
+/// vec4s spilling); with scalar ones (8 channels × rows × kw floats) 5 rows
+/// won (session 15: conv2's dW 2.9–3.9 ms against 3.7–5.2 at 3 rows).
+const WEIGHT_GRAD_MAX_ROWS: usize = 5;
 
 /// Window rows per weight-gradient invocation for a window `kernel_h`
 /// high: the fewest groups of at most [`WEIGHT_GRAD_MAX_ROWS`], as even as
@@ -574,7 +576,7 @@ fn weight_grad_source(channels: usize, kernel_w: usize, window_rows: usize) -> &
         // acc_{r}_{u·kw + j}: channel o0 + r, tap (i0 + u, j); sum_{r}: its
         // dY, the bias gradient (stored by the invocations of c = 0 and the
         // first group only, but summed by all: a lane mask would cost more).
-        declare_accumulators(w, rows, taps_per_row);
+        declare_accumulators(w, "f32", rows, taps_per_row);
         for r in 0..rows {
             let _ = writeln!(w, "    var sum_{r} = vec4<f32>(0.0);");
         }
@@ -617,7 +619,7 @@ fn weight_grad_source(channels: usize, kernel_w: usize, window_rows: usize) -> &
                 let line: Vec<String> = (0..kernel_w)
                     .map(|j| {
                         let a = u * kernel_w + j;
-                        format!("acc_{r}_{a} = fma(y{r}, x{j}, acc_{r}_{a});")
+                        format!("acc_{r}_{a} += dot(y{r}, x{j});")
                     })
                     .collect();
                 let _ = writeln!(w, "                {}", line.join(" "));
@@ -644,7 +646,7 @@ fn weight_grad_source(channels: usize, kernel_w: usize, window_rows: usize) -> &
                 let a = u * kernel_w + j;
                 let _ = writeln!(
                     w,
-                    "            partial[at + {a}u] = (acc_0_{a}.x + acc_0_{a}.y) + (acc_0_{a}.z + acc_0_{a}.w);"
+                    "            partial[at + {a}u] = acc_0_{a};"
                 );
             }
             let _ = writeln!(w, "        }}");
@@ -792,6 +794,6 @@ mod tests {
     #[test]
     fn weight_gradient_rows_split_the_window_evenly() {
         let rows: Vec<usize> = (1..=MAX_KERNEL_W).map(weight_grad_rows).collect();
-        assert_eq!(rows, [1, 2, 3, 2, 3, 3, 3]);
+        assert_eq!(rows, [1, 2, 3, 4, 5, 3, 4]);
     }
 }
