@@ -59,3 +59,36 @@ fn pack(
         at += step;
     }
 }
+
+// Re-packs a packed operand (K, padded) into 4 depths per vec4 for the
+// GEMM's depth4 kernels: dst vec4 (step, r) of matrix z holds rows
+// 4·step .. 4·step + 3 of column r (zero past `depth`), at
+// z·dst_stride / 4 + step·rows + r. One invocation per vec4.
+@group(0) @binding(1) var<storage, read> depth_src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> depth_dst: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn pack_depth4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x;
+    let step = gid.y;
+    let z = gid.z;
+    if r >= p.rows || z >= p.batch {
+        return;
+    }
+    let k = 4u * step;
+    let at = z * p.src_stride + k * p.padded + r;
+    var v = vec4<f32>(0.0);
+    if k < p.depth {
+        v.x = depth_src[at];
+    }
+    if k + 1u < p.depth {
+        v.y = depth_src[at + p.padded];
+    }
+    if k + 2u < p.depth {
+        v.z = depth_src[at + 2u * p.padded];
+    }
+    if k + 3u < p.depth {
+        v.w = depth_src[at + 3u * p.padded];
+    }
+    depth_dst[((z * p.dst_stride) >> 2u) + step * p.rows + r] = v;
+}

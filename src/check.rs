@@ -16,6 +16,7 @@ use crate::geometry::{
     Pool2dGeometry,
 };
 use crate::gpu::GpuBackend;
+use crate::gpu::gemm::block_runs_on;
 use crate::gpu::gemm_source::{BLOCKS, CONV_BLOCKS};
 use crate::optim::{OptimizerKind, OptimizerSettings, UpdateStep};
 use crate::rng::SplitMix64;
@@ -301,7 +302,7 @@ fn gemm_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {
         (70, 45, 9),
     ];
     let mut rows = Vec::new();
-    for block in BLOCKS {
+    for block in BLOCKS.into_iter().filter(|&b| block_runs_on(&gpu.ctx, b)) {
         gpu.ctx.gemm_tuner.force(Some(block));
         for &(m, n, k) in &sizes {
             for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {

@@ -8,6 +8,7 @@ use wgcnn::backend::Backend;
 use wgcnn::bench;
 use wgcnn::cpu::CpuBackend;
 use wgcnn::gpu::GpuBackend;
+use wgcnn::gpu::gemm::block_runs_on;
 use wgcnn::gpu::gemm_source::{BLOCKS, Block};
 use wgcnn::nn::builtin;
 
@@ -53,7 +54,8 @@ pub struct BenchArgs {
     #[arg(long = "shape", global = true, value_parser = parse_shape)]
     pub shapes: Vec<[usize; 3]>,
     /// The GEMM kernel `gemm` times (`gemm_8x16`, `gemm_32x16`,
-    /// `gemm_tiled`, `gemm_8x16_slots`), instead of the tuner's choice.
+    /// `gemm_tiled`, `gemm_8x16_slots`, `gemm_32x8_k4`), instead of the
+    /// tuner's choice.
     #[arg(long, global = true, value_parser = parse_kernel)]
     pub kernel: Option<Block>,
     /// Timed runs per figure (the median is reported).
@@ -118,6 +120,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     } else {
         let gpu = GpuBackend::new(args.device)?;
         let name = gpu.ctx.describe();
+        if let Some(block) = args.kernel.filter(|&b| !block_runs_on(&gpu.ctx, b)) {
+            return Err(wgcnn::Error::Setting(format!(
+                "GEMM kernel `{}` needs subgroups of {} lanes, which {name} does not have",
+                block.name(),
+                block.workgroup[0]
+            )));
+        }
         if args.kind == Some(BenchKind::Kernels) {
             return kernels(&gpu, &name, args);
         }

@@ -329,6 +329,13 @@ pub fn grid_extent(count: usize) -> u32 {
     count.clamp(1, MAX_WORKGROUPS_PER_DIM as usize) as u32
 }
 
+/// The subgroup size of a device with `features` on adapter `info`, when it
+/// has subgroup operations and every subgroup has that one size.
+fn fixed_subgroup_size(features: wgpu::Features, info: &wgpu::AdapterInfo) -> Option<usize> {
+    let (min, max) = (info.subgroup_min_size, info.subgroup_max_size);
+    (features.contains(wgpu::Features::SUBGROUP) && min == max && min > 0).then_some(min as usize)
+}
+
 /// Splits `count` workgroups over x and y so neither exceeds
 /// [`MAX_WORKGROUPS_PER_DIM`]; kernels rebuild the linear index as
 /// `wid.x + wid.y · num_workgroups.x` and skip indices past the end.
@@ -475,11 +482,13 @@ impl GpuContext {
                 None => lost,
             });
         });
+        let depth4_runs = fixed_subgroup_size(features, &info)
+            .is_some_and(|lanes| super::gemm_source::DEPTH4.shares_a_in(lanes));
         let precompiler = (precompile && Precompiler::wanted(&info))
             .then(|| Precompiler::new(chosen, info.clone()));
         Ok(Self {
             precompiler,
-            gemm_tuner: super::tune::GemmTuner::new(&info),
+            gemm_tuner: super::tune::GemmTuner::new(&info, depth4_runs),
             view_ids: Mutex::new(HashMap::new()),
             buffer_limit: Mutex::new(None),
             derived: Default::default(),
@@ -558,8 +567,7 @@ impl GpuContext {
     /// subgroup has that one size (lavapipe: 8); kernels that rely on how
     /// a subgroup's lanes fall in a workgroup need it fixed.
     pub fn fixed_subgroup_size(&self) -> Option<usize> {
-        let (min, max) = (self.info.subgroup_min_size, self.info.subgroup_max_size);
-        (self.has_subgroups() && min == max && min > 0).then_some(min as usize)
+        fixed_subgroup_size(self.features, &self.info)
     }
 
     /// The compiled kernel for `spec`, built on first use and cached.

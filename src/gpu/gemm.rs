@@ -410,14 +410,35 @@ fn gemm_packed_into(
         Operand::Packed(b) => (b.buffer, b.stride),
         Operand::Image(image) => (image.buffer, 0),
     };
+    // A depth4 kernel's operands, re-packed from the packed ones (made
+    // once, when such a kernel runs or races).
+    let depth4 = std::cell::OnceCell::new();
+    let depth4_operands = || {
+        depth4.get_or_init(|| {
+            let Operand::Packed(packed_b) = b else {
+                unreachable!("an implicit product has no depth4 kernel")
+            };
+            (
+                Depth4Operand::new(ctx, a, spec.m, spec.k, batching.count),
+                Depth4Operand::new(ctx, packed_b, spec.n, spec.k, batching.count),
+                packed_b,
+            )
+        })
+    };
     let params = |block: Block| {
+        let (stride_a, stride_b) = if block.depth4 {
+            let (a4, b4, _) = depth4_operands();
+            (a4.stride, b4.stride)
+        } else {
+            (a.stride, b_stride)
+        };
         let mut params = Params::new()
             .u32(spec.m)
             .u32(spec.n)
             .u32(spec.k)
             .u32(batching.count)
-            .u32(a.stride)
-            .u32(b_stride)
+            .u32(stride_a)
+            .u32(stride_b)
             .u32(stride_c)
             .u32(bias_mode)
             .u32(chunk)
@@ -435,6 +456,7 @@ fn gemm_packed_into(
     let kernel = |block: Block| {
         let [wg_x, wg_y] = block.workgroup;
         let kernel = block_kernel(ctx, block);
+        let kernel = (kernel, block.depth4);
         let grid = if block.slot_lanes {
             [
                 grid_extent(slices.div_ceil(wg_x)),
@@ -450,15 +472,29 @@ fn gemm_packed_into(
         };
         (kernel, grid, params(block))
     };
-    let record = |(kernel, grid, params): &(std::sync::Arc<Kernel>, [u32; 3], Params)| {
-        ctx.dispatch(
-            kernel,
-            params,
-            &[a.buffer, b_buffer, bias_buffer],
-            &[target],
-            *grid,
-        );
-    };
+    let record =
+        |((kernel, depth4), grid, params): &((std::sync::Arc<Kernel>, bool), [u32; 3], Params)| {
+            if *depth4 {
+                let (a4, b4, packed_b) = depth4_operands();
+                a4.record(ctx, a, spec.m, spec.k, batching.count);
+                b4.record(ctx, *packed_b, spec.n, spec.k, batching.count);
+                ctx.dispatch(
+                    kernel,
+                    params,
+                    &[&a4.buffer, &b4.buffer, bias_buffer],
+                    &[target],
+                    *grid,
+                );
+                return;
+            }
+            ctx.dispatch(
+                kernel,
+                params,
+                &[a.buffer, b_buffer, bias_buffer],
+                &[target],
+                *grid,
+            );
+        };
     match block.map_or_else(|| ctx.gemm_tuner.choice(spec, batching.count), Ok) {
         Ok(block) => record(&kernel(block)),
         Err(candidates) => {
@@ -467,7 +503,7 @@ fn gemm_packed_into(
             // the pipelines compiled beforehand.
             let prepared: Vec<_> = candidates.iter().map(|&b| kernel(b)).collect();
             let runs: Vec<_> = prepared.iter().map(|k| move || record(k)).collect();
-            let first_runs: Vec<bool> = prepared.iter().map(|(k, ..)| !k.has_run()).collect();
+            let first_runs: Vec<bool> = prepared.iter().map(|((k, _), ..)| !k.has_run()).collect();
             let best = candidates[fastest(ctx, &runs, &first_runs)];
             ctx.gemm_tuner.remember(spec, batching.count, best);
         }
@@ -480,6 +516,11 @@ fn gemm_packed_into(
 /// The pipeline of GEMM kernel `block`: its twin that loads A once per
 /// subgroup where the device's subgroups allow ([`Block::shares_a_in`]).
 fn block_kernel(ctx: &GpuContext, block: Block) -> std::sync::Arc<Kernel> {
+    assert!(
+        block_runs_on(ctx, block),
+        "{} does not run on this device",
+        block.name()
+    );
     let subgroups = ctx.has_subgroups();
     let entry = match ctx.fixed_subgroup_size() {
         Some(lanes) if block.shares_a_in(lanes) => block.entry_sharing_a(),
@@ -492,6 +533,15 @@ fn block_kernel(ctx: &GpuContext, block: Block) -> std::sync::Arc<Kernel> {
         3,
         1,
     ))
+}
+
+/// Whether the device runs GEMM kernel `block` (a [`Block::depth4`] one
+/// needs subgroups of its lanes).
+pub fn block_runs_on(ctx: &GpuContext, block: Block) -> bool {
+    !block.depth4
+        || ctx
+            .fixed_subgroup_size()
+            .is_some_and(|lanes| block.shares_a_in(lanes))
 }
 
 /// Whether `block`'s pipeline has been dispatched yet (see [`fastest`]).
@@ -528,6 +578,53 @@ pub(super) fn fastest(ctx: &GpuContext, runs: &[impl Fn()], first_run: &[bool]) 
     (0..runs.len())
         .min_by(|&i, &j| best[i].total_cmp(&best[j]))
         .expect("there is always a candidate")
+}
+
+/// A packed operand re-packed 4 depths per vec4 for a [`Block::depth4`]
+/// kernel: `(⌈K/4⌉, rows)` vec4s per batch element.
+struct Depth4Operand {
+    buffer: GpuBuffer,
+    /// Elements between consecutive batch elements' matrices (0: shared).
+    stride: usize,
+}
+
+impl Depth4Operand {
+    /// Space for `packed` (`rows` rows of depth `depth`, `count` matrices)
+    /// in the depth4 layout.
+    fn new(ctx: &GpuContext, packed: Packed<'_>, rows: usize, depth: usize, count: usize) -> Self {
+        let len = depth.div_ceil(4) * rows * 4;
+        let count = if packed.stride == 0 { 1 } else { count };
+        Depth4Operand {
+            buffer: ctx.storage_buffer(4 * (count * len) as u64, "gemm.packed_depth4"),
+            stride: if packed.stride == 0 { 0 } else { len },
+        }
+    }
+
+    /// Records the re-packing of `packed` into it.
+    fn record(
+        &self,
+        ctx: &GpuContext,
+        packed: Packed<'_>,
+        rows: usize,
+        depth: usize,
+        count: usize,
+    ) {
+        let count = if packed.stride == 0 { 1 } else { count };
+        let kernel = ctx.kernel(&KernelSpec::new("pack", PACK_SOURCE, "pack_depth4", 1, 1));
+        let params = Params::new()
+            .u32(rows)
+            .u32(depth)
+            .u32(rows.next_multiple_of(4))
+            .u32(count)
+            .u32(packed.stride)
+            .u32(self.stride);
+        let grid = [
+            grid_extent(rows.div_ceil(64)),
+            grid_extent(depth.div_ceil(4)),
+            grid_extent(count),
+        ];
+        ctx.dispatch(&kernel, &params, &[packed.buffer], &[&self.buffer], grid);
+    }
 }
 
 /// A GEMM operand in the packed layout: `(K, ⌈rows/4⌉·4)` per batch

@@ -34,6 +34,10 @@ pub struct Block {
     /// block without it (a uniform parameter picks the mapping), so it costs
     /// no compile of its own.
     pub slot_lanes: bool,
+    /// Operands packed with 4 consecutive depths per vec4 instead of 4
+    /// consecutive rows (`depth4_kernel` in this module): CPU-like adapters
+    /// with subgroups of exactly `workgroup[0]` lanes only.
+    pub depth4: bool,
     /// Invocations per workgroup along N and M (along the slots with
     /// `slot_lanes`). Every register-blocked kernel has 64 invocations, laid
     /// out in one dimension and mapped to this shape by the kernel itself,
@@ -48,6 +52,12 @@ impl Block {
     /// The block's name, e.g. `gemm_8x16_slots` (in the tuning cache, check
     /// rows and errors).
     pub fn name(self) -> &'static str {
+        if self.depth4 {
+            return match (self.rows, self.cols) {
+                (32, 8) => "gemm_32x8_k4",
+                _ => unreachable!("no GEMM kernel is generated for {self:?}"),
+            };
+        }
         match (
             self.rows,
             self.cols,
@@ -80,6 +90,9 @@ impl Block {
     /// (see [`source`]); register blocks only, not their slot-lanes
     /// mapping.
     pub fn entry_sharing_a(self) -> &'static str {
+        if self.depth4 {
+            return self.name();
+        }
         match self.name() {
             "gemm_8x16" => "gemm_8x16_sg",
             "gemm_32x16" => "gemm_32x16_sg",
@@ -95,6 +108,9 @@ impl Block {
     /// workgroup's width), and enough of them must exist to load those
     /// rows' vec4s.
     pub fn shares_a_in(self, lanes: usize) -> bool {
+        if self.depth4 {
+            return lanes == self.workgroup[0];
+        }
         !self.tiled
             && !self.slot_lanes
             && lanes.is_power_of_two()
@@ -126,6 +142,7 @@ pub const SMALL: Block = Block {
     tiled: false,
     implicit: false,
     slot_lanes: false,
+    depth4: false,
     workgroup: [8, 8],
 };
 /// Tall register blocks: half the loads per multiply-add, for large products
@@ -136,6 +153,7 @@ pub const TALL: Block = Block {
     tiled: false,
     implicit: false,
     slot_lanes: false,
+    depth4: false,
     workgroup: [16, 4],
 };
 /// Workgroup-memory tiles of 128×128, for large products on GPUs.
@@ -145,6 +163,7 @@ pub const TILED: Block = Block {
     tiled: true,
     implicit: false,
     slot_lanes: false,
+    depth4: false,
     workgroup: [16, 16],
 };
 /// The small block with 64 batch slots per workgroup, one per invocation
@@ -155,8 +174,22 @@ pub const SLOTS: Block = Block {
     ..SMALL
 };
 
+/// Tall register blocks over operands packed 4 depths per vec4: each
+/// accumulator takes 4 depths in a row, so one that lives on the stack is
+/// loaded and stored once per 4 (`depth4_kernel` in this module). Needs
+/// subgroups of exactly 8 lanes (lavapipe's).
+pub const DEPTH4: Block = Block {
+    rows: 32,
+    cols: 8,
+    tiled: false,
+    implicit: false,
+    slot_lanes: false,
+    depth4: true,
+    workgroup: [8, 8],
+};
+
 /// Every GEMM kernel on packed operands.
-pub const BLOCKS: [Block; 4] = [SMALL, TALL, TILED, SLOTS];
+pub const BLOCKS: [Block; 5] = [SMALL, TALL, TILED, SLOTS, DEPTH4];
 
 /// Every implicit-GEMM convolution kernel: the register blocks with B read
 /// from the image.
@@ -186,10 +219,14 @@ pub fn source(subgroups: bool) -> &'static str {
     static SOURCES: [OnceLock<String>; 2] = [const { OnceLock::new() }; 2];
     SOURCES[subgroups as usize].get_or_init(|| {
         let mut s = format!("{ACTIVATION}\n{COMMON}");
+        if subgroups {
+            s.push('\n');
+            s.push_str(&depth4_kernel(&DEPTH4));
+        }
         for block in BLOCKS
             .iter()
             .chain(&CONV_BLOCKS)
-            .filter(|b| !b.tiled && !b.slot_lanes)
+            .filter(|b| !b.tiled && !b.slot_lanes && !b.depth4)
         {
             s.push('\n');
             s.push_str(&register_blocked(block, false));
@@ -406,31 +443,146 @@ fn register_blocked(block: &Block, share_a: bool) -> String {
     for h in 0..vecs {
         let _ = writeln!(w, "        let cb{h} = column_bias(col0 + {}u);", 4 * h);
     }
-    // One row per pass, shifting the next row's accumulators down: the store
-    // code appears once instead of once per row, which on CPU-like adapters
-    // (lavapipe) cuts the kernel's compile time several-fold.
+    store_rows(w, rows, vecs, vecs, |h| format!("acc_0_{h}"));
+    let _ = writeln!(w, "    }}");
+    let _ = writeln!(w, "}}");
+    s
+}
+
+/// The kernel of a [`Block::depth4`] block. A and B are packed as
+/// `(⌈K/4⌉, rows)` vec4s, each holding a row's (or column's) 4 consecutive
+/// depths (zero past K; [`crate::gpu::gemm`]'s `pack_depth4`). A
+/// workgroup's 8 subgroups take 8 row blocks, the 8 lanes of each 8 column
+/// blocks of one row block; per step of 4 depths each lane loads
+/// `rows / 8` of the row block's A vec4s, `subgroupBroadcast` hands them
+/// to all lanes, and each accumulator takes its 4 depths as a chain of
+/// `fma`s in depth order: the same operations in the same order as the
+/// other kernels, but a spilled accumulator is loaded and stored once per
+/// 4 depths instead of once per depth, with only its row's and column's
+/// vec4s live. No slot-lanes mapping.
+fn depth4_kernel(block: &Block) -> String {
+    let (rows, cols) = (block.rows, block.cols);
+    let lanes = block.workgroup[0];
+    let mut s = String::new();
+    let w = &mut s;
     let _ = writeln!(
         w,
-        "        for (var r = 0u; r < {rows}u && row0 + r < p.m; r++) {{"
+        "// {rows}×{cols} block per invocation, 4 depths per vec4.\n\
+         @compute @workgroup_size({}, 1, 1)\n\
+         fn {}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) sg_lane: u32) {{\n    \
+         load_params(nwg);\n    \
+         let row0 = (wid.y * {}u + sg) * {rows}u;\n    \
+         let col0 = (wid.x * {lanes}u + sg_lane) * {cols}u;\n    \
+         // A subgroup shares its rows: it leaves only when all its lanes\n    \
+         // are outside C (the others run on clamped indices; the stores\n    \
+         // are guarded).\n    \
+         if row0 >= p.m || subgroupAll(col0 >= p.n) {{\n        return;\n    }}",
+        block.workgroup[0] * block.workgroup[1],
+        block.name(),
+        block.workgroup[1],
     );
-    let _ = writeln!(w, "            let rb = row_bias(row0 + r);");
+    for j in 0..rows / lanes {
+        let _ = writeln!(
+            w,
+            "    let a{j} = min(row0 + sg_lane + {}u, p.m - 1u);",
+            lanes * j
+        );
+    }
+    for c in 0..cols {
+        let _ = writeln!(w, "    let b{c} = min(col0 + {c}u, p.n - 1u);");
+    }
+    let _ = writeln!(
+        w,
+        "    let steps = (p.k + 3u) / 4u;\n    \
+         let slots = (p.batch + p.chunk - 1u) / p.chunk;\n    \
+         for (var slot = wid.z; slot < slots; slot += nwg.z) {{"
+    );
+    for r in 0..rows {
+        let line: Vec<String> = (0..cols)
+            .map(|c| format!("var acc_{r}_{c} = 0.0;"))
+            .collect();
+        let _ = writeln!(w, "        {}", line.join(" "));
+    }
+    let _ = writeln!(
+        w,
+        "        let z_begin = slot * p.chunk;\n        \
+         let z_end = min(z_begin + p.chunk, p.batch);\n        \
+         for (var z = z_begin; z < z_end; z++) {{\n            \
+         var ia = z * p.stride_a / 4u;\n            \
+         var ib = z * p.stride_b / 4u;\n            \
+         for (var step = 0u; step < steps; step++) {{"
+    );
+    for j in 0..rows / lanes {
+        let _ = writeln!(w, "                let own{j} = a[ia + a{j}];");
+    }
+    for c in 0..cols {
+        let _ = writeln!(w, "                let bv{c} = b[ib + b{c}];");
+    }
+    for r in 0..rows {
+        let _ = write!(
+            w,
+            "                {{ let av = subgroupBroadcast(own{}, {}u);",
+            r / lanes,
+            r % lanes
+        );
+        for c in 0..cols {
+            let _ = write!(
+                w,
+                " acc_{r}_{c} = fma(av.w, bv{c}.w, fma(av.z, bv{c}.z, fma(av.y, bv{c}.y, fma(av.x, bv{c}.x, acc_{r}_{c}))));"
+            );
+        }
+        let _ = writeln!(w, " }}");
+    }
+    let _ = writeln!(
+        w,
+        "                ia += p.m;\n                \
+         ib += p.n;\n            \
+         }}\n        \
+         }}\n        \
+         let base_c = slot * p.stride_c;"
+    );
+    for h in 0..cols / 4 {
+        let _ = writeln!(w, "        let cb{h} = column_bias(col0 + {}u);", 4 * h);
+    }
+    store_rows(w, rows, cols / 4, cols, |h| {
+        vec4_of(|t| format!("acc_0_{}", 4 * h + t))
+    });
+    let _ = writeln!(w, "    }}\n}}");
+    s
+}
+
+/// The register kernels' stores: one row of C per pass, `vecs` vec4s of
+/// it (`vec4(h)`: the `h`-th, from row 0's accumulators), then every row's
+/// `per_row` accumulators shifted one row down. The store code appears once
+/// instead of once per row, which on CPU-like adapters (lavapipe) cuts a
+/// kernel's compile time several-fold.
+fn store_rows(
+    w: &mut String,
+    rows: usize,
+    vecs: usize,
+    per_row: usize,
+    vec4: impl Fn(usize) -> String,
+) {
+    let _ = writeln!(
+        w,
+        "        for (var r = 0u; r < {rows}u && row0 + r < p.m; r++) {{\n            \
+         let rb = row_bias(row0 + r);"
+    );
     for h in 0..vecs {
         let _ = writeln!(
             w,
-            "            store4(base_c, row0 + r, col0 + {}u, acc_0_{h}, cb{h}, rb);",
-            4 * h
+            "            store4(base_c, row0 + r, col0 + {}u, {}, cb{h}, rb);",
+            4 * h,
+            vec4(h)
         );
     }
     for r in 1..rows {
-        let line: Vec<String> = (0..vecs)
-            .map(|h| format!("acc_{}_{h} = acc_{r}_{h};", r - 1))
+        let line: Vec<String> = (0..per_row)
+            .map(|c| format!("acc_{}_{c} = acc_{r}_{c};", r - 1))
             .collect();
         let _ = writeln!(w, "            {}", line.join(" "));
     }
     let _ = writeln!(w, "        }}");
-    let _ = writeln!(w, "    }}");
-    let _ = writeln!(w, "}}");
-    s
 }
 
 /// `vec4<f32>(…)` of the four scalar loads `load(0)` .. `load(3)`.
@@ -503,6 +655,12 @@ mod tests {
         for subgroups in [false, true] {
             let source = source(subgroups);
             for block in BLOCKS.iter().chain(&CONV_BLOCKS) {
+                if block.depth4 {
+                    // Only with subgroups: it has no version without.
+                    let entry = format!("fn {}(", block.entry());
+                    assert_eq!(source.contains(&entry), subgroups, "{entry}");
+                    continue;
+                }
                 assert!(source.contains(&format!("fn {}(", block.entry())));
                 if !block.tiled && !block.slot_lanes {
                     let twin = format!("fn {}(", block.entry_sharing_a());
@@ -521,5 +679,8 @@ mod tests {
         // too narrow to load the block's rows.
         assert!(!SMALL.shares_a_in(32) && !TALL.shares_a_in(32));
         assert!(!TALL.shares_a_in(4) && SMALL.shares_a_in(4));
+        // The depth4 kernel needs exactly its 8 lanes.
+        assert!(DEPTH4.shares_a_in(8));
+        assert!(!DEPTH4.shares_a_in(4) && !DEPTH4.shares_a_in(16) && !DEPTH4.shares_a_in(32));
     }
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::gemm::ConvProduct;
-use super::gemm_source::{BLOCKS, Block, CONV_BLOCKS, SLOTS, SMALL, TALL, TILED};
+use super::gemm_source::{BLOCKS, Block, CONV_BLOCKS, DEPTH4, SLOTS, SMALL, TALL, TILED};
 use crate::dirs::user_cache_dir;
 use crate::fnv::fnv1a;
 use crate::geometry::GemmSpec;
@@ -39,6 +39,9 @@ pub struct GemmTuner {
     timing: bool,
     /// A CPU-like adapter (software rasteriser): register blocks only.
     cpu_like: bool,
+    /// The device runs [`DEPTH4`] (a CPU-like adapter with subgroups of its
+    /// lanes).
+    depth4: bool,
     choices: Mutex<BTreeMap<ShapeClass, Block>>,
     /// Whether convolution products of a class run the direct kernel
     /// ([`super::direct_conv`]) rather than a GEMM path.
@@ -51,8 +54,10 @@ pub struct GemmTuner {
 }
 
 impl GemmTuner {
-    /// The tuner of the adapter `info`, with what earlier runs chose for it.
-    pub fn new(info: &wgpu::AdapterInfo) -> Self {
+    /// The tuner of the adapter `info`, with what earlier runs chose for it;
+    /// `depth4_runs`: the device can run [`DEPTH4`] (subgroups of its
+    /// lanes).
+    pub fn new(info: &wgpu::AdapterInfo, depth4_runs: bool) -> Self {
         let device = format!(
             "{} | {} {} | {:?} | wgcnn {}",
             info.name,
@@ -74,6 +79,7 @@ impl GemmTuner {
             path,
             timing,
             cpu_like: info.device_type == wgpu::DeviceType::Cpu,
+            depth4: depth4_runs && info.device_type == wgpu::DeviceType::Cpu,
             choices: Mutex::new(choices),
             direct: Mutex::new(direct),
             forced: Mutex::new(None),
@@ -194,7 +200,7 @@ impl GemmTuner {
         if self.timing {
             None
         } else {
-            Some(rule(spec, count, self.cpu_like))
+            Some(rule(spec, count, self.cpu_like, self.depth4))
         }
     }
 
@@ -210,22 +216,25 @@ impl GemmTuner {
         if let Some(block) = *self.forced.lock().unwrap() {
             return Ok(block.explicit_twin());
         }
-        let candidates = candidates(spec, count, self.cpu_like);
+        let candidates = candidates(spec, count, self.cpu_like, self.depth4);
         if candidates.len() == 1 {
             return Ok(candidates[0]);
         }
+        // A cache written with subgroups may name a kernel this device (or
+        // this run, with subgroups off) cannot run: time the class again.
         if let Some(&block) = self
             .choices
             .lock()
             .unwrap()
             .get(&ShapeClass::of(spec, count))
+            .filter(|b| !b.depth4 || self.depth4)
         {
             return Ok(block);
         }
         if self.timing {
             Err(candidates)
         } else {
-            Ok(rule(spec, count, self.cpu_like))
+            Ok(rule(spec, count, self.cpu_like, self.depth4))
         }
     }
 
@@ -267,7 +276,7 @@ impl GemmTuner {
 /// Kernels worth trying for `spec` on this kind of adapter: a block taller
 /// or wider than C never pays; CPU-like adapters get register blocks (their
 /// barriers are slow), GPUs workgroup-memory tiles (their registers are few).
-fn candidates(spec: &GemmSpec, count: usize, cpu_like: bool) -> &'static [Block] {
+fn candidates(spec: &GemmSpec, count: usize, cpu_like: bool, depth4: bool) -> &'static [Block] {
     // The tall block idles on small products: only worth timing for products
     // of half a GFLOP or more.
     let fits = spec.m >= 32
@@ -279,19 +288,22 @@ fn candidates(spec: &GemmSpec, count: usize, cpu_like: bool) -> &'static [Block]
     // Slots in the lanes: for many products (or partial sums) of a C a few
     // column blocks wide, which leaves most of SMALL's lanes idle.
     let slots = cpu_like && count >= 16 && spec.n <= 64 && spec.m.div_ceil(SLOTS.rows) <= 65_535;
-    match (fits, cpu_like, slots) {
-        (false, true, true) => &[SMALL, SLOTS],
-        (false, _, _) => &[SMALL],
-        (true, true, false) => &[SMALL, TALL],
-        (true, true, true) => &[SMALL, TALL, SLOTS],
-        (true, false, _) => &[SMALL, TILED],
+    // The depth4 block goes before TALL, which stays the rule's large block.
+    match (fits, cpu_like, slots, depth4) {
+        (false, true, true, _) => &[SMALL, SLOTS],
+        (false, ..) => &[SMALL],
+        (true, true, false, false) => &[SMALL, TALL],
+        (true, true, false, true) => &[SMALL, DEPTH4, TALL],
+        (true, true, true, false) => &[SMALL, TALL, SLOTS],
+        (true, true, true, true) => &[SMALL, DEPTH4, TALL, SLOTS],
+        (true, false, ..) => &[SMALL, TILED],
     }
 }
 
 /// The choice without timing: the large kernel once C (times the batch)
 /// gives it enough invocations to keep a device busy.
-fn rule(spec: &GemmSpec, count: usize, cpu_like: bool) -> Block {
-    let candidates = candidates(spec, count, cpu_like);
+fn rule(spec: &GemmSpec, count: usize, cpu_like: bool, depth4: bool) -> Block {
+    let candidates = candidates(spec, count, cpu_like, depth4);
     let large = *candidates
         .iter()
         .rfind(|b| !b.slot_lanes)
@@ -510,24 +522,61 @@ mod tests {
 
     #[test]
     fn only_kernels_that_fit_c_and_the_adapter_are_candidates() {
-        assert_eq!(candidates(&spec(6, 784, 25), 64, true), vec![SMALL]);
+        assert_eq!(candidates(&spec(6, 784, 25), 64, true, false), vec![SMALL]);
         // LeNet's first weight gradient: 6×25 outputs summed over 64 images.
-        assert_eq!(candidates(&spec(6, 25, 784), 64, true), vec![SMALL, SLOTS]);
-        assert_eq!(candidates(&spec(6, 25, 784), 1, true), vec![SMALL]);
-        assert_eq!(candidates(&spec(6, 25, 784), 64, false), vec![SMALL]);
-        assert_eq!(candidates(&spec(32, 784, 288), 64, true), vec![SMALL, TALL]);
-        assert_eq!(candidates(&spec(150, 100, 16), 64, true), vec![SMALL]);
         assert_eq!(
-            candidates(&spec(32, 784, 288), 1, false),
+            candidates(&spec(6, 25, 784), 64, true, false),
+            vec![SMALL, SLOTS]
+        );
+        assert_eq!(candidates(&spec(6, 25, 784), 1, true, false), vec![SMALL]);
+        assert_eq!(candidates(&spec(6, 25, 784), 64, false, false), vec![SMALL]);
+        assert_eq!(
+            candidates(&spec(32, 784, 288), 64, true, false),
+            vec![SMALL, TALL]
+        );
+        assert_eq!(
+            candidates(&spec(150, 100, 16), 64, true, false),
+            vec![SMALL]
+        );
+        assert_eq!(
+            candidates(&spec(32, 784, 288), 1, false, false),
             vec![SMALL, TILED]
         );
-        assert_eq!(candidates(&spec(64, 10, 288), 1, false), vec![SMALL]);
+        assert_eq!(candidates(&spec(64, 10, 288), 1, false, false), vec![SMALL]);
+        // The depth4 block where TALL competes, on adapters that run it; the
+        // rule (no timing) keeps TALL.
+        let large = spec(1024, 1024, 1024);
+        assert_eq!(candidates(&large, 1, true, true), vec![SMALL, DEPTH4, TALL]);
+        assert_eq!(candidates(&large, 1, true, false), vec![SMALL, TALL]);
+        assert_eq!(candidates(&large, 1, false, true), vec![SMALL, TILED]);
+        assert_eq!(candidates(&spec(6, 784, 25), 64, true, true), vec![SMALL]);
+        assert_eq!(rule(&large, 1, true, true), TALL);
+    }
+
+    #[test]
+    fn a_remembered_depth4_choice_is_timed_again_where_it_cannot_run() {
+        let info = wgpu::AdapterInfo::new(wgpu::DeviceType::Cpu, wgpu::Backend::Vulkan);
+        let large = spec(1024, 1024, 1024);
+        for depth4_runs in [true, false] {
+            let tuner = GemmTuner::new(&info, depth4_runs);
+            tuner
+                .choices
+                .lock()
+                .unwrap()
+                .insert(ShapeClass::of(&large, 1), DEPTH4);
+            let choice = tuner.choice(&large, 1);
+            if depth4_runs {
+                assert_eq!(choice, Ok(DEPTH4));
+            } else {
+                assert_eq!(choice, Err(&[SMALL, TALL][..]));
+            }
+        }
     }
 
     #[test]
     fn cpu_like_adapters_run_the_direct_kernel_by_rule() {
         let info = wgpu::AdapterInfo::new(wgpu::DeviceType::Cpu, wgpu::Backend::Vulkan);
-        let tuner = GemmTuner::new(&info);
+        let tuner = GemmTuner::new(&info, false);
         let (forward, dw, dx) = (
             ConvProduct::Forward,
             ConvProduct::WeightGrad,
@@ -565,10 +614,10 @@ mod tests {
     #[test]
     fn cpu_like_adapters_run_large_weight_gradients_as_implicit_gemms_by_rule() {
         let (dw, forward) = (ConvProduct::WeightGrad, ConvProduct::Forward);
-        let cpu = GemmTuner::new(&wgpu::AdapterInfo::new(
-            wgpu::DeviceType::Cpu,
-            wgpu::Backend::Vulkan,
-        ));
+        let cpu = GemmTuner::new(
+            &wgpu::AdapterInfo::new(wgpu::DeviceType::Cpu, wgpu::Backend::Vulkan),
+            false,
+        );
         let tall = TALL.implicit_twin();
         let small = SMALL.implicit_twin();
         assert!(tall.is_some_and(|b| b.implicit) && tall != small);
@@ -584,10 +633,10 @@ mod tests {
         assert!(raced(cpu.conv_choice(forward, &spec(32, 784, 288), 64)));
         cpu.race_direct(true);
         assert!(raced(cpu.conv_choice(dw, &spec(32, 288, 784), 64)));
-        let gpu = GemmTuner::new(&wgpu::AdapterInfo::new(
-            wgpu::DeviceType::DiscreteGpu,
-            wgpu::Backend::Vulkan,
-        ));
+        let gpu = GemmTuner::new(
+            &wgpu::AdapterInfo::new(wgpu::DeviceType::DiscreteGpu, wgpu::Backend::Vulkan),
+            false,
+        );
         assert!(raced(gpu.conv_choice(dw, &spec(32, 288, 784), 64)));
     }
 
