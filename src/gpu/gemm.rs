@@ -521,6 +521,10 @@ fn block_kernel(ctx: &GpuContext, block: Block) -> std::sync::Arc<Kernel> {
         "{} does not run on this device",
         block.name()
     );
+    if block.depth4 {
+        let source = gemm_source::depth4_source();
+        return ctx.kernel(&KernelSpec::new("gemm_depth4", source, block.entry(), 3, 1));
+    }
     let subgroups = ctx.has_subgroups();
     let entry = match ctx.fixed_subgroup_size() {
         Some(lanes) if block.shares_a_in(lanes) => block.entry_sharing_a(),
