@@ -421,13 +421,12 @@ fn gemm_packed_into(
             (
                 Depth4Operand::new(ctx, a, spec.m, spec.k, batching.count),
                 Depth4Operand::new(ctx, packed_b, spec.n, spec.k, batching.count),
-                packed_b,
             )
         })
     };
     let params = |block: Block| {
         let (stride_a, stride_b) = if block.depth4 {
-            let (a4, b4, _) = depth4_operands();
+            let (a4, b4) = depth4_operands();
             (a4.stride, b4.stride)
         } else {
             (a.stride, b_stride)
@@ -474,23 +473,18 @@ fn gemm_packed_into(
     };
     let record =
         |((kernel, depth4), grid, params): &((std::sync::Arc<Kernel>, bool), [u32; 3], Params)| {
-            if *depth4 {
-                let (a4, b4, packed_b) = depth4_operands();
-                a4.record(ctx, a, spec.m, spec.k, batching.count);
-                b4.record(ctx, *packed_b, spec.n, spec.k, batching.count);
-                ctx.dispatch(
-                    kernel,
-                    params,
-                    &[&a4.buffer, &b4.buffer, bias_buffer],
-                    &[target],
-                    *grid,
-                );
-                return;
-            }
+            let (a_buffer, b_buffer) = if *depth4 {
+                let (a4, b4) = depth4_operands();
+                a4.record(ctx);
+                b4.record(ctx);
+                (&a4.buffer, &b4.buffer)
+            } else {
+                (a.buffer, b_buffer)
+            };
             ctx.dispatch(
                 kernel,
                 params,
-                &[a.buffer, b_buffer, bias_buffer],
+                &[a_buffer, b_buffer, bias_buffer],
                 &[target],
                 *grid,
             );
@@ -586,48 +580,57 @@ pub(super) fn fastest(ctx: &GpuContext, runs: &[impl Fn()], first_run: &[bool]) 
 
 /// A packed operand re-packed 4 depths per vec4 for a [`Block::depth4`]
 /// kernel: `(⌈K/4⌉, rows)` vec4s per batch element.
-struct Depth4Operand {
+struct Depth4Operand<'a> {
+    /// The packed operand it is re-packed from.
+    source: Packed<'a>,
+    rows: usize,
+    depth: usize,
+    /// Matrices: 1 when the source is shared by the batch.
+    count: usize,
     buffer: GpuBuffer,
     /// Elements between consecutive batch elements' matrices (0: shared).
     stride: usize,
 }
 
-impl Depth4Operand {
-    /// Space for `packed` (`rows` rows of depth `depth`, `count` matrices)
-    /// in the depth4 layout.
-    fn new(ctx: &GpuContext, packed: Packed<'_>, rows: usize, depth: usize, count: usize) -> Self {
+impl<'a> Depth4Operand<'a> {
+    /// Space for `source` (`rows` rows of depth `depth`, one matrix per
+    /// batch element unless shared) in the depth4 layout.
+    fn new(ctx: &GpuContext, source: Packed<'a>, rows: usize, depth: usize, batch: usize) -> Self {
         let len = depth.div_ceil(4) * rows * 4;
-        let count = if packed.stride == 0 { 1 } else { count };
+        let shared = source.stride == 0;
+        let count = if shared { 1 } else { batch };
         Depth4Operand {
+            source,
+            rows,
+            depth,
+            count,
             buffer: ctx.storage_buffer(4 * (count * len) as u64, "gemm.packed_depth4"),
-            stride: if packed.stride == 0 { 0 } else { len },
+            stride: if shared { 0 } else { len },
         }
     }
 
-    /// Records the re-packing of `packed` into it.
-    fn record(
-        &self,
-        ctx: &GpuContext,
-        packed: Packed<'_>,
-        rows: usize,
-        depth: usize,
-        count: usize,
-    ) {
-        let count = if packed.stride == 0 { 1 } else { count };
+    /// Records the re-packing of its source into it.
+    fn record(&self, ctx: &GpuContext) {
         let kernel = ctx.kernel(&KernelSpec::new("pack", PACK_SOURCE, "pack_depth4", 1, 1));
         let params = Params::new()
-            .u32(rows)
-            .u32(depth)
-            .u32(rows.next_multiple_of(4))
-            .u32(count)
-            .u32(packed.stride)
+            .u32(self.rows)
+            .u32(self.depth)
+            .u32(self.rows.next_multiple_of(4))
+            .u32(self.count)
+            .u32(self.source.stride)
             .u32(self.stride);
         let grid = [
-            grid_extent(rows.div_ceil(64)),
-            grid_extent(depth.div_ceil(4)),
-            grid_extent(count),
+            grid_extent(self.rows.div_ceil(64)),
+            grid_extent(self.depth.div_ceil(4)),
+            grid_extent(self.count),
         ];
-        ctx.dispatch(&kernel, &params, &[packed.buffer], &[&self.buffer], grid);
+        ctx.dispatch(
+            &kernel,
+            &params,
+            &[self.source.buffer],
+            &[&self.buffer],
+            grid,
+        );
     }
 }
 
