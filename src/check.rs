@@ -300,6 +300,9 @@ fn gemm_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {
         (1, 300, 2),
         (129, 3, 250),
         (70, 45, 9),
+        // Depths of whole vec4s with ragged rows and columns.
+        (7, 5, 12),
+        (33, 17, 68),
     ];
     let mut rows = Vec::new();
     for block in BLOCKS.into_iter().filter(|&b| block_runs_on(&gpu.ctx, b)) {

@@ -170,6 +170,60 @@ fn same_results_from_every_kernel(
     }
 }
 
+/// Every GEMM kernel adds a linear layer's terms in the same order too:
+/// forward and backward (each product's depth a multiple of 4, as in the
+/// built-in models, or not) are bit-identical whichever kernel runs them.
+#[test]
+fn linear_layers_give_bit_identical_results_through_every_gemm_kernel() {
+    use wgcnn::backend::Backend;
+    use wgcnn::gpu::GpuBackend;
+    use wgcnn::gpu::gemm::block_runs_on;
+    use wgcnn::gpu::gemm_source::BLOCKS;
+    use wgcnn::rng::SplitMix64;
+    use wgcnn::tensor::HostTensor;
+    if common::gpu().is_none() {
+        return;
+    }
+    let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    let mut rng = SplitMix64::new(5);
+    // (batch, inputs, outputs): every product's depth a multiple of 4
+    // (inputs for the forward, outputs for dX, batch for dW) with ragged
+    // rows and columns; then depths that are not.
+    for (n, i, o) in [(36, 68, 12), (9, 30, 7)] {
+        let mut tensor = |shape: &[usize]| {
+            let len = shape.iter().product();
+            gpu.upload(&HostTensor::new(shape, rng.uniform_vec(len, -1.0, 1.0)))
+        };
+        let (x, w, b, dy) = (
+            tensor(&[n, i]),
+            tensor(&[o, i]),
+            tensor(&[o]),
+            tensor(&[n, o]),
+        );
+        let mut results = Vec::new();
+        for block in BLOCKS.into_iter().filter(|&b| block_runs_on(&gpu.ctx, b)) {
+            gpu.ctx.gemm_tuner.force(Some(block));
+            let y = gpu.linear_forward(&x, &w, &b);
+            let grads = gpu.linear_backward(&x, &w, &dy);
+            let bits: Vec<Vec<u32>> = [y, grads.dx, grads.dw, grads.db]
+                .iter()
+                .map(|t| gpu.download(t).data.iter().map(|v| v.to_bits()).collect())
+                .collect();
+            results.push((block.name(), bits));
+        }
+        gpu.ctx.gemm_tuner.force(None);
+        let (first, expected) = &results[0];
+        for (name, bits) in &results[1..] {
+            for (k, what) in ["y", "dx", "dw", "db"].iter().enumerate() {
+                assert!(
+                    bits[k] == expected[k],
+                    "{n}x{i}→{o}: {what} from {name} differs from {first}"
+                );
+            }
+        }
+    }
+}
+
 /// The direct convolution kernel reads weights of up to 64 KiB from a
 /// uniform buffer and larger ones from a storage buffer (the `conv2d` check
 /// compares both with the CPU reference).
