@@ -33,6 +33,11 @@
 //                    multiply-add
 //   conv_8x16, conv_32x16  implicit GEMM: B read from the input image (X_col
 //                    for the forward, X_colᵀ for dW)
+//   gemm_8x16_rows   (a module of its own) gemm_8x16 reading A stored (M, K)
+//                    and B stored (N, K) where they lie, K a multiple of 4
+//                    (a linear layer's forward): a vec4 holds 4 depths of a
+//                    row, the loop takes 4 depths per pass, and each
+//                    accumulator adds them in order (no packs)
 //   …_sg             (with subgroups of a fixed size that fits) each of the
 //                    above loading A once per subgroup and broadcasting it
 // and gemm_tiled (below, written out) stages tiles in workgroup memory for

@@ -16,8 +16,8 @@ use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, Params, grid_ext
 use super::derived::DerivedKey;
 use super::direct_conv;
 use super::gemm::{
-    Bias, ConvProduct, Epilogue, Image, Packed, block_has_run, conv_implicit_into, fastest,
-    gemm_into, gemm_packed_b_into, gemm_with_block_into,
+    Bias, ConvProduct, Epilogue, Image, Packed, conv_implicit_into, fastest, gemm_into,
+    gemm_packed_b_into, gemm_with_block_into, implicit_block_has_run,
 };
 use super::gemm_source::{Block, CONV_BLOCKS};
 use super::reduce::{channel_sum_into, slice_sum_into};
@@ -255,7 +255,7 @@ fn run_conv_product(
             let runs: [&dyn Fn(); 2] = [&|| run(block, images), &|| run(twin, images)];
             // The explicit path has just run; the implicit kernel may be new
             // (another product may have run it already).
-            let first_runs = [false, !block_has_run(ctx, twin)];
+            let first_runs = [false, !implicit_block_has_run(ctx, twin)];
             let best = [block, twin][fastest(ctx, &runs, &first_runs)];
             ctx.gemm_tuner.remember_conv(product, &spec, count, best);
             // A sum over the batch holds the race's images' sum: compute it

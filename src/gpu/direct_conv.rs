@@ -13,7 +13,8 @@ use std::sync::OnceLock;
 
 use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid};
 use super::conv::{Planes, input_padding, pad_planes, pad_planes_kept};
-use super::gemm::{Bias, Epilogue, Packing};
+use super::gemm::{Bias, Epilogue};
+use super::gemm_operand::Packing;
 use super::gemm_source::ACTIVATION;
 use super::reduce::slice_sum_into;
 use super::tensor::GpuTensor;

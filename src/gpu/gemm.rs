@@ -1,13 +1,13 @@
 //! Host side of `shaders/gemm.wgsl`: the matrix products behind convolution
 //! and the fully connected layer.
 
-use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, Params, grid, grid_extent};
-use super::gemm_source::{self, Block, SMALL};
+use super::context::{GpuBuffer, GpuContext, Kernel, KernelSpec, Params, grid_extent};
+pub use super::gemm_operand::Packed;
+use super::gemm_operand::{Depth4Operand, Source};
+use super::gemm_source::{self, ARead, BRead, Block, Reads, SMALL};
 use super::reduce::slice_sum_into;
 use crate::geometry::Conv2dGeometry;
 use crate::geometry::{Activation, GemmSpec};
-
-const PACK_SOURCE: &str = include_str!("../../shaders/pack.wgsl");
 
 /// Which bias the epilogue adds.
 #[derive(Clone, Copy, Debug)]
@@ -87,8 +87,10 @@ impl Batching {
 }
 
 /// Records `out = op(A)·op(B) (+ bias)` for every batch element (or their sum).
-/// Both operands are first packed depth-major with rows padded to whole vec4s
-/// (`shaders/pack.wgsl`), unless one is already in that layout.
+/// The kernels read the operands packed depth-major with rows padded to
+/// whole vec4s (`shaders/pack.wgsl`), packed first unless already in that
+/// layout; the small kernel instead reads both where they lie when both are
+/// stored by rows (K a multiple of 4).
 pub fn gemm_into<'e>(
     ctx: &GpuContext,
     a: &GpuBuffer,
@@ -113,27 +115,35 @@ pub fn gemm_with_block_into<'e>(
     batching: Batching,
     block: Option<Block>,
 ) {
-    // op(B) is (k, n): B stored (n, k) is packed transposed.
-    let b = pack(
-        ctx,
+    // op(B) is (k, n): B is stored (n, k) when transposed.
+    let b = Source::stored(
         b,
-        spec.n,
-        spec.k,
+        [spec.n, spec.k],
         spec.trans_b,
         batching.stride_b,
         batching.count,
     );
-    let a = pack_a(ctx, a, spec, batching);
-    gemm_packed_into(
+    run_gemm(
         ctx,
-        a.view(),
-        Operand::Packed(b.view()),
+        source_a(a, spec, batching),
+        Operand::Source(b),
         epilogue.into(),
         out,
         spec,
         batching,
         block,
     );
+}
+
+/// A of `spec`: op(A) is (m, k), stored so unless transposed.
+fn source_a<'a>(a: &'a GpuBuffer, spec: &GemmSpec, batching: Batching) -> Source<'a> {
+    Source::stored(
+        a,
+        [spec.m, spec.k],
+        !spec.trans_a,
+        batching.stride_a,
+        batching.count,
+    )
 }
 
 /// The products of a convolution: the forward and weight gradient, which
@@ -269,9 +279,8 @@ impl Image<'_> {
 }
 
 /// B as the GEMM reads it.
-#[derive(Clone, Copy, Debug)]
 enum Operand<'a> {
-    Packed(Packed<'a>),
+    Source(Source<'a>),
     Image(Image<'a>),
 }
 
@@ -288,14 +297,11 @@ pub fn conv_implicit_into(
 ) {
     assert!(block.implicit, "{} is not an implicit kernel", block.name());
     let (spec, batching) = image.product.of(image.geometry);
-    // The implicit kernels read A unpacked: W (O, C·kh·kw) and dY_n
-    // (O, OH·OW) are both row-major (M, K) already.
-    gemm_packed_into(
+    // The implicit kernels read A where it lies: W (O, C·kh·kw) and dY_n
+    // (O, OH·OW) are both row-major (M, K).
+    run_gemm(
         ctx,
-        Packed {
-            buffer: a,
-            stride: batching.stride_a,
-        },
+        source_a(a, &spec, batching),
         Operand::Image(image),
         epilogue,
         out,
@@ -303,24 +309,6 @@ pub fn conv_implicit_into(
         batching,
         Some(block),
     );
-}
-
-/// op(A) is (m, k): A stored (m, k) is packed transposed.
-fn pack_a<'a>(
-    ctx: &GpuContext,
-    a: &'a GpuBuffer,
-    spec: &GemmSpec,
-    batching: Batching,
-) -> PackedOperand<'a> {
-    pack(
-        ctx,
-        a,
-        spec.m,
-        spec.k,
-        !spec.trans_a,
-        batching.stride_a,
-        batching.count,
-    )
 }
 
 /// [`gemm_with_block_into`] with `op(B)` already packed (`spec.trans_b` is
@@ -336,11 +324,11 @@ pub fn gemm_packed_b_into<'e>(
     batching: Batching,
     block: Option<Block>,
 ) {
-    let a = pack_a(ctx, a, spec, batching);
-    gemm_packed_into(
+    let b = Source::packed(b, [spec.n, spec.k], batching.count);
+    run_gemm(
         ctx,
-        a.view(),
-        Operand::Packed(b),
+        source_a(a, spec, batching),
+        Operand::Source(b),
         epilogue.into(),
         out,
         spec,
@@ -354,13 +342,37 @@ pub fn gemm_packed_b_into<'e>(
 /// (not per device), so every adapter adds in the same order.
 const SPLIT_TARGET_WORKGROUPS: usize = 64;
 
-/// The GEMM dispatch itself, with `block` or the tuner's choice, on a
-/// packed A (an implicit block reads A unpacked, row-major (M, K)
-/// instead).
+/// How a kernel reads its operands (see [`path`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// As `Reads` says (packed operands packed first unless they already
+    /// are).
+    Register(Reads),
+    /// Both packed, then re-packed 4 depths per vec4 (a depth4 block).
+    Depth4,
+}
+
+/// How `block` reads `a` and `b`: the small block reads them where they
+/// lie, 4 depths per vec4, when both are stored by rows (a linear layer's
+/// forward: its input and weight), instead of packing them; otherwise
+/// they are read packed.
+fn path(block: Block, a: &Source<'_>, b: &Operand<'_>) -> Path {
+    match b {
+        Operand::Image(_) => Path::Register(Reads::IMPLICIT),
+        Operand::Source(_) if block.depth4 => Path::Depth4,
+        Operand::Source(b) if block.reads_by_rows() && a.by_rows() && b.by_rows() => {
+            Path::Register(Reads::BY_ROWS)
+        }
+        Operand::Source(_) => Path::Register(Reads::PACKED),
+    }
+}
+
+/// The GEMM dispatch itself, with `block` or the tuner's choice, the
+/// operands read as [`path`] says.
 #[allow(clippy::too_many_arguments)]
-fn gemm_packed_into(
+fn run_gemm(
     ctx: &GpuContext,
-    a: Packed<'_>,
+    a: Source<'_>,
     b: Operand<'_>,
     epilogue: Epilogue<'_>,
     out: &GpuBuffer,
@@ -374,7 +386,7 @@ fn gemm_packed_into(
     let (bias_buffer, bias_mode) = match epilogue.bias {
         // Never read with bias_mode 0; `a` stands in because binding the output
         // read-only as well as read-write in one dispatch is a usage conflict.
-        Bias::None => (a.buffer, 0),
+        Bias::None => (a.buffer(), 0),
         Bias::PerRow(buffer) => (buffer, 1),
         Bias::PerColumn(buffer) => (buffer, 2),
         Bias::Gate(buffer) => {
@@ -406,30 +418,42 @@ fn gemm_packed_into(
     } else {
         batching.stride_c
     };
-    let (b_buffer, b_stride) = match b {
-        Operand::Packed(b) => (b.buffer, b.stride),
-        Operand::Image(image) => (image.buffer, 0),
+    let source_b = || match &b {
+        Operand::Source(b) => b,
+        Operand::Image(_) => unreachable!("an implicit product reads B from its image"),
     };
     // A depth4 kernel's operands, re-packed from the packed ones (made
     // once, when such a kernel runs or races).
     let depth4 = std::cell::OnceCell::new();
     let depth4_operands = || {
         depth4.get_or_init(|| {
-            let Operand::Packed(packed_b) = b else {
-                unreachable!("an implicit product has no depth4 kernel")
-            };
+            let operand =
+                |rows, shared| Depth4Operand::new(ctx, [rows, spec.k], batching.count, shared);
             (
-                Depth4Operand::new(ctx, a, spec.m, spec.k, batching.count),
-                Depth4Operand::new(ctx, packed_b, spec.n, spec.k, batching.count),
+                operand(spec.m, a.stride() == 0),
+                operand(spec.n, source_b().stride() == 0),
             )
         })
     };
-    let params = |block: Block| {
-        let (stride_a, stride_b) = if block.depth4 {
-            let (a4, b4) = depth4_operands();
-            (a4.stride, b4.stride)
-        } else {
-            (a.stride, b_stride)
+    let params = |block: Block, path: Path| {
+        // Strides between matrices: of the depth4 layout, packed, or where
+        // an operand lies.
+        let (stride_a, stride_b) = match path {
+            Path::Depth4 => {
+                let (a4, b4) = depth4_operands();
+                (a4.stride, b4.stride)
+            }
+            Path::Register(reads) => (
+                match reads.a {
+                    ARead::Packed => a.packed_stride(),
+                    ARead::Rows | ARead::Rows4 => a.stride(),
+                },
+                match reads.b {
+                    BRead::Packed => source_b().packed_stride(),
+                    BRead::Image => 0,
+                    BRead::Rows4 => source_b().stride(),
+                },
+            ),
         };
         let mut params = Params::new()
             .u32(spec.m)
@@ -444,7 +468,7 @@ fn gemm_packed_into(
             .u32(act_mode as usize)
             .f32(slope)
             .u32(block.slot_lanes as usize);
-        if let Operand::Image(image) = b {
+        if let Operand::Image(image) = &b {
             for value in image.walk() {
                 params = params.u32(value);
             }
@@ -454,8 +478,8 @@ fn gemm_packed_into(
     let target = partial.as_ref().unwrap_or(out);
     let kernel = |block: Block| {
         let [wg_x, wg_y] = block.workgroup;
-        let kernel = block_kernel(ctx, block);
-        let kernel = (kernel, block.depth4);
+        let path = path(block, &a, &b);
+        let kernel = block_kernel(ctx, block, path);
         let grid = if block.slot_lanes {
             [
                 grid_extent(slices.div_ceil(wg_x)),
@@ -469,17 +493,29 @@ fn gemm_packed_into(
                 grid_extent(slices),
             ]
         };
-        (kernel, grid, params(block))
+        (kernel, path, grid, params(block, path))
     };
     let record =
-        |((kernel, depth4), grid, params): &((std::sync::Arc<Kernel>, bool), [u32; 3], Params)| {
-            let (a_buffer, b_buffer) = if *depth4 {
-                let (a4, b4) = depth4_operands();
-                a4.record(ctx);
-                b4.record(ctx);
-                (&a4.buffer, &b4.buffer)
-            } else {
-                (a.buffer, b_buffer)
+        |(kernel, path, grid, params): &(std::sync::Arc<Kernel>, Path, [u32; 3], Params)| {
+            let (a_buffer, b_buffer) = match *path {
+                Path::Depth4 => {
+                    let (a4, b4) = depth4_operands();
+                    a4.record(ctx, a.record_packed(ctx));
+                    b4.record(ctx, source_b().record_packed(ctx));
+                    (&a4.buffer, &b4.buffer)
+                }
+                Path::Register(reads) => (
+                    match reads.a {
+                        ARead::Packed => a.record_packed(ctx).buffer,
+                        ARead::Rows | ARead::Rows4 => a.buffer(),
+                    },
+                    match (reads.b, &b) {
+                        (BRead::Image, Operand::Image(image)) => image.buffer,
+                        (BRead::Packed, Operand::Source(b)) => b.record_packed(ctx).buffer,
+                        (BRead::Rows4, Operand::Source(b)) => b.buffer(),
+                        _ => unreachable!("{reads:?} reads another B"),
+                    },
+                ),
             };
             ctx.dispatch(
                 kernel,
@@ -492,12 +528,13 @@ fn gemm_packed_into(
     match block.map_or_else(|| ctx.gemm_tuner.choice(spec, batching.count), Ok) {
         Ok(block) => record(&kernel(block)),
         Err(candidates) => {
-            // First product of its class on this device: time each block on
-            // these very operands (every run writes the same result), with
-            // the pipelines compiled beforehand.
+            // First product of its class on this device: time each block,
+            // with the packs it needs, on these very operands (every run
+            // writes the same result), with the pipelines compiled
+            // beforehand.
             let prepared: Vec<_> = candidates.iter().map(|&b| kernel(b)).collect();
             let runs: Vec<_> = prepared.iter().map(|k| move || record(k)).collect();
-            let first_runs: Vec<bool> = prepared.iter().map(|((k, _), ..)| !k.has_run()).collect();
+            let first_runs: Vec<bool> = prepared.iter().map(|(k, ..)| !k.has_run()).collect();
             let best = candidates[fastest(ctx, &runs, &first_runs)];
             ctx.gemm_tuner.remember(spec, batching.count, best);
         }
@@ -507,30 +544,39 @@ fn gemm_packed_into(
     }
 }
 
-/// The pipeline of GEMM kernel `block`: its twin that loads A once per
-/// subgroup where the device's subgroups allow ([`Block::shares_a_in`]).
-fn block_kernel(ctx: &GpuContext, block: Block) -> std::sync::Arc<Kernel> {
+/// The pipeline of GEMM kernel `block` reading its operands as `path`
+/// says: its twin that loads A once per subgroup where the device's
+/// subgroups allow ([`Block::shares_a_read_in`]).
+fn block_kernel(ctx: &GpuContext, block: Block, path: Path) -> std::sync::Arc<Kernel> {
     assert!(
         block_runs_on(ctx, block),
         "{} does not run on this device",
         block.name()
     );
-    if block.depth4 {
-        let source = gemm_source::depth4_source();
-        return ctx.kernel(&KernelSpec::new("gemm_depth4", source, block.entry(), 3, 1));
-    }
-    let subgroups = ctx.has_subgroups();
-    let entry = match ctx.fixed_subgroup_size() {
-        Some(lanes) if block.shares_a_in(lanes) => block.entry_sharing_a(),
-        _ => block.entry(),
+    let reads = match path {
+        Path::Depth4 => {
+            let source = gemm_source::depth4_source();
+            return ctx.kernel(&KernelSpec::new("gemm_depth4", source, block.entry(), 3, 1));
+        }
+        Path::Register(reads) => reads,
     };
-    ctx.kernel(&KernelSpec::new(
-        "gemm",
-        gemm_source::source(subgroups),
-        entry,
-        3,
-        1,
-    ))
+    let subgroups = ctx.has_subgroups();
+    let share_a = ctx
+        .fixed_subgroup_size()
+        .is_some_and(|lanes| block.shares_a_read_in(reads.a, lanes));
+    let entry = block.entry_reading(reads, share_a);
+    let spec = if reads == Reads::BY_ROWS {
+        KernelSpec::new(
+            "gemm_by_rows",
+            gemm_source::by_rows_source(subgroups),
+            entry,
+            3,
+            1,
+        )
+    } else {
+        KernelSpec::new("gemm", gemm_source::source(subgroups), entry, 3, 1)
+    };
+    ctx.kernel(&spec)
 }
 
 /// Whether the device runs GEMM kernel `block` (a [`Block::depth4`] one
@@ -542,9 +588,11 @@ pub fn block_runs_on(ctx: &GpuContext, block: Block) -> bool {
             .is_some_and(|lanes| block.shares_a_in(lanes))
 }
 
-/// Whether `block`'s pipeline has been dispatched yet (see [`fastest`]).
-pub(super) fn block_has_run(ctx: &GpuContext, block: Block) -> bool {
-    block_kernel(ctx, block).has_run()
+/// Whether implicit block `block`'s pipeline has been dispatched yet (see
+/// [`fastest`]).
+pub(super) fn implicit_block_has_run(ctx: &GpuContext, block: Block) -> bool {
+    assert!(block.implicit, "{} is not an implicit kernel", block.name());
+    block_kernel(ctx, block, Path::Register(Reads::IMPLICIT)).has_run()
 }
 
 /// Index of the fastest of `runs` (each records work that writes the same
@@ -576,170 +624,6 @@ pub(super) fn fastest(ctx: &GpuContext, runs: &[impl Fn()], first_run: &[bool]) 
     (0..runs.len())
         .min_by(|&i, &j| best[i].total_cmp(&best[j]))
         .expect("there is always a candidate")
-}
-
-/// A packed operand re-packed 4 depths per vec4 for a [`Block::depth4`]
-/// kernel: `(⌈K/4⌉, rows)` vec4s per batch element.
-struct Depth4Operand<'a> {
-    /// The packed operand it is re-packed from.
-    source: Packed<'a>,
-    rows: usize,
-    depth: usize,
-    /// Matrices: 1 when the source is shared by the batch.
-    count: usize,
-    buffer: GpuBuffer,
-    /// Elements between consecutive batch elements' matrices (0: shared).
-    stride: usize,
-}
-
-impl<'a> Depth4Operand<'a> {
-    /// Space for `source` (`rows` rows of depth `depth`, one matrix per
-    /// batch element unless shared) in the depth4 layout.
-    fn new(ctx: &GpuContext, source: Packed<'a>, rows: usize, depth: usize, batch: usize) -> Self {
-        let len = depth.div_ceil(4) * rows * 4;
-        let shared = source.stride == 0;
-        let count = if shared { 1 } else { batch };
-        Depth4Operand {
-            source,
-            rows,
-            depth,
-            count,
-            buffer: ctx.storage_buffer(4 * (count * len) as u64, "gemm.packed_depth4"),
-            stride: if shared { 0 } else { len },
-        }
-    }
-
-    /// Records the re-packing of its source into it.
-    fn record(&self, ctx: &GpuContext) {
-        let kernel = ctx.kernel(&KernelSpec::new("pack", PACK_SOURCE, "pack_depth4", 1, 1));
-        let params = Params::new()
-            .u32(self.rows)
-            .u32(self.depth)
-            .u32(self.rows.next_multiple_of(4))
-            .u32(self.count)
-            .u32(self.source.stride)
-            .u32(self.stride);
-        let grid = [
-            grid_extent(self.rows.div_ceil(64)),
-            grid_extent(self.depth.div_ceil(4)),
-            grid_extent(self.count),
-        ];
-        ctx.dispatch(
-            &kernel,
-            &params,
-            &[self.source.buffer],
-            &[&self.buffer],
-            grid,
-        );
-    }
-}
-
-/// A GEMM operand in the packed layout: `(K, ⌈rows/4⌉·4)` per batch
-/// element, `stride` elements apart (0: one shared by every element).
-#[derive(Clone, Copy, Debug)]
-pub struct Packed<'a> {
-    /// The packed values.
-    pub buffer: &'a GpuBuffer,
-    /// Elements between consecutive batch elements' matrices.
-    pub stride: usize,
-}
-
-/// A packed operand: borrowed when the source already was packed, else owned.
-struct PackedOperand<'a> {
-    owned: Option<GpuBuffer>,
-    borrowed: &'a GpuBuffer,
-    stride: usize,
-}
-
-impl PackedOperand<'_> {
-    fn view(&self) -> Packed<'_> {
-        Packed {
-            buffer: self.owned.as_ref().unwrap_or(self.borrowed),
-            stride: self.stride,
-        }
-    }
-}
-
-/// Packs `(rows, depth)` matrices (stored `(rows, depth)` when `transposed`,
-/// else `(depth, rows)`) into `(depth, ⌈rows/4⌉·4)`; one per batch element
-/// when `stride` is non-zero, else one shared.
-fn pack<'a>(
-    ctx: &GpuContext,
-    src: &'a GpuBuffer,
-    rows: usize,
-    depth: usize,
-    transposed: bool,
-    stride: usize,
-    count: usize,
-) -> PackedOperand<'a> {
-    let packing = Packing {
-        rows,
-        depth,
-        transposed,
-        stride,
-        count: if stride == 0 { 1 } else { count },
-    };
-    if !transposed && rows.is_multiple_of(4) && (stride == 0 || stride == depth * rows) {
-        return PackedOperand {
-            owned: None,
-            borrowed: src,
-            stride,
-        };
-    }
-    let dst = ctx.storage_buffer(packing.bytes(), "gemm.packed");
-    packing.record(ctx, src, &dst);
-    PackedOperand {
-        owned: Some(dst),
-        borrowed: src,
-        stride: if stride == 0 { 0 } else { packing.matrix_len() },
-    }
-}
-
-/// `count` `(rows, depth)` matrices, `stride` elements apart, stored
-/// `(rows, depth)` when `transposed`, else `(depth, rows)`, to be packed
-/// into `(depth, ⌈rows/4⌉·4)` each (`shaders/pack.wgsl`).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Packing {
-    pub rows: usize,
-    pub depth: usize,
-    pub transposed: bool,
-    pub stride: usize,
-    pub count: usize,
-}
-
-impl Packing {
-    /// Elements of one packed matrix.
-    fn matrix_len(&self) -> usize {
-        self.depth * self.rows.next_multiple_of(4)
-    }
-
-    /// Bytes of the packed matrices.
-    pub fn bytes(&self) -> u64 {
-        4 * (self.count * self.matrix_len()) as u64
-    }
-
-    /// Records the packing of `src` into the start of `dst`.
-    pub fn record(&self, ctx: &GpuContext, src: &GpuBuffer, dst: &GpuBuffer) {
-        assert!(dst.size() >= self.bytes(), "packing into {dst:?}");
-        let kernel = ctx.kernel(
-            &KernelSpec::new("pack", PACK_SOURCE, "pack", 1, 1)
-                .with("TRANSPOSED", self.transposed as u8 as f64),
-        );
-        let params = Params::new()
-            .u32(self.rows)
-            .u32(self.depth)
-            .u32(self.rows.next_multiple_of(4))
-            .u32(self.count)
-            .u32(self.stride)
-            .u32(self.matrix_len());
-        ctx.dispatch(
-            &kernel,
-            &params,
-            &[src],
-            &[dst],
-            grid(self.count * self.depth, 256),
-        );
-    }
 }
 
 /// Whether [`Epilogue`] can apply `act` (else it runs as a pass of its own).

@@ -102,6 +102,42 @@ impl Block {
         }
     }
 
+    /// Whether the block's kernel has a twin reading both operands by rows
+    /// ([`Reads::BY_ROWS`]): the small block's (its slot-lanes mapping runs
+    /// the same kernel).
+    pub fn reads_by_rows(self) -> bool {
+        self.entry() == SMALL.name()
+    }
+
+    /// The entry point that runs the block reading its operands as `reads`
+    /// says, loading A once per subgroup when `share_a`.
+    pub fn entry_reading(self, reads: Reads, share_a: bool) -> &'static str {
+        if reads == Reads::PACKED || reads == Reads::IMPLICIT {
+            return if share_a {
+                self.entry_sharing_a()
+            } else {
+                self.entry()
+            };
+        }
+        assert!(
+            reads == Reads::BY_ROWS && self.reads_by_rows(),
+            "no kernel of {} reads {reads:?}",
+            self.name()
+        );
+        if share_a {
+            "gemm_8x16_rows_sg"
+        } else {
+            "gemm_8x16_rows"
+        }
+    }
+
+    /// Whether the block can load A once per subgroup, read as `a`, on a
+    /// device whose subgroups are always `lanes` invocations: see
+    /// [`Block::shares_a_in`]; A read by rows takes a lane per row.
+    pub fn shares_a_read_in(self, a: ARead, lanes: usize) -> bool {
+        self.shares_a_in(lanes) && (a != ARead::Rows4 || lanes >= self.rows)
+    }
+
     /// Whether the block can load A once per subgroup on a device whose
     /// subgroups are always `lanes` invocations: the lanes of a subgroup
     /// must all compute the same rows of C (so `lanes` divides the
@@ -131,6 +167,74 @@ impl Block {
         Block {
             implicit: false,
             ..self
+        }
+    }
+}
+
+/// How a register kernel reads A.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ARead {
+    /// Packed (`shaders/pack.wgsl`): a vec4 holds 4 rows at one depth.
+    Packed,
+    /// Row-major `(M, K)` where it lies, one value per load (the implicit
+    /// kernels').
+    Rows,
+    /// Row-major `(M, K)` where it lies, K a multiple of 4: a vec4 holds 4
+    /// depths of one row.
+    Rows4,
+}
+
+/// How a register kernel reads B.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BRead {
+    /// Packed: a vec4 holds 4 columns at one depth.
+    Packed,
+    /// From a convolution's image (the implicit kernels).
+    Image,
+    /// `(N, K)` row-major where it lies (`op(B)` transposed), K a multiple
+    /// of 4: a vec4 holds 4 depths of one column.
+    Rows4,
+}
+
+/// How a register kernel reads its operands. Reading both by rows
+/// (`Rows4`) saves their packs, a dispatch each, with as many vec4 loads as
+/// the packed layout takes: a linear layer's input and weight are both
+/// stored so, the forward's A and B.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reads {
+    /// How it reads A.
+    pub a: ARead,
+    /// How it reads B.
+    pub b: BRead,
+}
+
+impl Reads {
+    /// Both operands packed.
+    pub const PACKED: Reads = Reads {
+        a: ARead::Packed,
+        b: BRead::Packed,
+    };
+    /// The implicit kernels': A by rows, B from the image.
+    pub const IMPLICIT: Reads = Reads {
+        a: ARead::Rows,
+        b: BRead::Image,
+    };
+    /// Both by rows, 4 depths per vec4 (the small block's twin). The only
+    /// such kernel generated: each one (its loop body 4 depths long) costs
+    /// LLVM about 0.3 s at its first dispatch on lavapipe, and the others
+    /// (one operand by rows, the other packed) gained less than that.
+    pub const BY_ROWS: Reads = Reads {
+        a: ARead::Rows4,
+        b: BRead::Rows4,
+    };
+
+    /// Depths per pass of the loop over K: 4 where an operand is read by
+    /// rows (K is then a multiple of 4).
+    fn depths_per_pass(self) -> usize {
+        if self.a == ARead::Rows4 || self.b == BRead::Rows4 {
+            4
+        } else {
+            1
         }
     }
 }
@@ -224,12 +328,34 @@ pub fn source(subgroups: bool) -> &'static str {
             .chain(&CONV_BLOCKS)
             .filter(|b| !b.tiled && !b.slot_lanes && !b.depth4)
         {
+            let reads = if block.implicit {
+                Reads::IMPLICIT
+            } else {
+                Reads::PACKED
+            };
             s.push('\n');
-            s.push_str(&register_blocked(block, false));
+            s.push_str(&register_blocked(block, false, reads));
             if subgroups {
                 s.push('\n');
-                s.push_str(&register_blocked(block, true));
+                s.push_str(&register_blocked(block, true, reads));
             }
+        }
+        s
+    })
+}
+
+/// The module of the small block's twin reading both operands by rows
+/// ([`Reads::BY_ROWS`]): a module of its own, so the other GEMM pipelines'
+/// shader translation does not parse it.
+pub fn by_rows_source(subgroups: bool) -> &'static str {
+    static SOURCES: [OnceLock<String>; 2] = [const { OnceLock::new() }; 2];
+    SOURCES[subgroups as usize].get_or_init(|| {
+        let mut s = format!("{ACTIVATION}\n{COMMON}");
+        s.push('\n');
+        s.push_str(&register_blocked(&SMALL, false, Reads::BY_ROWS));
+        if subgroups {
+            s.push('\n');
+            s.push_str(&register_blocked(&SMALL, true, Reads::BY_ROWS));
         }
         s
     })
@@ -247,20 +373,28 @@ pub fn depth4_source() -> &'static str {
 /// `share_a`, its twin that loads A once per subgroup (the lanes of a
 /// subgroup are laid out along a row of blocks, from the subgroup builtins,
 /// and every lane runs the loops, out-of-range ones on clamped indices, so
-/// the broadcasts are in uniform control flow).
-fn register_blocked(block: &Block, share_a: bool) -> String {
-    let (rows, vecs) = (block.rows, block.cols / 4);
+/// the broadcasts are in uniform control flow). `reads` says where its
+/// operands come from; an operand read by rows is loaded 4 depths per vec4
+/// and the loop over K takes 4 depths per pass, each accumulator taking
+/// them in depth order as it would one by one.
+fn register_blocked(block: &Block, share_a: bool, reads: Reads) -> String {
+    assert_eq!(
+        block.implicit,
+        reads == Reads::IMPLICIT,
+        "an implicit block reads an image"
+    );
+    let (rows, cols, vecs) = (block.rows, block.cols, block.cols / 4);
+    let entry = block.entry_reading(reads, share_a);
     let mut s = String::new();
     let w = &mut s;
-    let _ = writeln!(w, "// {rows}×{} block per invocation.", block.cols);
+    let _ = writeln!(w, "// {rows}×{cols} block per invocation.");
     let [wg_x, wg_y] = block.workgroup;
     let size = wg_x * wg_y;
     let _ = writeln!(w, "@compute @workgroup_size({size}, 1, 1)");
     if share_a {
         let _ = writeln!(
             w,
-            "fn {}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_id) sg: u32, @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) sg_lane: u32) {{",
-            block.entry_sharing_a()
+            "fn {entry}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_id) sg: u32, @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) sg_lane: u32) {{"
         );
         // Invocations numbered by subgroup, so a subgroup's lanes are
         // consecutive and (the host checks) within one row of blocks.
@@ -271,8 +405,7 @@ fn register_blocked(block: &Block, share_a: bool) -> String {
     } else {
         let _ = writeln!(
             w,
-            "fn {}(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{",
-            block.entry()
+            "fn {entry}(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{"
         );
     }
     let _ = writeln!(w, "    load_params(nwg);");
@@ -289,7 +422,7 @@ fn register_blocked(block: &Block, share_a: bool) -> String {
          let slot_step = select(nwg.z, nwg.x * {size}u, on_slots);"
     );
     let _ = writeln!(w, "    let row0 = row_block * {rows}u;");
-    let _ = writeln!(w, "    let col0 = col_block * {}u;", block.cols);
+    let _ = writeln!(w, "    let col0 = col_block * {cols}u;");
     if share_a {
         // A subgroup shares its rows: it leaves only when all its lanes are
         // outside C (lanes past N in a live subgroup run on clamped
@@ -304,42 +437,66 @@ fn register_blocked(block: &Block, share_a: bool) -> String {
             "    if row0 >= p.m || col0 >= p.n {{\n        return;\n    }}"
         );
     }
-    if block.implicit && share_a {
-        // This lane loads rows 4·q .. 4·q + 3 of the block, q = its lane
-        // number modulo rows / 4 (rows past M repeat the last one).
-        let _ = writeln!(w, "    let mine = row0 + 4u * (sg_lane % {}u);", rows / 4);
-        for t in 0..4 {
-            let _ = writeln!(w, "    let am{t} = min(mine + {t}u, p.m - 1u) * p.k;");
-        }
-        image_offsets(w, block.cols);
-    } else if block.implicit {
-        // Row r of A starts at ar{r}: rows past M repeat the last one (their
-        // results are not stored).
-        for r in 0..rows {
-            let _ = writeln!(w, "    let ar{r} = min(row0 + {r}u, p.m - 1u) * p.k;");
-        }
-        image_offsets(w, block.cols);
-    } else if share_a {
-        let _ = writeln!(w, "    // Row strides of the packed operands, in vec4s.");
+    // Where each row of A and column of B starts. Rows past M and columns
+    // past N repeat the last one (their results are not stored).
+    // Row strides of packed operands, in vec4s.
+    if reads.a == ARead::Packed {
         let _ = writeln!(w, "    let a_stride = (p.m + 3u) / 4u;");
+    }
+    if reads.b == BRead::Packed {
         let _ = writeln!(w, "    let b_stride = (p.n + 3u) / 4u;");
-        let _ = writeln!(
-            w,
-            "    let a_mine = min(row0 / 4u + sg_lane % {}u, a_stride - 1u);",
-            rows / 4
-        );
-        for h in 0..vecs {
-            let _ = writeln!(w, "    let b{h} = min(col0 / 4u + {h}u, b_stride - 1u);");
+    }
+    match (reads.a, share_a) {
+        (ARead::Packed, true) => {
+            let _ = writeln!(
+                w,
+                "    let a_mine = min(row0 / 4u + sg_lane % {}u, a_stride - 1u);",
+                rows / 4
+            );
         }
-    } else {
-        let _ = writeln!(w, "    // Row strides of the packed operands, in vec4s.");
-        let _ = writeln!(w, "    let a_stride = (p.m + 3u) / 4u;");
-        let _ = writeln!(w, "    let b_stride = (p.n + 3u) / 4u;");
-        for q in 0..rows / 4 {
-            let _ = writeln!(w, "    let a{q} = min(row0 / 4u + {q}u, a_stride - 1u);");
+        (ARead::Packed, false) => {
+            for q in 0..rows / 4 {
+                let _ = writeln!(w, "    let a{q} = min(row0 / 4u + {q}u, a_stride - 1u);");
+            }
         }
-        for h in 0..vecs {
-            let _ = writeln!(w, "    let b{h} = min(col0 / 4u + {h}u, b_stride - 1u);");
+        (ARead::Rows, true) => {
+            // This lane loads rows 4·q .. 4·q + 3 of the block, q = its
+            // lane number modulo rows / 4.
+            let _ = writeln!(w, "    let mine = row0 + 4u * (sg_lane % {}u);", rows / 4);
+            for t in 0..4 {
+                let _ = writeln!(w, "    let am{t} = min(mine + {t}u, p.m - 1u) * p.k;");
+            }
+        }
+        (ARead::Rows, false) => {
+            for r in 0..rows {
+                let _ = writeln!(w, "    let ar{r} = min(row0 + {r}u, p.m - 1u) * p.k;");
+            }
+        }
+        (ARead::Rows4, true) => {
+            // This lane loads row q of the block, q = its lane number
+            // modulo rows (the host shares A only with as many lanes).
+            let _ = writeln!(
+                w,
+                "    let a_mine = min(row0 + sg_lane % {rows}u, p.m - 1u) * (p.k / 4u);"
+            );
+        }
+        (ARead::Rows4, false) => {
+            for r in 0..rows {
+                let _ = writeln!(w, "    let a{r} = min(row0 + {r}u, p.m - 1u) * (p.k / 4u);");
+            }
+        }
+    }
+    match reads.b {
+        BRead::Packed => {
+            for h in 0..vecs {
+                let _ = writeln!(w, "    let b{h} = min(col0 / 4u + {h}u, b_stride - 1u);");
+            }
+        }
+        BRead::Image => image_offsets(w, cols),
+        BRead::Rows4 => {
+            for c in 0..cols {
+                let _ = writeln!(w, "    let b{c} = min(col0 + {c}u, p.n - 1u) * (p.k / 4u);");
+            }
         }
     }
     let _ = writeln!(
@@ -361,8 +518,13 @@ fn register_blocked(block: &Block, share_a: bool) -> String {
     let _ = writeln!(w, "        let z_begin = slot * p.chunk;");
     let _ = writeln!(w, "        let z_end = min(z_begin + p.chunk, p.batch);");
     let _ = writeln!(w, "        for (var z = z_begin; z < z_end; z++) {{");
-    if block.implicit {
+    // Offsets of batch element z: in vec4s, or in values for scalar loads.
+    if reads.a == ARead::Rows {
         let _ = writeln!(w, "            var ia = z * p.stride_a;");
+    } else {
+        let _ = writeln!(w, "            var ia = z * p.stride_a / 4u;");
+    }
+    if reads.b == BRead::Image {
         let _ = writeln!(
             w,
             "            // Row k of B lies chan + row + j past a column's offset\n            \
@@ -372,74 +534,145 @@ fn register_blocked(block: &Block, share_a: bool) -> String {
              var j = 0u;"
         );
     } else {
-        let _ = writeln!(w, "            var ia = z * p.stride_a / 4u;");
         let _ = writeln!(w, "            var ib = z * p.stride_b / 4u;");
     }
-    let _ = writeln!(w, "            for (var kk = 0u; kk < p.k; kk++) {{");
-    if share_a {
-        let mine = if block.implicit {
-            vec4_of(|t| format!("a_rows[ia + am{t}]"))
-        } else {
-            "a[ia + a_mine]".to_string()
-        };
-        let _ = writeln!(w, "                let own = {mine};");
+    let depths = reads.depths_per_pass();
+    let _ = writeln!(
+        w,
+        "            for (var kk = 0u; kk < p.k; kk += {depths}u) {{"
+    );
+    // Operands read by rows: 4 depths of each row (or column) per pass.
+    match (reads.a, share_a) {
+        (ARead::Rows4, true) => {
+            let _ = writeln!(w, "                let own = a[ia + a_mine];");
+            for r in 0..rows {
+                let _ = writeln!(
+                    w,
+                    "                let ar{r} = subgroupBroadcast(own, {r}u);"
+                );
+            }
+        }
+        (ARead::Rows4, false) => {
+            for r in 0..rows {
+                let _ = writeln!(w, "                let ar{r} = a[ia + a{r}];");
+            }
+        }
+        _ => {}
     }
-    for q in 0..rows / 4 {
-        if share_a {
-            let _ = writeln!(
-                w,
-                "                let av{q} = subgroupBroadcast(own, {q}u);"
-            );
-        } else if block.implicit {
-            let av = vec4_of(|t| format!("a_rows[ia + ar{}]", 4 * q + t));
-            let _ = writeln!(w, "                let av{q} = {av};");
-        } else {
-            let _ = writeln!(w, "                let av{q} = a[ia + a{q}];");
+    if reads.b == BRead::Rows4 {
+        for c in 0..cols {
+            let _ = writeln!(w, "                let bc{c} = b[ib + b{c}];");
         }
     }
-    if block.implicit {
-        let _ = writeln!(w, "                let window = chan + row + j;");
-    }
-    for h in 0..vecs {
-        if block.implicit {
-            let bv = vec4_of(|t| format!("image[column{} + window]", 4 * h + t));
-            let _ = writeln!(w, "                let bv{h} = {bv};");
-        } else {
-            let _ = writeln!(w, "                let bv{h} = b[ib + b{h}];");
+    for d in 0..depths {
+        let lane = ["x", "y", "z", "w"];
+        if depths > 1 {
+            let _ = writeln!(w, "                // Depth kk + {d}.");
+        }
+        // A: the rows' values at this depth, s{r}.
+        match (reads.a, share_a) {
+            (ARead::Rows4, _) => {}
+            (ARead::Packed, true) => {
+                let _ = writeln!(w, "                let own{d} = a[ia + a_mine];");
+            }
+            (ARead::Rows, true) => {
+                let own = vec4_of(|t| format!("a_rows[ia + am{t}]"));
+                let _ = writeln!(w, "                let own{d} = {own};");
+            }
+            (ARead::Packed, false) => {
+                for q in 0..rows / 4 {
+                    let _ = writeln!(w, "                let av{d}_{q} = a[ia + a{q}];");
+                }
+            }
+            (ARead::Rows, false) => {
+                for q in 0..rows / 4 {
+                    let av = vec4_of(|t| format!("a_rows[ia + ar{}]", 4 * q + t));
+                    let _ = writeln!(w, "                let av{d}_{q} = {av};");
+                }
+            }
+        }
+        if share_a && reads.a != ARead::Rows4 {
+            for q in 0..rows / 4 {
+                let _ = writeln!(
+                    w,
+                    "                let av{d}_{q} = subgroupBroadcast(own{d}, {q}u);"
+                );
+            }
+        }
+        // B: the columns' values at this depth, bv{h}.
+        if reads.b == BRead::Image {
+            let _ = writeln!(w, "                let window = chan + row + j;");
+        }
+        for h in 0..vecs {
+            let bv = match reads.b {
+                BRead::Packed => format!("b[ib + b{h}]"),
+                BRead::Image => vec4_of(|t| format!("image[column{} + window]", 4 * h + t)),
+                BRead::Rows4 => vec4_of(|t| format!("bc{}.{}", 4 * h + t, lane[d])),
+            };
+            let _ = writeln!(w, "                let bv{d}_{h} = {bv};");
+        }
+        for r in 0..rows {
+            let a_value = match reads.a {
+                ARead::Rows4 => format!("ar{r}.{}", lane[d]),
+                _ => format!("av{d}_{}.{}", r / 4, lane[r % 4]),
+            };
+            let _ = writeln!(w, "                let s{d}_{r} = vec4<f32>({a_value});");
+        }
+        // Next depth, for operands loaded one depth at a time.
+        match reads.a {
+            ARead::Packed => {
+                let _ = writeln!(w, "                ia += a_stride;");
+            }
+            ARead::Rows => {
+                let _ = writeln!(w, "                ia++;");
+            }
+            ARead::Rows4 => {}
+        }
+        match reads.b {
+            BRead::Packed => {
+                let _ = writeln!(w, "                ib += b_stride;");
+            }
+            // Next k: the forward's (c, i, j) along the window's row, then
+            // down, then a channel on (the image is padded, so a channel
+            // follows its last window row); dW's (oh, ow) along an output
+            // row, then down.
+            BRead::Image => {
+                let _ = writeln!(
+                    w,
+                    "                j += p.depth_step_c;\n                \
+                     if j == p.depth_end_c {{\n                    \
+                         j = 0u;\n                    \
+                         row += p.depth_step_b;\n                    \
+                         if row == p.depth_end_b {{\n                        \
+                             row = 0u;\n                        \
+                             chan += p.depth_step_a;\n                    \
+                         }}\n                \
+                     }}"
+                );
+            }
+            BRead::Rows4 => {}
         }
     }
+    // The multiply-adds, accumulator by accumulator, each taking the
+    // pass's depths in order: one that lives on the stack (most do on
+    // lavapipe) is loaded and stored once per pass.
     for r in 0..rows {
-        let lane = ["x", "y", "z", "w"][r % 4];
-        let _ = writeln!(
-            w,
-            "                let s{r} = vec4<f32>(av{}.{lane});",
-            r / 4
-        );
         let line: Vec<String> = (0..vecs)
-            .map(|h| format!("acc_{r}_{h} = fma(s{r}, bv{h}, acc_{r}_{h});"))
+            .map(|h| {
+                let sum = (0..depths).fold(format!("acc_{r}_{h}"), |acc, d| {
+                    format!("fma(s{d}_{r}, bv{d}_{h}, {acc})")
+                });
+                format!("acc_{r}_{h} = {sum};")
+            })
             .collect();
         let _ = writeln!(w, "                {}", line.join(" "));
     }
-    if block.implicit {
+    // Next 4 depths, for operands read by rows.
+    if reads.a == ARead::Rows4 {
         let _ = writeln!(w, "                ia++;");
-        // Next k: the forward's (c, i, j) along the window's row, then down,
-        // then a channel on (the image is padded, so a channel follows its
-        // last window row); dW's (oh, ow) along an output row, then down.
-        let _ = writeln!(
-            w,
-            "                j += p.depth_step_c;\n                \
-             if j == p.depth_end_c {{\n                    \
-                 j = 0u;\n                    \
-                 row += p.depth_step_b;\n                    \
-                 if row == p.depth_end_b {{\n                        \
-                     row = 0u;\n                        \
-                     chan += p.depth_step_a;\n                    \
-                 }}\n                \
-             }}"
-        );
-    } else {
-        let _ = writeln!(w, "                ia += a_stride;");
-        let _ = writeln!(w, "                ib += b_stride;");
+    }
+    if reads.b == BRead::Rows4 {
+        let _ = writeln!(w, "                ib++;");
     }
     let _ = writeln!(w, "            }}");
     let _ = writeln!(w, "        }}");
@@ -672,6 +905,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_small_block_reading_by_rows_has_its_own_module() {
+        for subgroups in [false, true] {
+            for share_a in [false, true] {
+                let entry = format!("fn {}(", SMALL.entry_reading(Reads::BY_ROWS, share_a));
+                let here = by_rows_source(subgroups).contains(&entry);
+                assert_eq!(here, subgroups || !share_a, "{entry}");
+                assert!(!source(subgroups).contains(&entry), "{entry}");
+            }
+        }
+        assert!(SLOTS.reads_by_rows() && !TALL.reads_by_rows() && !DEPTH4.reads_by_rows());
+        // Read by rows, A takes a lane per row of the block.
+        assert!(SMALL.shares_a_read_in(ARead::Rows4, 8));
+        assert!(
+            !SMALL.shares_a_read_in(ARead::Rows4, 4) && SMALL.shares_a_read_in(ARead::Packed, 4)
+        );
     }
 
     #[test]

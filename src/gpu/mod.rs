@@ -12,6 +12,7 @@ mod derived;
 pub mod direct_conv;
 pub mod elementwise;
 pub mod gemm;
+mod gemm_operand;
 pub mod gemm_source;
 pub mod linear;
 pub mod optim;
