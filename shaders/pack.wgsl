@@ -28,17 +28,9 @@ override TRANSPOSED: bool = false;
 
 // One invocation per packed row (z, k): decodes it once, then walks its
 // `padded` values with running offsets (no division per element, which
-// CPU-like adapters scalarise).
-@compute @workgroup_size(256)
-fn pack(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_id) lid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let row = (wid.x + wid.y * nwg.x) * 256u + lid.x;
-    if row >= p.depth * p.batch {
-        return;
-    }
+// CPU-like adapters scalarise). Returns the row's sum, added in row order
+// from 0 (pack_summing's).
+fn pack_row(row: u32) -> f32 {
     let z = row / p.depth;
     let k = row % p.depth;
     var out = z * p.dst_stride + k * p.padded;
@@ -49,14 +41,52 @@ fn pack(
         at = z * p.src_stride + k;
         step = p.depth;
     }
+    var sum = 0.0;
     for (var r = 0u; r < p.padded; r++) {
         var value = 0.0;
         if r < p.rows {
             value = src[at];
+            sum += value;
         }
         dst[out] = value;
         out++;
         at += step;
+    }
+    return sum;
+}
+
+fn packed_row(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return (wid.x + wid.y * nwg.x) * 256u + lid.x;
+}
+
+@compute @workgroup_size(256)
+fn pack(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = packed_row(wid, lid, nwg);
+    if row < p.depth * p.batch {
+        pack_row(row);
+    }
+}
+
+// pack, also writing each packed row's sum: sums[z·depth + k] =
+// Σ_r src(r, k) of matrix z, in r order from 0. Packing a linear layer's
+// dY (N, O) for its dX product (rows n, depth o) so yields the bias
+// gradient db[o] = Σ_n dY[n, o], added in the order reduce.wgsl's
+// slice_sum adds it, without a dispatch of its own.
+@group(0) @binding(3) var<storage, read_write> sums: array<f32>;
+
+@compute @workgroup_size(256)
+fn pack_summing(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = packed_row(wid, lid, nwg);
+    if row < p.depth * p.batch {
+        sums[row] = pack_row(row);
     }
 }
 

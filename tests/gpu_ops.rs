@@ -224,6 +224,35 @@ fn linear_layers_give_bit_identical_results_through_every_gemm_kernel() {
     }
 }
 
+/// A linear layer's backward takes its bias gradient from the pack of dY
+/// for the dX product; it is bit-identical with the per-channel sum the
+/// weight gradients alone run (`slice_sum`, as without dX).
+#[test]
+fn the_bias_gradient_from_dys_pack_equals_the_channel_sum() {
+    use wgcnn::backend::Backend;
+    use wgcnn::rng::SplitMix64;
+    use wgcnn::tensor::HostTensor;
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = SplitMix64::new(8);
+    for (n, i, o) in [(64, 400, 120), (7, 9, 10), (1, 3, 1)] {
+        let mut tensor = |shape: &[usize]| {
+            let len = shape.iter().product();
+            gpu.upload(&HostTensor::new(shape, rng.uniform_vec(len, -1.0, 1.0)))
+        };
+        let (x, w, dy) = (tensor(&[n, i]), tensor(&[o, i]), tensor(&[n, o]));
+        let with_dx = gpu.linear_backward(&x, &w, &dy);
+        let (_, summed) = gpu.linear_weight_grads(&x, &w, &dy);
+        let bits = |t| {
+            gpu.download(t)
+                .data
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&with_dx.db), bits(&summed), "{n}x{i}→{o}");
+    }
+}
+
 /// The direct convolution kernel reads weights of up to 64 KiB from a
 /// uniform buffer and larger ones from a storage buffer (the `conv2d` check
 /// compares both with the CPU reference).

@@ -115,24 +115,52 @@ pub fn gemm_with_block_into<'e>(
     batching: Batching,
     block: Option<Block>,
 ) {
-    // op(B) is (k, n): B is stored (n, k) when transposed.
-    let b = Source::stored(
-        b,
-        [spec.n, spec.k],
-        spec.trans_b,
-        batching.stride_b,
-        batching.count,
-    );
     run_gemm(
         ctx,
         source_a(a, spec, batching),
-        Operand::Source(b),
+        Operand::Source(stored_b(b, spec, batching)),
         epilogue.into(),
         out,
         spec,
         batching,
         block,
     );
+}
+
+/// [`gemm_into`] of one product that also writes `a_sums[k] = Σ_m op(A)[m, k]`,
+/// K values added in m order from 0, as A is packed: a linear layer's dX
+/// product `dY · W` so yields its bias gradient `Σ_n dY[n, o]` without a
+/// dispatch of its own, the same sums `reduce.wgsl`'s `slice_sum` adds.
+pub fn gemm_into_summing_a<'e>(
+    ctx: &GpuContext,
+    [a, a_sums]: [&GpuBuffer; 2],
+    b: &GpuBuffer,
+    epilogue: impl Into<Epilogue<'e>>,
+    out: &GpuBuffer,
+    spec: &GemmSpec,
+) {
+    let batching = Batching::SINGLE;
+    run_gemm(
+        ctx,
+        source_a(a, spec, batching).summed_into(a_sums),
+        Operand::Source(stored_b(b, spec, batching)),
+        epilogue.into(),
+        out,
+        spec,
+        batching,
+        None,
+    );
+}
+
+/// B of `spec`: op(B) is (k, n), stored (n, k) when transposed.
+fn stored_b<'a>(b: &'a GpuBuffer, spec: &GemmSpec, batching: Batching) -> Source<'a> {
+    Source::stored(
+        b,
+        [spec.n, spec.k],
+        spec.trans_b,
+        batching.stride_b,
+        batching.count,
+    )
 }
 
 /// A of `spec`: op(A) is (m, k), stored so unless transposed.

@@ -49,9 +49,25 @@ impl Packing {
 
     /// Records the packing of `src` into the start of `dst`.
     pub fn record(&self, ctx: &GpuContext, src: &GpuBuffer, dst: &GpuBuffer) {
+        self.record_summing(ctx, src, dst, None);
+    }
+
+    /// [`Packing::record`], also writing into `sums` each packed row's sum
+    /// over the rows, `(count, depth)` (`pack.wgsl`'s `pack_summing`).
+    fn record_summing(
+        &self,
+        ctx: &GpuContext,
+        src: &GpuBuffer,
+        dst: &GpuBuffer,
+        sums: Option<&GpuBuffer>,
+    ) {
         assert!(dst.size() >= self.bytes(), "packing into {dst:?}");
+        let (entry, outputs) = match sums {
+            Some(_) => ("pack_summing", 2),
+            None => ("pack", 1),
+        };
         let kernel = ctx.kernel(
-            &KernelSpec::new("pack", PACK_SOURCE, "pack", 1, 1)
+            &KernelSpec::new("pack", PACK_SOURCE, entry, 1, outputs)
                 .with("TRANSPOSED", self.transposed as u8 as f64),
         );
         let params = Params::new()
@@ -61,13 +77,11 @@ impl Packing {
             .u32(self.count)
             .u32(self.stride)
             .u32(self.matrix_len());
-        ctx.dispatch(
-            &kernel,
-            &params,
-            &[src],
-            &[dst],
-            grid(self.count * self.depth, 256),
-        );
+        let grid = grid(self.count * self.depth, 256);
+        match sums {
+            Some(sums) => ctx.dispatch(&kernel, &params, &[src], &[dst, sums], grid),
+            None => ctx.dispatch(&kernel, &params, &[src], &[dst], grid),
+        }
     }
 }
 
@@ -81,6 +95,9 @@ pub(super) struct Source<'a> {
     packing: Packing,
     /// Stored packed already (an im2row matrix).
     packed_already: bool,
+    /// Where each pack also writes the sums over its rows (see
+    /// [`Source::summed_into`]).
+    sums: Option<&'a GpuBuffer>,
     /// The packed copy, made at first need.
     copy: OnceCell<GpuBuffer>,
 }
@@ -106,7 +123,26 @@ impl<'a> Source<'a> {
                 count: if stride == 0 { 1 } else { count },
             },
             packed_already: false,
+            sums: None,
             copy: OnceCell::new(),
+        }
+    }
+
+    /// The same operand, whose every pack also writes `sums[z·depth + k]
+    /// = Σ_r X[r, k]` of matrix z, in row order from 0; it is then always
+    /// packed (a copy), so that the sums are written.
+    pub fn summed_into(self, sums: &'a GpuBuffer) -> Self {
+        assert!(
+            !self.packed_already,
+            "an operand packed already is not summed"
+        );
+        assert!(
+            sums.size() >= 4 * (self.packing.count * self.packing.depth) as u64,
+            "sums into {sums:?}"
+        );
+        Source {
+            sums: Some(sums),
+            ..self
         }
     }
 
@@ -129,10 +165,12 @@ impl<'a> Source<'a> {
     }
 
     /// Whether a kernel can read it by rows, 4 depths per vec4: stored
-    /// `(rows, depth)` with whole vec4s per row and per matrix.
+    /// `(rows, depth)` with whole vec4s per row and per matrix (and not
+    /// summed, which takes a pack).
     pub fn by_rows(&self) -> bool {
         let p = &self.packing;
         !self.packed_already
+            && self.sums.is_none()
             && p.transposed
             && p.depth.is_multiple_of(4)
             && p.stride.is_multiple_of(4)
@@ -140,7 +178,7 @@ impl<'a> Source<'a> {
 
     /// Whether its buffer already holds the packed layout.
     pub fn in_place(&self) -> bool {
-        self.packed_already || self.packing.is_identity()
+        self.packed_already || (self.packing.is_identity() && self.sums.is_none())
     }
 
     /// Elements between consecutive matrices of its packed form.
@@ -165,7 +203,8 @@ impl<'a> Source<'a> {
         let copy = self
             .copy
             .get_or_init(|| ctx.storage_buffer(self.packing.bytes(), "gemm.packed"));
-        self.packing.record(ctx, self.buffer, copy);
+        self.packing
+            .record_summing(ctx, self.buffer, copy, self.sums);
         Packed {
             buffer: copy,
             stride,

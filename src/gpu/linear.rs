@@ -2,7 +2,7 @@
 //! `(O, I)` as PyTorch stores it.
 
 use super::context::GpuContext;
-use super::gemm::{Batching, Bias, Epilogue, gemm_into};
+use super::gemm::{Batching, Bias, Epilogue, gemm_into, gemm_into_summing_a};
 use super::reduce::channel_sum_into;
 use super::tensor::GpuTensor;
 use crate::backend::ParamGrads;
@@ -97,16 +97,17 @@ fn backward(
             activation: Some(act),
         },
     };
-    gemm_into(
+    // db = Σ_n dY comes out of dY's pack for this product.
+    let db = ctx.tensor(&[o], "linear.db");
+    gemm_into_summing_a(
         ctx,
-        &dy.buffer,
+        [&dy.buffer, &db.buffer],
         &w.buffer,
         epilogue,
         &dx.buffer,
         &dx_spec,
-        Batching::SINGLE,
     );
-    let (dw, db) = linear_weight_grads(ctx, x, w, dy);
+    let dw = weight_grad(ctx, x, dy, [n, i, o]);
     ParamGrads { dx, dw, db }
 }
 
@@ -119,6 +120,19 @@ pub fn linear_weight_grads(
 ) -> (GpuTensor, GpuTensor) {
     let (n, i, o) = dims(x, w);
     assert_eq!(dy.shape, [n, o], "linear output gradient shape");
+    let dw = weight_grad(ctx, x, dy, [n, i, o]);
+    let db = ctx.tensor(&[o], "linear.db");
+    channel_sum_into(ctx, &dy.buffer, &db.buffer, n, o, 1);
+    (dw, db)
+}
+
+/// `dW = dYᵀ · X` `(O, I)` for a batch of `n`.
+fn weight_grad(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    dy: &GpuTensor,
+    [n, i, o]: [usize; 3],
+) -> GpuTensor {
     let dw = ctx.tensor(&[o, i], "linear.dw");
     let dw_spec = GemmSpec {
         m: o,
@@ -136,7 +150,5 @@ pub fn linear_weight_grads(
         &dw_spec,
         Batching::SINGLE,
     );
-    let db = ctx.tensor(&[o], "linear.db");
-    channel_sum_into(ctx, &dy.buffer, &db.buffer, n, o, 1);
-    (dw, db)
+    dw
 }
