@@ -117,7 +117,7 @@ pub fn gemm_with_block_into<'e>(
 ) {
     run_gemm(
         ctx,
-        source_a(a, spec, batching),
+        stored_a(a, spec, batching),
         Operand::Source(stored_b(b, spec, batching)),
         epilogue.into(),
         out,
@@ -142,7 +142,7 @@ pub fn gemm_into_summing_a<'e>(
     let batching = Batching::SINGLE;
     run_gemm(
         ctx,
-        source_a(a, spec, batching).summed_into(a_sums),
+        stored_a(a, spec, batching).summed_into(a_sums),
         Operand::Source(stored_b(b, spec, batching)),
         epilogue.into(),
         out,
@@ -164,7 +164,7 @@ fn stored_b<'a>(b: &'a GpuBuffer, spec: &GemmSpec, batching: Batching) -> Source
 }
 
 /// A of `spec`: op(A) is (m, k), stored so unless transposed.
-fn source_a<'a>(a: &'a GpuBuffer, spec: &GemmSpec, batching: Batching) -> Source<'a> {
+fn stored_a<'a>(a: &'a GpuBuffer, spec: &GemmSpec, batching: Batching) -> Source<'a> {
     Source::stored(
         a,
         [spec.m, spec.k],
@@ -329,7 +329,7 @@ pub fn conv_implicit_into(
     // (O, OH·OW) are both row-major (M, K).
     run_gemm(
         ctx,
-        source_a(a, &spec, batching),
+        stored_a(a, &spec, batching),
         Operand::Image(image),
         epilogue,
         out,
@@ -355,7 +355,7 @@ pub fn gemm_packed_b_into<'e>(
     let b = Source::packed(b, [spec.n, spec.k], batching.count);
     run_gemm(
         ctx,
-        source_a(a, spec, batching),
+        stored_a(a, spec, batching),
         Operand::Source(b),
         epilogue.into(),
         out,
@@ -472,14 +472,10 @@ fn run_gemm(
                 (a4.stride, b4.stride)
             }
             Path::Register(reads) => (
-                match reads.a {
-                    ARead::Packed => a.packed_stride(),
-                    ARead::Rows | ARead::Rows4 => a.stride(),
-                },
+                a.stride_read(reads.a == ARead::Packed),
                 match reads.b {
-                    BRead::Packed => source_b().packed_stride(),
                     BRead::Image => 0,
-                    BRead::Rows4 => source_b().stride(),
+                    b => source_b().stride_read(b == BRead::Packed),
                 },
             ),
         };

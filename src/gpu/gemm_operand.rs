@@ -190,6 +190,16 @@ impl<'a> Source<'a> {
         }
     }
 
+    /// Elements between consecutive matrices as a kernel reads it:
+    /// `packed`, or where it lies.
+    pub fn stride_read(&self, packed: bool) -> usize {
+        if packed {
+            self.packed_stride()
+        } else {
+            self.stride()
+        }
+    }
+
     /// Its packed form: the buffer itself where that is packed already,
     /// else the copy, whose packing is recorded anew at every call.
     pub fn record_packed(&self, ctx: &GpuContext) -> Packed<'_> {
