@@ -269,6 +269,88 @@ fn maxpool_backward_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     );
 }
 
+// ---- the same two outputs at a time, for an even OUT_W ----
+// Outputs 2q and 2q + 1 lie in one output row, and their windows' four
+// input columns start at a multiple of 4 (W = 2·OUT_W is then one too):
+// the two input rows are loaded as vec4s, and the outputs, arg-maxes and
+// dx rows stored as vec2s and vec4s, half the loads and stores of the
+// pairs kernels again. Each output compares as there, in the same order.
+
+// The maximum of window (upper.xy, lower.xy) whose top-left input is `top`
+// in its plane, and its arg-max.
+struct Best {
+    value: f32,
+    at: u32,
+}
+
+fn window_max(upper: vec2<f32>, lower: vec2<f32>, top: u32) -> Best {
+    var best = Best(upper.x, top);
+    if upper.y > best.value {
+        best = Best(upper.y, top + 1u);
+    }
+    if lower.x > best.value {
+        best = Best(lower.x, top + 2u * OUT_W);
+    }
+    if lower.y > best.value {
+        best = Best(lower.y, top + 2u * OUT_W + 1u);
+    }
+    return best;
+}
+
+@group(0) @binding(1) var<storage, read> max4f_x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> max4f_y: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read_write> max4f_argmax: array<vec2<u32>>;
+
+@compute @workgroup_size(64)
+fn maxpool_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let q = pair_index(gid, nwg);
+    if 2u * q >= p.batch * p.channels * OUT_H * OUT_W {
+        return;
+    }
+    let pair = pair_of(2u * q);
+    let corner = pair.top / 4u;
+    let upper = max4f_x[corner];
+    let lower = max4f_x[corner + OUT_W / 2u];
+    let left = window_max(upper.xy, lower.xy, pair.top_in_plane);
+    let right = window_max(upper.zw, lower.zw, pair.top_in_plane + 2u);
+    max4f_y[q] = vec2<f32>(left.value, right.value);
+    max4f_argmax[q] = vec2<u32>(left.at, right.at);
+}
+
+@group(0) @binding(1) var<storage, read> max4b_dy: array<vec2<f32>>;
+@group(0) @binding(2) var<storage, read> max4b_argmax: array<vec2<u32>>;
+@group(0) @binding(3) var<storage, read> max4b_pooled: array<vec2<f32>>;
+@group(0) @binding(4) var<storage, read_write> max4b_dx: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn maxpool_backward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let q = pair_index(gid, nwg);
+    if 2u * q >= p.batch * p.channels * OUT_H * OUT_W {
+        return;
+    }
+    let pair = pair_of(2u * q);
+    let top = pair.top_in_plane;
+    let dy = max4b_dy[q];
+    let pooled = max4b_pooled[q];
+    let left = 0.0 + masked(dy.x, pooled.x);
+    let right = 0.0 + masked(dy.y, pooled.y);
+    let argmax = max4b_argmax[q];
+    let corner = pair.top / 4u;
+    max4b_dx[corner] = vec4<f32>(
+        select(0.0, left, argmax.x == top),
+        select(0.0, left, argmax.x == top + 1u),
+        select(0.0, right, argmax.y == top + 2u),
+        select(0.0, right, argmax.y == top + 3u),
+    );
+    let below = top + 2u * OUT_W;
+    max4b_dx[corner + OUT_W / 2u] = vec4<f32>(
+        select(0.0, left, argmax.x == below),
+        select(0.0, left, argmax.x == below + 1u),
+        select(0.0, right, argmax.y == below + 2u),
+        select(0.0, right, argmax.y == below + 3u),
+    );
+}
+
 // ---- average pooling forward ----
 @group(0) @binding(1) var<storage, read> avgf_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> avgf_y: array<f32>;

@@ -471,7 +471,8 @@ fn convolution_splits_a_batch_over_the_buffer_limit() {
 
 /// Max pooling's ties go to the first element of a window in row-major
 /// order on the GPU as in the reference, for every kernel (2×2 tiles read as
-/// pairs, other tiles, overlapping windows): inputs of 0s and 1s tie often,
+/// pairs, or as quads for an even output width, other tiles, overlapping
+/// windows): inputs of 0s and 1s tie often,
 /// and dx shows where each window's gradient went.
 #[test]
 fn max_pooling_ties_go_to_the_first_element_on_the_gpu() {
@@ -481,7 +482,12 @@ fn max_pooling_ties_go_to_the_first_element_on_the_gpu() {
     use wgcnn::tensor::HostTensor;
     let Some(gpu) = common::gpu() else { return };
     let mut rng = SplitMix64::new(8);
-    for (h, w, k, s, p) in [(8, 6, 2, 2, 0), (9, 9, 3, 3, 0), (7, 9, 3, 2, 1)] {
+    for (h, w, k, s, p) in [
+        (8, 6, 2, 2, 0),
+        (6, 8, 2, 2, 0),
+        (9, 9, 3, 3, 0),
+        (7, 9, 3, 2, 1),
+    ] {
         let g = Pool2dGeometry::new(2, 3, h, w, k, s, p).unwrap();
         let len = g.input_shape().iter().product();
         let x = HostTensor::new(

@@ -59,8 +59,12 @@ pub fn maxpool_forward(
         len: y.len(),
     };
     let (kernel, workgroups) = if pairs(g) {
-        let spec = pairs_spec("maxpool_forward_pairs", 1, 2, g);
-        (ctx.kernel(&spec), pairs_grid(g))
+        let entry = if quads(g) {
+            "maxpool_forward_quads"
+        } else {
+            "maxpool_forward_pairs"
+        };
+        (ctx.kernel(&pairs_spec(entry, 1, 2, g)), pairs_grid(g))
     } else {
         (
             kernel(ctx, "maxpool_forward", 1, 2, g),
@@ -82,7 +86,14 @@ fn pairs(g: &Pool2dGeometry) -> bool {
     windows_tile(g) && g.kernel == 2
 }
 
-/// A pairs kernel's spec: the output size is a pipeline constant.
+/// Whether the 2×2-tile kernels take two outputs per invocation
+/// (`*_quads`): an even output width, so each pair of outputs is in one row
+/// and its inputs are whole vec4s.
+fn quads(g: &Pool2dGeometry) -> bool {
+    pairs(g) && g.out_w.is_multiple_of(2)
+}
+
+/// A pairs or quads kernel's spec: the output size is a pipeline constant.
 fn pairs_spec(
     entry: &'static str,
     inputs: usize,
@@ -94,9 +105,12 @@ fn pairs_spec(
         .with("OUT_W", g.out_w as f64)
 }
 
-/// One pairs invocation per output of the batch.
+/// One pairs invocation per output of the batch, or one quads invocation
+/// per two.
 fn pairs_grid(g: &Pool2dGeometry) -> [u32; 3] {
-    grid(g.batch * g.channels * g.out_h * g.out_w, 64)
+    let outputs = g.batch * g.channels * g.out_h * g.out_w;
+    let per_invocation = if quads(g) { 2 } else { 1 };
+    grid(outputs / per_invocation, 64)
 }
 
 /// `dx` gathering each window's `dy` at its arg-max.
@@ -138,7 +152,9 @@ fn maxpool_backward_through(
 ) -> GpuTensor {
     assert_eq!(dy.shape, g.output_shape(), "maxpool output gradient shape");
     let dx = ctx.tensor(&g.input_shape(), "maxpool.dx");
-    let (entry, workgroups) = if pairs(g) {
+    let (entry, workgroups) = if quads(g) {
+        ("maxpool_backward_quads", pairs_grid(g))
+    } else if pairs(g) {
         ("maxpool_backward_pairs", pairs_grid(g))
     } else if windows_tile(g) {
         ("maxpool_backward_tiles", plane_grid(g.out_h * g.out_w, g))
