@@ -40,10 +40,14 @@ struct Params {
     out_w: u32,
     // Padded input row length, in vec4s.
     pitch: u32,
-    // Padded input rows per channel, and where the input's own rows lie
-    // among them: rows pad_top .. pad_top + height − 1 (the rest are zeros,
-    // which window rows skip).
+    // Input rows stored per channel, and where the input's own rows lie
+    // among the padded ones: rows pad_top .. pad_top + height − 1 (the rest
+    // are zeros, which window rows skip). Padded row r is stored at
+    // r − row_shift: row_shift is 0 for an input padded in full and pad_top
+    // for one padded only at the sides (whose padding rows, never read, are
+    // not stored).
     in_rows: u32,
+    row_shift: u32,
     pad_top: u32,
     height: u32,
     kernel_h: u32,
@@ -66,7 +70,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-// The padded input, rows of `pitch` vec4s.
+// The padded input, rows of `pitch` vec4s (from padded row row_shift on).
 @group(0) @binding(1) var<storage, read> image: array<vec4<f32>>;
 // Binding 2, `weights`: packed (…, kh·kw, out channels rounded up to 4)
 // (pack.wgsl), declared after this header as a storage or uniform buffer.

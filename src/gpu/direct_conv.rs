@@ -261,7 +261,7 @@ impl Shape {
         declare_accumulators(w, "vec4<f32>", rows, vecs);
         let _ = writeln!(
             w,
-            "    var at = (n * p.channels * p.in_rows + oh + i_lo) * p.pitch + segment * {vecs}u;\n    \
+            "    var at = (n * p.channels * p.in_rows + oh + i_lo - p.row_shift) * p.pitch + segment * {vecs}u;\n    \
              var wi = p.w_start + block * {}u + i_lo * {kernel_w}u * p.w_step;\n    \
              for (var c = 0u; c < p.channels; c++) {{\n        \
              for (var i = i_lo; i < i_hi; i++) {{",
@@ -393,12 +393,15 @@ impl Direct<'_> {
             height: self.height,
             width: self.width,
         };
-        let pad = if self.keep_padded {
-            pad_planes_kept
+        // The kernel reads no padding row, so only an input kept for the
+        // weight gradient (which reads them) stores them.
+        let (image, stored_rows, row_shift) = if self.keep_padded {
+            let image = pad_planes_kept(ctx, self.input, planes, self.pad, pitch);
+            (image, in_rows, 0)
         } else {
-            pad_planes
+            let image = pad_planes(ctx, self.input, planes, [0, pad_w], pitch);
+            (image, self.height, pad_h)
         };
-        let image = pad(ctx, self.input, planes, self.pad, pitch);
         let uniform_weights = self.packing.bytes() <= UNIFORM_WEIGHT_BYTES
             && ctx.limits.max_uniform_buffer_binding_size >= UNIFORM_WEIGHT_BYTES;
         // A uniform binding is as large as the shader's array.
@@ -430,7 +433,8 @@ impl Direct<'_> {
             .u32(out_h)
             .u32(out_w)
             .u32(pitch / 4)
-            .u32(in_rows)
+            .u32(stored_rows)
+            .u32(row_shift)
             .u32(pad_h)
             .u32(self.height)
             .u32(kh)
