@@ -75,7 +75,22 @@ struct Params {
 // Binding 2, `weights`: packed (…, kh·kw, out channels rounded up to 4)
 // (pack.wgsl), declared after this header as a storage or uniform buffer.
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-// Binding 4, `y`: the output, declared after this header as f32s, or as
-// vec4s when its rows are whole vec4s (OW a multiple of 4), with the
-// matching `store4` (one vec4 store instead of four scalar ones: on
-// lavapipe each store is a loop over the lanes).
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+// Stores Y[base + col .. base + col + 3], the part inside the row, after
+// the bias `b` and the fused activation.
+fn store4(base: u32, col: u32, q: vec4<f32>, b: f32) {
+    let v = fused_activation(q + vec4<f32>(b), p.act_mode, p.slope);
+    if col < p.out_w {
+        y[base + col] = v.x;
+    }
+    if col + 1u < p.out_w {
+        y[base + col + 1u] = v.y;
+    }
+    if col + 2u < p.out_w {
+        y[base + col + 2u] = v.z;
+    }
+    if col + 3u < p.out_w {
+        y[base + col + 3u] = v.w;
+    }
+}

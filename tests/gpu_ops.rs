@@ -307,51 +307,6 @@ fn direct_convolution_reads_small_weights_as_uniforms_and_large_ones_from_storag
     gpu.take_error().unwrap();
 }
 
-/// The direct convolution stores whole vec4s when its output rows are whole
-/// vec4s (LeNet-5's conv1: 28 columns) and single values otherwise (its
-/// conv2: 10); the `conv2d` check compares both with the CPU reference.
-#[test]
-fn direct_convolution_stores_vec4s_where_output_rows_are_whole_vec4s() {
-    use wgcnn::backend::Backend;
-    use wgcnn::geometry::Conv2dGeometry;
-    use wgcnn::gpu::GpuBackend;
-    use wgcnn::rng::SplitMix64;
-    if common::gpu().is_none() {
-        return;
-    }
-    // A context of its own, for a profile of these kernels alone.
-    let gpu = GpuBackend::new(None).expect("a GPU adapter");
-    gpu.ctx.gemm_tuner.force_direct(Some(true));
-    let mut rng = SplitMix64::new(8);
-    for (g, vec4_rows) in [
-        (
-            Conv2dGeometry::new(2, 1, 28, 28, 6, 5, 5, 1, 2).unwrap(),
-            true,
-        ),
-        (
-            Conv2dGeometry::new(2, 6, 14, 14, 16, 5, 5, 1, 0).unwrap(),
-            false,
-        ),
-    ] {
-        let [x, w, b, _] = common::random_conv_tensors(&gpu, &g, &mut rng);
-        gpu.ctx.set_profiling(true);
-        gpu.conv2d_forward(&x, &w, &b, &g);
-        let kernels: Vec<String> = gpu.ctx.profile().into_iter().map(|(k, _)| k).collect();
-        gpu.ctx.set_profiling(false);
-        let forward: Vec<&String> = kernels
-            .iter()
-            .filter(|k| k.starts_with("direct_conv_"))
-            .collect();
-        assert_eq!(forward.len(), 1, "{kernels:?}");
-        assert_eq!(
-            forward[0].contains("_vec4_rows"),
-            vec4_rows,
-            "{g:?}: {kernels:?}"
-        );
-    }
-    gpu.take_error().unwrap();
-}
-
 /// A convolution's forward keeps its padded input for the weight gradient,
 /// which then pads nothing; once the input is written in between (here by a
 /// copy), the weight gradient pads it anew and gets the new input's values.

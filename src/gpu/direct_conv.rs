@@ -34,41 +34,6 @@ pub const MAX_KERNEL_W: usize = 7;
 const UNIFORM_WEIGHT_VECS: usize = 4096;
 const UNIFORM_WEIGHT_BYTES: u64 = 16 * UNIFORM_WEIGHT_VECS as u64;
 
-/// The output binding and its `store4` for rows of any width: Y[base + col
-/// .. base + col + 3], the part inside the row, after the bias `b` and the
-/// fused activation, one scalar store each.
-const STORE_SCALARS: &str = "\
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
-
-fn store4(base: u32, col: u32, q: vec4<f32>, b: f32) {
-    let v = fused_activation(q + vec4<f32>(b), p.act_mode, p.slope);
-    if col < p.out_w {
-        y[base + col] = v.x;
-    }
-    if col + 1u < p.out_w {
-        y[base + col + 1u] = v.y;
-    }
-    if col + 2u < p.out_w {
-        y[base + col + 2u] = v.z;
-    }
-    if col + 3u < p.out_w {
-        y[base + col + 3u] = v.w;
-    }
-}
-";
-
-/// The same for rows of whole vec4s (`base` and `col` multiples of 4): one
-/// vec4 store, or none past the row.
-const STORE_VECS: &str = "\
-@group(0) @binding(4) var<storage, read_write> y: array<vec4<f32>>;
-
-fn store4(base: u32, col: u32, q: vec4<f32>, b: f32) {
-    if col < p.out_w {
-        y[(base + col) / 4u] = fused_activation(q + vec4<f32>(b), p.act_mode, p.slope);
-    }
-}
-";
-
 /// Whether the direct kernel computes `g`'s forward: stride 1, a window at
 /// most [`MAX_KERNEL_W`] wide, and the padded input within the device's
 /// buffer limit.
@@ -137,8 +102,6 @@ struct Shape {
     vecs: usize,
     kernel_w: usize,
     uniform_weights: bool,
-    /// Output rows are whole vec4s (OW a multiple of 4), stored as such.
-    vec4_rows: bool,
 }
 
 /// The part of a kernel's family name for its output channels per
@@ -152,7 +115,7 @@ fn channels_tag(channels: usize) -> String {
 }
 
 /// Kernels there can be: one per [`Shape`].
-const SHAPES: usize = CHANNELS_PER_INVOCATION * 2 * 2 * MAX_SEGMENT_VECS * MAX_KERNEL_W;
+const SHAPES: usize = CHANNELS_PER_INVOCATION * 2 * MAX_SEGMENT_VECS * MAX_KERNEL_W;
 
 impl Shape {
     /// The segments an output row of `out_w` columns is split into, and
@@ -172,15 +135,15 @@ impl Shape {
             vecs,
             kernel_w,
             uniform_weights,
-            vec4_rows: out_w.is_multiple_of(4),
         };
         (segments, shape)
     }
 
     /// Its place in the tables of generated modules.
     fn index(self) -> usize {
-        let variant = 2 * self.uniform_weights as usize + self.vec4_rows as usize;
-        (((self.channels - 1) * 4 + variant) * MAX_SEGMENT_VECS + self.vecs - 1) * MAX_KERNEL_W
+        (((self.channels - 1) * 2 + self.uniform_weights as usize) * MAX_SEGMENT_VECS + self.vecs
+            - 1)
+            * MAX_KERNEL_W
             + self.kernel_w
             - 1
     }
@@ -195,13 +158,8 @@ impl Shape {
             } else {
                 "var<storage, read> weights: array<vec4<f32>>;".to_string()
             };
-            let store = if self.vec4_rows {
-                STORE_VECS
-            } else {
-                STORE_SCALARS
-            };
             format!(
-                "{ACTIVATION}\n{HEADER}\n@group(0) @binding(2) {weights}\n{store}\n{}",
+                "{ACTIVATION}\n{HEADER}\n@group(0) @binding(2) {weights}\n\n{}",
                 self.kernel()
             )
         })
@@ -212,10 +170,9 @@ impl Shape {
         static NAMES: [OnceLock<String>; SHAPES] = [const { OnceLock::new() }; SHAPES];
         NAMES[self.index()].get_or_init(|| {
             let memory = if self.uniform_weights { "_uniform" } else { "" };
-            let rows = if self.vec4_rows { "_vec4_rows" } else { "" };
             let channels = channels_tag(self.channels);
             format!(
-                "direct_conv_{channels}{}x{}{memory}{rows}",
+                "direct_conv_{channels}{}x{}{memory}",
                 4 * self.vecs,
                 self.kernel_w
             )
@@ -826,16 +783,13 @@ mod tests {
             for vecs in 1..=MAX_SEGMENT_VECS {
                 for kernel_w in 1..=MAX_KERNEL_W {
                     for uniform_weights in [false, true] {
-                        for vec4_rows in [false, true] {
-                            let shape = Shape {
-                                channels,
-                                vecs,
-                                kernel_w,
-                                uniform_weights,
-                                vec4_rows,
-                            };
-                            assert!(shape.index() < SHAPES && places.insert(shape.index()));
-                        }
+                        let shape = Shape {
+                            channels,
+                            vecs,
+                            kernel_w,
+                            uniform_weights,
+                        };
+                        assert!(shape.index() < SHAPES && places.insert(shape.index()));
                     }
                 }
             }
