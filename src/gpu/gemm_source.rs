@@ -39,9 +39,10 @@ pub struct Block {
     /// with subgroups of exactly `workgroup[0]` lanes only.
     pub depth4: bool,
     /// Invocations per workgroup along N and M (along the slots with
-    /// `slot_lanes`). Every register-blocked kernel has 64 invocations, laid
-    /// out in one dimension and mapped to this shape by the kernel itself,
-    /// so a block and its slot-lanes variant share a pipeline. One shape per
+    /// `slot_lanes`). A register-blocked kernel's invocations are laid out
+    /// in one dimension and mapped to this shape by the kernel itself, so a
+    /// block and its slot-lanes variant (as many invocations) share a
+    /// pipeline. The small block has 32 (see [`SMALL`]), the others 64. One shape per
     /// kernel: every pipeline is compiled anew on CPU-like adapters, which a
     /// cold first step pays for. (Shapes fitted to each product ran no
     /// faster in training; idle invocations of a small product mostly skip.)
@@ -239,7 +240,10 @@ impl Reads {
     }
 }
 
-/// The default kernel: small register blocks, good everywhere.
+/// The default kernel: small register blocks, good everywhere. 32
+/// invocations per workgroup, so a product of 32–64 blocks (LeNet-5's
+/// fully connected layers: 64×120 is 8 × 8 blocks) is two workgroups, which
+/// lavapipe runs on two threads, not one.
 pub const SMALL: Block = Block {
     rows: 8,
     cols: 16,
@@ -247,7 +251,7 @@ pub const SMALL: Block = Block {
     implicit: false,
     slot_lanes: false,
     depth4: false,
-    workgroup: [8, 8],
+    workgroup: [8, 4],
 };
 /// Tall register blocks: half the loads per multiply-add, for large products
 /// on CPU-like adapters (on GPUs its 128 accumulators would spill).
@@ -270,11 +274,11 @@ pub const TILED: Block = Block {
     depth4: false,
     workgroup: [16, 16],
 };
-/// The small block with 64 batch slots per workgroup, one per invocation
+/// The small block with 32 batch slots per workgroup, one per invocation
 /// (`gemm_8x16` with its invocations mapped to slots).
 pub const SLOTS: Block = Block {
     slot_lanes: true,
-    workgroup: [64, 1],
+    workgroup: [32, 1],
     ..SMALL
 };
 
