@@ -5,7 +5,9 @@
 //   db[o]          = Σ_{n, oh, ow} dY[n, o, oh, ow]
 //
 // with X̃ the padded input in rows of `pitch` vec4s and dY in rows of
-// `out_vecs` vec4s (zero past OW; im2col.wgsl's pad). An invocation sums,
+// `out_vecs` vec4s (zero past OW; im2col.wgsl's pad), `dy_pitch` vec4s
+// apart from vec4 `dy_origin` on (the input gradient's padded dY, or dY
+// itself or padded to whole vec4s). An invocation sums,
 // over one slice of the batch's (image, oh) rows, 8 output channels (all of
 // them when there are fewer) × the kw taps of a group of window rows
 // (c, i0 .. i0 + R − 1): per row and vec4 of output columns it loads those
@@ -27,8 +29,11 @@ struct Params {
     channels: u32,
     out_channels: u32,
     out_h: u32,
-    // dY's row length, in vec4s.
+    // dY's row length, in vec4s, the vec4s from one row to the next, and
+    // where row 0 starts.
     out_vecs: u32,
+    dy_pitch: u32,
+    dy_origin: u32,
     // X̃'s row length, in vec4s, and rows per channel.
     pitch: u32,
     in_rows: u32,

@@ -307,6 +307,51 @@ fn direct_convolution_reads_small_weights_as_uniforms_and_large_ones_from_storag
     gpu.take_error().unwrap();
 }
 
+/// The direct weight gradient reads dY where the direct input gradient
+/// padded it (LeNet-5's conv2: dY rows of 10 padded by 4 at the sides),
+/// rather than padding dY again: a backward pads X for the forward and dY
+/// once, and its gradients match the reference.
+#[test]
+fn the_weight_gradient_reads_dy_where_the_input_gradient_padded_it() {
+    use wgcnn::backend::Backend;
+    use wgcnn::geometry::Conv2dGeometry;
+    use wgcnn::gpu::GpuBackend;
+    use wgcnn::rng::SplitMix64;
+    if common::gpu().is_none() {
+        return;
+    }
+    // A context of its own, for a profile of these kernels alone.
+    let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    gpu.ctx.gemm_tuner.force_direct(Some(true));
+    let mut rng = SplitMix64::new(55);
+    let g = Conv2dGeometry::new(3, 6, 14, 14, 16, 5, 5, 1, 0).unwrap();
+    let [x, w, b, dy] = common::random_conv_tensors(&gpu, &g, &mut rng);
+    gpu.ctx.set_profiling(true);
+    gpu.conv2d_forward(&x, &w, &b, &g);
+    let grads = gpu.conv2d_backward(&x, &w, &dy, &g);
+    let pads = gpu
+        .ctx
+        .profile()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("im2col::pad"))
+        .map(|(_, t)| t.calls)
+        .sum::<u64>();
+    gpu.ctx.set_profiling(false);
+    assert_eq!(pads, 2, "X once (forward and dW), dY once (dX and dW)");
+    let reference =
+        wgcnn::cpu::conv2d_backward(&gpu.download(&x), &gpu.download(&w), &gpu.download(&dy), &g);
+    for (got, want, name) in [
+        (&grads.dw, &reference.dw, "dw"),
+        (&grads.db, &reference.db, "db"),
+        (&grads.dx, &reference.dx, "dx"),
+    ] {
+        for (d, r) in gpu.download(got).data.iter().zip(&want.data) {
+            assert!((d - r).abs() <= 1e-4 * (1.0 + r.abs()), "{name} {d} vs {r}");
+        }
+    }
+    gpu.take_error().unwrap();
+}
+
 /// A convolution's forward keeps its padded input for the weight gradient,
 /// which then pads nothing; once the input is written in between (here by a
 /// copy), the weight gradient pads it anew and gets the new input's values.

@@ -556,8 +556,14 @@ pub fn conv2d_backward(
     dy: &GpuTensor,
     g: &Conv2dGeometry,
 ) -> ParamGrads<GpuTensor> {
-    let (dw, db) = conv2d_weight_grads(ctx, x, dy, g);
+    // dX first: its direct kernel pads dY in a layout the direct weight
+    // gradient can read too, and keeps it for that.
     let dx = conv2d_input_grad(ctx, w, dy, g);
+    let (dw, db) = conv2d_weight_grads(ctx, x, dy, g);
+    // Not kept past the step if no path took it.
+    if let Some((planes, padding, pitch)) = direct_conv::shared_dy_padding(g) {
+        drop(ctx.take_derived(&dy.buffer, pad_key(planes, padding, pitch)));
+    }
     ParamGrads { dx, dw, db }
 }
 

@@ -332,8 +332,43 @@ struct Direct<'a> {
     packing: Packing,
     walk: [u32; 3],
     epilogue: Epilogue<'a>,
-    /// Keep the padded input for the weight gradient's (the forward's).
-    keep_padded: bool,
+    padding: InputPadding,
+}
+
+/// How [`Direct`] pads its input, and whether it keeps it for the weight
+/// gradient.
+#[derive(Clone, Copy)]
+enum InputPadding {
+    /// In full, and kept: a forward's X, whose padding rows the weight
+    /// gradient reads.
+    Kept,
+    /// At the sides only (the kernel reads no padding row), kept when
+    /// `keep`: an input gradient's dY, which the weight gradient can read
+    /// in that layout ([`shared_dy_padding`]).
+    Sides { keep: bool },
+}
+
+/// dY padded at the sides as the direct input gradient pads it, when the
+/// direct weight gradient can read its rows there instead of padding dY
+/// itself: `(planes, padding, pitch)` for [`pad_planes`]. That is when the
+/// side padding `kw − 1 − p` is whole vec4s (so dY's rows start at a vec4)
+/// and dY's rows are not whole vec4s (those it reads in place). LeNet-5's
+/// conv2: dY rows of 10, padded by 4 to a pitch of 20.
+pub(super) fn shared_dy_padding(g: &Conv2dGeometry) -> Option<(Planes, [usize; 2], usize)> {
+    let pad_w = (g.kernel_w - 1).checked_sub(g.padding)?;
+    if !pad_w.is_multiple_of(4) || g.out_w.is_multiple_of(4) {
+        return None;
+    }
+    let planes = Planes {
+        count: g.batch * g.out_channels,
+        height: g.out_h,
+        width: g.out_w,
+    };
+    Some((
+        planes,
+        [0, pad_w],
+        (g.out_w + 2 * pad_w).next_multiple_of(4),
+    ))
 }
 
 impl Direct<'_> {
@@ -351,13 +386,18 @@ impl Direct<'_> {
             width: self.width,
         };
         // The kernel reads no padding row, so only an input kept for the
-        // weight gradient (which reads them) stores them.
-        let (image, stored_rows, row_shift) = if self.keep_padded {
-            let image = pad_planes_kept(ctx, self.input, planes, self.pad, pitch);
-            (image, in_rows, 0)
-        } else {
-            let image = pad_planes(ctx, self.input, planes, [0, pad_w], pitch);
-            (image, self.height, pad_h)
+        // weight gradient as the forward's (which it reads them of) stores
+        // them.
+        let (image, stored_rows, row_shift) = match self.padding {
+            InputPadding::Kept => {
+                let image = pad_planes_kept(ctx, self.input, planes, self.pad, pitch);
+                (image, in_rows, 0)
+            }
+            InputPadding::Sides { keep } => {
+                let pad = if keep { pad_planes_kept } else { pad_planes };
+                let image = pad(ctx, self.input, planes, [0, pad_w], pitch);
+                (image, self.height, pad_h)
+            }
         };
         let uniform_weights = self.packing.bytes() <= UNIFORM_WEIGHT_BYTES
             && ctx.limits.max_uniform_buffer_binding_size >= UNIFORM_WEIGHT_BYTES;
@@ -454,7 +494,7 @@ pub fn forward_into(
         packing,
         walk: [0, o_vecs, 0],
         epilogue,
-        keep_padded: true,
+        padding: InputPadding::Kept,
     }
     .run(ctx, y);
 }
@@ -503,7 +543,9 @@ pub fn input_grad(
             2 * taps * c_vecs,
         ],
         epilogue: Bias::None.into(),
-        keep_padded: false,
+        padding: InputPadding::Sides {
+            keep: shared_dy_padding(g).is_some(),
+        },
     }
     .run(ctx, &dx.buffer);
     dx
@@ -604,7 +646,7 @@ fn weight_grad_source(channels: usize, kernel_w: usize, window_rows: usize) -> &
         for r in 0..rows {
             let _ = writeln!(
                 w,
-                "        let d{r} = ((n * p.out_channels + min(o0 + {r}u, p.out_channels - 1u)) * p.out_h + oh) * p.out_vecs;"
+                "        let d{r} = ((n * p.out_channels + min(o0 + {r}u, p.out_channels - 1u)) * p.out_h + oh) * p.dy_pitch + p.dy_origin;"
             );
         }
         let _ = writeln!(w, "        for (var t = 0u; t < p.out_vecs; t++) {{");
@@ -682,16 +724,25 @@ pub fn weight_grads(
     // X padded as the forward padded it (and kept it, for this).
     let (x_planes, padding, pitch) = input_padding(g);
     let image = pad_planes(ctx, &x.buffer, x_planes, padding, pitch);
-    // dY in rows of whole vec4s: itself when they already are.
+    // dY in rows of whole vec4s, `dy_pitch` vec4s apart from vec4
+    // `dy_origin` on: itself when they already are, else the input
+    // gradient's padded dY where it can be read (which the input gradient,
+    // run first, kept), else dY padded to whole vec4s.
     let out_vecs = g.out_w.div_ceil(4);
-    let padded_dy = (!g.out_w.is_multiple_of(4)).then(|| {
+    let (padded_dy, dy_pitch, dy_origin) = if g.out_w.is_multiple_of(4) {
+        (None, out_vecs, 0)
+    } else if let Some((planes, pad, pitch)) = shared_dy_padding(g) {
+        let padded = pad_planes(ctx, &dy.buffer, planes, pad, pitch);
+        (Some(padded), pitch / 4, pad[1] / 4)
+    } else {
         let planes = Planes {
             count: g.batch * g.out_channels,
             height: g.out_h,
             width: g.out_w,
         };
-        pad_planes(ctx, &dy.buffer, planes, [0, 0], 4 * out_vecs)
-    });
+        let padded = pad_planes(ctx, &dy.buffer, planes, [0, 0], 4 * out_vecs);
+        (Some(padded), out_vecs, 0)
+    };
     let channels = g.out_channels.min(CHANNELS_PER_INVOCATION);
     let o_blocks = g.out_channels.div_ceil(channels);
     let window_rows = weight_grad_rows(g.kernel_h);
@@ -719,6 +770,8 @@ pub fn weight_grads(
         .u32(g.out_channels)
         .u32(g.out_h)
         .u32(out_vecs)
+        .u32(dy_pitch)
+        .u32(dy_origin)
         .u32(pitch / 4)
         .u32(g.height + 2 * g.padding)
         .u32(g.kernel_h)
