@@ -42,9 +42,9 @@ pub struct Block {
     /// `slot_lanes`). A register-blocked kernel's invocations are laid out
     /// in one dimension and mapped to this shape by the kernel itself, so a
     /// block and its slot-lanes variant (as many invocations) share a
-    /// pipeline. The small block has 32 (see [`SMALL`]), the others 64. One shape per
-    /// kernel: every pipeline is compiled anew on CPU-like adapters, which a
-    /// cold first step pays for. (Shapes fitted to each product ran no
+    /// pipeline. The small block has 32 (see [`SMALL`]), the others 64.
+    /// One shape per kernel: every pipeline is compiled anew on CPU-like
+    /// adapters, which a cold first step pays for. (Shapes fitted to each product ran no
     /// faster in training; idle invocations of a small product mostly skip.)
     pub workgroup: [usize; 2],
 }
