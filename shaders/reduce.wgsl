@@ -68,3 +68,27 @@ fn slice_sum(
     }
     out[c] = sum;
 }
+
+// slice_sum over vec4s, for C a multiple of 4 (channels counts vec4s): each
+// invocation adds 4 neighbouring columns with one load per slice where
+// slice_sum makes four (each a loop over the lanes on lavapipe), in the
+// same order, so the same sums.
+@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> out4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn slice_sum4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let c = (wid.x + wid.y * nwg.x) * WG + lid.x;
+    if c >= p.channels {
+        return;
+    }
+    var sum = vec4<f32>(0.0);
+    for (var o = 0u; o < p.outer; o++) {
+        sum += x4[o * p.channels + c];
+    }
+    out4[c] = sum;
+}

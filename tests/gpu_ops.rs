@@ -469,6 +469,52 @@ fn convolution_splits_a_batch_over_the_buffer_limit() {
     gpu.take_error().unwrap();
 }
 
+/// Slice sums add each column's partial results in slice order from 0, as
+/// a sequential f32 sum does, 4 columns at a time where there are whole
+/// vec4s of them (`slice_sum4`) and one at a time otherwise: the same bits.
+#[test]
+fn slice_sums_add_in_slice_order_four_columns_at_a_time_or_one() {
+    use wgcnn::backend::Backend;
+    use wgcnn::gpu::GpuBackend;
+    use wgcnn::rng::SplitMix64;
+    use wgcnn::tensor::HostTensor;
+    if common::gpu().is_none() {
+        return;
+    }
+    // A context of its own, for a profile of these kernels alone.
+    let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    let mut rng = SplitMix64::new(21);
+    let slices = 37;
+    for (len, entry) in [(12, "reduce::slice_sum4"), (10, "reduce::slice_sum ")] {
+        let values = rng.uniform_vec(slices * len, -1.0, 1.0);
+        let x = gpu.upload(&HostTensor::new(&[slices, len], values.clone()));
+        let out = gpu.ctx.tensor(&[len], "sums");
+        gpu.ctx.set_profiling(true);
+        wgcnn::gpu::reduce::slice_sum_into(&gpu.ctx, &x.buffer, &out.buffer, slices, len);
+        let kernels: Vec<String> = gpu.ctx.profile().into_iter().map(|(k, _)| k).collect();
+        gpu.ctx.set_profiling(false);
+        assert!(
+            kernels.iter().any(|k| k.starts_with(entry)),
+            "{len} columns: {kernels:?}"
+        );
+        let want: Vec<u32> = (0..len)
+            .map(|c| {
+                (0..slices)
+                    .fold(0.0f32, |sum, o| sum + values[o * len + c])
+                    .to_bits()
+            })
+            .collect();
+        let got: Vec<u32> = gpu
+            .download(&out)
+            .data
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        assert_eq!(got, want, "{len} columns");
+    }
+    gpu.take_error().unwrap();
+}
+
 /// Max pooling's ties go to the first element of a window in row-major
 /// order on the GPU as in the reference, for every kernel (2×2 tiles read as
 /// pairs, or as quads for an even output width, other tiles, overlapping

@@ -37,14 +37,17 @@ pub fn channel_sum_into(
 
 /// Records `out[c] = Σ_{o < slices} x[o·len + c]` for `c < len`: adds
 /// `slices` partial results of `len` values each, in slice order.
+/// Columns are taken 4 at a time where `len` is a multiple of 4 and both
+/// buffers start at a vec4.
 pub fn slice_sum_into(ctx: &GpuContext, x: &GpuBuffer, out: &GpuBuffer, slices: usize, len: usize) {
-    let kernel = ctx.kernel(&KernelSpec::new(
-        "reduce",
-        SOURCE.source(ctx),
-        "slice_sum",
-        1,
-        1,
-    ));
-    let params = Params::new().u32(slices).u32(len).u32(1);
-    ctx.dispatch(&kernel, &params, &[x], &[out], grid(len, 256));
+    let vec4 =
+        len.is_multiple_of(4) && x.offset().is_multiple_of(16) && out.offset().is_multiple_of(16);
+    let (entry, columns) = if vec4 {
+        ("slice_sum4", len / 4)
+    } else {
+        ("slice_sum", len)
+    };
+    let kernel = ctx.kernel(&KernelSpec::new("reduce", SOURCE.source(ctx), entry, 1, 1));
+    let params = Params::new().u32(slices).u32(columns).u32(1);
+    ctx.dispatch(&kernel, &params, &[x], &[out], grid(columns, 256));
 }
