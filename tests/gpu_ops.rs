@@ -326,17 +326,10 @@ fn the_weight_gradient_reads_dy_where_the_input_gradient_padded_it() {
     let mut rng = SplitMix64::new(55);
     let g = Conv2dGeometry::new(3, 6, 14, 14, 16, 5, 5, 1, 0).unwrap();
     let [x, w, b, dy] = common::random_conv_tensors(&gpu, &g, &mut rng);
-    gpu.ctx.set_profiling(true);
-    gpu.conv2d_forward(&x, &w, &b, &g);
-    let grads = gpu.conv2d_backward(&x, &w, &dy, &g);
-    let pads = gpu
-        .ctx
-        .profile()
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("im2col::pad"))
-        .map(|(_, t)| t.calls)
-        .sum::<u64>();
-    gpu.ctx.set_profiling(false);
+    let (pads, grads) = common::dispatches_of(&gpu, "im2col::pad", || {
+        gpu.conv2d_forward(&x, &w, &b, &g);
+        gpu.conv2d_backward(&x, &w, &dy, &g)
+    });
     assert_eq!(pads, 2, "X once (forward and dW), dY once (dX and dW)");
     let reference =
         wgcnn::cpu::conv2d_backward(&gpu.download(&x), &gpu.download(&w), &gpu.download(&dy), &g);
@@ -345,9 +338,7 @@ fn the_weight_gradient_reads_dy_where_the_input_gradient_padded_it() {
         (&grads.db, &reference.db, "db"),
         (&grads.dx, &reference.dx, "dx"),
     ] {
-        for (d, r) in gpu.download(got).data.iter().zip(&want.data) {
-            assert!((d - r).abs() <= 1e-4 * (1.0 + r.abs()), "{name} {d} vs {r}");
-        }
+        common::assert_close(&gpu.download(got).data, &want.data, name);
     }
     gpu.take_error().unwrap();
 }
@@ -372,27 +363,16 @@ fn the_weight_gradient_reuses_the_forward_padding_until_the_input_changes() {
     let g = Conv2dGeometry::new(2, 3, 8, 8, 4, 3, 3, 1, 1).unwrap();
     let [mut x, w, b, dy] = common::random_conv_tensors(&gpu, &g, &mut rng);
     let [other, ..] = common::random_conv_tensors(&gpu, &g, &mut rng);
-    let pads = |run: &dyn Fn() -> wgcnn::gpu::GpuTensor| {
-        gpu.ctx.set_profiling(true);
-        let dw = run();
-        let calls = gpu
-            .ctx
-            .profile()
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("im2col::pad"))
-            .map(|(_, t)| t.calls)
-            .sum::<u64>();
-        gpu.ctx.set_profiling(false);
-        (calls, gpu.download(&dw))
-    };
-    let (calls, _) = pads(&|| {
+    let (calls, _) = common::dispatches_of(&gpu, "im2col::pad", || {
         gpu.conv2d_forward(&x, &w, &b, &g);
-        gpu.conv2d_weight_grads(&x, &w, &dy, &g).0
+        gpu.conv2d_weight_grads(&x, &w, &dy, &g)
     });
     assert_eq!(calls, 1, "X padded once for the forward and dW");
     gpu.conv2d_forward(&x, &w, &b, &g);
     gpu.copy_into(&mut x, 0, &other);
-    let (calls, dw) = pads(&|| gpu.conv2d_weight_grads(&x, &w, &dy, &g).0);
+    let (calls, (dw, _)) = common::dispatches_of(&gpu, "im2col::pad", || {
+        gpu.conv2d_weight_grads(&x, &w, &dy, &g)
+    });
     assert_eq!(calls, 1, "the changed X padded anew");
     let reference = wgcnn::cpu::conv2d_backward(
         &gpu.download(&other),
@@ -401,9 +381,7 @@ fn the_weight_gradient_reuses_the_forward_padding_until_the_input_changes() {
         &g,
     )
     .dw;
-    for (d, r) in dw.data.iter().zip(&reference.data) {
-        assert!((d - r).abs() <= 1e-4 * (1.0 + r.abs()), "dw {d} vs {r}");
-    }
+    common::assert_close(&gpu.download(&dw).data, &reference.data, "dw");
     gpu.take_error().unwrap();
 }
 
@@ -458,9 +436,7 @@ fn convolution_splits_a_batch_over_the_buffer_limit() {
             assert_eq!(split[i].data, whole[i].data, "{name} of {g:?}");
         }
         let reference = wgcnn::cpu::conv2d_backward(&x, &w, &dy, &g).dw;
-        for (s, r) in split[2].data.iter().zip(&reference.data) {
-            assert!((s - r).abs() <= 1e-4 * (1.0 + r.abs()), "dw {s} vs {r}");
-        }
+        common::assert_close(&split[2].data, &reference.data, "dw");
         assert_ne!(
             split[2].data, whole[2].data,
             "dW was not split (its sum order would change)"

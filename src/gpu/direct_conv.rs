@@ -359,16 +359,20 @@ pub(super) fn shared_dy_padding(g: &Conv2dGeometry) -> Option<(Planes, [usize; 2
     if !pad_w.is_multiple_of(4) || g.out_w.is_multiple_of(4) {
         return None;
     }
-    let planes = Planes {
-        count: g.batch * g.out_channels,
-        height: g.out_h,
-        width: g.out_w,
-    };
     Some((
-        planes,
+        dy_planes(g),
         [0, pad_w],
         (g.out_w + 2 * pad_w).next_multiple_of(4),
     ))
+}
+
+/// dY's planes, `(batch · O)` of `OH × OW`.
+fn dy_planes(g: &Conv2dGeometry) -> Planes {
+    Planes {
+        count: g.batch * g.out_channels,
+        height: g.out_h,
+        width: g.out_w,
+    }
 }
 
 impl Direct<'_> {
@@ -735,12 +739,7 @@ pub fn weight_grads(
         let padded = pad_planes(ctx, &dy.buffer, planes, pad, pitch);
         (Some(padded), pitch / 4, pad[1] / 4)
     } else {
-        let planes = Planes {
-            count: g.batch * g.out_channels,
-            height: g.out_h,
-            width: g.out_w,
-        };
-        let padded = pad_planes(ctx, &dy.buffer, planes, [0, 0], 4 * out_vecs);
+        let padded = pad_planes(ctx, &dy.buffer, dy_planes(g), [0, 0], 4 * out_vecs);
         (Some(padded), out_vecs, 0)
     };
     let channels = g.out_channels.min(CHANNELS_PER_INVOCATION);

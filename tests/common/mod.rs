@@ -60,3 +60,30 @@ pub fn gpu() -> Option<&'static GpuBackend> {
     }
     gpu.as_ref()
 }
+
+/// Runs `run` with `gpu`'s per-kernel profiling on, and returns its result
+/// with the dispatches of the kernels whose label starts with `prefix`
+/// (`gpu` should be a backend of the test's own, so the profile holds only
+/// what `run` recorded).
+pub fn dispatches_of<T>(gpu: &GpuBackend, prefix: &str, run: impl FnOnce() -> T) -> (u64, T) {
+    gpu.ctx.set_profiling(true);
+    let result = run();
+    let calls = gpu
+        .ctx
+        .profile()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(_, t)| t.calls)
+        .sum();
+    gpu.ctx.set_profiling(false);
+    (calls, result)
+}
+
+/// Asserts `got` is `want` within 1e-4 relative (plus 1e-4 absolute), with
+/// `what` in the message.
+pub fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (d, r) in got.iter().zip(want) {
+        assert!((d - r).abs() <= 1e-4 * (1.0 + r.abs()), "{what} {d} vs {r}");
+    }
+}
