@@ -4,11 +4,16 @@ on this machine.
 
 Runs `wgcnn bench train --json` and then the same models, initialisation,
 optimizer and batch sizes in PyTorch (examples/pytorch/pytorch_reference.py),
-and prints images/s for both and their ratio.
+and prints images/s for both and their ratio. On a shared or throttling
+machine the speed moves from minute to minute; `--rounds N` alternates the
+two N times per model and batch size (wgcnn first in odd rounds, PyTorch
+first in even ones) and prints the median of each and the median ratio of
+the rounds, each ratio taken from figures measured minutes apart at most.
 
     python3 examples/side_by_side.py                                  # wgcnn's default adapter vs PyTorch CPU
     python3 examples/side_by_side.py --wgcnn-cpu                      # wgcnn's CPU path vs PyTorch CPU
     python3 examples/side_by_side.py --wgcnn-device 0 --torch-device cuda --batch-size 256
+    python3 examples/side_by_side.py --wgcnn-device 0 --model lenet5 --batch-size 64 --rounds 10
 
 Needs a release build (`cargo build --release`, or --wgcnn PATH) and, for the
 PyTorch column, `pip install torch`.
@@ -16,18 +21,19 @@ PyTorch column, `pip install torch`.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def wgcnn_rates(args):
+def wgcnn_rates(args, models, batch_sizes):
     """`(model, batch) -> (images/s, device)` from `wgcnn bench train --json`."""
     cmd = [args.wgcnn, "bench", "train", "--json", "--runs", str(args.runs)]
-    for model in args.models:
+    for model in models:
         cmd += ["--model", model]
-    for batch in args.batch_sizes:
+    for batch in batch_sizes:
         cmd += ["--batch-size", str(batch)]
     if args.wgcnn_cpu:
         cmd.append("--cpu")
@@ -45,23 +51,71 @@ def wgcnn_rates(args):
     return rates
 
 
-def torch_rates(args):
-    """`(model, batch) -> images/s` from the PyTorch reference, or None without torch."""
+def torch_reference():
+    """The PyTorch reference module, or None (with a word why) without torch."""
     sys.path.insert(0, os.path.join(HERE, "pytorch"))
     try:
         import pytorch_reference
     except ImportError as e:
         print(f"(no PyTorch column: {e})", file=sys.stderr)
-        return None, None
-    rates = {}
-    for model in args.models:
-        for batch in args.batch_sizes:
-            rates[(model, batch)] = pytorch_reference.images_per_second(
-                model, batch, args.torch_device, args.runs)
-    torch = pytorch_reference.torch
+        return None
+    return pytorch_reference
+
+
+def torch_rates(reference, args, models, batch_sizes):
+    """`(model, batch) -> images/s` from the PyTorch reference."""
+    return {(model, batch): reference.images_per_second(model, batch, args.torch_device, args.runs)
+            for model in models for batch in batch_sizes}
+
+
+def torch_description(reference, args):
+    torch = reference.torch
     device = (args.torch_device if args.torch_device == "cpu"
               else torch.cuda.get_device_name())
-    return rates, f"PyTorch {torch.__version__} on {device} ({torch.get_num_threads()} threads)"
+    return f"PyTorch {torch.__version__} on {device} ({torch.get_num_threads()} threads)"
+
+
+def alternated(args, reference):
+    """`--rounds` rounds per model and batch size, the two sides taking turns
+    to go first: `(model, batch) -> ([wgcnn images/s], [PyTorch images/s],
+    device)`, one entry per round."""
+    results = {}
+    for model in args.models:
+        for batch in args.batch_sizes:
+            ours, theirs, device = [], [], None
+            for round_ in range(args.rounds):
+                def run_ours():
+                    nonlocal device
+                    rate, device = wgcnn_rates(args, [model], [batch])[(model, batch)]
+                    ours.append(rate)
+
+                def run_theirs():
+                    theirs.append(torch_rates(reference, args, [model], [batch])[(model, batch)])
+
+                turns = (run_ours, run_theirs) if round_ % 2 == 0 else (run_theirs, run_ours)
+                for turn in turns:
+                    turn()
+                ratios = " ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs))
+                print(f"\r{model} {batch}: round {round_ + 1}/{args.rounds}, ratios {ratios}",
+                      end="", file=sys.stderr, flush=True)
+            print(file=sys.stderr)
+            results[(model, batch)] = (ours, theirs, device)
+    return results
+
+
+def print_rounds(args, results, torch_device):
+    devices = sorted({device for _, _, device in results.values()})
+    print(f"wgcnn:   {', '.join(devices)}")
+    print(f"PyTorch: {torch_device}")
+    print(f"{args.rounds} rounds, alternating; medians, and the median and range of the rounds' ratios\n")
+    print(f"{'model':<12} {'batch':>6} {'wgcnn img/s':>12} {'PyTorch img/s':>14} {'ratio':>7} {'range':>12}")
+    for model in args.models:
+        for batch in args.batch_sizes:
+            ours, theirs, _ = results[(model, batch)]
+            ratios = [a / b for a, b in zip(ours, theirs)]
+            spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+            print(f"{model:<12} {batch:>6} {statistics.median(ours):>12,.0f} "
+                  f"{statistics.median(theirs):>14,.0f} {statistics.median(ratios):>7.2f} {spread:>12}")
 
 
 def main():
@@ -75,12 +129,23 @@ def main():
     parser.add_argument("--wgcnn-cpu", action="store_true", help="wgcnn's CPU path")
     parser.add_argument("--torch-device", default="cpu", help="cpu or cuda")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per figure (median)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate wgcnn and PyTorch this many times per model and batch size")
     args = parser.parse_args()
     args.models = args.models or ["lenet5", "fashion-cnn", "cifar-cnn"]
     args.batch_sizes = args.batch_sizes or [64, 128]
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
-    ours = wgcnn_rates(args)
-    theirs, torch_device = torch_rates(args)
+    reference = torch_reference()
+    if args.rounds > 1:
+        if reference is None:
+            sys.exit("--rounds compares with PyTorch, which is not installed")
+        print_rounds(args, alternated(args, reference), torch_description(reference, args))
+        return
+    ours = wgcnn_rates(args, args.models, args.batch_sizes)
+    theirs = torch_rates(reference, args, args.models, args.batch_sizes) if reference else None
+    torch_device = torch_description(reference, args) if reference else None
     devices = sorted({device for _, device in ours.values()})
     print(f"wgcnn:   {', '.join(devices)}")
     print(f"PyTorch: {torch_device or '-'}\n")
