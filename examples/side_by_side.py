@@ -14,9 +14,12 @@ the rounds, each ratio taken from figures measured minutes apart at most.
     python3 examples/side_by_side.py --wgcnn-cpu                      # wgcnn's CPU path vs PyTorch CPU
     python3 examples/side_by_side.py --wgcnn-device 0 --torch-device cuda --batch-size 256
     python3 examples/side_by_side.py --wgcnn-device 0 --model lenet5 --batch-size 64 --rounds 10
+    python3 examples/side_by_side.py --wgcnn-device 0 --batch-size 64 --rounds 6 \
+        --burn examples/burn_reference/target/release/wgcnn-burn-reference
 
 Needs a release build (`cargo build --release`, or --wgcnn PATH) and, for the
-PyTorch column, `pip install torch`.
+PyTorch column, `pip install torch`; `--burn PATH` compares with Burn's wgpu
+backend instead (LeNet-5 only; build examples/burn_reference first).
 """
 import argparse
 import json
@@ -51,33 +54,77 @@ def wgcnn_rates(args, models, batch_sizes):
     return rates
 
 
-def torch_reference():
-    """The PyTorch reference module, or None (with a word why) without torch."""
-    sys.path.insert(0, os.path.join(HERE, "pytorch"))
-    try:
+class Torch:
+    """The PyTorch reference (examples/pytorch/pytorch_reference.py), run in
+    this process."""
+    name = "PyTorch"
+
+    def __init__(self, args):
+        sys.path.insert(0, os.path.join(HERE, "pytorch"))
         import pytorch_reference
+        self.reference = pytorch_reference
+        self.args = args
+
+    def rates(self, models, batch_sizes):
+        """`(model, batch) -> images/s`."""
+        return {(model, batch): self.reference.images_per_second(
+                    model, batch, self.args.torch_device, self.args.runs)
+                for model in models for batch in batch_sizes}
+
+    def description(self):
+        torch = self.reference.torch
+        device = (self.args.torch_device if self.args.torch_device == "cpu"
+                  else torch.cuda.get_device_name())
+        return f"PyTorch {torch.__version__} on {device} ({torch.get_num_threads()} threads)"
+
+
+class Burn:
+    """The Burn reference binary (examples/burn_reference, LeNet-5 only)."""
+    name = "Burn"
+
+    def __init__(self, args):
+        if not os.access(args.burn, os.X_OK):
+            sys.exit(f"no Burn reference binary at {args.burn}: build examples/burn_reference "
+                     "(see its README)")
+        unknown = set(args.models) - {"lenet5"}
+        if unknown:
+            sys.exit(f"the Burn reference trains lenet5 only, not {', '.join(sorted(unknown))}")
+        self.args = args
+        self.device = None
+
+    def rates(self, models, batch_sizes):
+        cmd = [self.args.burn, "--json", "--runs", str(self.args.runs)]
+        for batch in batch_sizes:
+            cmd += ["--batch-size", str(batch)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr.strip()}")
+        rates = {}
+        for line in out.stdout.splitlines():
+            record = json.loads(line)
+            if record.get("kind") == "train":
+                rates[(record["model"], record["batch_size"])] = record["images_per_second"]
+                self.device = record["device"]
+        return rates
+
+    def description(self):
+        return f"Burn 0.22.1, {self.device or 'wgpu'}"
+
+
+def other_side(args):
+    """What wgcnn is compared with, or None (with a word why) without it."""
+    if args.burn:
+        return Burn(args)
+    try:
+        return Torch(args)
     except ImportError as e:
         print(f"(no PyTorch column: {e})", file=sys.stderr)
         return None
-    return pytorch_reference
 
 
-def torch_rates(reference, args, models, batch_sizes):
-    """`(model, batch) -> images/s` from the PyTorch reference."""
-    return {(model, batch): reference.images_per_second(model, batch, args.torch_device, args.runs)
-            for model in models for batch in batch_sizes}
-
-
-def torch_description(reference, args):
-    torch = reference.torch
-    device = (args.torch_device if args.torch_device == "cpu"
-              else torch.cuda.get_device_name())
-    return f"PyTorch {torch.__version__} on {device} ({torch.get_num_threads()} threads)"
-
-
-def alternated(args, reference):
+def alternated(args, other):
     """`--rounds` rounds per model and batch size, the two sides taking turns
-    to go first: `(model, batch) -> ([wgcnn images/s], [PyTorch images/s],
+    to go first: `(model, batch) -> ([wgcnn images/s], [other images/s],
     device)`, one entry per round."""
     results = {}
     for model in args.models:
@@ -90,7 +137,7 @@ def alternated(args, reference):
                     ours.append(rate)
 
                 def run_theirs():
-                    theirs.append(torch_rates(reference, args, [model], [batch])[(model, batch)])
+                    theirs.append(other.rates([model], [batch])[(model, batch)])
 
                 turns = (run_ours, run_theirs) if round_ % 2 == 0 else (run_theirs, run_ours)
                 for turn in turns:
@@ -103,12 +150,13 @@ def alternated(args, reference):
     return results
 
 
-def print_rounds(args, results, torch_device):
+def print_rounds(args, results, other):
     devices = sorted({device for _, _, device in results.values()})
     print(f"wgcnn:   {', '.join(devices)}")
-    print(f"PyTorch: {torch_device}")
+    print(f"{other.name + ':':<8} {other.description()}")
     print(f"{args.rounds} rounds, alternating; medians, and the median and range of the rounds' ratios\n")
-    print(f"{'model':<12} {'batch':>6} {'wgcnn img/s':>12} {'PyTorch img/s':>14} {'ratio':>7} {'range':>12}")
+    column = f"{other.name} img/s"
+    print(f"{'model':<12} {'batch':>6} {'wgcnn img/s':>12} {column:>14} {'ratio':>7} {'range':>12}")
     for model in args.models:
         for batch in args.batch_sizes:
             ours, theirs, _ = results[(model, batch)]
@@ -128,35 +176,40 @@ def main():
     parser.add_argument("--wgcnn-device", type=int, help="wgcnn adapter index (`wgcnn devices`)")
     parser.add_argument("--wgcnn-cpu", action="store_true", help="wgcnn's CPU path")
     parser.add_argument("--torch-device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--burn", metavar="PATH",
+                        help="compare with this build of examples/burn_reference instead of "
+                             "PyTorch (LeNet-5 only)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per figure (median)")
     parser.add_argument("--rounds", type=int, default=1,
-                        help="alternate wgcnn and PyTorch this many times per model and batch size")
+                        help="alternate wgcnn and the other side this many times per model and "
+                             "batch size")
     args = parser.parse_args()
-    args.models = args.models or ["lenet5", "fashion-cnn", "cifar-cnn"]
+    args.models = args.models or (["lenet5"] if args.burn else ["lenet5", "fashion-cnn", "cifar-cnn"])
     args.batch_sizes = args.batch_sizes or [64, 128]
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
 
-    reference = torch_reference()
+    other = other_side(args)
     if args.rounds > 1:
-        if reference is None:
+        if other is None:
             sys.exit("--rounds compares with PyTorch, which is not installed")
-        print_rounds(args, alternated(args, reference), torch_description(reference, args))
+        print_rounds(args, alternated(args, other), other)
         return
     ours = wgcnn_rates(args, args.models, args.batch_sizes)
-    theirs = torch_rates(reference, args, args.models, args.batch_sizes) if reference else None
-    torch_device = torch_description(reference, args) if reference else None
+    theirs = other.rates(args.models, args.batch_sizes) if other else None
+    name = other.name if other else "PyTorch"
     devices = sorted({device for _, device in ours.values()})
     print(f"wgcnn:   {', '.join(devices)}")
-    print(f"PyTorch: {torch_device or '-'}\n")
-    print(f"{'model':<12} {'batch':>6} {'wgcnn img/s':>12} {'PyTorch img/s':>14} {'ratio':>7}")
+    print(f"{name + ':':<8} {other.description() if other else '-'}\n")
+    column = f"{name} img/s"
+    print(f"{'model':<12} {'batch':>6} {'wgcnn img/s':>12} {column:>14} {'ratio':>7}")
     for model in args.models:
         for batch in args.batch_sizes:
             rate = ours.get((model, batch), (None, None))[0]
-            other = theirs.get((model, batch)) if theirs else None
+            value = theirs.get((model, batch)) if theirs else None
             cell = lambda v: f"{v:,.0f}" if v is not None else "-"
-            ratio = f"{rate / other:.2f}" if rate and other else "-"
-            print(f"{model:<12} {batch:>6} {cell(rate):>12} {cell(other):>14} {ratio:>7}")
+            ratio = f"{rate / value:.2f}" if rate and value else "-"
+            print(f"{model:<12} {batch:>6} {cell(rate):>12} {cell(value):>14} {ratio:>7}")
 
 
 if __name__ == "__main__":
