@@ -352,10 +352,14 @@ pub struct KernelShare {
     pub calls_per_step: f64,
     /// Milliseconds per step, each dispatch waited for on its own.
     pub ms_per_step: f64,
+    /// The clock they were read from: the device's timestamps around each
+    /// dispatch, or the wall time of its submit and wait.
+    pub clock: Clock,
 }
 
 /// Where a training step's GPU time goes: after one untimed step, `steps`
-/// steps run with every dispatch submitted and waited for on its own
+/// steps run with every dispatch submitted and waited for on its own and
+/// timed on the device's clock where it has timestamp queries
 /// ([`crate::gpu::GpuContext::set_profiling`]). Slowest first.
 pub fn kernels(
     gpu: &crate::gpu::GpuBackend,
@@ -374,12 +378,18 @@ pub fn kernels(
     let profile = gpu.ctx.profile();
     gpu.ctx.set_profiling(false);
     let steps = steps.max(1) as f64;
+    let clock = if gpu.ctx.profiles_on_gpu_clock() {
+        Clock::GpuTimestamps
+    } else {
+        Clock::Wall
+    };
     Ok(profile
         .into_iter()
         .map(|(kernel, t)| KernelShare {
             kernel,
             calls_per_step: t.calls as f64 / steps,
             ms_per_step: t.seconds * 1e3 / steps,
+            clock,
         })
         .collect())
 }

@@ -1,4 +1,5 @@
-//! GPU timestamp spans (`GpuContext::gpu_timer`) and `bench layers`' clock:
+//! GPU timestamp spans (`GpuContext::gpu_timer`) and the clocks of `bench
+//! layers` and `bench kernels`:
 //! a timer exactly where the adapter has timestamp queries, spans that read
 //! back positive and finite, and the wall clock otherwise. No test here
 //! judges how long anything took.
@@ -161,14 +162,15 @@ fn bench_layers_uses_timestamps_exactly_where_the_adapter_has_them() {
     assert!(results.iter().all(|r| r.clock == Clock::Wall));
 }
 
-/// The `clock` of each `bench layers --json` line, with `WGCNN_TIMESTAMPS`
-/// set to `timestamps` or removed.
-fn bench_clocks(timestamps: Option<&str>) -> Vec<String> {
+/// The `clock` of each `bench <what> --json` line (`layers` or `kernels`,
+/// whose lines are of kind `kind`), with `WGCNN_TIMESTAMPS` set to
+/// `timestamps` or removed; each line's time must be finite and not negative.
+fn bench_clocks(what: &str, kind: &str, timestamps: Option<&str>) -> Vec<String> {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wgcnn"));
     command
         .args([
             "bench",
-            "layers",
+            what,
             "--model",
             "lenet5",
             "--batch-size",
@@ -189,24 +191,38 @@ fn bench_clocks(timestamps: Option<&str>) -> Vec<String> {
         .lines()
         .map(|line| {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            assert_eq!(v["kind"], "layer", "{line}");
+            assert_eq!(v["kind"], kind, "{line}");
+            let times = ["forward_ms", "backward_ms", "ms_per_step"]
+                .iter()
+                .filter_map(|key| v[key].as_f64());
+            for ms in times {
+                assert!(ms.is_finite() && ms >= 0.0, "{line}");
+            }
             v["clock"].as_str().expect("a clock").to_string()
         })
         .collect()
 }
 
 #[test]
-fn bench_layers_json_names_its_clock_and_falls_back_to_the_wall() {
+fn bench_layers_and_kernels_json_name_their_clock_and_fall_back_to_the_wall() {
     let Some(gpu) = common::gpu() else { return };
     let expected = if adapter_has_timestamps(gpu) {
         "gpu-timestamps"
     } else {
         "wall"
     };
-    let clocks = bench_clocks(None);
-    assert!(!clocks.is_empty());
-    assert!(clocks.iter().all(|c| c == expected), "{clocks:?}");
-    let clocks = bench_clocks(Some("0"));
-    assert!(!clocks.is_empty());
-    assert!(clocks.iter().all(|c| c == "wall"), "{clocks:?}");
+    for (what, kind) in [("layers", "layer"), ("kernels", "kernel")] {
+        let clocks = bench_clocks(what, kind, None);
+        assert!(!clocks.is_empty(), "bench {what}");
+        assert!(
+            clocks.iter().all(|c| c == expected),
+            "bench {what}: {clocks:?}"
+        );
+        let clocks = bench_clocks(what, kind, Some("0"));
+        assert!(!clocks.is_empty(), "bench {what}");
+        assert!(
+            clocks.iter().all(|c| c == "wall"),
+            "bench {what}: {clocks:?}"
+        );
+    }
 }

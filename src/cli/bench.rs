@@ -182,7 +182,8 @@ fn kernels(gpu: &GpuBackend, device: &str, args: &BenchArgs) -> Result<()> {
             let shares = bench::kernels(gpu, &spec, batch, args.runs)?;
             let total: f64 = shares.iter().map(|s| s.ms_per_step).sum();
             if !args.json {
-                println!("\n{model} batch {batch}: {total:.3} ms per step in kernels");
+                let clock = shares.first().map_or("", |s| s.clock.as_str());
+                println!("\n{model} batch {batch}: {total:.3} ms per step in kernels ({clock})");
                 println!("{:>10} {:>8} {:>6}  kernel [grid]", "ms/step", "calls", "%");
             }
             for s in shares {
@@ -190,7 +191,8 @@ fn kernels(gpu: &GpuBackend, device: &str, args: &BenchArgs) -> Result<()> {
                     println!(
                         "{}",
                         json!({"kind": "kernel", "model": model, "batch_size": batch, "device": device,
-                               "kernel": s.kernel, "calls_per_step": s.calls_per_step, "ms_per_step": s.ms_per_step})
+                               "kernel": s.kernel, "calls_per_step": s.calls_per_step, "ms_per_step": s.ms_per_step,
+                               "clock": s.clock.as_str()})
                     );
                 } else {
                     println!(
