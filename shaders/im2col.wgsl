@@ -174,25 +174,84 @@ fn padded_value(line: u32, inside: bool, w: u32) -> f32 {
     return 0.0;
 }
 
-@compute @workgroup_size(64)
-fn pad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+// Padded row `r` of all the planes': whether it is one (past the last plane
+// it is not), whether it is an input row rather than padding, and where that
+// input row starts (in values).
+struct PadRow {
+    exists: bool,
+    inside: bool,
+    line: u32,
+}
+
+fn pad_row(r: u32) -> PadRow {
     let padded_h = pad_p.height + 2u * pad_p.pad_h;
-    let r = gid.x + gid.y * nwg.x * 64u;
-    if r >= pad_p.planes * padded_h {
-        return;
-    }
     let plane = r / padded_h;
     let h = i32(r % padded_h) - i32(pad_p.pad_h);
-    let inside = h >= 0 && h < i32(pad_p.height);
     let line = (plane * pad_p.height + u32(max(h, 0))) * pad_p.width;
+    let exists = r < pad_p.planes * padded_h;
+    let inside = h >= 0 && h < i32(pad_p.height);
+    return PadRow(exists, inside, line);
+}
+
+@compute @workgroup_size(64)
+fn pad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = gid.x + gid.y * nwg.x * 64u;
+    let row = pad_row(r);
+    if !row.exists {
+        return;
+    }
     var out = r * (pad_p.pitch / 4u);
     for (var w = 0u; w < pad_p.pitch; w += 4u) {
         padded[out] = vec4<f32>(
-            padded_value(line, inside, w),
-            padded_value(line, inside, w + 1u),
-            padded_value(line, inside, w + 2u),
-            padded_value(line, inside, w + 3u),
+            padded_value(row.line, row.inside, w),
+            padded_value(row.line, row.inside, w + 1u),
+            padded_value(row.line, row.inside, w + 2u),
+            padded_value(row.line, row.inside, w + 3u),
         );
+        out++;
+    }
+}
+
+// The same padding where a plane's rows are whole vec4s (width a multiple of
+// 4, so every row starts at one): each stored vec4 takes the row's values
+// from at most two loaded vec4s, the one before and the current one, shifted
+// by SHIFT = pad_w mod 4, so a row costs one vec4 load per stored vec4 where
+// `pad` makes four scalar loads (lavapipe turns each into a loop over the
+// lanes). The same values as `pad`.
+override SHIFT: u32 = 0u;
+
+@group(0) @binding(1) var<storage, read> src4: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn pad4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = gid.x + gid.y * nwg.x * 64u;
+    let row = pad_row(r);
+    if !row.exists {
+        return;
+    }
+    let row_vecs = i32(pad_p.width / 4u);
+    let line = row.line / 4u;
+    // Stored vec4 k holds input vec4 k − lead's first 4 − SHIFT values,
+    // after the last SHIFT of the one before.
+    let lead = i32(pad_p.pad_w / 4u);
+    var out = r * (pad_p.pitch / 4u);
+    var before = vec4<f32>(0.0);
+    for (var k = 0; k < i32(pad_p.pitch / 4u); k++) {
+        let i = k - lead;
+        var current = vec4<f32>(0.0);
+        if row.inside && i >= 0 && i < row_vecs {
+            current = src4[line + u32(i)];
+        }
+        var v = current;
+        if SHIFT == 1u {
+            v = vec4<f32>(before.w, current.xyz);
+        } else if SHIFT == 2u {
+            v = vec4<f32>(before.zw, current.xy);
+        } else if SHIFT == 3u {
+            v = vec4<f32>(before.yzw, current.x);
+        }
+        padded[out] = v;
+        before = current;
         out++;
     }
 }

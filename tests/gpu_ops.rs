@@ -107,15 +107,13 @@ fn impossible_geometry_is_an_error() {
 #[test]
 fn every_gemm_kernel_gives_bit_identical_results() {
     use wgcnn::geometry::Conv2dGeometry;
-    use wgcnn::gpu::GpuBackend;
     use wgcnn::gpu::gemm::block_runs_on;
     use wgcnn::gpu::gemm_source::{BLOCKS, CONV_BLOCKS};
     use wgcnn::rng::SplitMix64;
-    if common::gpu().is_none() {
-        return;
-    }
     // A context of its own: forcing a kernel must not reach other tests.
-    let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    let Some(gpu) = common::own_gpu() else {
+        return;
+    };
     let blocks: Vec<_> = BLOCKS
         .iter()
         .chain(&CONV_BLOCKS)
@@ -176,15 +174,13 @@ fn same_results_from_every_kernel(
 #[test]
 fn linear_layers_give_bit_identical_results_through_every_gemm_kernel() {
     use wgcnn::backend::Backend;
-    use wgcnn::gpu::GpuBackend;
     use wgcnn::gpu::gemm::block_runs_on;
     use wgcnn::gpu::gemm_source::BLOCKS;
     use wgcnn::rng::SplitMix64;
     use wgcnn::tensor::HostTensor;
-    if common::gpu().is_none() {
+    let Some(gpu) = common::own_gpu() else {
         return;
-    }
-    let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    };
     let mut rng = SplitMix64::new(5);
     // (batch, inputs, outputs): every product's depth a multiple of 4
     // (inputs for the forward, outputs for dX, batch for dW) with ragged
@@ -260,13 +256,11 @@ fn the_bias_gradient_from_dys_pack_equals_the_channel_sum() {
 fn direct_convolution_reads_small_weights_as_uniforms_and_large_ones_from_storage() {
     use wgcnn::backend::Backend;
     use wgcnn::geometry::Conv2dGeometry;
-    use wgcnn::gpu::GpuBackend;
     use wgcnn::rng::SplitMix64;
-    if common::gpu().is_none() {
-        return;
-    }
     // A context of its own, for a profile of these kernels alone.
-    let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    let Some(gpu) = common::own_gpu() else {
+        return;
+    };
     gpu.ctx.gemm_tuner.force_direct(Some(true));
     let mut rng = SplitMix64::new(5);
     // 16·6·5·5 weights (9.6 KB), then 64·32·3·3 (74 KB).
@@ -315,13 +309,11 @@ fn direct_convolution_reads_small_weights_as_uniforms_and_large_ones_from_storag
 fn the_weight_gradient_reads_dy_where_the_input_gradient_padded_it() {
     use wgcnn::backend::Backend;
     use wgcnn::geometry::Conv2dGeometry;
-    use wgcnn::gpu::GpuBackend;
     use wgcnn::rng::SplitMix64;
-    if common::gpu().is_none() {
-        return;
-    }
     // A context of its own, for a profile of these kernels alone.
-    let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    let Some(gpu) = common::own_gpu() else {
+        return;
+    };
     gpu.ctx.gemm_tuner.force_direct(Some(true));
     let mut rng = SplitMix64::new(55);
     let g = Conv2dGeometry::new(3, 6, 14, 14, 16, 5, 5, 1, 0).unwrap();
@@ -331,15 +323,7 @@ fn the_weight_gradient_reads_dy_where_the_input_gradient_padded_it() {
         gpu.conv2d_backward(&x, &w, &dy, &g)
     });
     assert_eq!(pads, 2, "X once (forward and dW), dY once (dX and dW)");
-    let reference =
-        wgcnn::cpu::conv2d_backward(&gpu.download(&x), &gpu.download(&w), &gpu.download(&dy), &g);
-    for (got, want, name) in [
-        (&grads.dw, &reference.dw, "dw"),
-        (&grads.db, &reference.db, "db"),
-        (&grads.dx, &reference.dx, "dx"),
-    ] {
-        common::assert_close(&gpu.download(got).data, &want.data, name);
-    }
+    common::assert_conv_grads_match(&gpu, [&x, &w, &dy], &grads, &g);
     gpu.take_error().unwrap();
 }
 
@@ -350,13 +334,11 @@ fn the_weight_gradient_reads_dy_where_the_input_gradient_padded_it() {
 fn the_weight_gradient_reuses_the_forward_padding_until_the_input_changes() {
     use wgcnn::backend::Backend;
     use wgcnn::geometry::Conv2dGeometry;
-    use wgcnn::gpu::GpuBackend;
     use wgcnn::rng::SplitMix64;
-    if common::gpu().is_none() {
-        return;
-    }
     // A context of its own, for a profile of these kernels alone.
-    let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    let Some(gpu) = common::own_gpu() else {
+        return;
+    };
     gpu.ctx.gemm_tuner.force_direct(Some(true));
     let mut rng = SplitMix64::new(34);
     // Output rows of 8 (whole vec4s): dW pads X and nothing else.
@@ -392,14 +374,12 @@ fn the_weight_gradient_reuses_the_forward_padding_until_the_input_changes() {
 fn convolution_splits_a_batch_over_the_buffer_limit() {
     use wgcnn::backend::Backend;
     use wgcnn::geometry::Conv2dGeometry;
-    use wgcnn::gpu::GpuBackend;
     use wgcnn::rng::SplitMix64;
     use wgcnn::tensor::HostTensor;
-    if common::gpu().is_none() {
-        return;
-    }
     // A context of its own: the lowered limit must not reach other tests.
-    let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    let Some(gpu) = common::own_gpu() else {
+        return;
+    };
     // The GEMM paths, which split; the direct kernel has no im2col-sized
     // matrix, and never splits.
     gpu.ctx.gemm_tuner.force_direct(Some(false));
@@ -451,14 +431,12 @@ fn convolution_splits_a_batch_over_the_buffer_limit() {
 #[test]
 fn slice_sums_add_in_slice_order_four_columns_at_a_time_or_one() {
     use wgcnn::backend::Backend;
-    use wgcnn::gpu::GpuBackend;
     use wgcnn::rng::SplitMix64;
     use wgcnn::tensor::HostTensor;
-    if common::gpu().is_none() {
-        return;
-    }
     // A context of its own, for a profile of these kernels alone.
-    let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    let Some(gpu) = common::own_gpu() else {
+        return;
+    };
     let mut rng = SplitMix64::new(21);
     let slices = 37;
     for (len, entry) in [(12, "reduce::slice_sum4"), (10, "reduce::slice_sum ")] {
@@ -527,6 +505,42 @@ fn max_pooling_ties_go_to_the_first_element_on_the_gpu() {
         let gdx = gpu.maxpool_backward(&gpu.upload(&dy), &gargmax, &g);
         assert_eq!(gpu.download(&gy).data, y.data, "y of {g:?}");
         assert_eq!(gpu.download(&gdx).data, dx.data, "dx of {g:?}");
+    }
+    gpu.take_error().unwrap();
+}
+
+/// Planes whose rows are whole vec4s are padded 4 values at a time
+/// (`im2col.wgsl`'s `pad4`), shifted by the left padding modulo 4: for each
+/// shift (X padded by 1, 2 and 3; dY by 1, 2, 3 and, for the input
+/// gradient of an unpadded 5×5 window, 4), a direct convolution's forward
+/// and backward match the reference.
+#[test]
+fn rows_of_whole_vec4s_are_padded_four_values_at_a_time() {
+    use wgcnn::backend::Backend;
+    use wgcnn::geometry::Conv2dGeometry;
+    use wgcnn::rng::SplitMix64;
+    // A context of its own, for a profile of these kernels alone.
+    let Some(gpu) = common::own_gpu() else {
+        return;
+    };
+    gpu.ctx.gemm_tuner.force_direct(Some(true));
+    let mut rng = SplitMix64::new(56);
+    for g in [
+        Conv2dGeometry::new(2, 3, 5, 8, 4, 3, 3, 1, 1).unwrap(),
+        Conv2dGeometry::new(2, 2, 6, 12, 3, 5, 5, 1, 2).unwrap(),
+        Conv2dGeometry::new(1, 2, 7, 8, 2, 7, 7, 1, 3).unwrap(),
+        Conv2dGeometry::new(2, 3, 9, 12, 4, 5, 5, 1, 0).unwrap(),
+    ] {
+        let [x, w, b, dy] = common::random_conv_tensors(&gpu, &g, &mut rng);
+        let (pads, (y, grads)) = common::dispatches_of(&gpu, "im2col::pad4", || {
+            let y = gpu.conv2d_forward(&x, &w, &b, &g);
+            (y, gpu.conv2d_backward(&x, &w, &dy, &g))
+        });
+        assert!(pads > 0, "{g:?}: no pad4");
+        let [hx, hw, hb] = [&x, &w, &b].map(|t| gpu.download(t));
+        let y_ref = wgcnn::cpu::conv2d_forward(&hx, &hw, &hb, &g);
+        common::assert_close(&gpu.download(&y).data, &y_ref.data, "y");
+        common::assert_conv_grads_match(&gpu, [&x, &w, &dy], &grads, &g);
     }
     gpu.take_error().unwrap();
 }

@@ -184,7 +184,14 @@ fn pad_planes_anew(
         .u32(pad_h)
         .u32(pad_w)
         .u32(pitch);
-    let kernel = ctx.kernel(&KernelSpec::new("im2col", SOURCE, "pad", 1, 1));
+    // Rows of whole vec4s load 4 values at a time (`pad4`).
+    let kernel = if planes.width.is_multiple_of(4) {
+        ctx.kernel(
+            &KernelSpec::new("im2col", SOURCE, "pad4", 1, 1).with("SHIFT", (pad_w % 4) as f64),
+        )
+    } else {
+        ctx.kernel(&KernelSpec::new("im2col", SOURCE, "pad", 1, 1))
+    };
     ctx.dispatch(
         &kernel,
         &params,

@@ -12,6 +12,32 @@ use wgcnn::gpu::{GpuBackend, GpuTensor};
 use wgcnn::rng::SplitMix64;
 use wgcnn::tensor::HostTensor;
 
+/// A GPU context of the test's own, so that what the test forces, profiles
+/// or limits reaches no other test; `None` where [`gpu`] is (no adapter).
+pub fn own_gpu() -> Option<GpuBackend> {
+    gpu()?;
+    Some(GpuBackend::new(None).expect("a GPU adapter"))
+}
+
+/// Asserts that a convolution's gradients `grads`, computed on `gpu` from
+/// `x`, `w` and `dy`, match the CPU reference backward of `g`.
+pub fn assert_conv_grads_match(
+    gpu: &GpuBackend,
+    [x, w, dy]: [&GpuTensor; 3],
+    grads: &wgcnn::backend::ParamGrads<GpuTensor>,
+    g: &Conv2dGeometry,
+) {
+    let reference =
+        wgcnn::cpu::conv2d_backward(&gpu.download(x), &gpu.download(w), &gpu.download(dy), g);
+    for (got, want, name) in [
+        (&grads.dw, &reference.dw, "dw"),
+        (&grads.db, &reference.db, "db"),
+        (&grads.dx, &reference.dx, "dx"),
+    ] {
+        assert_close(&gpu.download(got).data, &want.data, name);
+    }
+}
+
 /// Uniform random `[x, w, b, dy]` of convolution `g` on the GPU, in [−1, 1).
 pub fn random_conv_tensors(
     gpu: &GpuBackend,
