@@ -42,16 +42,17 @@ def wgcnn_rates(args, models, batch_sizes):
         cmd.append("--cpu")
     elif args.wgcnn_device is not None:
         cmd += ["--device", str(args.wgcnn_device)]
+    return {(r["model"], r["batch_size"]): (r["images_per_second"], r["device"])
+            for r in train_records(cmd)}
+
+
+def train_records(cmd):
+    """The `"kind": "train"` JSON lines `cmd` prints, or exit with its error."""
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr.strip()}")
-    rates = {}
-    for line in out.stdout.splitlines():
-        record = json.loads(line)
-        if record.get("kind") == "train":
-            key = (record["model"], record["batch_size"])
-            rates[key] = (record["images_per_second"], record["device"])
-    return rates
+    records = (json.loads(line) for line in out.stdout.splitlines())
+    return [r for r in records if r.get("kind") == "train"]
 
 
 class Torch:
@@ -96,15 +97,10 @@ class Burn:
         cmd = [self.args.burn, "--json", "--runs", str(self.args.runs)]
         for batch in batch_sizes:
             cmd += ["--batch-size", str(batch)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr.strip()}")
         rates = {}
-        for line in out.stdout.splitlines():
-            record = json.loads(line)
-            if record.get("kind") == "train":
-                rates[(record["model"], record["batch_size"])] = record["images_per_second"]
-                self.device = record["device"]
+        for record in train_records(cmd):
+            rates[(record["model"], record["batch_size"])] = record["images_per_second"]
+            self.device = record["device"]
         return rates
 
     def description(self):
