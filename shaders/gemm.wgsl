@@ -205,16 +205,27 @@ fn store4(base_c: u32, row: u32, col: u32, q: vec4<f32>, cb: vec4<f32>, rb: f32)
 // ---- Workgroup-memory tiles, for GPUs ----
 //
 // A 128×128 block of C per workgroup of 16×16 invocations, each computing an
-// 8×8 sub-block (rows 8·ty.., columns 8·tx..). K advances 8 at a time: the
-// workgroup stages an 8×128 slice of A and of B in workgroup memory (one vec4
-// of each per invocation), then every invocation runs 8 rank-1 updates from
-// it. On GPUs this turns most global loads into fast shared-memory reads; on
-// CPU-like adapters barriers are costly, so the tuner offers these kernels to
-// GPUs only (check runs them everywhere).
+// 8×8 sub-block: rows 4·ty.. and 64 + 4·ty.., columns 4·tx.. and
+// 64 + 4·tx... K advances 8 at a time: the workgroup stages an 8×128 slice
+// of A and of B in workgroup memory (one vec4 of each per invocation), then
+// every invocation runs 8 rank-1 updates from it. On GPUs this turns most
+// global loads into fast shared-memory reads; on CPU-like adapters barriers
+// are costly, so the tuner offers these kernels to GPUs only (check runs
+// them everywhere).
+//
+// Two slices are staged alternately: while the invocations multiply from
+// one, the next slice's loads are already in flight into registers, and they
+// are stored into the other after the multiplies, so one barrier per slice
+// suffices (a slice is only overwritten two slices after it was read, with
+// a barrier between). An invocation's two halves 64 apart make a warp's
+// reads of B 16 consecutive vec4s (no bank conflicts) and its stores of C
+// rows of 16 consecutive vec4s.
 
 const TILE_K: u32 = 8u;
-var<workgroup> tile_a: array<vec4<f32>, 256>;
-var<workgroup> tile_b: array<vec4<f32>, 256>;
+// One slice: TILE_K rows of 32 vec4 (128 floats).
+const SLICE: u32 = 256u;
+var<workgroup> tile_a: array<vec4<f32>, 512>;
+var<workgroup> tile_b: array<vec4<f32>, 512>;
 
 fn rank1(av: vec4<f32>, bv0: vec4<f32>, bv1: vec4<f32>, acc0: ptr<function, vec4<f32>>, acc1: ptr<function, vec4<f32>>, acc2: ptr<function, vec4<f32>>, acc3: ptr<function, vec4<f32>>, acc4: ptr<function, vec4<f32>>, acc5: ptr<function, vec4<f32>>, acc6: ptr<function, vec4<f32>>, acc7: ptr<function, vec4<f32>>) {
     *acc0 = fma(vec4<f32>(av.x), bv0, *acc0);
@@ -225,6 +236,16 @@ fn rank1(av: vec4<f32>, bv0: vec4<f32>, bv1: vec4<f32>, acc0: ptr<function, vec4
     *acc5 = fma(vec4<f32>(av.z), bv1, *acc5);
     *acc6 = fma(vec4<f32>(av.w), bv0, *acc6);
     *acc7 = fma(vec4<f32>(av.w), bv1, *acc7);
+}
+
+// Row `row` of the block (C[row, col0 ..], C[row, col0 + 64 ..]) with its
+// biases, when inside M.
+fn store_tiled_row(base_c: u32, row: u32, col0: u32, lo: vec4<f32>, hi: vec4<f32>, cb0: vec4<f32>, cb1: vec4<f32>) {
+    if row < p.m {
+        let rb = row_bias(row);
+        store4(base_c, row, col0, lo, cb0, rb);
+        store4(base_c, row, col0 + 64u, hi, cb1, rb);
+    }
 }
 
 @compute @workgroup_size(16, 16, 1)
@@ -243,8 +264,10 @@ fn gemm_tiled(
     let stage_k = li / 32u;
     let a_col = wid.y * 32u + li % 32u;
     let b_col = wid.x * 32u + li % 32u;
-    let row0 = wid.y * 128u + ty * 8u;
-    let col0 = wid.x * 128u + tx * 8u;
+    let a_in = a_col < a_stride;
+    let b_in = b_col < b_stride;
+    let row0 = wid.y * 128u + ty * 4u;
+    let col0 = wid.x * 128u + tx * 4u;
     // Uniform across the workgroup, so barriers stay in uniform control flow.
     let slots = (p.batch + p.chunk - 1u) / p.chunk;
     for (var slot = wid.z; slot < slots; slot += nwg.z) {
@@ -257,40 +280,60 @@ fn gemm_tiled(
         for (var z = z_begin; z < z_end; z++) {
             let ia = z * p.stride_a / 4u;
             let ib = z * p.stride_b / 4u;
+            // The first slice, staged before the loop.
+            var av = vec4<f32>(0.0);
+            var bv = vec4<f32>(0.0);
+            if stage_k < p.k && a_in {
+                av = a[ia + stage_k * a_stride + a_col];
+            }
+            if stage_k < p.k && b_in {
+                bv = b[ib + stage_k * b_stride + b_col];
+            }
+            // Every invocation has passed the previous product's last
+            // barrier, so slice 0 is no longer read.
+            tile_a[li] = av;
+            tile_b[li] = bv;
+            workgroupBarrier();
+            var at = 0u;
             for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
-                let k = k0 + stage_k;
-                var av = vec4<f32>(0.0);
-                if k < p.k && a_col < a_stride {
-                    av = a[ia + k * a_stride + a_col];
+                let next = k0 + TILE_K < p.k;
+                if next {
+                    let k = k0 + TILE_K + stage_k;
+                    av = vec4<f32>(0.0);
+                    bv = vec4<f32>(0.0);
+                    if k < p.k && a_in {
+                        av = a[ia + k * a_stride + a_col];
+                    }
+                    if k < p.k && b_in {
+                        bv = b[ib + k * b_stride + b_col];
+                    }
                 }
-                var bv = vec4<f32>(0.0);
-                if k < p.k && b_col < b_stride {
-                    bv = b[ib + k * b_stride + b_col];
-                }
-                tile_a[li] = av;
-                tile_b[li] = bv;
-                workgroupBarrier();
                 for (var t = 0u; t < TILE_K; t++) {
-                    let a0 = tile_a[t * 32u + ty * 2u];
-                    let a1 = tile_a[t * 32u + ty * 2u + 1u];
-                    let b0 = tile_b[t * 32u + tx * 2u];
-                    let b1 = tile_b[t * 32u + tx * 2u + 1u];
+                    let a0 = tile_a[at + t * 32u + ty];
+                    let a1 = tile_a[at + t * 32u + 16u + ty];
+                    let b0 = tile_b[at + t * 32u + tx];
+                    let b1 = tile_b[at + t * 32u + 16u + tx];
                     rank1(a0, b0, b1, &c00, &c01, &c10, &c11, &c20, &c21, &c30, &c31);
                     rank1(a1, b0, b1, &c40, &c41, &c50, &c51, &c60, &c61, &c70, &c71);
+                }
+                at = SLICE - at;
+                if next {
+                    tile_a[at + li] = av;
+                    tile_b[at + li] = bv;
                 }
                 workgroupBarrier();
             }
         }
         let base_c = slot * p.stride_c;
         let cb0 = column_bias(col0);
-        let cb1 = column_bias(col0 + 4u);
-        if row0 < p.m { let rb = row_bias(row0); store4(base_c, row0, col0, c00, cb0, rb); store4(base_c, row0, col0 + 4u, c01, cb1, rb); }
-        if row0 + 1u < p.m { let rb = row_bias(row0 + 1u); store4(base_c, row0 + 1u, col0, c10, cb0, rb); store4(base_c, row0 + 1u, col0 + 4u, c11, cb1, rb); }
-        if row0 + 2u < p.m { let rb = row_bias(row0 + 2u); store4(base_c, row0 + 2u, col0, c20, cb0, rb); store4(base_c, row0 + 2u, col0 + 4u, c21, cb1, rb); }
-        if row0 + 3u < p.m { let rb = row_bias(row0 + 3u); store4(base_c, row0 + 3u, col0, c30, cb0, rb); store4(base_c, row0 + 3u, col0 + 4u, c31, cb1, rb); }
-        if row0 + 4u < p.m { let rb = row_bias(row0 + 4u); store4(base_c, row0 + 4u, col0, c40, cb0, rb); store4(base_c, row0 + 4u, col0 + 4u, c41, cb1, rb); }
-        if row0 + 5u < p.m { let rb = row_bias(row0 + 5u); store4(base_c, row0 + 5u, col0, c50, cb0, rb); store4(base_c, row0 + 5u, col0 + 4u, c51, cb1, rb); }
-        if row0 + 6u < p.m { let rb = row_bias(row0 + 6u); store4(base_c, row0 + 6u, col0, c60, cb0, rb); store4(base_c, row0 + 6u, col0 + 4u, c61, cb1, rb); }
-        if row0 + 7u < p.m { let rb = row_bias(row0 + 7u); store4(base_c, row0 + 7u, col0, c70, cb0, rb); store4(base_c, row0 + 7u, col0 + 4u, c71, cb1, rb); }
+        let cb1 = column_bias(col0 + 64u);
+        store_tiled_row(base_c, row0, col0, c00, c01, cb0, cb1);
+        store_tiled_row(base_c, row0 + 1u, col0, c10, c11, cb0, cb1);
+        store_tiled_row(base_c, row0 + 2u, col0, c20, c21, cb0, cb1);
+        store_tiled_row(base_c, row0 + 3u, col0, c30, c31, cb0, cb1);
+        store_tiled_row(base_c, row0 + 64u, col0, c40, c41, cb0, cb1);
+        store_tiled_row(base_c, row0 + 65u, col0, c50, c51, cb0, cb1);
+        store_tiled_row(base_c, row0 + 66u, col0, c60, c61, cb0, cb1);
+        store_tiled_row(base_c, row0 + 67u, col0, c70, c71, cb0, cb1);
     }
 }
