@@ -24,7 +24,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 # Test suites that run on the GPU (tests/*.rs).
-GPU_TESTS="gpu_ops gpu_resident gpu_timer gpu_subgroups gpu_peak gemm_tune network training robustness resume against"
+GPU_TESTS="gpu_ops gpu_resident gpu_timer gpu_subgroups gpu_subgroup_sizes gpu_precompile gpu_peak gemm_tune network training robustness resume against"
 
 pack() {
     set -e
@@ -68,14 +68,15 @@ PY
     echo "carry .device and .gl"
 }
 
-# Runs one stage, logging its output and exit status; a failing stage does not
-# stop the others.
+# Runs one stage under a time limit (seconds), logging its output and exit
+# status; a failing or overrunning stage does not stop the others, so a lease
+# that runs short still returns the stages before it.
 FAILED=""
 stage() {
-    local name="$1"
-    shift
+    local name="$1" seconds="$2"
+    shift 2
     echo "== [$(date +%T)] $name: $*"
-    if ! "$@"; then
+    if ! timeout --kill-after=5 "$seconds" "$@"; then
         FAILED="$FAILED $name"
         echo "== $name FAILED"
     fi
@@ -111,45 +112,48 @@ run() {
     local wgcnn=target/release/wgcnn
     [ -x "$wgcnn" ] || { echo "no $wgcnn: run 'pack' first (or cargo build --release)"; exit 1; }
 
-    stage devices "$wgcnn" devices
+    stage devices 20 "$wgcnn" devices
     if ! "$wgcnn" devices 2>/dev/null | grep -qE "DiscreteGpu|IntegratedGpu" && [ -d /usr/local/nvidia ]; then
         # The NVIDIA driver's Vulkan ICD lives outside the loader's search path.
         export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-        stage devices-nvidia "$wgcnn" devices
+        stage devices-nvidia 20 "$wgcnn" devices
     fi
-    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.total --format=csv
 
-    for t in $GPU_TESTS; do
-        if [ -x ".device/tests/$t" ]; then
-            stage "test-$t" ".device/tests/$t" --test-threads 1 -q
-        fi
-    done
-
-    stage check "$wgcnn" check
-    stage check-against "$wgcnn" check --against tests/fixtures/pytorch
-
+    # Most wanted first: correctness, then the figures, then the suites.
     local sizes=(--size 1024 --size 2048 --size 4096)
     local batches=(--batch-size 64 --batch-size 128 --batch-size 256)
     if [ -n "${WGCNN_DEVICE_CHECK_QUICK:-}" ]; then
         sizes=(--size 1024)
         batches=(--batch-size 64)
     fi
-    stage bench-gemm bash -o pipefail -c "$wgcnn bench gemm ${sizes[*]} --json | tee $log_dir/gemm.jsonl"
+    # First, with empty caches: the cold first step of each model.
+    stage bench-train-cold 120 bash -o pipefail -c "XDG_CACHE_HOME=\$(mktemp -d) $wgcnn bench train --batch-size 64 --runs 3 --json | tee $log_dir/train_cold.jsonl"
+    stage check 150 "$wgcnn" check
+    stage check-against 60 "$wgcnn" check --against tests/fixtures/pytorch
+    stage bench-peak 30 "$wgcnn" bench peak
+    stage bench-gemm 120 bash -o pipefail -c "$wgcnn bench gemm ${sizes[*]} --json | tee $log_dir/gemm.jsonl"
     # Each GEMM kernel alone on the largest size, for the fp32-peak target.
     local largest="${sizes[-1]}"
     for kernel in gemm_tiled gemm_8x16 gemm_32x16; do
-        stage "bench-gemm-$kernel" bash -o pipefail -c \
+        stage "bench-gemm-$kernel" 40 bash -o pipefail -c \
             "$wgcnn bench gemm --shape ${largest}x${largest}x${largest} --kernel $kernel --runs 3 --json | tee -a $log_dir/gemm_kernels.jsonl"
     done
-    stage bench-train bash -o pipefail -c "$wgcnn bench train ${batches[*]} --runs 3 --json | tee $log_dir/train.jsonl"
-    stage bench-layers "$wgcnn" bench layers --model fashion-cnn --batch-size 128
 
     local torch_device=cpu
     if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
         torch_device=cuda
     fi
-    stage side-by-side python3 examples/side_by_side.py --wgcnn "$wgcnn" \
+    stage side-by-side 180 python3 examples/side_by_side.py --wgcnn "$wgcnn" \
         --torch-device "$torch_device" ${batches[*]} --runs 3
+    stage bench-kernels 60 "$wgcnn" bench kernels --model lenet5 --batch-size 64
+    stage bench-layers 60 "$wgcnn" bench layers --model fashion-cnn --batch-size 128
+
+    for t in $GPU_TESTS; do
+        if [ -x ".device/tests/$t" ]; then
+            stage "test-$t" 120 ".device/tests/$t" --test-threads 1 -q
+        fi
+    done
 
     if [ -n "$FAILED" ]; then
         echo "== failed stages:$FAILED"
