@@ -155,6 +155,10 @@ run() {
         fi
     done
 
+    # The README's training command, on the built-in synthetic set where no
+    # data set is installed.
+    stage train 120 "$wgcnn" train --epochs 2
+
     if [ -n "$FAILED" ]; then
         echo "== failed stages:$FAILED"
         exit 1
