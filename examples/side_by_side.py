@@ -48,7 +48,10 @@ def wgcnn_rates(args, models, batch_sizes):
 
 def train_records(cmd):
     """The `"kind": "train"` JSON lines `cmd` prints, or exit with its error."""
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as e:
+        sys.exit(f"cannot run {cmd[0]}: {e.strerror}")
     if out.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr.strip()}")
     records = (json.loads(line) for line in out.stdout.splitlines())
