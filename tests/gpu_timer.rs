@@ -162,23 +162,15 @@ fn bench_layers_uses_timestamps_exactly_where_the_adapter_has_them() {
     assert!(results.iter().all(|r| r.clock == Clock::Wall));
 }
 
-/// The `clock` of each `bench <what> --json` line (`layers` or `kernels`,
-/// whose lines are of kind `kind`), with `WGCNN_TIMESTAMPS` set to
-/// `timestamps` or removed; each line's time must be finite and not negative.
-fn bench_clocks(what: &str, kind: &str, timestamps: Option<&str>) -> Vec<String> {
+/// The `clock` of each line of kind `kind` that `bench <what> --json`
+/// prints (`layers`, `kernels` or `gemm`, on `args`' model or shapes), with
+/// `WGCNN_TIMESTAMPS` set to `timestamps` or removed; each line's time must
+/// be finite and not negative.
+fn bench_clocks(what: &str, args: &[&str], kind: &str, timestamps: Option<&str>) -> Vec<String> {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wgcnn"));
     command
-        .args([
-            "bench",
-            what,
-            "--model",
-            "lenet5",
-            "--batch-size",
-            "2",
-            "--runs",
-            "1",
-            "--json",
-        ])
+        .args(["bench", what, "--runs", "1", "--json"])
+        .args(args)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir());
     match timestamps {
         Some(v) => command.env("WGCNN_TIMESTAMPS", v),
@@ -189,14 +181,16 @@ fn bench_clocks(what: &str, kind: &str, timestamps: Option<&str>) -> Vec<String>
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            assert_eq!(v["kind"], kind, "{line}");
-            let times = ["forward_ms", "backward_ms", "ms_per_step"]
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        // `bench gemm` on a GPU measures the peak first.
+        .filter(|v| v["kind"] != "peak")
+        .map(|v| {
+            assert_eq!(v["kind"], kind, "{v}");
+            let times = ["forward_ms", "backward_ms", "ms_per_step", "seconds"]
                 .iter()
                 .filter_map(|key| v[key].as_f64());
-            for ms in times {
-                assert!(ms.is_finite() && ms >= 0.0, "{line}");
+            for time in times {
+                assert!(time.is_finite() && time >= 0.0, "{v}");
             }
             v["clock"].as_str().expect("a clock").to_string()
         })
@@ -204,21 +198,27 @@ fn bench_clocks(what: &str, kind: &str, timestamps: Option<&str>) -> Vec<String>
 }
 
 #[test]
-fn bench_layers_and_kernels_json_name_their_clock_and_fall_back_to_the_wall() {
+fn bench_layers_kernels_and_gemm_json_name_their_clock_and_fall_back_to_the_wall() {
     let Some(gpu) = common::gpu() else { return };
     let expected = if adapter_has_timestamps(gpu) {
         "gpu-timestamps"
     } else {
         "wall"
     };
-    for (what, kind) in [("layers", "layer"), ("kernels", "kernel")] {
-        let clocks = bench_clocks(what, kind, None);
+    let model: &[&str] = &["--model", "lenet5", "--batch-size", "2"];
+    let shapes: &[&str] = &["--shape", "33x17x65", "--shape", "64x64x64"];
+    for (what, args, kind) in [
+        ("layers", model, "layer"),
+        ("kernels", model, "kernel"),
+        ("gemm", shapes, "gemm"),
+    ] {
+        let clocks = bench_clocks(what, args, kind, None);
         assert!(!clocks.is_empty(), "bench {what}");
         assert!(
             clocks.iter().all(|c| c == expected),
             "bench {what}: {clocks:?}"
         );
-        let clocks = bench_clocks(what, kind, Some("0"));
+        let clocks = bench_clocks(what, args, kind, Some("0"));
         assert!(!clocks.is_empty(), "bench {what}");
         assert!(
             clocks.iter().all(|c| c == "wall"),

@@ -326,11 +326,10 @@ fn gemm<B: Backend>(backend: &B, device: &str, args: &BenchArgs, peak: Option<f6
         }
         // A share of the peak where there is one (not on the CPU path).
         let share = if peak.is_some() { "% peak" } else { "" };
-        let header = format!(
-            "{:<40} {:>12} {:>10} {:>8}",
+        println!(
+            "\n{:<40} {:>12} {:>10} {:>8}  clock",
             "gemm (MxNxK)", "ms", "GFLOP/s", share
         );
-        println!("\n{}", header.trim_end());
     }
     for (label, m, n, k) in shapes {
         // Large products: fewer runs keep the whole bench in minutes.
@@ -345,17 +344,18 @@ fn gemm<B: Backend>(backend: &B, device: &str, args: &BenchArgs, peak: Option<f6
             println!(
                 "{}",
                 json!({"kind": "gemm", "shape": r.shape, "device": device, "kernel": kernel,
-                       "seconds": r.seconds, "gflops": r.gflops, "percent_of_peak": percent})
+                       "seconds": r.seconds, "gflops": r.gflops, "percent_of_peak": percent,
+                       "clock": r.clock.as_str()})
             );
         } else {
-            let row = format!(
-                "{:<40} {:>12.3} {:>10.2} {:>8}",
+            println!(
+                "{:<40} {:>12.3} {:>10.2} {:>8}  {}",
                 r.shape,
                 r.seconds * 1e3,
                 r.gflops,
-                percent.map_or(String::new(), |p| format!("{p:.1}"))
+                percent.map_or(String::new(), |p| format!("{p:.1}")),
+                r.clock.as_str()
             );
-            println!("{}", row.trim_end());
         }
     }
     Ok(())
