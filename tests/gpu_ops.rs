@@ -544,3 +544,49 @@ fn rows_of_whole_vec4s_are_padded_four_values_at_a_time() {
     }
     gpu.take_error().unwrap();
 }
+
+/// A GPU splits a summed batch of small products (a convolution's weight
+/// gradient) into more partial sums than a CPU-like adapter: on lavapipe
+/// told to split as a GPU does, a weight gradient of one small block at
+/// batch 128 runs as 128 partial sums instead of 64, and both ways its
+/// gradients match the reference.
+#[test]
+fn a_gpu_splits_a_small_weight_gradient_into_more_partial_sums() {
+    use wgcnn::backend::Backend;
+    use wgcnn::geometry::Conv2dGeometry;
+    use wgcnn::gpu::gemm_source::SMALL;
+    use wgcnn::rng::SplitMix64;
+    // A context of its own: the tuner's switches and the profile are its.
+    let Some(gpu) = common::own_gpu() else {
+        return;
+    };
+    // The GEMM path (a summed batch), with one block shape's grid.
+    gpu.ctx.gemm_tuner.force_direct(Some(false));
+    gpu.ctx.gemm_tuner.force(Some(SMALL));
+    let mut rng = SplitMix64::new(57);
+    let g = Conv2dGeometry::new(128, 2, 6, 6, 4, 3, 3, 1, 1).unwrap();
+    let [x, w, _, dy] = common::random_conv_tensors(&gpu, &g, &mut rng);
+    let software = gpu.ctx.is_software();
+    for like_a_gpu in [false, true] {
+        gpu.ctx.gemm_tuner.split_like_a_gpu(like_a_gpu);
+        gpu.ctx.set_profiling(true);
+        let grads = gpu.conv2d_backward(&x, &w, &dy, &g);
+        // A GEMM grid's third extent counts its products: 128 for dX (one
+        // per image), dW's partial sums for dW, the smaller.
+        let slices = gpu
+            .ctx
+            .profile()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("gemm::"))
+            .filter_map(|(k, _)| {
+                let grid = k.rsplit_once('[')?.1.trim_end_matches(']').to_string();
+                grid.split(", ").nth(2)?.parse::<u32>().ok()
+            })
+            .min();
+        gpu.ctx.set_profiling(false);
+        let expected = if like_a_gpu || !software { 128 } else { 64 };
+        assert_eq!(slices, Some(expected), "split like a GPU: {like_a_gpu}");
+        common::assert_conv_grads_match(&gpu, [&x, &w, &dy], &grads, &g);
+    }
+    gpu.take_error().unwrap();
+}

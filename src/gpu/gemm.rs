@@ -450,10 +450,10 @@ fn run_gemm(
     // sized from the smallest block so that every block shape adds the same
     // terms in the same order.
     let (slices, chunk) = if batching.sum {
-        let target = if ctx.is_software() {
-            SPLIT_TARGET_WORKGROUPS_CPU_LIKE
-        } else {
+        let target = if ctx.gemm_tuner.splits_like_a_gpu() {
             SPLIT_TARGET_WORKGROUPS_GPU
+        } else {
+            SPLIT_TARGET_WORKGROUPS_CPU_LIKE
         };
         summed_split(spec, batching.count, target)
     } else {

@@ -51,6 +51,9 @@ pub struct GemmTuner {
     /// A CPU-like adapter races convolution paths as a GPU does, instead
     /// of choosing by rule (for tests of the races).
     race_direct: std::sync::atomic::AtomicBool,
+    /// A CPU-like adapter splits summed batches as a GPU does (for tests of
+    /// the GPU's split).
+    split_as_gpu: std::sync::atomic::AtomicBool,
 }
 
 impl GemmTuner {
@@ -85,6 +88,7 @@ impl GemmTuner {
             forced: Mutex::new(None),
             forced_direct: Mutex::new(None),
             race_direct: Default::default(),
+            split_as_gpu: Default::default(),
         }
     }
 
@@ -110,6 +114,20 @@ impl GemmTuner {
     pub fn race_direct(&self, race: bool) {
         self.race_direct
             .store(race, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Makes a CPU-like adapter split a summed batch of small products
+    /// into as many partial sums as a GPU does (`true`), or as itself
+    /// (`false`, the default); for tests of the GPU's split on lavapipe.
+    pub fn split_like_a_gpu(&self, split: bool) {
+        self.split_as_gpu
+            .store(split, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether summed batches are split as on a GPU: on GPUs, and where
+    /// [`GemmTuner::split_like_a_gpu`] asks for it.
+    pub fn splits_like_a_gpu(&self) -> bool {
+        !self.cpu_like || self.split_as_gpu.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn races_like_a_gpu(&self) -> bool {
