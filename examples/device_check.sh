@@ -133,11 +133,11 @@ run() {
     stage check-against 60 "$wgcnn" check --against tests/fixtures/pytorch
     stage bench-peak 30 "$wgcnn" bench peak
     stage bench-gemm 120 bash -o pipefail -c "$wgcnn bench gemm ${sizes[*]} --json | tee $log_dir/gemm.jsonl"
-    # Each GEMM kernel alone on the largest size, for the fp32-peak target.
-    local largest="${sizes[-1]}"
-    for kernel in gemm_tiled gemm_8x16 gemm_32x16; do
-        stage "bench-gemm-$kernel" 40 bash -o pipefail -c \
-            "$wgcnn bench gemm --shape ${largest}x${largest}x${largest} --kernel $kernel --runs 3 --json | tee -a $log_dir/gemm_kernels.jsonl"
+    # Each GPU GEMM kernel alone on the same sizes and the models' conv
+    # shapes (the largest size is the fp32-peak target's).
+    for kernel in gemm_tiled gemm_tiled_64 gemm_8x16 gemm_32x16; do
+        stage "bench-gemm-$kernel" 60 bash -o pipefail -c \
+            "$wgcnn bench gemm ${sizes[*]} --kernel $kernel --runs 3 --json | tee -a $log_dir/gemm_kernels.jsonl"
     done
 
     local torch_device=cpu

@@ -351,3 +351,124 @@ fn gemm_tiled(
         store_tiled_row(base_c, row0 + 67u, col0, c70, c71, cb0, cb1);
     }
 }
+
+// gemm_tiled_64: the same scheme with 64×64 blocks of C, each invocation
+// computing 4×4 (rows 4·ty.., columns 4·tx..), for products with too few
+// 128×128 blocks to fill a GPU (a fully connected layer's forward, 1024³):
+// four times the workgroups, each with a quarter of the work per slice. A
+// slice of A and one of B are 8 × 16 vec4s each: the first 128 invocations
+// stage A's, the others B's (in the first halves of tile_a and tile_b's
+// two slices).
+
+const SLICE_64: u32 = 128u;
+
+// One depth of a staged 64-wide slice (its row at `s`): 4×4 multiply-adds.
+fn tiled_64_depth(s: u32, tx: u32, ty: u32, c0: ptr<function, vec4<f32>>, c1: ptr<function, vec4<f32>>, c2: ptr<function, vec4<f32>>, c3: ptr<function, vec4<f32>>) {
+    let av = tile_a[s + ty];
+    let bv = tile_b[s + tx];
+    *c0 = fma(vec4<f32>(av.x), bv, *c0);
+    *c1 = fma(vec4<f32>(av.y), bv, *c1);
+    *c2 = fma(vec4<f32>(av.z), bv, *c2);
+    *c3 = fma(vec4<f32>(av.w), bv, *c3);
+}
+
+// Row `row` of a 64-wide block (C[row, col0 ..]) with its biases, when
+// inside M.
+fn store_tiled_64_row(base_c: u32, row: u32, col0: u32, v: vec4<f32>, cb: vec4<f32>) {
+    if row < p.m {
+        store4(base_c, row, col0, v, cb, row_bias(row));
+    }
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn gemm_tiled_64(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    load_params(nwg);
+    let tx = lid.x;
+    let ty = lid.y;
+    let li = ty * 16u + tx;
+    let a_stride = (p.m + 3u) / 4u;
+    let b_stride = (p.n + 3u) / 4u;
+    // The vec4 this invocation stages: of A (li < 128) or B, row (li % 128)
+    // / 16 of the K slice, vec4 li % 16 of the block's 16.
+    let stages_a = li < SLICE_64;
+    let stage = li % SLICE_64;
+    let stage_k = stage / 16u;
+    let stage_col = select(wid.x, wid.y, stages_a) * 16u + stage % 16u;
+    let stage_in = stage_col < select(b_stride, a_stride, stages_a);
+    let row0 = wid.y * 64u + ty * 4u;
+    let col0 = wid.x * 64u + tx * 4u;
+    // Uniform across the workgroup, so barriers stay in uniform control flow.
+    let slots = (p.batch + p.chunk - 1u) / p.chunk;
+    for (var slot = wid.z; slot < slots; slot += nwg.z) {
+        var c0 = vec4<f32>(0.0);
+        var c1 = vec4<f32>(0.0);
+        var c2 = vec4<f32>(0.0);
+        var c3 = vec4<f32>(0.0);
+        let z_begin = slot * p.chunk;
+        let z_end = min(z_begin + p.chunk, p.batch);
+        for (var z = z_begin; z < z_end; z++) {
+            let ia = z * p.stride_a / 4u;
+            let ib = z * p.stride_b / 4u;
+            // The first slice, staged before the loop. Every invocation has
+            // passed the previous product's last barrier, so slice 0 is no
+            // longer read.
+            var v = vec4<f32>(0.0);
+            if stage_k < p.k && stage_in {
+                if stages_a {
+                    v = a[ia + stage_k * a_stride + stage_col];
+                } else {
+                    v = b[ib + stage_k * b_stride + stage_col];
+                }
+            }
+            if stages_a {
+                tile_a[stage] = v;
+            } else {
+                tile_b[stage] = v;
+            }
+            workgroupBarrier();
+            var at = 0u;
+            for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
+                let next = k0 + TILE_K < p.k;
+                if next {
+                    let k = k0 + TILE_K + stage_k;
+                    v = vec4<f32>(0.0);
+                    if k < p.k && stage_in {
+                        if stages_a {
+                            v = a[ia + k * a_stride + stage_col];
+                        } else {
+                            v = b[ib + k * b_stride + stage_col];
+                        }
+                    }
+                }
+                // Written out, as in gemm_tiled.
+                tiled_64_depth(at + 0u, tx, ty, &c0, &c1, &c2, &c3);
+                tiled_64_depth(at + 16u, tx, ty, &c0, &c1, &c2, &c3);
+                tiled_64_depth(at + 32u, tx, ty, &c0, &c1, &c2, &c3);
+                tiled_64_depth(at + 48u, tx, ty, &c0, &c1, &c2, &c3);
+                tiled_64_depth(at + 64u, tx, ty, &c0, &c1, &c2, &c3);
+                tiled_64_depth(at + 80u, tx, ty, &c0, &c1, &c2, &c3);
+                tiled_64_depth(at + 96u, tx, ty, &c0, &c1, &c2, &c3);
+                tiled_64_depth(at + 112u, tx, ty, &c0, &c1, &c2, &c3);
+                at = SLICE_64 - at;
+                if next {
+                    if stages_a {
+                        tile_a[at + stage] = v;
+                    } else {
+                        tile_b[at + stage] = v;
+                    }
+                }
+                workgroupBarrier();
+            }
+        }
+        let base_c = slot * p.stride_c;
+        let cb = column_bias(col0);
+        store_tiled_64_row(base_c, row0, col0, c0, cb);
+        store_tiled_64_row(base_c, row0 + 1u, col0, c1, cb);
+        store_tiled_64_row(base_c, row0 + 2u, col0, c2, cb);
+        store_tiled_64_row(base_c, row0 + 3u, col0, c3, cb);
+    }
+}

@@ -54,7 +54,7 @@ pub struct BenchArgs {
     #[arg(long = "shape", global = true, value_parser = parse_shape)]
     pub shapes: Vec<[usize; 3]>,
     /// The GEMM kernel `gemm` times (`gemm_8x16`, `gemm_32x16`,
-    /// `gemm_tiled`, `gemm_8x16_slots`, `gemm_32x8_k4`), instead of the
+    /// `gemm_tiled`, `gemm_tiled_64`, `gemm_8x16_slots`, `gemm_32x8_k4`), instead of the
     /// tuner's choice.
     #[arg(long, global = true, value_parser = parse_kernel)]
     pub kernel: Option<Block>,

@@ -419,9 +419,10 @@ pub struct KernelTime {
 /// and cifar-cnn 1.2× at batch 256). On lavapipe they made no difference.
 ///
 /// The GEMM family also goes without index clamps: its only indexed arrays
-/// are `gemm_tiled`'s two workgroup tiles, whose indices stay below 512 by
-/// construction (a slice offset of 0 or 256, a depth's row of 32 vec4s, a
-/// lane below 32), and its storage loads and stores stay inside the padded
+/// are the two workgroup tiles of `gemm_tiled` and `gemm_tiled_64`, whose
+/// indices stay below their 512 vec4s by construction (`gemm_tiled`: a
+/// slice offset of 0 or 256, a depth's row of 32 vec4s, a lane below 32;
+/// `gemm_tiled_64`: below 256, half of that), and its storage loads and stores stay inside the padded
 /// operands and C by construction (and, on Vulkan, inside the binding by the
 /// driver's robust buffer access). Without the clamps `gemm_tiled` went
 /// from 38% to 42% of the H200's peak on 4096³. Integer division keeps its

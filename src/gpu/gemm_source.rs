@@ -69,6 +69,7 @@ impl Block {
             (8, 16, false, false, false) => "gemm_8x16",
             (32, 16, false, false, false) => "gemm_32x16",
             (8, 8, true, false, false) => "gemm_tiled",
+            (4, 4, true, false, false) => "gemm_tiled_64",
             (8, 16, false, true, false) => "conv_8x16",
             (32, 16, false, true, false) => "conv_32x16",
             (8, 16, false, false, true) => "gemm_8x16_slots",
@@ -274,6 +275,13 @@ pub const TILED: Block = Block {
     depth4: false,
     workgroup: [16, 16],
 };
+/// Workgroup-memory tiles of 64×64, for products with too few 128×128
+/// blocks to fill a GPU.
+pub const TILED_64: Block = Block {
+    rows: 4,
+    cols: 4,
+    ..TILED
+};
 /// The small block with 32 batch slots per workgroup, one per invocation
 /// (`gemm_8x16` with its invocations mapped to slots).
 pub const SLOTS: Block = Block {
@@ -297,7 +305,7 @@ pub const DEPTH4: Block = Block {
 };
 
 /// Every GEMM kernel on packed operands.
-pub const BLOCKS: [Block; 5] = [SMALL, TALL, TILED, SLOTS, DEPTH4];
+pub const BLOCKS: [Block; 6] = [SMALL, TALL, TILED_64, TILED, SLOTS, DEPTH4];
 
 /// Every implicit-GEMM convolution kernel: the register blocks with B read
 /// from the image.

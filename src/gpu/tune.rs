@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::gemm::ConvProduct;
-use super::gemm_source::{BLOCKS, Block, CONV_BLOCKS, DEPTH4, SLOTS, SMALL, TALL, TILED};
+use super::gemm_source::{BLOCKS, Block, CONV_BLOCKS, DEPTH4, SLOTS, SMALL, TALL, TILED, TILED_64};
 use crate::dirs::user_cache_dir;
 use crate::fnv::fnv1a;
 use crate::geometry::GemmSpec;
@@ -314,7 +314,7 @@ fn candidates(spec: &GemmSpec, count: usize, cpu_like: bool, depth4: bool) -> &'
         (true, true, false, true) => &[SMALL, DEPTH4, TALL],
         (true, true, true, false) => &[SMALL, TALL, SLOTS],
         (true, true, true, true) => &[SMALL, DEPTH4, TALL, SLOTS],
-        (true, false, ..) => &[SMALL, TILED],
+        (true, false, ..) => &[SMALL, TILED_64, TILED],
     }
 }
 
@@ -327,7 +327,7 @@ fn rule(spec: &GemmSpec, count: usize, cpu_like: bool, depth4: bool) -> Block {
         .rfind(|b| !b.slot_lanes)
         .expect("SMALL is always a candidate");
     let per_workgroup = if large.tiled {
-        128 * 128
+        large.rows * large.workgroup[1] * large.cols * large.workgroup[0]
     } else {
         large.rows * large.cols
     };
@@ -558,7 +558,7 @@ mod tests {
         );
         assert_eq!(
             candidates(&spec(32, 784, 288), 1, false, false),
-            vec![SMALL, TILED]
+            vec![SMALL, TILED_64, TILED]
         );
         assert_eq!(candidates(&spec(64, 10, 288), 1, false, false), vec![SMALL]);
         // The depth4 block where TALL competes, on adapters that run it; the
@@ -566,7 +566,10 @@ mod tests {
         let large = spec(1024, 1024, 1024);
         assert_eq!(candidates(&large, 1, true, true), vec![SMALL, DEPTH4, TALL]);
         assert_eq!(candidates(&large, 1, true, false), vec![SMALL, TALL]);
-        assert_eq!(candidates(&large, 1, false, true), vec![SMALL, TILED]);
+        assert_eq!(
+            candidates(&large, 1, false, true),
+            vec![SMALL, TILED_64, TILED]
+        );
         assert_eq!(candidates(&spec(6, 784, 25), 64, true, true), vec![SMALL]);
         assert_eq!(rule(&large, 1, true, true), TALL);
     }
