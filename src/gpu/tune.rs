@@ -19,8 +19,10 @@ use crate::dirs::user_cache_dir;
 use crate::fnv::fnv1a;
 use crate::geometry::GemmSpec;
 
-/// Cache file format version; files of another version are ignored.
-const VERSION: u64 = 1;
+/// Cache file format version; files of another version are ignored. Raised
+/// when the candidates change, so that choices made without a new kernel
+/// are timed again (2: `gemm_tiled_64` joined the GPUs' candidates).
+const VERSION: u64 = 2;
 
 /// The most taps (C·kh·kw) of a convolution whose weight gradient a
 /// CPU-like adapter computes with the direct kernel. Its kernel loads 8
