@@ -227,6 +227,23 @@ const SLICE: u32 = 256u;
 var<workgroup> tile_a: array<vec4<f32>, 512>;
 var<workgroup> tile_b: array<vec4<f32>, 512>;
 
+// The vec4 `col` of depth `k` of a packed A (B) that starts at vec4 `base`
+// with rows of `stride` vec4s: zero past K or where `inside` is false (past
+// the padded row), so the tiles' edges multiply zeros.
+fn staged_a(base: u32, k: u32, stride: u32, col: u32, inside: bool) -> vec4<f32> {
+    if k < p.k && inside {
+        return a[base + k * stride + col];
+    }
+    return vec4<f32>(0.0);
+}
+
+fn staged_b(base: u32, k: u32, stride: u32, col: u32, inside: bool) -> vec4<f32> {
+    if k < p.k && inside {
+        return b[base + k * stride + col];
+    }
+    return vec4<f32>(0.0);
+}
+
 fn rank1(av: vec4<f32>, bv0: vec4<f32>, bv1: vec4<f32>, acc0: ptr<function, vec4<f32>>, acc1: ptr<function, vec4<f32>>, acc2: ptr<function, vec4<f32>>, acc3: ptr<function, vec4<f32>>, acc4: ptr<function, vec4<f32>>, acc5: ptr<function, vec4<f32>>, acc6: ptr<function, vec4<f32>>, acc7: ptr<function, vec4<f32>>) {
     *acc0 = fma(vec4<f32>(av.x), bv0, *acc0);
     *acc1 = fma(vec4<f32>(av.x), bv1, *acc1);
@@ -292,14 +309,8 @@ fn gemm_tiled(
             let ia = z * p.stride_a / 4u;
             let ib = z * p.stride_b / 4u;
             // The first slice, staged before the loop.
-            var av = vec4<f32>(0.0);
-            var bv = vec4<f32>(0.0);
-            if stage_k < p.k && a_in {
-                av = a[ia + stage_k * a_stride + a_col];
-            }
-            if stage_k < p.k && b_in {
-                bv = b[ib + stage_k * b_stride + b_col];
-            }
+            var av = staged_a(ia, stage_k, a_stride, a_col, a_in);
+            var bv = staged_b(ib, stage_k, b_stride, b_col, b_in);
             // Every invocation has passed the previous product's last
             // barrier, so slice 0 is no longer read.
             tile_a[li] = av;
@@ -310,14 +321,8 @@ fn gemm_tiled(
                 let next = k0 + TILE_K < p.k;
                 if next {
                     let k = k0 + TILE_K + stage_k;
-                    av = vec4<f32>(0.0);
-                    bv = vec4<f32>(0.0);
-                    if k < p.k && a_in {
-                        av = a[ia + k * a_stride + a_col];
-                    }
-                    if k < p.k && b_in {
-                        bv = b[ib + k * b_stride + b_col];
-                    }
+                    av = staged_a(ia, k, a_stride, a_col, a_in);
+                    bv = staged_b(ib, k, b_stride, b_col, b_in);
                 }
                 // The slice's TILE_K depths written out: NVIDIA's compiler
                 // kept a loop here rolled (an H200 ran 4096³ at 39% of its
@@ -372,6 +377,24 @@ fn tiled_64_depth(s: u32, tx: u32, ty: u32, c0: ptr<function, vec4<f32>>, c1: pt
     *c3 = fma(vec4<f32>(av.w), bv, *c3);
 }
 
+// The vec4 an invocation of gemm_tiled_64 stages: of A where `stages_a`,
+// else of B (as staged_a and staged_b take them).
+fn tiled_64_staged(stages_a: bool, base: u32, k: u32, stride: u32, col: u32, inside: bool) -> vec4<f32> {
+    if stages_a {
+        return staged_a(base, k, stride, col, inside);
+    }
+    return staged_b(base, k, stride, col, inside);
+}
+
+// Stores what tiled_64_staged loaded at `at` of tile_a or tile_b.
+fn tiled_64_store(stages_a: bool, at: u32, v: vec4<f32>) {
+    if stages_a {
+        tile_a[at] = v;
+    } else {
+        tile_b[at] = v;
+    }
+}
+
 // Row `row` of a 64-wide block (C[row, col0 ..]) with its biases, when
 // inside M.
 fn store_tiled_64_row(base_c: u32, row: u32, col0: u32, v: vec4<f32>, cb: vec4<f32>) {
@@ -398,7 +421,8 @@ fn gemm_tiled_64(
     let stage = li % SLICE_64;
     let stage_k = stage / 16u;
     let stage_col = select(wid.x, wid.y, stages_a) * 16u + stage % 16u;
-    let stage_in = stage_col < select(b_stride, a_stride, stages_a);
+    let stage_stride = select(b_stride, a_stride, stages_a);
+    let stage_in = stage_col < stage_stride;
     let row0 = wid.y * 64u + ty * 4u;
     let col0 = wid.x * 64u + tx * 4u;
     // Uniform across the workgroup, so barriers stay in uniform control flow.
@@ -416,33 +440,15 @@ fn gemm_tiled_64(
             // The first slice, staged before the loop. Every invocation has
             // passed the previous product's last barrier, so slice 0 is no
             // longer read.
-            var v = vec4<f32>(0.0);
-            if stage_k < p.k && stage_in {
-                if stages_a {
-                    v = a[ia + stage_k * a_stride + stage_col];
-                } else {
-                    v = b[ib + stage_k * b_stride + stage_col];
-                }
-            }
-            if stages_a {
-                tile_a[stage] = v;
-            } else {
-                tile_b[stage] = v;
-            }
+            let stage_base = select(ib, ia, stages_a);
+            var v = tiled_64_staged(stages_a, stage_base, stage_k, stage_stride, stage_col, stage_in);
+            tiled_64_store(stages_a, stage, v);
             workgroupBarrier();
             var at = 0u;
             for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
                 let next = k0 + TILE_K < p.k;
                 if next {
-                    let k = k0 + TILE_K + stage_k;
-                    v = vec4<f32>(0.0);
-                    if k < p.k && stage_in {
-                        if stages_a {
-                            v = a[ia + k * a_stride + stage_col];
-                        } else {
-                            v = b[ib + k * b_stride + stage_col];
-                        }
-                    }
+                    v = tiled_64_staged(stages_a, stage_base, k0 + TILE_K + stage_k, stage_stride, stage_col, stage_in);
                 }
                 // Written out, as in gemm_tiled.
                 tiled_64_depth(at + 0u, tx, ty, &c0, &c1, &c2, &c3);
@@ -455,11 +461,7 @@ fn gemm_tiled_64(
                 tiled_64_depth(at + 112u, tx, ty, &c0, &c1, &c2, &c3);
                 at = SLICE_64 - at;
                 if next {
-                    if stages_a {
-                        tile_a[at + stage] = v;
-                    } else {
-                        tile_b[at + stage] = v;
-                    }
+                    tiled_64_store(stages_a, at + stage, v);
                 }
                 workgroupBarrier();
             }
