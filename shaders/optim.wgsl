@@ -2,7 +2,11 @@
 // amsgrad off, maximize off, centered rmsprop off, adagrad lr decay 0).
 //
 // Every entry point reads `grad` and updates `param` (and the rule's state)
-// in place, one element per invocation, over `len` elements. With
+// in place, one `Value` per invocation, over `len` of them. The host
+// declares `Value` before this source: `f32`, or `vec4<f32>` where the
+// length is a multiple of 4 (a model's flat buffers), which takes a quarter
+// of the loads and stores (on lavapipe each is a loop over the SIMD lanes)
+// for the same arithmetic on every element. With
 // g = grad + wd·p (L2 weight decay, every rule but adamw):
 //
 //   sgd        p ← p − lr·g
@@ -24,6 +28,7 @@
 // uses only the buffers its rule has.
 
 struct Params {
+    // Values (not elements) to update.
     len: u32,
     weight_decay: f32,
     // μ for momentum and nesterov.
@@ -36,19 +41,19 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> u: Params;
-@group(0) @binding(1) var<storage, read> grad: array<f32>;
+@group(0) @binding(1) var<storage, read> grad: array<Value>;
 // [lr, 1 − β₁ᵗ, 1 − β₂ᵗ]
 @group(0) @binding(2) var<storage, read> step_values: array<f32>;
-@group(0) @binding(3) var<storage, read_write> param: array<f32>;
-@group(0) @binding(4) var<storage, read_write> state0: array<f32>;
-@group(0) @binding(5) var<storage, read_write> state1: array<f32>;
+@group(0) @binding(3) var<storage, read_write> param: array<Value>;
+@group(0) @binding(4) var<storage, read_write> state0: array<Value>;
+@group(0) @binding(5) var<storage, read_write> state1: array<Value>;
 
 fn element(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return (wid.x + wid.y * nwg.x) * 256u + lid.x;
 }
 
 // The gradient with L2 weight decay added.
-fn l2_grad(i: u32) -> f32 {
+fn l2_grad(i: u32) -> Value {
     if u.weight_decay == 0.0 {
         return grad[i];
     }
@@ -109,7 +114,7 @@ fn rmsprop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
 }
 
 // The adam step on parameter value `p` with gradient `g`; writes m, v and p.
-fn adam_step(i: u32, p: f32, g: f32) {
+fn adam_step(i: u32, p: Value, g: Value) {
     let m = u.beta1 * state0[i] + (1.0 - u.beta1) * g;
     let v = u.beta2 * state1[i] + (1.0 - u.beta2) * g * g;
     state0[i] = m;

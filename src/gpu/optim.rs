@@ -4,7 +4,7 @@
 //! [`FlatUpdates::update_all`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid};
 use super::tensor::GpuTensor;
@@ -12,6 +12,20 @@ use crate::optim::{OptimizerKind, OptimizerSettings};
 use crate::tensor::HostTensor;
 
 const SOURCE: &str = include_str!("../../shaders/optim.wgsl");
+
+/// The update rules on one `f32` per invocation, or on one `vec4<f32>`
+/// (four elements) where the length is a multiple of 4: `(family, source)`.
+fn module(vectors: bool) -> (&'static str, &'static str) {
+    static SOURCES: [OnceLock<String>; 2] = [OnceLock::new(), OnceLock::new()];
+    let (family, value) = if vectors {
+        ("optim_vec4", "vec4<f32>")
+    } else {
+        ("optim", "f32")
+    };
+    let source =
+        SOURCES[vectors as usize].get_or_init(|| format!("alias Value = {value};\n{SOURCE}"));
+    (family, source)
+}
 
 /// The shader entry point of each rule.
 fn entry(kind: OptimizerKind) -> &'static str {
@@ -70,17 +84,25 @@ pub fn optimizer_update(
         [3],
         "step values are [lr, 1 - beta1^t, 1 - beta2^t]"
     );
+    // A model's flat buffers are whole vec4s (`flat_layout`).
+    let vectors = param.len().is_multiple_of(4);
+    let values = if vectors {
+        param.len() / 4
+    } else {
+        param.len()
+    };
     let params = Params::new()
-        .u32(param.len())
+        .u32(values)
         .f32(settings.weight_decay)
         .f32(settings.momentum)
         .f32(settings.alpha)
         .f32(settings.beta1)
         .f32(settings.beta2)
         .f32(settings.eps);
+    let (family, source) = module(vectors);
     let kernel = ctx.kernel(&KernelSpec::new(
-        "optim",
-        SOURCE,
+        family,
+        source,
         entry(kind),
         2,
         1 + state.len(),
@@ -92,14 +114,15 @@ pub fn optimizer_update(
         &params,
         &[&grad.buffer, &step_values.buffer],
         &outputs,
-        grid(param.len(), 256),
+        grid(values, 256),
     );
 }
 
 /// Byte offsets at which tensors of `lens` elements lie in one flat buffer,
-/// each aligned for binding as a buffer of its own, and the buffer's size.
-/// Depends only on the lengths, so parameters and each optimizer slot of
-/// them, uploaded apart, share one layout.
+/// each aligned for binding as a buffer of its own, and the buffer's size,
+/// a whole number of vec4s (so one update over it takes four elements per
+/// invocation). Depends only on the lengths, so parameters and each
+/// optimizer slot of them, uploaded apart, share one layout.
 fn flat_layout(lens: &[usize], align: u64) -> (Vec<u64>, u64) {
     let mut end = 0u64;
     let offsets = lens
@@ -110,7 +133,7 @@ fn flat_layout(lens: &[usize], align: u64) -> (Vec<u64>, u64) {
             offset
         })
         .collect();
-    (offsets, end.max(4))
+    (offsets, end.max(4).next_multiple_of(16))
 }
 
 /// `tensors` in one buffer at offsets aligned for binding and set by their
