@@ -312,6 +312,21 @@ pub trait Backend {
         x: &Self::Tensor,
         g: &Pool2dGeometry,
     ) -> (Self::Tensor, Self::Indices);
+    /// [`Backend::maxpool_forward`] over
+    /// [`Backend::conv2d_forward_activated`]'s output: a convolution, its
+    /// activation and a max pool. Backends may compute it in one pass that
+    /// never stores the convolution's output; the same values either way.
+    fn conv2d_activated_maxpool(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: &Self::Tensor,
+        g: &Conv2dGeometry,
+        act: Activation,
+        pool: &Pool2dGeometry,
+    ) -> (Self::Tensor, Self::Indices) {
+        self.maxpool_forward(&self.conv2d_forward_activated(x, w, b, g, act), pool)
+    }
     /// Routes each `dy` to its window's arg-max: `dx[h, w] = Σ dy[oh, ow]` over
     /// windows whose arg-max is `(h, w)`.
     fn maxpool_backward(

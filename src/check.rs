@@ -15,9 +15,9 @@ use crate::geometry::{
     Activation, BatchNormLayout, BatchNormSettings, Conv2dGeometry, DropoutSettings, GemmSpec,
     Pool2dGeometry,
 };
-use crate::gpu::GpuBackend;
 use crate::gpu::gemm::block_runs_on;
 use crate::gpu::gemm_source::{BLOCKS, CONV_BLOCKS};
+use crate::gpu::{GpuBackend, GpuTensor};
 use crate::optim::{OptimizerKind, OptimizerSettings, UpdateStep};
 use crate::rng::SplitMix64;
 use crate::tensor::{HostTensor, shape_string};
@@ -485,6 +485,7 @@ fn conv2d_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Conv2dGeometry) -> Ca
     check_fused_activations(&mut case, &y, &y_mag, |act| {
         gpu.download(&gpu.conv2d_forward_activated(&gx, &gw, &gb, g, act))
     });
+    check_pooled(gpu, &mut case, [&gx, &gw, &gb], g, [&y, &y_mag]);
     let gpu_grads = gpu.conv2d_backward(&gx, &gw, &gdy, g);
     case.check("dx", &gpu.download(&gpu_grads.dx), &cpu_grads.dx, &mags.dx);
     case.check("dw", &gpu.download(&gpu_grads.dw), &cpu_grads.dw, &mags.dw);
@@ -494,6 +495,54 @@ fn conv2d_case(gpu: &GpuBackend, rng: &mut SplitMix64, g: &Conv2dGeometry) -> Ca
     case.check("dw (no dx)", &gpu.download(&dw), &cpu_grads.dw, &mags.dw);
     case.check("db (no dx)", &gpu.download(&db), &cpu_grads.db, &mags.db);
     case.finish()
+}
+
+/// The convolution, each fused activation and a 2×2 max pool as one op
+/// ([`Backend::conv2d_activated_maxpool`]; one pass on CPU-like adapters
+/// where the direct kernel computes the forward), against the reference
+/// pool of the activated `y`: the pooled values, and the reference's
+/// activated output at each window's GPU arg-max (an arg-max may differ
+/// from the reference's where a window's two largest values are within
+/// rounding, but never by more than that).
+fn check_pooled(
+    gpu: &GpuBackend,
+    case: &mut CaseBuilder,
+    [x, w, b]: [&GpuTensor; 3],
+    g: &Conv2dGeometry,
+    [y, y_mag]: [&HostTensor<f32>; 2],
+) {
+    if g.out_h < 2 || g.out_w < 2 {
+        return;
+    }
+    let pool = Pool2dGeometry::new(g.batch, g.out_channels, g.out_h, g.out_w, 2, 2, 0)
+        .expect("a 2×2 pool fits an output of at least 2×2");
+    let (mag, _) = cpu::maxpool_forward(y_mag, &pool);
+    let plane = g.out_h * g.out_w;
+    let pooled_plane = pool.out_h * pool.out_w;
+    for act in FUSED_ACTIVATIONS {
+        let activated = cpu::activation_forward(act, y);
+        let (want, _) = cpu::maxpool_forward(&activated, &pool);
+        let (got, argmax) = gpu.conv2d_activated_maxpool(x, w, b, g, act, &pool);
+        case.check(
+            &format!("{} max pooled", act.name()),
+            &gpu.download(&got),
+            &want,
+            &mag,
+        );
+        let at: Vec<u32> =
+            bytemuck::pod_collect_to_vec(&gpu.ctx.read_back(&argmax.buffer, 4 * argmax.len as u64));
+        let at_argmax = at
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| activated.data[i / pooled_plane * plane + (a as usize).min(plane - 1)])
+            .collect();
+        case.check(
+            &format!("{} at the arg-max", act.name()),
+            &HostTensor::new(&pool.output_shape(), at_argmax),
+            &want,
+            &mag,
+        );
+    }
 }
 
 fn linear_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {

@@ -590,3 +590,69 @@ fn a_gpu_splits_a_small_weight_gradient_into_more_partial_sums() {
     }
     gpu.take_error().unwrap();
 }
+
+/// A convolution, its relu (or leaky relu) and a 2×2 max pool run as one
+/// pooled direct kernel on a CPU-like adapter, with no pool pass: its
+/// pooled output and arg-maxes are bit for bit those of the convolution
+/// and the pool run apart, and match the CPU reference. Shapes: LeNet-5's
+/// two (6 channels and rows of two segments; 16 channels in two blocks),
+/// odd output sizes (the last row and column in no window), more than 8
+/// channels not a multiple of 8, a 1×1 and a 7×7 window.
+#[test]
+fn a_convolution_its_activation_and_a_max_pool_run_as_one_pass() {
+    use wgcnn::backend::Backend;
+    use wgcnn::geometry::{Activation, Conv2dGeometry, Pool2dGeometry};
+    use wgcnn::rng::SplitMix64;
+    // A context of its own, for a profile of these kernels alone.
+    let Some(gpu) = common::own_gpu() else {
+        return;
+    };
+    let mut rng = SplitMix64::new(77);
+    let leaky = Activation::LeakyRelu {
+        negative_slope: 0.1,
+    };
+    for (g, act) in [
+        (
+            Conv2dGeometry::new(3, 1, 28, 28, 6, 5, 5, 1, 2).unwrap(),
+            Activation::Relu,
+        ),
+        (
+            Conv2dGeometry::new(3, 6, 14, 14, 16, 5, 5, 1, 0).unwrap(),
+            Activation::Relu,
+        ),
+        (
+            Conv2dGeometry::new(2, 3, 9, 11, 10, 3, 3, 1, 1).unwrap(),
+            leaky,
+        ),
+        (
+            Conv2dGeometry::new(2, 2, 7, 6, 9, 1, 1, 1, 0).unwrap(),
+            Activation::Relu,
+        ),
+        (
+            Conv2dGeometry::new(1, 2, 12, 21, 4, 7, 7, 1, 3).unwrap(),
+            leaky,
+        ),
+    ] {
+        let [x, w, b, _] = common::random_conv_tensors(&gpu, &g, &mut rng);
+        let [n, c, h, wd] = g.output_shape();
+        let pool = Pool2dGeometry::new(n, c, h, wd, 2, 2, 0).unwrap();
+        let (pool_passes, (fused_y, fused_argmax)) = common::dispatches_of(&gpu, "pool::", || {
+            gpu.conv2d_activated_maxpool(&x, &w, &b, &g, act, &pool)
+        });
+        assert_eq!(pool_passes, 0, "{g:?}: the pool ran a pass of its own");
+        let (pool_passes, (y, argmax)) = common::dispatches_of(&gpu, "pool::", || {
+            gpu.maxpool_forward(&gpu.conv2d_forward_activated(&x, &w, &b, &g, act), &pool)
+        });
+        assert_eq!(pool_passes, 1, "{g:?}: the convolution and the pool apart");
+        let bits = |t| -> Vec<u32> { gpu.download(t).data.iter().map(|v| v.to_bits()).collect() };
+        assert_eq!(bits(&fused_y), bits(&y), "pooled y of {g:?}");
+        let indices = |t: &wgcnn::gpu::GpuIndices| gpu.ctx.read_back(&t.buffer, 4 * t.len as u64);
+        assert_eq!(indices(&fused_argmax), indices(&argmax), "arg-max of {g:?}");
+        let [hx, hw, hb] = [&x, &w, &b].map(|t| gpu.download(t));
+        let conv = wgcnn::cpu::conv2d_forward(&hx, &hw, &hb, &g);
+        let activated = wgcnn::cpu::activation_forward(act, &conv);
+        let (y_ref, _) = wgcnn::cpu::maxpool_forward(&activated, &pool);
+        common::assert_close(&gpu.download(&fused_y).data, &y_ref.data, "pooled y");
+    }
+    gpu.take_error().unwrap();
+}

@@ -297,6 +297,20 @@ impl Backend for GpuBackend {
         pool::maxpool_forward(&self.ctx, x, g)
     }
 
+    fn conv2d_activated_maxpool(
+        &self,
+        x: &GpuTensor,
+        w: &GpuTensor,
+        b: &GpuTensor,
+        g: &Conv2dGeometry,
+        act: Activation,
+        pool: &Pool2dGeometry,
+    ) -> (GpuTensor, GpuIndices) {
+        conv::conv2d_forward_pooled(&self.ctx, x, w, b, g, act, pool).unwrap_or_else(|| {
+            self.maxpool_forward(&self.conv2d_forward_activated(x, w, b, g, act), pool)
+        })
+    }
+
     fn maxpool_backward(
         &self,
         dy: &GpuTensor,

@@ -21,9 +21,9 @@ use super::gemm::{
 };
 use super::gemm_source::{Block, CONV_BLOCKS};
 use super::reduce::{channel_sum_into, slice_sum_into};
-use super::tensor::GpuTensor;
+use super::tensor::{GpuIndices, GpuTensor};
 use crate::backend::ParamGrads;
-use crate::geometry::{Activation, Conv2dGeometry};
+use crate::geometry::{Activation, Conv2dGeometry, Pool2dGeometry};
 
 const SOURCE: &str = include_str!("../../shaders/im2col.wgsl");
 
@@ -553,6 +553,51 @@ pub fn conv2d_forward(
         put_images(ctx, &y_part, &y, &run);
     }
     y
+}
+
+/// `maxpool(act(W ∗ X + b))` and its arg-max in one pass of the pooled
+/// direct kernel ([`direct_conv::forward_pooled_into`]), for a 2×2 pool
+/// with stride 2 and no padding over the convolution's output, `act` relu
+/// or leaky relu, where the tuner runs the direct forward and pools in it
+/// ([`super::tune::GemmTuner::pools_in_direct_forward`]) and the batch is
+/// not split. `None` (nothing recorded) otherwise: the caller runs the
+/// convolution and the pool.
+pub fn conv2d_forward_pooled(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    b: &GpuTensor,
+    g: &Conv2dGeometry,
+    act: Activation,
+    pool: &Pool2dGeometry,
+) -> Option<(GpuTensor, GpuIndices)> {
+    let epilogue = Epilogue {
+        bias: Bias::PerRow(&b.buffer),
+        activation: Some(act),
+    };
+    let halves = pool.kernel == 2 && pool.stride == 2 && pool.padding == 0;
+    let (spec, batching) = ConvProduct::Forward.of(g);
+    let fused = halves
+        && pool.input_shape() == g.output_shape()
+        && epilogue.activation_mode().is_some()
+        && direct_conv::runs_forward(ctx, g)
+        && image_runs(ctx, g).is_none()
+        && ctx
+            .gemm_tuner
+            .pools_in_direct_forward(&spec, batching.count);
+    if !fused {
+        return None;
+    }
+    assert_eq!(w.shape, g.weight_shape(), "conv2d weight shape");
+    assert_eq!(b.shape, [g.out_channels], "conv2d bias shape");
+    assert_eq!(x.shape, g.input_shape(), "conv2d input shape");
+    let y = ctx.tensor(&pool.output_shape(), "conv2d.pooled");
+    let argmax = GpuIndices {
+        buffer: Arc::new(ctx.storage_buffer(4 * y.len() as u64, "maxpool.argmax")),
+        len: y.len(),
+    };
+    direct_conv::forward_pooled_into(ctx, x, w, epilogue, g, [&y.buffer, &argmax.buffer]);
+    Some((y, argmax))
 }
 
 /// `dX`, `dW`, `db` of the convolution.

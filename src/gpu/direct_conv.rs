@@ -22,6 +22,7 @@ use crate::geometry::Conv2dGeometry;
 
 const HEADER: &str = include_str!("../../shaders/direct_conv.wgsl");
 const WEIGHT_GRAD_HEADER: &str = include_str!("../../shaders/direct_conv_dw.wgsl");
+const POOLED_EPILOGUE: &str = include_str!("../../shaders/direct_conv_pool.wgsl");
 
 /// Output channels per invocation (two vec4s of weights per window tap).
 const CHANNELS_PER_INVOCATION: usize = 8;
@@ -95,13 +96,16 @@ fn images_first(in_rows: usize, pad_top: usize, height: usize, kernel_h: usize) 
 /// × `vecs` vec4s of output columns per invocation, a window `kernel_w`
 /// wide, weights from a uniform buffer or a storage one. Uniform buffers
 /// suit small weights on lavapipe, which reads them with vector gathers
-/// where each storage load is a loop over the lanes.
+/// where each storage load is a loop over the lanes. A `pooled` kernel
+/// computes two output rows per invocation and stores their 2×2 max pool
+/// and its arg-max instead of the rows ([`forward_pooled_into`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Shape {
     channels: usize,
     vecs: usize,
     kernel_w: usize,
     uniform_weights: bool,
+    pooled: bool,
 }
 
 /// The part of a kernel's family name for its output channels per
@@ -115,7 +119,7 @@ fn channels_tag(channels: usize) -> String {
 }
 
 /// Kernels there can be: one per [`Shape`].
-const SHAPES: usize = CHANNELS_PER_INVOCATION * 2 * MAX_SEGMENT_VECS * MAX_KERNEL_W;
+const SHAPES: usize = CHANNELS_PER_INVOCATION * 2 * 2 * MAX_SEGMENT_VECS * MAX_KERNEL_W;
 
 impl Shape {
     /// The segments an output row of `out_w` columns is split into, and
@@ -127,6 +131,7 @@ impl Shape {
         out_w: usize,
         kernel_w: usize,
         uniform_weights: bool,
+        pooled: bool,
     ) -> (usize, Shape) {
         let segments = out_w.div_ceil(4 * MAX_SEGMENT_VECS);
         let vecs = out_w.div_ceil(4 * segments);
@@ -135,17 +140,16 @@ impl Shape {
             vecs,
             kernel_w,
             uniform_weights,
+            pooled,
         };
         (segments, shape)
     }
 
     /// Its place in the tables of generated modules.
     fn index(self) -> usize {
-        (((self.channels - 1) * 2 + self.uniform_weights as usize) * MAX_SEGMENT_VECS + self.vecs
-            - 1)
-            * MAX_KERNEL_W
-            + self.kernel_w
-            - 1
+        let variant =
+            (self.channels - 1) * 4 + 2 * self.pooled as usize + self.uniform_weights as usize;
+        (variant * MAX_SEGMENT_VECS + self.vecs - 1) * MAX_KERNEL_W + self.kernel_w - 1
     }
 
     /// The kernel's WGSL module (each generated once; one module per
@@ -158,8 +162,9 @@ impl Shape {
             } else {
                 "var<storage, read> weights: array<vec4<f32>>;".to_string()
             };
+            let pooling = if self.pooled { POOLED_EPILOGUE } else { "" };
             format!(
-                "{ACTIVATION}\n{HEADER}\n@group(0) @binding(2) {weights}\n\n{}",
+                "{ACTIVATION}\n{HEADER}\n@group(0) @binding(2) {weights}\n{pooling}\n{}",
                 self.kernel()
             )
         })
@@ -171,34 +176,40 @@ impl Shape {
         NAMES[self.index()].get_or_init(|| {
             let memory = if self.uniform_weights { "_uniform" } else { "" };
             let channels = channels_tag(self.channels);
+            let pool = if self.pooled { "_maxpool" } else { "" };
             format!(
-                "direct_conv_{channels}{}x{}{memory}",
+                "direct_conv_{channels}{}x{}{memory}{pool}",
                 4 * self.vecs,
                 self.kernel_w
             )
         })
     }
 
-    /// The kernel: `channels` output channels × `4·vecs` columns per
-    /// invocation.
+    /// The kernel: `channels` output channels × `4·vecs` columns of one
+    /// output row per invocation, or of two rows, pooled, for a `pooled`
+    /// shape.
     fn kernel(self) -> String {
         let Shape {
             channels: rows,
             vecs,
             kernel_w,
+            pooled,
             ..
         } = self;
         let loads = vecs + (kernel_w - 1).div_ceil(4);
+        // Rows of what an invocation stores: output rows, or pooled rows.
+        let out_rows = if pooled { "p.out_h / 2u" } else { "p.out_h" };
         let mut s = String::new();
         let w = &mut s;
         let _ = writeln!(
             w,
             "@compute @workgroup_size(64)\n\
              fn direct_conv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{\n    \
-             // Invocation → image and (channel block, output row, segment),\n    \
-             // in the order p.images_first picks.\n    \
+             // Invocation → image and (channel block, row, segment), in\n    \
+             // the order p.images_first picks.\n    \
              let index = gid.x + gid.y * nwg.x * 64u;\n    \
-             let per_image = p.segments * p.out_h * p.o_blocks;\n    \
+             let out_rows = {out_rows};\n    \
+             let per_image = p.segments * out_rows * p.o_blocks;\n    \
              var n = index / per_image;\n    \
              var rest = index % per_image;\n    \
              if p.images_first != 0u {{\n        \
@@ -206,19 +217,36 @@ impl Shape {
                  rest = index / p.batch;\n    \
              }}\n    \
              let segment = rest % p.segments;\n    \
-             let oh = (rest / p.segments) % p.out_h;\n    \
-             let block = rest / p.segments / p.out_h;\n    \
-             if n >= p.batch || block >= p.o_blocks {{\n        return;\n    }}\n    \
-             // Window rows i_lo .. i_hi − 1 see the input's own rows; the\n    \
+             let row = (rest / p.segments) % out_rows;\n    \
+             let block = rest / p.segments / out_rows;\n    \
+             if n >= p.batch || block >= p.o_blocks {{\n        return;\n    }}"
+        );
+        declare_accumulators(w, "acc", "vec4<f32>", rows, vecs);
+        if pooled {
+            // Output row 2·row is kept in upper_* while acc_* sums 2·row + 1.
+            declare_accumulators(w, "upper", "vec4<f32>", rows, vecs);
+            let _ = writeln!(
+                w,
+                "    for (var half = 0u; half < 2u; half++) {{\n    \
+                 let oh = 2u * row + half;"
+            );
+            for r in 0..rows {
+                let line: Vec<String> = (0..vecs)
+                    .map(|h| format!("acc_{r}_{h} = vec4<f32>(0.0);"))
+                    .collect();
+                let _ = writeln!(w, "    {}", line.join(" "));
+            }
+        } else {
+            let _ = writeln!(w, "    let oh = row;");
+        }
+        let _ = writeln!(
+            w,
+            "    // Window rows i_lo .. i_hi − 1 see the input's own rows; the\n    \
              // others, all padding, add nothing.\n    \
              let i_lo = select(0u, p.pad_top - oh, oh < p.pad_top);\n    \
              let i_hi = min(p.kernel_h, p.pad_top + p.height - oh);\n    \
-             let skipped = p.kernel_h - (i_hi - i_lo);"
-        );
-        declare_accumulators(w, "vec4<f32>", rows, vecs);
-        let _ = writeln!(
-            w,
-            "    var at = (n * p.channels * p.in_rows + oh + i_lo - p.row_shift) * p.pitch + segment * {vecs}u;\n    \
+             let skipped = p.kernel_h - (i_hi - i_lo);\n    \
+             var at = (n * p.channels * p.in_rows + oh + i_lo - p.row_shift) * p.pitch + segment * {vecs}u;\n    \
              var wi = p.w_start + block * {}u + i_lo * {kernel_w}u * p.w_step;\n    \
              for (var c = 0u; c < p.channels; c++) {{\n        \
              for (var i = i_lo; i < i_hi; i++) {{",
@@ -258,43 +286,80 @@ impl Shape {
              wi += skipped * {kernel_w}u * p.w_step + p.w_channel_step;\n    \
              }}"
         );
+        if pooled {
+            let _ = writeln!(w, "    if half == 0u {{");
+            for r in 0..rows {
+                let line: Vec<String> = (0..vecs)
+                    .map(|h| format!("upper_{r}_{h} = acc_{r}_{h};"))
+                    .collect();
+                let _ = writeln!(w, "        {}", line.join(" "));
+            }
+            let _ = writeln!(w, "    }}\n    }}");
+        }
         // One output channel per pass, shifting the next one's accumulators
         // down (the store code appears once).
         let _ = writeln!(
             w,
-            "    let col = segment * {}u;\n    \
-             let o0 = block * {rows}u;\n    \
+            "    let o0 = block * {rows}u;\n    \
              for (var r = 0u; r < {rows}u && o0 + r < p.out_channels; r++) {{\n        \
              var b = 0.0;\n        \
-             if p.bias_mode == 1u {{\n            b = bias[o0 + r];\n        }}\n        \
-             let base = ((n * p.out_channels + o0 + r) * p.out_h + oh) * p.out_w;",
-            4 * vecs
+             if p.bias_mode == 1u {{\n            b = bias[o0 + r];\n        }}"
         );
-        for h in 0..vecs {
-            let _ = writeln!(w, "        store4(base, col + {}u, acc_0_{h}, b);", 4 * h);
+        if pooled {
+            // Pooled column 2·v of the segment's vec4 v pools output columns
+            // 4·v .. 4·v + 3 of rows 2·row and 2·row + 1.
+            let _ = writeln!(
+                w,
+                "        let base = ((n * p.out_channels + o0 + r) * out_rows + row) * (p.out_w / 2u);\n        \
+                 let top = 2u * row * p.out_w + segment * {}u;",
+                4 * vecs
+            );
+            for h in 0..vecs {
+                let _ = writeln!(
+                    w,
+                    "        store_pooled(base, segment * {}u + {}u, top + {}u, upper_0_{h}, acc_0_{h}, b);",
+                    2 * vecs,
+                    2 * h,
+                    4 * h
+                );
+            }
+            shift_accumulators(w, "upper", rows, vecs);
+        } else {
+            let _ = writeln!(
+                w,
+                "        let base = ((n * p.out_channels + o0 + r) * p.out_h + row) * p.out_w;"
+            );
+            for h in 0..vecs {
+                let _ = writeln!(
+                    w,
+                    "        store4(base, segment * {}u + {}u, acc_0_{h}, b);",
+                    4 * vecs,
+                    4 * h
+                );
+            }
         }
-        shift_accumulators(w, rows, vecs);
+        shift_accumulators(w, "acc", rows, vecs);
         let _ = writeln!(w, "    }}\n}}");
         s
     }
 }
 
-/// `var acc_{r}_{h} = {ty}(0.0);` for `rows × cols` accumulators.
-fn declare_accumulators(w: &mut String, ty: &str, rows: usize, cols: usize) {
+/// `var {name}_{r}_{h} = {ty}(0.0);` for `rows × cols` accumulators.
+fn declare_accumulators(w: &mut String, name: &str, ty: &str, rows: usize, cols: usize) {
     for r in 0..rows {
         let line: Vec<String> = (0..cols)
-            .map(|h| format!("var acc_{r}_{h} = {ty}(0.0);"))
+            .map(|h| format!("var {name}_{r}_{h} = {ty}(0.0);"))
             .collect();
         let _ = writeln!(w, "    {}", line.join(" "));
     }
 }
 
-/// Moves each row of accumulators one row up (`acc_0_*` is stored next):
-/// the store code appears once instead of once per row.
-fn shift_accumulators(w: &mut String, rows: usize, cols: usize) {
+/// Moves each row of accumulators `name` one row up (`{name}_0_*` is
+/// stored next): the store code appears once instead of once per row.
+fn shift_accumulators(w: &mut String, name: &str, rows: usize, cols: usize) {
     for r in 1..rows {
         let line: Vec<String> = (0..cols)
-            .map(|h| format!("acc_{}_{h} = acc_{r}_{h};", r - 1))
+            .map(|h| format!("{name}_{}_{h} = {name}_{r}_{h};", r - 1))
             .collect();
         let _ = writeln!(w, "        {}", line.join(" "));
     }
@@ -375,10 +440,23 @@ fn dy_planes(g: &Conv2dGeometry) -> Planes {
     }
 }
 
+/// Where [`Direct`] stores its result.
+#[derive(Clone, Copy)]
+enum Output<'a> {
+    /// The output, `(batch, out_channels, out_h, out_w)`.
+    Rows(&'a GpuBuffer),
+    /// Its 2×2 max pool with stride 2, `(batch, out_channels, ⌊out_h/2⌋,
+    /// ⌊out_w/2⌋)`, and the arg-max of each window as max pooling
+    /// stores it.
+    Pooled {
+        y: &'a GpuBuffer,
+        argmax: &'a GpuBuffer,
+    },
+}
+
 impl Direct<'_> {
-    /// Records the convolution into `out`, `(batch, out_channels, out_h,
-    /// out_w)`.
-    fn run(&self, ctx: &GpuContext, out: &GpuBuffer) {
+    /// Records the convolution into `out`.
+    fn run(&self, ctx: &GpuContext, out: Output) {
         let [kh, kw] = self.kernel;
         let [pad_h, pad_w] = self.pad;
         let (in_rows, padded_w) = (self.height + 2 * pad_h, self.width + 2 * pad_w);
@@ -415,7 +493,9 @@ impl Direct<'_> {
             "conv2d.direct_weights",
         );
         self.packing.record(ctx, self.weights, &weights);
-        let (segments, shape) = Shape::for_row(self.out_channels, out_w, kw, uniform_weights);
+        let pooled = matches!(out, Output::Pooled { .. });
+        let (segments, shape) =
+            Shape::for_row(self.out_channels, out_w, kw, uniform_weights, pooled);
         let o_blocks = self.out_channels.div_ceil(CHANNELS_PER_INVOCATION);
         let (act_mode, slope) = self
             .epilogue
@@ -448,17 +528,27 @@ impl Direct<'_> {
             .u32(bias_mode)
             .u32(act_mode as usize)
             .f32(slope);
-        let mut spec = KernelSpec::new(shape.family(), shape.source(), "direct_conv", 3, 1);
+        let (outputs, rows) = match out {
+            Output::Rows(y) => (vec![y], out_h),
+            Output::Pooled { y, argmax } => (vec![y, argmax], out_h / 2),
+        };
+        let mut spec = KernelSpec::new(
+            shape.family(),
+            shape.source(),
+            "direct_conv",
+            3,
+            outputs.len(),
+        );
         if uniform_weights {
             spec = spec.with_uniform_input(1);
         }
         let kernel = ctx.kernel(&spec);
-        let invocations = self.batch * o_blocks * out_h * segments;
+        let invocations = self.batch * o_blocks * rows * segments;
         ctx.dispatch(
             &kernel,
             &params,
             &[&image, &weights, bias],
-            &[out],
+            &outputs,
             grid(invocations, 64),
         );
     }
@@ -475,6 +565,33 @@ pub fn forward_into(
     y: &GpuBuffer,
 ) {
     assert!(runs_forward(ctx, g), "no direct kernel for {g:?}");
+    forward(x, w, epilogue, g).run(ctx, Output::Rows(y));
+}
+
+/// The 2×2 max pool with stride 2 of `act(W ∗ X + b)` into `y`, `(N, O,
+/// ⌊OH/2⌋, ⌊OW/2⌋)`, and its arg-maxes into `argmax`, as
+/// [`super::pool::maxpool_forward`] on [`forward_into`]'s output would
+/// store them (bit for bit), in one pass that never stores the
+/// convolution's output; for a geometry [`runs_forward`] accepts.
+pub fn forward_pooled_into(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    epilogue: Epilogue<'_>,
+    g: &Conv2dGeometry,
+    [y, argmax]: [&GpuBuffer; 2],
+) {
+    assert!(runs_forward(ctx, g), "no direct kernel for {g:?}");
+    forward(x, w, epilogue, g).run(ctx, Output::Pooled { y, argmax });
+}
+
+/// The forward of `g` as the direct kernel runs it.
+fn forward<'a>(
+    x: &'a GpuTensor,
+    w: &'a GpuTensor,
+    epilogue: Epilogue<'a>,
+    g: &Conv2dGeometry,
+) -> Direct<'a> {
     // (C·kh·kw, ⌈O/4⌉·4): the 8 channels of a tap are two vec4s (the
     // second past O reads the next tap's, for outputs not stored).
     let packing = Packing {
@@ -500,7 +617,6 @@ pub fn forward_into(
         epilogue,
         padding: InputPadding::Kept,
     }
-    .run(ctx, y);
 }
 
 /// `dX (N, C, H, W)`: dY padded by `(kh − 1 − p, kw − 1 − p)` convolved
@@ -551,7 +667,7 @@ pub fn input_grad(
             keep: shared_dy_padding(g).is_some(),
         },
     }
-    .run(ctx, &dx.buffer);
+    .run(ctx, Output::Rows(&dx.buffer));
     dx
 }
 
@@ -627,7 +743,7 @@ fn weight_grad_source(channels: usize, kernel_w: usize, window_rows: usize) -> &
         // acc_{r}_{u·kw + j}: channel o0 + r, tap (i0 + u, j); sum_{r}: its
         // dY, the bias gradient (stored by the invocations of c = 0 and the
         // first group only, but summed by all: a lane mask would cost more).
-        declare_accumulators(w, "f32", rows, taps_per_row);
+        declare_accumulators(w, "acc", "f32", rows, taps_per_row);
         for r in 0..rows {
             let _ = writeln!(w, "    var sum_{r} = vec4<f32>(0.0);");
         }
@@ -702,7 +818,7 @@ fn weight_grad_source(channels: usize, kernel_w: usize, window_rows: usize) -> &
             }
             let _ = writeln!(w, "        }}");
         }
-        shift_accumulators(w, rows, taps_per_row);
+        shift_accumulators(w, "acc", rows, taps_per_row);
         for r in 1..rows {
             let _ = writeln!(w, "        sum_{} = sum_{r};", r - 1);
         }
@@ -824,22 +940,25 @@ mod tests {
     #[test]
     fn an_invocation_computes_at_most_8_channels_and_16_columns_with_little_waste() {
         // LeNet-5's conv1: 6 channels, rows of 28 as two segments of 16.
-        let (segments, shape) = Shape::for_row(6, 28, 5, true);
+        let (segments, shape) = Shape::for_row(6, 28, 5, true, false);
         assert_eq!((segments, shape.channels, shape.vecs), (2, 6, 4));
         // Its conv2: 16 channels in blocks of 8, rows of 10 as one of 12.
-        let (segments, shape) = Shape::for_row(16, 10, 5, true);
+        let (segments, shape) = Shape::for_row(16, 10, 5, true, true);
         assert_eq!((segments, shape.channels, shape.vecs), (1, 8, 3));
         // Every shape has a place of its own in the tables.
         let mut places = std::collections::HashSet::new();
         for channels in 1..=CHANNELS_PER_INVOCATION {
             for vecs in 1..=MAX_SEGMENT_VECS {
                 for kernel_w in 1..=MAX_KERNEL_W {
-                    for uniform_weights in [false, true] {
+                    for (uniform_weights, pooled) in
+                        [(false, false), (false, true), (true, false), (true, true)]
+                    {
                         let shape = Shape {
                             channels,
                             vecs,
                             kernel_w,
                             uniform_weights,
+                            pooled,
                         };
                         assert!(shape.index() < SHAPES && places.insert(shape.index()));
                     }

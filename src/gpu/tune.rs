@@ -132,6 +132,16 @@ impl GemmTuner {
         !self.cpu_like || self.split_as_gpu.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Whether a convolution's forward followed by a 2×2 max pool runs
+    /// as one pooled direct kernel: on CPU-like adapters, where the direct
+    /// forward runs by rule (not where a test forces kernels or races).
+    /// Fusing saves a store and a load of the convolution's output, which
+    /// on lavapipe are loops over the SIMD lanes; on GPUs it is not yet
+    /// measured, so they keep the two passes their races chose.
+    pub fn pools_in_direct_forward(&self, spec: &GemmSpec, count: usize) -> bool {
+        self.cpu_like && self.direct_choice(ConvProduct::Forward, spec, count) == Some(true)
+    }
+
     fn races_like_a_gpu(&self) -> bool {
         self.race_direct.load(std::sync::atomic::Ordering::Relaxed)
     }

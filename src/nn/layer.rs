@@ -108,6 +108,19 @@ pub(crate) struct LayerTensors<T> {
     pub running_var: Option<T>,
 }
 
+/// The geometry of a convolution layer's forward on an input of `shape`.
+fn conv_geometry(
+    shape: &[usize],
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Conv2dGeometry {
+    let [n, c, h, w] = image_dims(shape);
+    Conv2dGeometry::new(n, c, h, w, out_channels, kernel, kernel, stride, padding)
+        .expect("validated by the model spec")
+}
+
 fn image_dims(shape: &[usize]) -> [usize; 4] {
     match *shape {
         [n, c, h, w] => [n, c, h, w],
@@ -324,6 +337,58 @@ impl<B: Backend> Layer<B> {
         }
     }
 
+    /// The max pool `pool` over this convolution's output through `act`
+    /// (the layer in between, which [`Layer::fusable`] fuses into the
+    /// convolution and [`Layer::masks_through`] into the pool's backward),
+    /// by one backend op ([`Backend::conv2d_activated_maxpool`]) that need
+    /// not store the convolution's output: the pool's output. Saves what
+    /// the convolution's and the pool's backwards read; the activation's
+    /// backward is the pool's to take in. `None`, with nothing run, when
+    /// `self` is not a convolution or `pool` not a max pool.
+    pub(crate) fn forward_pooled(
+        &mut self,
+        b: &B,
+        x: &B::Tensor,
+        mode: Mode,
+        act: Activation,
+        pool: &mut Layer<B>,
+    ) -> Option<B::Tensor> {
+        let Layer::Conv2d {
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            weight,
+            bias,
+            saved,
+        } = self
+        else {
+            return None;
+        };
+        let Layer::MaxPool2d {
+            kernel: pool_kernel,
+            stride: pool_stride,
+            padding: pool_padding,
+            saved: pool_saved,
+            pooled,
+            ..
+        } = pool
+        else {
+            return None;
+        };
+        let g = conv_geometry(x.shape(), *out_channels, *kernel, *stride, *padding);
+        let [n, c, h, w] = g.output_shape();
+        let pool_g = Pool2dGeometry::new(n, c, h, w, *pool_kernel, *pool_stride, *pool_padding)
+            .expect("validated by the model spec");
+        let (y, argmax) =
+            b.conv2d_activated_maxpool(x, &weight.value, &bias.value, &g, act, &pool_g);
+        let train = mode == Mode::Train;
+        *saved = train.then(|| (x.clone(), g));
+        *pool_saved = train.then_some((argmax, pool_g));
+        *pooled = train.then(|| y.clone());
+        Some(y)
+    }
+
     /// Forward pass, with `then` applied to the output inside the layer's
     /// matrix product (see [`Layer::fusable`]).
     pub(crate) fn forward_then(
@@ -345,19 +410,7 @@ impl<B: Backend> Layer<B> {
                 bias,
                 saved,
             } => {
-                let [n, c, h, w] = image_dims(x.shape());
-                let g = Conv2dGeometry::new(
-                    n,
-                    c,
-                    h,
-                    w,
-                    *out_channels,
-                    *kernel,
-                    *kernel,
-                    *stride,
-                    *padding,
-                )
-                .expect("validated by the model spec");
+                let g = conv_geometry(x.shape(), *out_channels, *kernel, *stride, *padding);
                 let y = match then {
                     Some(act) => b.conv2d_forward_activated(x, &weight.value, &bias.value, &g, act),
                     None => b.conv2d_forward(x, &weight.value, &bias.value, &g),

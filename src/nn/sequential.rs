@@ -188,9 +188,31 @@ impl<B: Backend> Sequential<B> {
     /// Logits `(N, K)` for a batch `x` of shape `(N, …input)`. `step` selects
     /// the dropout mask.
     pub fn forward(&mut self, backend: &B, x: &B::Tensor, mode: Mode, step: u32) -> B::Tensor {
+        // Evaluation runs no backward; a training forward keeps every
+        // layer's output for [`Sequential::backward`], which runs each
+        // layer's own backward.
+        self.forward_fusing(backend, x, mode, step, mode == Mode::Eval)
+    }
+
+    /// [`Sequential::forward`], with each convolution, activation and max
+    /// pool in a row run as one op where `fuse_pools` (see
+    /// [`Sequential::forward_pooled`]).
+    fn forward_fusing(
+        &mut self,
+        backend: &B,
+        x: &B::Tensor,
+        mode: Mode,
+        step: u32,
+        fuse_pools: bool,
+    ) -> B::Tensor {
         let mut h = x.clone();
         let mut i = 0;
         while i < self.layers.len() {
+            if fuse_pools && let Some(y) = self.forward_pooled(i, backend, &h, mode) {
+                h = y;
+                i += 3;
+                continue;
+            }
             // A relu after a convolution or linear layer runs in its product's
             // epilogue: one pass over the output fewer.
             let fused = self
@@ -212,6 +234,31 @@ impl<B: Backend> Sequential<B> {
         h
     }
 
+    /// Layers `i .. i + 3` on `x` when they are a convolution, an
+    /// activation fused into it and a max pool that takes the activation's
+    /// backward in ([`Layer::fusable`], [`Layer::masks_through`]): one op
+    /// that never forms the convolution's or the activation's output
+    /// ([`Layer::forward_pooled`]). The activation keeps nothing, so its
+    /// own backward cannot run: only a forward whose backward lets the
+    /// pool take it in (`forward_backward`'s) or none follows fuses so.
+    fn forward_pooled(
+        &mut self,
+        i: usize,
+        backend: &B,
+        x: &B::Tensor,
+        mode: Mode,
+    ) -> Option<B::Tensor> {
+        let [conv, act, pool] = self.layers.get_mut(i..i + 3)? else {
+            return None;
+        };
+        let fused = conv.fusable(act)?;
+        if act.masks_through(pool) != Some(fused) {
+            return None;
+        }
+        act.release_saved();
+        conv.forward_pooled(backend, x, mode, fused, pool)
+    }
+
     /// Back-propagates `dlogits` through every layer, leaving each parameter's
     /// gradient in [`Param::grad`]; returns the gradient for the input.
     pub fn backward(&mut self, backend: &B, dlogits: &B::Tensor) -> B::Tensor {
@@ -231,7 +278,7 @@ impl<B: Backend> Sequential<B> {
         labels: &B::Indices,
         step: u32,
     ) -> SoftmaxXent<B::Tensor> {
-        let logits = self.forward(backend, x, Mode::Train, step);
+        let logits = self.forward_fusing(backend, x, Mode::Train, step, true);
         let out = backend.softmax_cross_entropy(&logits, labels);
         // Parameter gradients only: no input gradient is computed below the
         // first layer with parameters, since nothing reads it.
