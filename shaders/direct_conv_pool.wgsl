@@ -7,30 +7,10 @@
 // same row-major window order, the first maximum kept (strict >).
 //
 // y (binding 4) is then (N, O, ⌊OH/2⌋, ⌊OW/2⌋); an odd last row or column
-// belongs to no window.
+// belongs to no window. `window_max` (window_max.wgsl, appended by the
+// host) compares as pool.wgsl's max pools do.
 
 @group(0) @binding(5) var<storage, read_write> argmax: array<u32>;
-
-struct WindowMax {
-    value: f32,
-    at: u32,
-}
-
-// The maximum of the window (upper.xy over lower.xy) whose top-left output
-// is `top` in its plane, and its arg-max.
-fn window_max(upper: vec2<f32>, lower: vec2<f32>, top: u32) -> WindowMax {
-    var best = WindowMax(upper.x, top);
-    if upper.y > best.value {
-        best = WindowMax(upper.y, top + 1u);
-    }
-    if lower.x > best.value {
-        best = WindowMax(lower.x, top + p.out_w);
-    }
-    if lower.y > best.value {
-        best = WindowMax(lower.y, top + p.out_w + 1u);
-    }
-    return best;
-}
 
 // Pools output columns top .. top + 3 (a vec4 of each row's sums `upper`
 // and `lower`, before the bias `b` and the activation) into pooled columns
@@ -40,12 +20,12 @@ fn store_pooled(base: u32, col: u32, top: u32, upper: vec4<f32>, lower: vec4<f32
     let l = fused_activation(lower + vec4<f32>(b), p.act_mode, p.slope);
     let pooled_w = p.out_w / 2u;
     if col < pooled_w {
-        let left = window_max(u.xy, l.xy, top);
+        let left = window_max(u.xy, l.xy, top, p.out_w);
         y[base + col] = left.value;
         argmax[base + col] = left.at;
     }
     if col + 1u < pooled_w {
-        let right = window_max(u.zw, l.zw, top + 2u);
+        let right = window_max(u.zw, l.zw, top + 2u, p.out_w);
         y[base + col + 1u] = right.value;
         argmax[base + col + 1u] = right.at;
     }

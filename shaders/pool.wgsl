@@ -276,26 +276,8 @@ fn maxpool_backward_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builti
 // dx rows stored as vec2s and vec4s, half the loads and stores of the
 // pairs kernels again. Each output compares as there, in the same order.
 
-// The maximum of window (upper.xy, lower.xy) whose top-left input is `top`
-// in its plane, and its arg-max.
-struct Best {
-    value: f32,
-    at: u32,
-}
-
-fn window_max(upper: vec2<f32>, lower: vec2<f32>, top: u32) -> Best {
-    var best = Best(upper.x, top);
-    if upper.y > best.value {
-        best = Best(upper.y, top + 1u);
-    }
-    if lower.x > best.value {
-        best = Best(lower.x, top + 2u * OUT_W);
-    }
-    if lower.y > best.value {
-        best = Best(lower.y, top + 2u * OUT_W + 1u);
-    }
-    return best;
-}
+// Each window's maximum comes from window_max.wgsl's `window_max`, which
+// the host appends to this module.
 
 @group(0) @binding(1) var<storage, read> max4f_x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> max4f_y: array<vec2<f32>>;
@@ -311,8 +293,8 @@ fn maxpool_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     let corner = pair.top / 4u;
     let upper = max4f_x[corner];
     let lower = max4f_x[corner + OUT_W / 2u];
-    let left = window_max(upper.xy, lower.xy, pair.top_in_plane);
-    let right = window_max(upper.zw, lower.zw, pair.top_in_plane + 2u);
+    let left = window_max(upper.xy, lower.xy, pair.top_in_plane, 2u * OUT_W);
+    let right = window_max(upper.zw, lower.zw, pair.top_in_plane + 2u, 2u * OUT_W);
     max4f_y[q] = vec2<f32>(left.value, right.value);
     max4f_argmax[q] = vec2<u32>(left.at, right.at);
 }

@@ -22,7 +22,10 @@ use crate::geometry::Conv2dGeometry;
 
 const HEADER: &str = include_str!("../../shaders/direct_conv.wgsl");
 const WEIGHT_GRAD_HEADER: &str = include_str!("../../shaders/direct_conv_dw.wgsl");
-const POOLED_EPILOGUE: &str = include_str!("../../shaders/direct_conv_pool.wgsl");
+const POOLED_EPILOGUE: &str = concat!(
+    include_str!("../../shaders/direct_conv_pool.wgsl"),
+    include_str!("../../shaders/window_max.wgsl")
+);
 
 /// Output channels per invocation (two vec4s of weights per window tap).
 const CHANNELS_PER_INVOCATION: usize = 8;

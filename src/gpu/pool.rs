@@ -6,7 +6,10 @@ use super::context::{GpuContext, KernelSpec, Params, grid, grid_extent};
 use super::tensor::{GpuIndices, GpuTensor};
 use crate::geometry::{Activation, Pool2dGeometry};
 
-const SOURCE: &str = include_str!("../../shaders/pool.wgsl");
+const SOURCE: &str = concat!(
+    include_str!("../../shaders/pool.wgsl"),
+    include_str!("../../shaders/window_max.wgsl")
+);
 
 /// The uniform parameters; window size and stride are pipeline constants
 /// instead ([`kernel`]).
