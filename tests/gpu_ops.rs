@@ -591,6 +591,62 @@ fn a_gpu_splits_a_small_weight_gradient_into_more_partial_sums() {
     gpu.take_error().unwrap();
 }
 
+/// The direct weight gradient sums rows of the batch in slices sized by
+/// the device class: LeNet-5's conv1 at batch 64 runs as 128 slices (two
+/// workgroups) on a CPU-like adapter and as 448 (seven) on a GPU, or on
+/// lavapipe told to split like one; both ways its gradients match the
+/// reference.
+#[test]
+fn a_gpu_slices_a_direct_weight_gradient_finer() {
+    use wgcnn::backend::Backend;
+    use wgcnn::geometry::Conv2dGeometry;
+    use wgcnn::rng::SplitMix64;
+    // A context of its own: the tuner's switches and the profile are its.
+    let Some(gpu) = common::own_gpu() else {
+        return;
+    };
+    gpu.ctx.gemm_tuner.force_direct(Some(true));
+    let mut rng = SplitMix64::new(58);
+    let g = Conv2dGeometry::new(64, 1, 28, 28, 6, 5, 5, 1, 2).unwrap();
+    let [x, w, _, dy] = common::random_conv_tensors(&gpu, &g, &mut rng);
+    let software = gpu.ctx.is_software();
+    for like_a_gpu in [false, true] {
+        gpu.ctx.gemm_tuner.split_like_a_gpu(like_a_gpu);
+        gpu.ctx.set_profiling(true);
+        let (dw, db) = gpu.conv2d_weight_grads(&x, &w, &dy, &g);
+        let workgroups: Vec<u32> = gpu
+            .ctx
+            .profile()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("direct_conv_dw"))
+            .filter_map(|(k, _)| {
+                let grid = k.rsplit_once('[')?.1.trim_end_matches(']').to_string();
+                grid.split(", ").next()?.parse::<u32>().ok()
+            })
+            .collect();
+        gpu.ctx.set_profiling(false);
+        let expected = if like_a_gpu || !software { 7 } else { 2 };
+        assert_eq!(workgroups, [expected], "split like a GPU: {like_a_gpu}");
+        // Within rounding of the reference's sums over 50,176 terms.
+        let [hx, hw, hdy] = [&x, &w, &dy].map(|t| gpu.download(t));
+        let reference = wgcnn::cpu::conv2d_backward(&hx, &hw, &hdy, &g);
+        let abs = |t: &wgcnn::tensor::HostTensor<f32>| t.map(|v| v.abs());
+        let mags = wgcnn::cpu::conv2d_backward(&abs(&hx), &abs(&hw), &abs(&hdy), &g);
+        for (got, want, mag, name) in [
+            (&dw, &reference.dw, &mags.dw, "dw"),
+            (&db, &reference.db, &mags.db, "db"),
+        ] {
+            for ((d, r), m) in gpu.download(got).data.iter().zip(&want.data).zip(&mag.data) {
+                assert!(
+                    (d - r).abs() <= 1e-5 * m,
+                    "{name} {d} vs {r} (magnitude {m})"
+                );
+            }
+        }
+    }
+    gpu.take_error().unwrap();
+}
+
 /// A convolution, its relu (or leaky relu) and a 2×2 max pool run as one
 /// pooled direct kernel on a CPU-like adapter, with no pool pass: its
 /// pooled output and arg-maxes are bit for bit those of the convolution

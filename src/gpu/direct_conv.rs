@@ -674,11 +674,32 @@ pub fn input_grad(
     dx
 }
 
-/// Invocations a weight gradient's dispatch aims for at least: output
-/// channel blocks × channels × groups of window rows, times slices of the
-/// batch's (image, output row) sequence to make up the rest. Fixed (not per
-/// device), so every adapter adds in the same order.
-const WEIGHT_GRAD_TARGET_INVOCATIONS: usize = 512;
+/// Invocations a weight gradient's dispatch aims for at least on a GPU:
+/// output channel blocks × channels × groups of window rows, times slices
+/// of the batch's (image, output row) sequence to make up the rest. Set by
+/// the device class alone, so every adapter of a class adds in the same
+/// order.
+const WEIGHT_GRAD_TARGET_INVOCATIONS_GPU: usize = 512;
+
+/// The same on CPU-like adapters, where every slice stores its partial
+/// sums and `slice_sum` adds them one slice at a time, each access a loop
+/// over the SIMD lanes on lavapipe. LeNet-5's conv1 dW (one channel block
+/// and one input channel) ran as 448 slices of 4 rows at 512; at 128, as
+/// 128 slices of 14, its two dW kernels and their slice sums took 2.5–3.1
+/// ms per step against 2.9–4.1 (`bench kernels`, four alternating rounds),
+/// and fashion-cnn's were unchanged.
+const WEIGHT_GRAD_TARGET_INVOCATIONS_CPU_LIKE: usize = 128;
+
+/// [`WEIGHT_GRAD_TARGET_INVOCATIONS_GPU`] or
+/// [`WEIGHT_GRAD_TARGET_INVOCATIONS_CPU_LIKE`] for `ctx`'s adapter (a
+/// CPU-like one told to split like a GPU takes the GPU's, for the tests).
+fn weight_grad_target_invocations(ctx: &GpuContext) -> usize {
+    if ctx.gemm_tuner.splits_like_a_gpu() {
+        WEIGHT_GRAD_TARGET_INVOCATIONS_GPU
+    } else {
+        WEIGHT_GRAD_TARGET_INVOCATIONS_CPU_LIKE
+    }
+}
 
 /// The most window rows one weight-gradient invocation sums. More rows
 /// share each dY load among more multiply-adds, and a 5×5 window's rows
@@ -868,7 +889,7 @@ pub fn weight_grads(
     let per_slice = o_blocks * g.channels * row_groups;
     let rows_total = g.batch * g.out_h;
     let rows_per_slice = rows_total.div_ceil(
-        WEIGHT_GRAD_TARGET_INVOCATIONS
+        weight_grad_target_invocations(ctx)
             .div_ceil(per_slice)
             .min(rows_total),
     );

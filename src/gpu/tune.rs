@@ -119,15 +119,17 @@ impl GemmTuner {
     }
 
     /// Makes a CPU-like adapter split a summed batch of small products
-    /// into as many partial sums as a GPU does (`true`), or as itself
-    /// (`false`, the default); for tests of the GPU's split on lavapipe.
+    /// (and a direct weight gradient's rows) into as many partial sums as
+    /// a GPU does (`true`), or as itself (`false`, the default); for tests
+    /// of the GPU's split on lavapipe.
     pub fn split_like_a_gpu(&self, split: bool) {
         self.split_as_gpu
             .store(split, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Whether summed batches are split as on a GPU: on GPUs, and where
-    /// [`GemmTuner::split_like_a_gpu`] asks for it.
+    /// Whether summed batches (and direct weight gradients) are split as
+    /// on a GPU: on GPUs, and where [`GemmTuner::split_like_a_gpu`] asks
+    /// for it.
     pub fn splits_like_a_gpu(&self) -> bool {
         !self.cpu_like || self.split_as_gpu.load(std::sync::atomic::Ordering::Relaxed)
     }
