@@ -573,15 +573,8 @@ fn a_gpu_splits_a_small_weight_gradient_into_more_partial_sums() {
         let grads = gpu.conv2d_backward(&x, &w, &dy, &g);
         // A GEMM grid's third extent counts its products: 128 for dX (one
         // per image), dW's partial sums for dW, the smaller.
-        let slices = gpu
-            .ctx
-            .profile()
+        let slices = common::profiled_grid_extents(&gpu, "gemm::", 2)
             .into_iter()
-            .filter(|(k, _)| k.starts_with("gemm::"))
-            .filter_map(|(k, _)| {
-                let grid = k.rsplit_once('[')?.1.trim_end_matches(']').to_string();
-                grid.split(", ").nth(2)?.parse::<u32>().ok()
-            })
             .min();
         gpu.ctx.set_profiling(false);
         let expected = if like_a_gpu || !software { 128 } else { 64 };
@@ -614,16 +607,7 @@ fn a_gpu_slices_a_direct_weight_gradient_finer() {
         gpu.ctx.gemm_tuner.split_like_a_gpu(like_a_gpu);
         gpu.ctx.set_profiling(true);
         let (dw, db) = gpu.conv2d_weight_grads(&x, &w, &dy, &g);
-        let workgroups: Vec<u32> = gpu
-            .ctx
-            .profile()
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("direct_conv_dw"))
-            .filter_map(|(k, _)| {
-                let grid = k.rsplit_once('[')?.1.trim_end_matches(']').to_string();
-                grid.split(", ").next()?.parse::<u32>().ok()
-            })
-            .collect();
+        let workgroups = common::profiled_grid_extents(&gpu, "direct_conv_dw", 0);
         gpu.ctx.set_profiling(false);
         let expected = if like_a_gpu || !software { 7 } else { 2 };
         assert_eq!(workgroups, [expected], "split like a GPU: {like_a_gpu}");

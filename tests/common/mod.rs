@@ -87,6 +87,20 @@ pub fn gpu() -> Option<&'static GpuBackend> {
     gpu.as_ref()
 }
 
+/// Extent `axis` (0, 1 or 2) of the grid of each kernel in `gpu`'s
+/// profile whose label starts with `prefix` (labels end in `[x, y, z]`).
+pub fn profiled_grid_extents(gpu: &GpuBackend, prefix: &str, axis: usize) -> Vec<u32> {
+    gpu.ctx
+        .profile()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .filter_map(|(k, _)| {
+            let grid = k.rsplit_once('[')?.1.trim_end_matches(']').to_string();
+            grid.split(", ").nth(axis)?.parse::<u32>().ok()
+        })
+        .collect()
+}
+
 /// Runs `run` with `gpu`'s per-kernel profiling on, and returns its result
 /// with the dispatches of the kernels whose label starts with `prefix`
 /// (`gpu` should be a backend of the test's own, so the profile holds only
