@@ -179,7 +179,8 @@ fn maxpool_backward_tiles(@builtin(global_invocation_id) gid: vec3<u32>, @builti
 // input's width is even, so they are aligned) and the backward stores them
 // so: on lavapipe every load or store is a loop over the lanes, and this
 // halves them. The same maximum and arg-max (first in row-major order), and
-// the same routed gradient.
+// the same routed gradient. Each window's maximum comes from
+// window_max.wgsl's `window_max`, which the host appends to this module.
 //
 // One invocation per output of the whole batch (no idle lanes past a
 // plane's last output, which a 5×5 output left at 39 of 64): the output
@@ -225,22 +226,9 @@ fn maxpool_forward_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     let corner = pair.top / 2u;
     let upper = max2f_x[corner];
     let lower = max2f_x[corner + p.width / 2u];
-    var best = upper.x;
-    var best_at = top;
-    if upper.y > best {
-        best = upper.y;
-        best_at = top + 1u;
-    }
-    if lower.x > best {
-        best = lower.x;
-        best_at = top + p.width;
-    }
-    if lower.y > best {
-        best = lower.y;
-        best_at = top + p.width + 1u;
-    }
-    max2f_y[i] = best;
-    max2f_argmax[i] = best_at;
+    let best = window_max(upper, lower, top, p.width);
+    max2f_y[i] = best.value;
+    max2f_argmax[i] = best.at;
 }
 
 @group(0) @binding(1) var<storage, read> max2b_dy: array<f32>;
@@ -275,9 +263,6 @@ fn maxpool_backward_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builti
 // the two input rows are loaded as vec4s, and the outputs, arg-maxes and
 // dx rows stored as vec2s and vec4s, half the loads and stores of the
 // pairs kernels again. Each output compares as there, in the same order.
-
-// Each window's maximum comes from window_max.wgsl's `window_max`, which
-// the host appends to this module.
 
 @group(0) @binding(1) var<storage, read> max4f_x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> max4f_y: array<vec2<f32>>;

@@ -592,10 +592,7 @@ pub fn conv2d_forward_pooled(
     assert_eq!(b.shape, [g.out_channels], "conv2d bias shape");
     assert_eq!(x.shape, g.input_shape(), "conv2d input shape");
     let y = ctx.tensor(&pool.output_shape(), "conv2d.pooled");
-    let argmax = GpuIndices {
-        buffer: Arc::new(ctx.storage_buffer(4 * y.len() as u64, "maxpool.argmax")),
-        len: y.len(),
-    };
+    let argmax = super::pool::argmax_for(ctx, &y);
     direct_conv::forward_pooled_into(ctx, x, w, epilogue, g, [&y.buffer, &argmax.buffer]);
     Some((y, argmax))
 }

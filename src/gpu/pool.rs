@@ -57,10 +57,7 @@ pub fn maxpool_forward(
 ) -> (GpuTensor, GpuIndices) {
     assert_eq!(x.shape, g.input_shape(), "maxpool input shape");
     let y = ctx.tensor(&g.output_shape(), "maxpool.y");
-    let argmax = GpuIndices {
-        buffer: Arc::new(ctx.storage_buffer(4 * y.len() as u64, "maxpool.argmax")),
-        len: y.len(),
-    };
+    let argmax = argmax_for(ctx, &y);
     let (kernel, workgroups) = if pairs(g) {
         let entry = if quads(g) {
             "maxpool_forward_quads"
@@ -82,6 +79,14 @@ pub fn maxpool_forward(
         workgroups,
     );
     (y, argmax)
+}
+
+/// A buffer for the arg-max of each of a max pool's outputs `y`.
+pub(super) fn argmax_for(ctx: &GpuContext, y: &GpuTensor) -> GpuIndices {
+    GpuIndices {
+        buffer: Arc::new(ctx.storage_buffer(4 * y.len() as u64, "maxpool.argmax")),
+        len: y.len(),
+    }
 }
 
 /// Whether the 2×2-tile kernels (`*_pairs`) pool `g`.

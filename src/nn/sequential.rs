@@ -255,8 +255,9 @@ impl<B: Backend> Sequential<B> {
         if act.masks_through(pool) != Some(fused) {
             return None;
         }
+        let y = conv.forward_pooled(backend, x, mode, fused, pool)?;
         act.release_saved();
-        conv.forward_pooled(backend, x, mode, fused, pool)
+        Some(y)
     }
 
     /// Back-propagates `dlogits` through every layer, leaving each parameter's
