@@ -253,11 +253,15 @@ impl ModelSpec {
     /// Number of classes: the features of the last layer's `(N, K)` output.
     pub fn classes(&self) -> Result<usize> {
         let shapes = self.shapes(1)?;
-        match shapes.last().map(Vec::as_slice) {
-            Some([_, k]) if *k >= 1 => Ok(*k),
-            other => Err(Error::Shape(format!(
-                "the model must end in (N, classes) logits, but it ends in {other:?}"
+        let last = shapes.last().expect("the shapes start with the input's");
+        match last.as_slice() {
+            [_, k] if *k >= 1 => Ok(*k),
+            [_, per_example @ ..] => Err(Error::Shape(format!(
+                "the model must end in (N, classes) logits, but its output per example is \
+                 {per_example:?} (end it with a flatten and a linear layer with one output per \
+                 class)"
             ))),
+            [] => unreachable!("a shape has the batch axis"),
         }
     }
 }
