@@ -9,6 +9,7 @@
 #
 #   bash examples/device_check.sh pack   # here: build, strip and bundle the binaries
 #   bash examples/device_check.sh run    # there (or here, on lavapipe): run everything
+#   bash examples/device_check.sh split-k WGCNN_BINARY LOG   # the split-K rounds alone
 #
 # `pack` writes .device/bundle.tar.gz (the release `wgcnn` and the test
 # binaries that use the GPU, stripped) and .gl (the Vulkan loader's packages);
@@ -82,6 +83,25 @@ stage() {
     fi
 }
 
+# Split-K against none (WGCNN_SPLIT_K=0), alternating, two rounds: the
+# products it splits (fashion-cnn's first fully connected layer's forward
+# at batch 128 and 256, and 1024³) and training the models whose such
+# layer it splits. JSON lines gain "split_k": 0 or 1.
+split_k_rounds() {
+    local wgcnn="$1" log="$2"
+    local tag
+    for round in 1 2; do
+        for split in 0 1; do
+            echo "-- round $round, WGCNN_SPLIT_K=$split"
+            tag="s/^{/{\"split_k\":$split,/"
+            WGCNN_SPLIT_K=$split "$wgcnn" bench gemm --shape 128x256x3136 \
+                --shape 256x256x3136 --shape 1024x1024x1024 --runs 5 --json | sed "$tag" | tee -a "$log"
+            WGCNN_SPLIT_K=$split "$wgcnn" bench train --model fashion-cnn --model cifar-cnn \
+                --batch-size 128 --batch-size 256 --runs 3 --json | sed "$tag" | tee -a "$log"
+        done
+    done
+}
+
 run() {
     local log_dir="${OUT:-.device/out}"
     mkdir -p "$log_dir"
@@ -146,7 +166,9 @@ run() {
     fi
     stage side-by-side 180 python3 examples/side_by_side.py --wgcnn "$wgcnn" \
         --torch-device "$torch_device" ${batches[*]} --runs 3
+    stage split-k 150 bash "$0" split-k "$wgcnn" "$log_dir/split_k.jsonl"
     stage bench-kernels 60 "$wgcnn" bench kernels --model lenet5 --batch-size 64
+    stage bench-kernels-fashion 60 "$wgcnn" bench kernels --model fashion-cnn --batch-size 128
     stage bench-layers 60 "$wgcnn" bench layers --model fashion-cnn --batch-size 128
 
     for t in $GPU_TESTS; do
@@ -169,8 +191,9 @@ run() {
 case "${1:-}" in
     pack) pack ;;
     run) run ;;
+    split-k) split_k_rounds "$2" "$3" ;;
     *)
-        echo "usage: $0 pack|run" >&2
+        echo "usage: $0 pack|run|split-k WGCNN_BINARY LOG" >&2
         exit 2
         ;;
 esac

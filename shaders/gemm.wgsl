@@ -474,3 +474,35 @@ fn gemm_tiled_64(
         store_tiled_64_row(base_c, row0 + 3u, col0, c3, cb);
     }
 }
+
+// ---- Split-K: a product's K slices added, then its epilogue ----
+//
+// A single product with few blocks of C and a long K (a fully connected
+// layer's forward on a GPU: 2–8 blocks, each summing thousands of depths)
+// runs as `batch` partial products over consecutive K slices, each a
+// plain product (no epilogue) into its own (M, N) matrix, stride_c apart.
+// split_sum adds them in slice order, 4 columns of a row per invocation,
+// then applies the epilogue through store4, as an unsplit product's kernel
+// does after its last depth. Every access is guarded: columns below N, rows
+// below M, slices below `batch`.
+@compute @workgroup_size(64)
+fn split_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    load_params(nwg);
+    let col = 4u * gid.x;
+    if col >= p.n {
+        return;
+    }
+    let cb = column_bias(col);
+    for (var row = gid.y; row < p.m; row += nwg.y) {
+        var q = vec4<f32>(0.0);
+        for (var s = 0u; s < p.batch; s++) {
+            let at = s * p.stride_c + row * p.n + col;
+            for (var j = 0u; j < 4u; j++) {
+                if col + j < p.n {
+                    q[j] += a_rows[at + j];
+                }
+            }
+        }
+        store4(0u, row, col, q, cb, row_bias(row));
+    }
+}

@@ -554,6 +554,9 @@ fn linear_cases(gpu: &GpuBackend, rng: &mut SplitMix64) -> Vec<CaseResult> {
         (16, 784, 10),
         (64, 256, 10),
         (5, 4, 130),
+        // Products a GPU splits over K: the forward in 16 slices, dX
+        // (through the activation too) in 4.
+        (16, 2048, 512),
     ]
     .iter()
     .map(|&(n, i, o)| {

@@ -631,6 +631,99 @@ fn a_gpu_slices_a_direct_weight_gradient_finer() {
     gpu.take_error().unwrap();
 }
 
+/// A single product with few blocks of C and a long K runs on a GPU (or on
+/// lavapipe told to split like one) as partial products over K slices,
+/// added by `split_sum`, which applies the epilogue: a fully connected
+/// layer's forward with its bias and relu or leaky relu (K = 1,024 in 8
+/// slices), and its backward with dX taken through the activation before it
+/// (K = 512 in 4; the bias gradient comes from the sliced operand's pack) — all within
+/// rounding of the CPU reference, and bit for bit alike under every GEMM
+/// block.
+#[test]
+fn a_gpu_splits_a_long_single_product_over_k() {
+    use wgcnn::backend::Backend;
+    use wgcnn::cpu::CpuBackend;
+    use wgcnn::geometry::Activation;
+    use wgcnn::gpu::gemm_source::{SMALL, TALL, TILED, TILED_64};
+    use wgcnn::rng::SplitMix64;
+    use wgcnn::tensor::HostTensor;
+    // A context of its own: the tuner's switches and the profile are its.
+    let Some(gpu) = common::own_gpu() else {
+        return;
+    };
+    let cpu = CpuBackend::<f32>::new();
+    let mut rng = SplitMix64::new(91);
+    let (n, i, o) = (32, 1024, 512);
+    let random = |rng: &mut SplitMix64, shape: &[usize], scale: f32| {
+        let len = shape.iter().product();
+        HostTensor::new(shape, rng.uniform_vec(len, -scale, scale))
+    };
+    let hx = random(&mut rng, &[n, i], 1.0);
+    let hw = random(&mut rng, &[o, i], 0.05);
+    let hb = random(&mut rng, &[o], 1.0);
+    let hdy = random(&mut rng, &[n, o], 1.0);
+    let [x, w, b, dy] = [&hx, &hw, &hb, &hdy].map(|t| gpu.upload(t));
+    let software = gpu.ctx.is_software();
+    for act in [
+        Activation::Relu,
+        Activation::LeakyRelu {
+            negative_slope: 0.1,
+        },
+    ] {
+        let hy = cpu.linear_forward_activated(&hx, &hw, &hb, act);
+        // The backward's input, as the activation before the layer made it.
+        let slope = match act {
+            Activation::LeakyRelu { negative_slope } => negative_slope,
+            _ => 0.0,
+        };
+        let h_in = hx.map(|&v| if v > 0.0 { v } else { slope * v });
+        let want = cpu.linear_backward_through(&h_in, &hw, &hdy, act);
+        let x_in = gpu.upload(&h_in);
+        for like_a_gpu in [false, true] {
+            gpu.ctx.gemm_tuner.split_like_a_gpu(like_a_gpu);
+            let mut first: Option<Vec<Vec<f32>>> = None;
+            for block in [SMALL, TALL, TILED, TILED_64] {
+                gpu.ctx.gemm_tuner.force(Some(block));
+                gpu.ctx.set_profiling(true);
+                let y = gpu.linear_forward_activated(&x, &w, &b, act);
+                let grads = gpu.linear_backward_through(&x_in, &w, &dy, act);
+                let sums = common::profiled_grid_extents(&gpu, "gemm::split_sum", 0);
+                let slices = common::profiled_grid_extents(&gpu, "gemm::", 2);
+                gpu.ctx.set_profiling(false);
+                let split = like_a_gpu || !software;
+                let name = block.name();
+                assert_eq!(sums.len(), if split { 2 } else { 0 }, "{name} sums");
+                if split {
+                    // The forward's 8 slices and dX's 4.
+                    for want in [8, 4] {
+                        assert!(slices.contains(&want), "{name} slices {slices:?}");
+                    }
+                }
+                let got =
+                    [&y, &grads.dx, &grads.dw, &grads.db].map(|t| gpu.download(t).data.to_vec());
+                for (got, want, what) in [
+                    (&got[0], &hy.data, "y"),
+                    (&got[1], &want.dx.data, "dx"),
+                    (&got[2], &want.dw.data, "dw"),
+                    (&got[3], &want.db.data, "db"),
+                ] {
+                    common::assert_close(got, want, &format!("{name} {what}"));
+                }
+                match &first {
+                    None => first = Some(got.to_vec()),
+                    Some(first) => assert!(
+                        first.iter().zip(&got).all(|(a, b)| a == b),
+                        "{name} differs from {} under the same split",
+                        SMALL.name()
+                    ),
+                }
+            }
+            gpu.ctx.gemm_tuner.force(None);
+        }
+    }
+    gpu.take_error().unwrap();
+}
+
 /// A convolution, its relu (or leaky relu) and a 2×2 max pool run as one
 /// pooled direct kernel on a CPU-like adapter, with no pool pass: its
 /// pooled output and arg-maxes are bit for bit those of the convolution

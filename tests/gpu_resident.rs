@@ -15,60 +15,78 @@ use wgcnn::train::Trainer;
 fn one_submit_per_step_and_nothing_created_after_the_first() {
     let Some(gpu) = common::gpu() else { return };
     for model in ["lenet5", "fashion-cnn"] {
-        let spec = builtin(model, [1, 28, 28], 10).unwrap();
-        let data = synthetic(3, 5 * 16, 1).train;
-        let norm = Normalization::of(&data);
-        let settings = OptimizerSettings::new(OptimizerKind::AdamW, 1e-4).unwrap();
-        let mut trainer = Trainer::new(
-            gpu,
-            &spec,
-            &init_parameters(&spec, 1).unwrap(),
-            settings,
-            &[],
-            0,
-            1,
-        )
-        .unwrap();
-        let order = epoch_order(data.len(), 1, 0, true);
-        let steps = order.len() / 16;
-        // Per-step loss and correct count stay on the GPU until the end.
-        let mut stats = gpu.upload(&HostTensor::zeros(&[2 * steps]));
-        let mut after_first = None;
-        for (step, indices) in order.chunks(16).enumerate() {
-            let batch = make_batch(&data, indices, &norm, None);
-            let before = gpu.ctx.counters();
-            let (loss, correct) = trainer.train_step(gpu, &batch, 1e-3);
-            gpu.copy_into(&mut stats, step, &loss);
-            gpu.copy_into(&mut stats, steps + step, &correct);
-            gpu.end_step();
-            let after = gpu.ctx.counters();
-            // The first step may also time GEMM kernels (tuning at first use).
-            if step > 0 {
-                assert_eq!(
-                    after.submits - before.submits,
-                    1,
-                    "{model} step {step}: one submission"
-                );
-            }
-            match after_first {
-                None => after_first = Some(after),
-                Some(first) => assert_eq!(
-                    after.creations(),
-                    first.creations(),
-                    "{model} step {step} created something: {first:?} -> {after:?}"
-                ),
-            }
-        }
-        let losses = gpu.download(&stats);
-        assert!(
-            losses.data[..steps]
-                .iter()
-                .all(|l| l.is_finite() && *l > 0.0),
-            "{:?}",
-            losses.data
-        );
-        gpu.take_error().unwrap();
+        assert_resident(gpu, model, 16, false);
     }
+    // With the first fully connected layer's forward split over K as on a
+    // GPU (batch 32: 16 slices), in a context of its own.
+    let gpu = common::own_gpu().expect("an adapter, as above");
+    gpu.ctx.gemm_tuner.split_like_a_gpu(true);
+    assert_resident(&gpu, "fashion-cnn", 32, true);
+}
+
+/// Trains `model` for a few steps of `batch` on `gpu`, asserting one
+/// submission per step and no creation after the first, and whether a
+/// product was split over K (a further step, profiled).
+fn assert_resident(gpu: &wgcnn::gpu::GpuBackend, model: &str, batch: usize, split: bool) {
+    let spec = builtin(model, [1, 28, 28], 10).unwrap();
+    let data = synthetic(3, 5 * batch, 1).train;
+    let norm = Normalization::of(&data);
+    let settings = OptimizerSettings::new(OptimizerKind::AdamW, 1e-4).unwrap();
+    let mut trainer = Trainer::new(
+        gpu,
+        &spec,
+        &init_parameters(&spec, 1).unwrap(),
+        settings,
+        &[],
+        0,
+        1,
+    )
+    .unwrap();
+    let order = epoch_order(data.len(), 1, 0, true);
+    let steps = order.len() / batch;
+    // Per-step loss and correct count stay on the GPU until the end.
+    let mut stats = gpu.upload(&HostTensor::zeros(&[2 * steps]));
+    let mut after_first = None;
+    for (step, indices) in order.chunks(batch).enumerate() {
+        let batch = make_batch(&data, indices, &norm, None);
+        let before = gpu.ctx.counters();
+        let (loss, correct) = trainer.train_step(gpu, &batch, 1e-3);
+        gpu.copy_into(&mut stats, step, &loss);
+        gpu.copy_into(&mut stats, steps + step, &correct);
+        gpu.end_step();
+        let after = gpu.ctx.counters();
+        // The first step may also time GEMM kernels (tuning at first use).
+        if step > 0 {
+            assert_eq!(
+                after.submits - before.submits,
+                1,
+                "{model} step {step}: one submission"
+            );
+        }
+        match after_first {
+            None => after_first = Some(after),
+            Some(first) => assert_eq!(
+                after.creations(),
+                first.creations(),
+                "{model} step {step} created something: {first:?} -> {after:?}"
+            ),
+        }
+    }
+    let batch = make_batch(&data, &order[..batch], &norm, None);
+    let (split_sums, _) = common::dispatches_of(gpu, "gemm::split_sum", || {
+        trainer.train_step(gpu, &batch, 1e-3);
+        gpu.end_step();
+    });
+    assert_eq!(split_sums > 0, split, "{model}: {split_sums} split sums");
+    let losses = gpu.download(&stats);
+    assert!(
+        losses.data[..steps]
+            .iter()
+            .all(|l| l.is_finite() && *l > 0.0),
+        "{:?}",
+        losses.data
+    );
+    gpu.take_error().unwrap();
 }
 
 /// Every parameter update of a step is one dispatch over the flat parameter,

@@ -333,7 +333,10 @@ fn model_must_end_in_logits() {
     )
     .unwrap_err();
     assert!(matches!(err, Error::Shape(_)), "{err:?}");
-    assert_mentions(&err.to_string(), &["must end in (N, classes)", "[4, 26, 26]"]);
+    assert_mentions(
+        &err.to_string(),
+        &["must end in (N, classes)", "[4, 26, 26]"],
+    );
     assert!(!err.to_string().contains("Some("), "{err}");
 }
 

@@ -125,14 +125,13 @@ impl Backend for GpuBackend {
         assert_eq!(a.shape, spec.a_shape(), "gemm A shape");
         assert_eq!(b.shape, spec.b_shape(), "gemm B shape");
         let c = self.ctx.tensor(&[spec.m, spec.n], "gemm.c");
-        super::gemm::gemm_into(
+        super::gemm::single_gemm_into(
             &self.ctx,
             &a.buffer,
             &b.buffer,
             super::gemm::Bias::None,
             &c.buffer,
             spec,
-            super::gemm::Batching::SINGLE,
         );
         c
     }

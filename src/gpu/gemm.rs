@@ -127,6 +127,29 @@ pub fn gemm_with_block_into<'e>(
     );
 }
 
+/// [`gemm_into`] of one product, split over K where a GPU would leave most
+/// of itself idle (see [`k_slices`]): the fully connected layers' products
+/// and [`crate::backend::Backend::gemm`]. Not the convolutions', whose
+/// paths (explicit, implicit, direct) must add alike.
+pub fn single_gemm_into<'e>(
+    ctx: &GpuContext,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    epilogue: impl Into<Epilogue<'e>>,
+    out: &GpuBuffer,
+    spec: &GemmSpec,
+) {
+    let single = Batching::SINGLE;
+    run_single(
+        ctx,
+        stored_a(a, spec, single),
+        stored_b(b, spec, single),
+        epilogue.into(),
+        out,
+        spec,
+    );
+}
+
 /// [`gemm_into`] of one product that also writes `a_sums[k] = Σ_m op(A)[m, k]`,
 /// K values added in m order from 0, as A is packed: a linear layer's dX
 /// product `dY · W` so yields its bias gradient `Σ_n dY[n, o]` without a
@@ -139,14 +162,112 @@ pub fn gemm_into_summing_a<'e>(
     out: &GpuBuffer,
     spec: &GemmSpec,
 ) {
-    let batching = Batching::SINGLE;
-    run_gemm(
+    let single = Batching::SINGLE;
+    run_single(
         ctx,
-        stored_a(a, spec, batching).summed_into(a_sums),
-        Operand::Source(stored_b(b, spec, batching)),
+        stored_a(a, spec, single).summed_into(a_sums),
+        stored_b(b, spec, single),
         epilogue.into(),
         out,
         spec,
+    );
+}
+
+/// Depths a K slice of a split product spans at least: each slice writes
+/// a whole (M, N) partial product, which should cost little beside its
+/// multiply-adds.
+const MIN_SPLIT_DEPTH: usize = 128;
+
+/// Multiply-adds from which a single product may be split: below, the
+/// product takes microseconds on a GPU, and the split's passes (packs, the
+/// sum) would cost more than they save.
+const MIN_SPLIT_MULTIPLY_ADDS: usize = 1 << 24;
+
+/// Fewest slices worth a split: fewer at most double the workgroups of a
+/// product that already has a good many.
+const MIN_SPLIT_SLICES: usize = 4;
+
+/// How many K slices a single product runs as where summed batches aim for
+/// `target_workgroups` small-block workgroups: enough to reach them, each
+/// at least [`MIN_SPLIT_DEPTH`] deep, and a divisor of K so that the slices
+/// are equal (1: not split). A function of the shape and the device class
+/// only, so every block adds the same terms in the same order.
+pub(super) fn k_slices(spec: &GemmSpec, target_workgroups: usize) -> usize {
+    if spec.m * spec.n * spec.k < MIN_SPLIT_MULTIPLY_ADDS {
+        return 1;
+    }
+    let wanted = target_workgroups.div_ceil(small_tiles(spec));
+    let most = wanted.min(spec.k / MIN_SPLIT_DEPTH);
+    (MIN_SPLIT_SLICES..=most)
+        .rev()
+        .find(|&s| spec.k.is_multiple_of(s))
+        .unwrap_or(1)
+}
+
+/// Records one product of operands held in buffers: as partial products
+/// over [`k_slices`] K slices of its packed operands, added by the
+/// epilogue's pass, where that splits it; else whole.
+fn run_single(
+    ctx: &GpuContext,
+    a: Source<'_>,
+    b: Source<'_>,
+    epilogue: Epilogue<'_>,
+    out: &GpuBuffer,
+    spec: &GemmSpec,
+) {
+    let slices = if ctx.gemm_tuner.splits_k() {
+        k_slices(spec, SPLIT_TARGET_WORKGROUPS_GPU)
+    } else {
+        1
+    };
+    if slices == 1 {
+        let single = Batching::SINGLE;
+        run_gemm(
+            ctx,
+            a,
+            Operand::Source(b),
+            epilogue,
+            out,
+            spec,
+            single,
+            None,
+        );
+        return;
+    }
+    // A packed operand is (K, rows rounded up to 4): slice s, depths
+    // s·depth.., is the s-th run of depth·rows4 values.
+    let depth = spec.k / slices;
+    let (a_packed, b_packed) = (a.record_packed(ctx), b.record_packed(ctx));
+    let batching = Batching {
+        count: slices,
+        stride_a: depth * spec.m.next_multiple_of(4),
+        stride_b: depth * spec.n.next_multiple_of(4),
+        stride_c: 0,
+        sum: true,
+    };
+    let a_slices = Source::packed(
+        Packed {
+            stride: batching.stride_a,
+            ..a_packed
+        },
+        [spec.m, depth],
+        slices,
+    );
+    let b_slices = Source::packed(
+        Packed {
+            stride: batching.stride_b,
+            ..b_packed
+        },
+        [spec.n, depth],
+        slices,
+    );
+    run_gemm(
+        ctx,
+        a_slices,
+        Operand::Source(b_slices),
+        epilogue,
+        out,
+        &GemmSpec { k: depth, ..*spec },
         batching,
         None,
     );
@@ -382,13 +503,17 @@ const SPLIT_TARGET_WORKGROUPS_GPU: usize = 1024;
 /// give about `target_workgroups` workgroups of the small block, which sets
 /// the split for every block shape alike.
 fn summed_split(spec: &GemmSpec, count: usize, target_workgroups: usize) -> (usize, usize) {
-    let [sx, sy] = SMALL.workgroup;
-    let small_tiles = spec.n.div_ceil(SMALL.cols * sx) * spec.m.div_ceil(SMALL.rows * sy);
     let wanted = target_workgroups
-        .div_ceil(small_tiles)
+        .div_ceil(small_tiles(spec))
         .clamp(1, count.max(1));
     let chunk = count.div_ceil(wanted).max(1);
     (count.div_ceil(chunk).max(1), chunk)
+}
+
+/// Workgroups of the small block that cover `spec`'s C.
+fn small_tiles(spec: &GemmSpec) -> usize {
+    let [sx, sy] = SMALL.workgroup;
+    spec.n.div_ceil(SMALL.cols * sx) * spec.m.div_ceil(SMALL.rows * sy)
 }
 
 /// How a kernel reads its operands (see [`path`]).
@@ -440,8 +565,8 @@ fn run_gemm(
         Bias::PerColumn(buffer) => (buffer, 2),
         Bias::Gate(buffer) => {
             assert!(
-                batching.count == 1 && !batching.sum,
-                "a gated epilogue takes one product"
+                batching.count == 1 || batching.sum,
+                "a gated epilogue takes one output"
             );
             (buffer, 3)
         }
@@ -461,6 +586,11 @@ fn run_gemm(
     };
     let partial = (batching.sum && slices > 1)
         .then(|| ctx.storage_buffer(4 * (slices * spec.m * spec.n) as u64, "gemm.partial"));
+    // Partial sums take no epilogue: the pass adding them applies it.
+    let (kernel_bias_mode, kernel_act_mode) = match partial {
+        Some(_) => (0, 0),
+        None => (bias_mode, act_mode),
+    };
     let stride_c = if batching.sum {
         spec.m * spec.n
     } else {
@@ -507,9 +637,9 @@ fn run_gemm(
             .u32(stride_a)
             .u32(stride_b)
             .u32(stride_c)
-            .u32(bias_mode)
+            .u32(kernel_bias_mode)
             .u32(chunk)
-            .u32(act_mode as usize)
+            .u32(kernel_act_mode as usize)
             .f32(slope)
             .u32(block.slot_lanes as usize);
         if let Operand::Image(image) = &b {
@@ -584,8 +714,66 @@ fn run_gemm(
         }
     }
     if let Some(partial) = &partial {
-        slice_sum_into(ctx, partial, out, slices, spec.m * spec.n);
+        if bias_mode == 0 && act_mode == 0 {
+            slice_sum_into(ctx, partial, out, slices, spec.m * spec.n);
+        } else {
+            let epilogue = EpilogueModes {
+                bias: bias_buffer,
+                bias_mode,
+                act_mode,
+                slope,
+            };
+            split_sum_into(ctx, partial, slices, &epilogue, out, spec);
+        }
     }
+}
+
+/// The epilogue as the GEMM kernels' parameters give it.
+struct EpilogueModes<'a> {
+    bias: &'a GpuBuffer,
+    bias_mode: usize,
+    act_mode: u32,
+    slope: f32,
+}
+
+/// Records `out = epilogue(Σ_s partial[s])` for `slices` partial products
+/// of `spec`'s `(M, N)` C, added in slice order (`gemm.wgsl`'s `split_sum`).
+fn split_sum_into(
+    ctx: &GpuContext,
+    partial: &GpuBuffer,
+    slices: usize,
+    epilogue: &EpilogueModes<'_>,
+    out: &GpuBuffer,
+    spec: &GemmSpec,
+) {
+    let source = gemm_source::source(ctx.has_subgroups());
+    let kernel = ctx.kernel(&KernelSpec::new("gemm", source, "split_sum", 3, 1));
+    let params = Params::new()
+        .u32(spec.m)
+        .u32(spec.n)
+        .u32(spec.k)
+        .u32(slices)
+        .u32(0)
+        .u32(0)
+        .u32(spec.m * spec.n)
+        .u32(epilogue.bias_mode)
+        .u32(0)
+        .u32(epilogue.act_mode as usize)
+        .f32(epilogue.slope)
+        .u32(0);
+    let grid = [
+        grid_extent(spec.n.div_ceil(4).div_ceil(64)),
+        grid_extent(spec.m),
+        1,
+    ];
+    // The partial products stand in for B too, which split_sum never reads.
+    ctx.dispatch(
+        &kernel,
+        &params,
+        &[partial, partial, epilogue.bias],
+        &[out],
+        grid,
+    );
 }
 
 /// The pipeline of GEMM kernel `block` reading its operands as `path`
@@ -691,6 +879,67 @@ mod tests {
             k: 9,
             trans_a: false,
             trans_b: false,
+        }
+    }
+
+    #[test]
+    fn a_long_single_product_is_split_over_k_into_equal_slices_on_a_gpu() {
+        let gpu = SPLIT_TARGET_WORKGROUPS_GPU;
+        // fashion-cnn's first fully connected layer at batch 128: 8 blocks
+        // of the small kernel, K = 3136 = 16 · 196.
+        let fc1 = |m| GemmSpec {
+            m,
+            n: 256,
+            k: 3136,
+            trans_a: false,
+            trans_b: true,
+        };
+        assert_eq!(k_slices(&fc1(128), gpu), 16);
+        // Its input gradient (K = 256) in fewer than 4 slices: not split.
+        let dx = GemmSpec {
+            m: 128,
+            n: 3136,
+            k: 256,
+            trans_a: false,
+            trans_b: false,
+        };
+        assert_eq!(k_slices(&dx, gpu), 1);
+        // Enough blocks already, too small a product (LeNet-5's fc1), too
+        // short a K, or a prime one: not split.
+        let large = GemmSpec {
+            k: 4096,
+            ..spec(4096, 4096)
+        };
+        assert_eq!(k_slices(&large, gpu), 1);
+        let lenet = GemmSpec {
+            m: 64,
+            n: 120,
+            k: 400,
+            ..dx
+        };
+        assert_eq!(k_slices(&lenet, gpu), 1);
+        assert_eq!(k_slices(&GemmSpec { k: 511, ..fc1(128) }, gpu), 1);
+        assert_eq!(
+            k_slices(
+                &GemmSpec {
+                    k: 3137,
+                    ..fc1(128)
+                },
+                gpu
+            ),
+            1
+        );
+        for m in [1, 7, 64, 128, 300, 1000] {
+            for k in [256, 400, 784, 1000, 3136, 4096, 4608] {
+                let spec = GemmSpec { k, ..fc1(m) };
+                let slices = k_slices(&spec, gpu);
+                assert!(k.is_multiple_of(slices), "{m}x{k}: {slices} slices");
+                if slices > 1 {
+                    assert!(slices >= MIN_SPLIT_SLICES && k / slices >= MIN_SPLIT_DEPTH);
+                    // Never much more than the target's worth of workgroups.
+                    assert!(slices * small_tiles(&spec) <= 2 * gpu);
+                }
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 //! `(O, I)` as PyTorch stores it.
 
 use super::context::GpuContext;
-use super::gemm::{Batching, Bias, Epilogue, gemm_into, gemm_into_summing_a};
+use super::gemm::{Bias, Epilogue, gemm_into_summing_a, single_gemm_into};
 use super::reduce::channel_sum_into;
 use super::tensor::GpuTensor;
 use crate::backend::ParamGrads;
@@ -35,7 +35,7 @@ pub fn linear_forward(
         trans_a: false,
         trans_b: true,
     };
-    gemm_into(
+    single_gemm_into(
         ctx,
         &x.buffer,
         &w.buffer,
@@ -45,7 +45,6 @@ pub fn linear_forward(
         },
         &y.buffer,
         &spec,
-        Batching::SINGLE,
     );
     y
 }
@@ -141,14 +140,6 @@ fn weight_grad(
         trans_a: true,
         trans_b: false,
     };
-    gemm_into(
-        ctx,
-        &dy.buffer,
-        &x.buffer,
-        Bias::None,
-        &dw.buffer,
-        &dw_spec,
-        Batching::SINGLE,
-    );
+    single_gemm_into(ctx, &dy.buffer, &x.buffer, Bias::None, &dw.buffer, &dw_spec);
     dw
 }

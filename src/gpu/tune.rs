@@ -56,6 +56,9 @@ pub struct GemmTuner {
     /// A CPU-like adapter splits summed batches as a GPU does (for tests of
     /// the GPU's split).
     split_as_gpu: std::sync::atomic::AtomicBool,
+    /// Single products may be split over K where a GPU splits
+    /// (`WGCNN_SPLIT_K=0`: never, to compare).
+    split_k: bool,
 }
 
 impl GemmTuner {
@@ -91,6 +94,7 @@ impl GemmTuner {
             forced_direct: Mutex::new(None),
             race_direct: Default::default(),
             split_as_gpu: Default::default(),
+            split_k: std::env::var("WGCNN_SPLIT_K").map_or(true, |v| v != "0"),
         }
     }
 
@@ -132,6 +136,14 @@ impl GemmTuner {
     /// for it.
     pub fn splits_like_a_gpu(&self) -> bool {
         !self.cpu_like || self.split_as_gpu.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether a single product with few blocks of C and a long K runs as
+    /// partial products over K slices, added afterwards
+    /// (`super::gemm::k_slices`): where summed batches split as on a GPU,
+    /// unless `WGCNN_SPLIT_K=0`.
+    pub fn splits_k(&self) -> bool {
+        self.split_k && self.splits_like_a_gpu()
     }
 
     /// Whether a convolution's forward followed by a 2×2 max pool runs
