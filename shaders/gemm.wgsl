@@ -484,25 +484,23 @@ fn gemm_tiled_64(
 // split_sum adds them in slice order, 4 columns of a row per invocation,
 // then applies the epilogue through store4, as an unsplit product's kernel
 // does after its last depth. Every access is guarded: columns below N, rows
-// below M, slices below `batch`.
+// below M, slices below `batch` (columns and rows past the grid loop).
 @compute @workgroup_size(64)
 fn split_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     load_params(nwg);
-    let col = 4u * gid.x;
-    if col >= p.n {
-        return;
-    }
-    let cb = column_bias(col);
-    for (var row = gid.y; row < p.m; row += nwg.y) {
-        var q = vec4<f32>(0.0);
-        for (var s = 0u; s < p.batch; s++) {
-            let at = s * p.stride_c + row * p.n + col;
-            for (var j = 0u; j < 4u; j++) {
-                if col + j < p.n {
-                    q[j] += a_rows[at + j];
+    for (var col = 4u * gid.x; col < p.n; col += 256u * nwg.x) {
+        let cb = column_bias(col);
+        for (var row = gid.y; row < p.m; row += nwg.y) {
+            var q = vec4<f32>(0.0);
+            for (var s = 0u; s < p.batch; s++) {
+                let at = s * p.stride_c + row * p.n + col;
+                for (var j = 0u; j < 4u; j++) {
+                    if col + j < p.n {
+                        q[j] += a_rows[at + j];
+                    }
                 }
             }
+            store4(0u, row, col, q, cb, row_bias(row));
         }
-        store4(0u, row, col, q, cb, row_bias(row));
     }
 }

@@ -761,11 +761,8 @@ fn split_sum_into(
         .u32(epilogue.act_mode as usize)
         .f32(epilogue.slope)
         .u32(0);
-    let grid = [
-        grid_extent(spec.n.div_ceil(4).div_ceil(64)),
-        grid_extent(spec.m),
-        1,
-    ];
+    // 4 columns per invocation; columns and rows past the grid loop.
+    let grid = [grid_extent(spec.n.div_ceil(4 * 64)), grid_extent(spec.m), 1];
     // The partial products stand in for B too, which split_sum never reads.
     ctx.dispatch(
         &kernel,
