@@ -1,5 +1,6 @@
-//! The GPU context: adapter choice, the device (made with the adapter's own
-//! limits), the pipeline cache, and the one command encoder ops record into.
+//! The GPU context: the device (made with the chosen adapter's own limits),
+//! the pipeline cache, the buffer pool, and the one command encoder ops
+//! record into.
 //!
 //! Every kernel family goes through [`GpuContext::dispatch`]; none builds its
 //! own plumbing.
@@ -7,80 +8,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::adapter::{NO_ADAPTER_HELP, enumerate, fixed_subgroup_size, instance, preference};
 use super::derived::DerivedKey;
 use super::precompile::Precompiler;
 use crate::error::{Error, Result};
-
-/// One adapter as `wgcnn devices` lists it.
-#[derive(Clone, Debug)]
-pub struct AdapterSummary {
-    /// Position in [`list_adapters`], the number `--device` takes.
-    pub index: usize,
-    /// The driver's name for the device.
-    pub name: String,
-    /// Vulkan, Metal, Dx12 or Gl.
-    pub backend: String,
-    /// Discrete, integrated, virtual, CPU or other.
-    pub device_type: String,
-    /// Driver name and version, where the driver reports them.
-    pub driver: String,
-}
-
-/// What to say when no adapter is found.
-const NO_ADAPTER_HELP: &str = "no GPU adapter found. Install your GPU's Vulkan, Metal or \
-    DirectX 12 driver, or, on Linux without a GPU, the software Vulkan driver lavapipe \
-    (`apt-get install mesa-vulkan-drivers libvulkan1`)";
-
-fn instance() -> wgpu::Instance {
-    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
-}
-
-fn enumerate(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
-    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
-}
-
-/// Every adapter wgpu can see, in the order `--device N` indexes them.
-pub fn list_adapters() -> Vec<AdapterSummary> {
-    enumerate(&instance())
-        .iter()
-        .enumerate()
-        .map(|(index, adapter)| summarize(index, &adapter.get_info()))
-        .collect()
-}
-
-fn summarize(index: usize, info: &wgpu::AdapterInfo) -> AdapterSummary {
-    let driver = [info.driver.as_str(), info.driver_info.as_str()]
-        .iter()
-        .filter(|s| !s.is_empty())
-        .copied()
-        .collect::<Vec<_>>()
-        .join(" ");
-    AdapterSummary {
-        index,
-        name: info.name.clone(),
-        backend: format!("{:?}", info.backend),
-        device_type: format!("{:?}", info.device_type),
-        driver,
-    }
-}
-
-/// Preference order when no `--device` is given: discrete, integrated, virtual,
-/// then anything else, and software (CPU) adapters last; native APIs before GL,
-/// since Mesa lists lavapipe both as Vulkan and as GL (llvmpipe).
-fn preference(info: &wgpu::AdapterInfo) -> (u8, u8) {
-    let kind = match info.device_type {
-        wgpu::DeviceType::DiscreteGpu => 0,
-        wgpu::DeviceType::IntegratedGpu => 1,
-        wgpu::DeviceType::VirtualGpu => 2,
-        wgpu::DeviceType::Other => 3,
-        wgpu::DeviceType::Cpu => 4,
-    };
-    let api = match info.backend {
-        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
-        _ => 1,
-    };
-    (kind, api)
-}
 
 /// A compiled kernel: its pipeline and the bind-group layout that is its
 /// signature (binding 0: uniform parameters; then `inputs` read-only storage
@@ -329,13 +260,6 @@ pub fn grid_extent(count: usize) -> u32 {
     count.clamp(1, MAX_WORKGROUPS_PER_DIM as usize) as u32
 }
 
-/// The subgroup size of a device with `features` on adapter `info`, when it
-/// has subgroup operations and every subgroup has that one size.
-fn fixed_subgroup_size(features: wgpu::Features, info: &wgpu::AdapterInfo) -> Option<usize> {
-    let (min, max) = (info.subgroup_min_size, info.subgroup_max_size);
-    (features.contains(wgpu::Features::SUBGROUP) && min == max && min > 0).then_some(min as usize)
-}
-
 /// Splits `count` workgroups over x and y so neither exceeds
 /// [`MAX_WORKGROUPS_PER_DIM`]; kernels rebuild the linear index as
 /// `wid.x + wid.y · num_workgroups.x` and skip indices past the end.
@@ -439,7 +363,7 @@ fn runtime_checks(family: &str) -> wgpu::ShaderRuntimeChecks {
 }
 
 impl GpuContext {
-    /// Opens adapter `index` from [`list_adapters`], or the preferred one when
+    /// Opens adapter `index` from [`list_adapters`](super::list_adapters), or the preferred one when
     /// `None`.
     pub fn new(index: Option<usize>) -> Result<Self> {
         Self::open(index, true)

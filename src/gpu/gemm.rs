@@ -128,7 +128,8 @@ pub fn gemm_with_block_into<'e>(
 }
 
 /// [`gemm_into`] of one product, split over K where a GPU would leave most
-/// of itself idle (see [`k_slices`]): the fully connected layers' products
+/// of itself idle (equal slices of K, enough to fill it, for products of
+/// 2²⁴ multiply-adds or more): the fully connected layers' products
 /// and [`crate::backend::Backend::gemm`]. Not the convolutions', whose
 /// paths (explicit, implicit, direct) must add alike.
 pub fn single_gemm_into<'e>(

@@ -4,6 +4,7 @@
 //! one module per family records its dispatches; [`GpuBackend`] implements
 //! [`crate::backend::Backend`] on top of them.
 
+mod adapter;
 mod backend;
 pub mod batchnorm;
 pub mod context;
@@ -26,7 +27,8 @@ pub mod timer;
 pub mod tune;
 mod workgroup_sum;
 
+pub use adapter::{AdapterSummary, list_adapters};
 pub use backend::GpuBackend;
-pub use context::{AdapterSummary, GpuContext, GpuCounters, list_adapters};
+pub use context::{GpuContext, GpuCounters};
 pub use tensor::{GpuIndices, GpuTensor};
 pub use timer::GpuTimer;

@@ -1,0 +1,86 @@
+//! The adapters wgpu sees: listing them for `wgcnn devices`, and the
+//! order in which [`super::GpuContext::new`] prefers one when none is named.
+
+/// One adapter as `wgcnn devices` lists it.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    /// Position in [`list_adapters`], the number `--device` takes.
+    pub index: usize,
+    /// The driver's name for the device.
+    pub name: String,
+    /// Vulkan, Metal, Dx12 or Gl.
+    pub backend: String,
+    /// Discrete, integrated, virtual, CPU or other.
+    pub device_type: String,
+    /// Driver name and version, where the driver reports them.
+    pub driver: String,
+}
+
+/// What to say when no adapter is found.
+pub(super) const NO_ADAPTER_HELP: &str = "no GPU adapter found. Install your GPU's Vulkan, Metal or \
+    DirectX 12 driver, or, on Linux without a GPU, the software Vulkan driver lavapipe \
+    (`apt-get install mesa-vulkan-drivers libvulkan1`)";
+
+/// A wgpu instance over every backend, configured from the environment
+/// (`WGPU_BACKEND` and the like).
+pub(super) fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// The adapters `instance` sees, in the order `--device N` indexes them.
+pub(super) fn enumerate(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+}
+
+/// Every adapter wgpu can see, in the order `--device N` indexes them.
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    enumerate(&instance())
+        .iter()
+        .enumerate()
+        .map(|(index, adapter)| summarize(index, &adapter.get_info()))
+        .collect()
+}
+
+fn summarize(index: usize, info: &wgpu::AdapterInfo) -> AdapterSummary {
+    let driver = [info.driver.as_str(), info.driver_info.as_str()]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    AdapterSummary {
+        index,
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver,
+    }
+}
+
+/// Preference order when no `--device` is given: discrete, integrated, virtual,
+/// then anything else, and software (CPU) adapters last; native APIs before GL,
+/// since Mesa lists lavapipe both as Vulkan and as GL (llvmpipe).
+pub(super) fn preference(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let kind = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    let api = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    };
+    (kind, api)
+}
+
+/// The subgroup size of a device with `features` on adapter `info`, when it
+/// has subgroup operations and every subgroup has that one size.
+pub(super) fn fixed_subgroup_size(
+    features: wgpu::Features,
+    info: &wgpu::AdapterInfo,
+) -> Option<usize> {
+    let (min, max) = (info.subgroup_min_size, info.subgroup_max_size);
+    (features.contains(wgpu::Features::SUBGROUP) && min == max && min > 0).then_some(min as usize)
+}
