@@ -635,10 +635,10 @@ fn a_gpu_slices_a_direct_weight_gradient_finer() {
 /// lavapipe told to split like one) as partial products over K slices,
 /// added by `split_sum`, which applies the epilogue: a fully connected
 /// layer's forward with its bias and relu or leaky relu (K = 1,024 in 8
-/// slices), and its backward with dX taken through the activation before it
-/// (K = 512 in 4; the bias gradient comes from the sliced operand's pack) — all within
-/// rounding of the CPU reference, and bit for bit alike under every GEMM
-/// block.
+/// slices), and its backward with dX taken through the activation before
+/// it (K = 512 in 4; the bias gradient comes from the sliced operand's
+/// pack). All within rounding of the CPU reference, and bit for bit alike
+/// under every GEMM block.
 #[test]
 fn a_gpu_splits_a_long_single_product_over_k() {
     use wgcnn::backend::Backend;
@@ -695,8 +695,8 @@ fn a_gpu_splits_a_long_single_product_over_k() {
                 assert_eq!(sums.len(), if split { 2 } else { 0 }, "{name} sums");
                 if split {
                     // The forward's 8 slices and dX's 4.
-                    for want in [8, 4] {
-                        assert!(slices.contains(&want), "{name} slices {slices:?}");
+                    for count in [8, 4] {
+                        assert!(slices.contains(&count), "{name} slices {slices:?}");
                     }
                 }
                 let got =
