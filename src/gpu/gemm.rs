@@ -140,15 +140,7 @@ pub fn single_gemm_into<'e>(
     out: &GpuBuffer,
     spec: &GemmSpec,
 ) {
-    let single = Batching::SINGLE;
-    run_single(
-        ctx,
-        stored_a(a, spec, single),
-        stored_b(b, spec, single),
-        epilogue.into(),
-        out,
-        spec,
-    );
+    run_single(ctx, [a, b], None, epilogue.into(), out, spec);
 }
 
 /// [`gemm_into`] of one product that also writes `a_sums[k] = Σ_m op(A)[m, k]`,
@@ -163,15 +155,7 @@ pub fn gemm_into_summing_a<'e>(
     out: &GpuBuffer,
     spec: &GemmSpec,
 ) {
-    let single = Batching::SINGLE;
-    run_single(
-        ctx,
-        stored_a(a, spec, single).summed_into(a_sums),
-        stored_b(b, spec, single),
-        epilogue.into(),
-        out,
-        spec,
-    );
+    run_single(ctx, [a, b], Some(a_sums), epilogue.into(), out, spec);
 }
 
 /// Depths a K slice of a split product spans at least: each slice writes
@@ -205,17 +189,24 @@ pub(super) fn k_slices(spec: &GemmSpec, target_workgroups: usize) -> usize {
         .unwrap_or(1)
 }
 
-/// Records one product of operands held in buffers: as partial products
-/// over [`k_slices`] K slices of its packed operands, added by the
-/// epilogue's pass, where that splits it; else whole.
+/// Records one product of `a` and `b` (A's pack also writing its sums into
+/// `a_sums`, where given): as partial products over [`k_slices`] K slices
+/// of its packed operands, added by the epilogue's pass, where that splits
+/// it; else whole.
 fn run_single(
     ctx: &GpuContext,
-    a: Source<'_>,
-    b: Source<'_>,
+    [a, b]: [&GpuBuffer; 2],
+    a_sums: Option<&GpuBuffer>,
     epilogue: Epilogue<'_>,
     out: &GpuBuffer,
     spec: &GemmSpec,
 ) {
+    let a = stored_a(a, spec, Batching::SINGLE);
+    let a = match a_sums {
+        Some(sums) => a.summed_into(sums),
+        None => a,
+    };
+    let b = stored_b(b, spec, Batching::SINGLE);
     let slices = if ctx.gemm_tuner.splits_k() {
         k_slices(spec, SPLIT_TARGET_WORKGROUPS_GPU)
     } else {
@@ -235,33 +226,16 @@ fn run_single(
         );
         return;
     }
-    // A packed operand is (K, rows rounded up to 4): slice s, depths
-    // s·depth.., is the s-th run of depth·rows4 values.
     let depth = spec.k / slices;
-    let (a_packed, b_packed) = (a.record_packed(ctx), b.record_packed(ctx));
+    let a_slices = Source::depth_slices(a.record_packed(ctx), spec.m, depth, slices);
+    let b_slices = Source::depth_slices(b.record_packed(ctx), spec.n, depth, slices);
     let batching = Batching {
         count: slices,
-        stride_a: depth * spec.m.next_multiple_of(4),
-        stride_b: depth * spec.n.next_multiple_of(4),
+        stride_a: a_slices.stride(),
+        stride_b: b_slices.stride(),
         stride_c: 0,
         sum: true,
     };
-    let a_slices = Source::packed(
-        Packed {
-            stride: batching.stride_a,
-            ..a_packed
-        },
-        [spec.m, depth],
-        slices,
-    );
-    let b_slices = Source::packed(
-        Packed {
-            stride: batching.stride_b,
-            ..b_packed
-        },
-        [spec.n, depth],
-        slices,
-    );
     run_gemm(
         ctx,
         a_slices,

@@ -154,6 +154,14 @@ impl<'a> Source<'a> {
         }
     }
 
+    /// One packed `(K, rows)` matrix as `slices` matrices of `depth`
+    /// consecutive depths each (K = slices · depth): the packed layout is
+    /// depth-major, so slice s is its s-th run of depth·⌈rows/4⌉·4 values.
+    pub fn depth_slices(packed: Packed<'a>, rows: usize, depth: usize, slices: usize) -> Self {
+        let stride = depth * rows.next_multiple_of(4);
+        Source::packed(Packed { stride, ..packed }, [rows, depth], slices)
+    }
+
     /// The buffer holding it.
     pub fn buffer(&self) -> &'a GpuBuffer {
         self.buffer
