@@ -295,6 +295,34 @@ fn a_model_file_is_accepted_and_checked_against_the_data() {
     );
 }
 
+/// A warm-up as long as the run trains, with a warning that the learning
+/// rate climbs for the whole of it; a shorter one trains without.
+#[test]
+fn a_warm_up_as_long_as_the_run_is_warned_of() {
+    let run = |warmup: &str| {
+        let out = wgcnn(&[
+            "train",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "mlp",
+            "--epochs",
+            "1",
+            "--warmup",
+            warmup,
+            "--cpu",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    let long = run("1");
+    assert!(
+        long.contains("warning: --warmup 1 takes the whole 1-epoch run"),
+        "{long}"
+    );
+    assert!(!run("0.5").contains("warning: --warmup"));
+}
+
 /// `bench gemm --shape` times exactly the shapes asked for, one JSON line each.
 #[test]
 fn bench_gemm_times_the_shapes_asked_for() {

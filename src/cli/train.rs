@@ -388,6 +388,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         eval_set.len(),
         settings.batch_size,
     );
+    if settings.warmup_epochs >= epochs as f32 {
+        eprintln!(
+            "warning: --warmup {} takes the whole {epochs}-epoch run: the learning rate \
+             climbs to lr {lr} only by the last step, if at all (warm up for fewer epochs \
+             than --epochs)",
+            settings.warmup_epochs
+        );
+    }
     if let Err(e) = interrupt::install() {
         eprintln!("warning: {e}; Ctrl-C will stop training without a checkpoint");
     }
