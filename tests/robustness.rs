@@ -116,3 +116,34 @@ fn a_lost_gpu_device_is_reported_by_take_error() {
         .to_string();
     assert!(err.contains("the GPU device was lost"), "{err}");
 }
+
+#[test]
+fn an_invalid_submission_is_reported_by_take_error_not_a_panic() {
+    use wgcnn::backend::Backend;
+    use wgcnn::geometry::Activation;
+    use wgcnn::tensor::HostTensor;
+    if common::gpu().is_none() {
+        return;
+    }
+    // A device of its own: its submissions are made invalid.
+    let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    // One binding over the device's limit fails validation, and with it the
+    // submission that carries it, so waiting on that submission fails too.
+    let limit = gpu.ctx.limits.max_storage_buffer_binding_size;
+    let len = (limit / 4 + 4) as usize;
+    let x = gpu.upload(&HostTensor::new(&[len], vec![1.0; len]));
+    let y = gpu.activation_forward(Activation::Relu, &x);
+    gpu.end_step();
+    let _ = gpu.activation_forward(Activation::Relu, &y);
+    gpu.end_step();
+    let values = gpu.download(&y);
+    assert_eq!(values.len(), len);
+    let err = gpu
+        .take_error()
+        .expect_err("the validation error is reported")
+        .to_string();
+    assert!(err.contains("Validation"), "{err}");
+    // The first error is the one reported; the failed waits it caused are
+    // not piled on it.
+    assert!(!err.contains("waiting for the GPU failed"), "{err}");
+}

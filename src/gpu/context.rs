@@ -999,9 +999,26 @@ impl GpuContext {
     /// Submits pending work and waits until the GPU has finished all of it.
     pub fn synchronize(&self) {
         self.submit();
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .expect("waiting for the GPU failed");
+        self.wait(wgpu::PollType::wait_indefinitely());
+    }
+
+    /// Waits as `poll` says. A failed wait (a submission that an earlier
+    /// error made invalid, a lost device) is recorded for
+    /// [`GpuContext::take_error`] after the error that caused it, rather than
+    /// a panic: the callers check for errors at their sync points.
+    fn wait(&self, poll: wgpu::PollType) -> bool {
+        let Err(e) = self.device.poll(poll) else {
+            return true;
+        };
+        self.record_error(format!("waiting for the GPU failed: {e}"));
+        false
+    }
+
+    /// Keeps `message` for [`GpuContext::take_error`] unless an earlier
+    /// error waits there: that one is the cause, the later failure its echo.
+    fn record_error(&self, message: String) {
+        let mut slot = self.uncaptured.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(message);
     }
 
     /// Ends a step: submits what it recorded, then waits for the *previous*
@@ -1014,12 +1031,10 @@ impl GpuContext {
         }
         let Some(index) = self.submit() else { return };
         if let Some(previous) = self.in_flight.lock().unwrap().replace(index) {
-            self.device
-                .poll(wgpu::PollType::Wait {
-                    submission_index: Some(previous),
-                    timeout: None,
-                })
-                .expect("waiting for the GPU failed");
+            self.wait(wgpu::PollType::Wait {
+                submission_index: Some(previous),
+                timeout: None,
+            });
         }
     }
 
@@ -1062,13 +1077,31 @@ impl GpuContext {
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = sender.send(r);
         });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .expect("waiting for the GPU failed");
-        receiver
-            .recv()
-            .expect("map callback dropped")
-            .expect("mapping the readback buffer failed");
+        let waited = self.wait(wgpu::PollType::wait_indefinitely());
+        let outcome = if waited {
+            receiver.recv().ok()
+        } else {
+            receiver.try_recv().ok()
+        };
+        let mapped = match outcome {
+            Some(Ok(())) => waited,
+            Some(Err(e)) => {
+                self.record_error(format!("reading back from the GPU failed: {e}"));
+                false
+            }
+            None => {
+                if waited {
+                    self.record_error("reading back from the GPU failed: never mapped".into());
+                }
+                false
+            }
+        };
+        if !mapped {
+            // Zeros stand in for the lost values until the caller's next
+            // `take_error` reports why (a staging buffer that may still be
+            // mapping is not reused).
+            return vec![0; bytes as usize];
+        }
         let mut data = slice
             .get_mapped_range()
             .expect("readback buffer is mapped")
