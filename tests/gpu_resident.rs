@@ -6,7 +6,7 @@ mod common;
 
 use wgcnn::backend::Backend;
 use wgcnn::data::{Normalization, epoch_order, make_batch, synthetic};
-use wgcnn::nn::{builtin, init_parameters};
+use wgcnn::nn::{LayerSpec, builtin, init_parameters};
 use wgcnn::optim::{OptimizerKind, OptimizerSettings};
 use wgcnn::tensor::HostTensor;
 use wgcnn::train::Trainer;
@@ -133,4 +133,51 @@ fn one_optimizer_dispatch_updates_every_parameter() {
         gpu.synchronize();
     }
     gpu.take_error().unwrap();
+}
+
+/// Parameters whose flat buffer would be over the device's per-buffer limit
+/// get a buffer each and are updated one at a time, to the same values.
+#[test]
+fn parameters_over_the_buffer_limit_update_one_at_a_time_alike() {
+    if common::gpu().is_none() {
+        return;
+    }
+    // 784 → 64 → 10: the first weight alone is 200,704 bytes, all of them
+    // together 203,560 and more once aligned.
+    let spec = wgcnn::nn::ModelSpec {
+        input: vec![1, 28, 28],
+        layers: vec![
+            LayerSpec::Flatten,
+            LayerSpec::Linear { out_features: 64 },
+            LayerSpec::Activation(wgcnn::geometry::Activation::Relu),
+            LayerSpec::Linear { out_features: 10 },
+        ],
+    };
+    let data = synthetic(3, 32, 1).train;
+    let norm = Normalization::of(&data);
+    let indices: Vec<usize> = (0..16).collect();
+    let batch = make_batch(&data, &indices, &norm, None);
+    let weights = init_parameters(&spec, 1).unwrap();
+    let settings = OptimizerSettings::new(OptimizerKind::Adam, 1e-4).unwrap();
+    let train = |limit: Option<u64>| {
+        let gpu = common::own_gpu().unwrap();
+        gpu.ctx.limit_buffer_bytes(limit);
+        let mut trainer = Trainer::new(&gpu, &spec, &weights, settings, &[], 0, 1).unwrap();
+        trainer.train_step(&gpu, &batch, 1e-3);
+        gpu.synchronize();
+        let before = gpu.ctx.counters().dispatches;
+        trainer.train_step(&gpu, &batch, 1e-3);
+        let step = gpu.ctx.counters().dispatches - before;
+        let values = trainer.model.state_dict(&gpu);
+        gpu.take_error().unwrap();
+        (step, values)
+    };
+    let (flat_step, flat) = train(None);
+    let (apart_step, apart) = train(Some(201_000));
+    // Four parameters: four updates instead of one.
+    assert_eq!(apart_step, flat_step + 3);
+    assert_eq!(flat.len(), apart.len());
+    for ((name, a), (_, b)) in flat.iter().zip(&apart) {
+        assert_eq!(a.data, b.data, "{name}");
+    }
 }

@@ -138,10 +138,24 @@ fn flat_layout(lens: &[usize], align: u64) -> (Vec<u64>, u64) {
 
 /// `tensors` in one buffer at offsets aligned for binding and set by their
 /// lengths alone (zeros between them), each returned as a view of its range.
+/// Where that buffer would be over the device's per-buffer limit (one
+/// update binds it whole), each tensor gets a buffer of its own instead, and
+/// the updates run one tensor at a time.
 pub fn upload_flat(ctx: &GpuContext, tensors: &[&HostTensor<f32>]) -> Vec<GpuTensor> {
     let align = u64::from(ctx.limits.min_storage_buffer_offset_alignment);
     let lens: Vec<usize> = tensors.iter().map(|t| t.len()).collect();
     let (offsets, size) = flat_layout(&lens, align);
+    if size > ctx.max_buffer_bytes() {
+        return tensors
+            .iter()
+            .map(|t| GpuTensor {
+                buffer: Arc::new(
+                    ctx.storage_buffer_with(bytemuck::cast_slice(&t.data), "parameter"),
+                ),
+                shape: t.shape.clone(),
+            })
+            .collect();
+    }
     let mut bytes = vec![0u8; size as usize];
     for (t, &offset) in tensors.iter().zip(&offsets) {
         let at = offset as usize;
