@@ -116,6 +116,13 @@ pub trait Backend {
         None
     }
 
+    /// Whether the backend's tensors live in host memory (the CPU path), so
+    /// that a run's activations and optimizer state count against the
+    /// machine's memory ([`crate::nn::memory::check_memory`]).
+    fn keeps_tensors_in_host_memory(&self) -> bool {
+        false
+    }
+
     /// Any error the device reported since the last call (validation, out of
     /// memory); GPU work is asynchronous, so errors surface here rather than
     /// at the op that caused them.

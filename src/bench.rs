@@ -7,8 +7,10 @@
 use std::time::Instant;
 
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::geometry::GemmSpec;
+use crate::host_memory::{available_bytes, describe_bytes};
+use crate::nn::memory::{Workload, check_memory};
 use crate::nn::{LayerSpec, Mode, ModelSpec, Sequential, init_parameters};
 use crate::optim::{OptimizerKind, OptimizerSettings};
 use crate::rng::SplitMix64;
@@ -46,10 +48,49 @@ pub struct GemmResult {
     pub clock: Clock,
 }
 
+/// Checks that `backend` can hold the operands of an `(m, k)·(k, n)`
+/// product: each within the device's per-buffer limit, and the host copies
+/// (all three on the CPU path, one at a time on a device, which makes them
+/// on the host and uploads them) within the memory the machine has free.
+pub fn check_gemm_fits<B: Backend>(backend: &B, m: usize, n: usize, k: usize) -> Result<()> {
+    let shape = format!("{m}x{n}x{k}");
+    let operands = [("A", m, k), ("B", k, n), ("C", m, n)].map(|(name, rows, cols)| {
+        let bytes = 4 * rows as u128 * cols as u128;
+        (name, rows, cols, bytes)
+    });
+    if let Some(max) = backend.max_buffer_bytes() {
+        for (name, rows, cols, bytes) in operands {
+            if bytes > max as u128 {
+                return Err(Error::Setting(format!(
+                    "gemm {shape}: {name} ({rows}×{cols}) needs a {} buffer, but this device \
+                     allows {} per buffer",
+                    describe_bytes(bytes),
+                    describe_bytes(max as u128)
+                )));
+            }
+        }
+    }
+    let host = if backend.keeps_tensors_in_host_memory() {
+        operands.iter().map(|o| o.3).sum()
+    } else {
+        operands[..2].iter().map(|o| o.3).max().unwrap_or(0)
+    };
+    match available_bytes() {
+        Some(free) if host > free as u128 => Err(Error::Setting(format!(
+            "gemm {shape} needs at least {} of memory for its operands, but this machine has \
+             {} free",
+            describe_bytes(host),
+            describe_bytes(free as u128)
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Times `C = A·B` for `(m, k)·(k, n)` on random data: on the device's
 /// clock where the backend has one ([`Backend::span_timer`]), which leaves
 /// out the submit and the wait (on a fast GPU they were most of a small
 /// product's wall time), else on the wall clock with the device waited for.
+/// Refuses operands that do not fit ([`check_gemm_fits`]).
 pub fn gemm<B: Backend>(
     backend: &B,
     label: String,
@@ -57,7 +98,8 @@ pub fn gemm<B: Backend>(
     n: usize,
     k: usize,
     runs: usize,
-) -> GemmResult {
+) -> Result<GemmResult> {
+    check_gemm_fits(backend, m, n, k)?;
     let mut rng = SplitMix64::new(7);
     let spec = GemmSpec {
         m,
@@ -95,12 +137,13 @@ pub fn gemm<B: Backend>(
             (seconds, Clock::Wall)
         }
     };
-    GemmResult {
+    backend.take_error()?;
+    Ok(GemmResult {
         shape: label,
         seconds,
-        gflops: 2.0 * (m * n * k) as f64 / seconds / 1e9,
+        gflops: 2.0 * m as f64 * n as f64 * k as f64 / seconds / 1e9,
         clock,
-    }
+    })
 }
 
 /// The adapter's multiply-add throughput in registers.
@@ -225,6 +268,9 @@ pub fn layers<B: Backend>(
     runs: usize,
 ) -> Result<Vec<LayerResult>> {
     let shapes = spec.shapes(batch)?;
+    // Forward and backward, no optimizer.
+    let workload = Workload::Train { optimizer_slots: 0 };
+    check_memory(backend, spec, batch, workload)?;
     let mut model = Sequential::new(backend, spec, &init_parameters(spec, 1)?, 1)?;
     let mut timer = backend.span_timer();
     let clock = if timer.is_some() {
@@ -288,6 +334,7 @@ pub fn layers<B: Backend>(
             clock,
         });
     }
+    backend.take_error()?;
     Ok(results)
 }
 
@@ -310,11 +357,10 @@ fn bench_trainer<B: Backend>(
     batch: usize,
 ) -> Result<(Trainer<B>, crate::data::Batch)> {
     spec.check_trainable(batch)?;
-    if let Some(max) = backend.max_buffer_bytes() {
-        spec.check_fits(batch, max)?;
-    }
-    let classes = spec.classes()?;
     let settings = OptimizerSettings::new(OptimizerKind::Momentum, 0.0)?;
+    let optimizer_slots = settings.kind.state_slots();
+    check_memory(backend, spec, batch, Workload::Train { optimizer_slots })?;
+    let classes = spec.classes()?;
     let trainer = Trainer::new(
         backend,
         spec,
@@ -358,6 +404,7 @@ pub fn train<B: Backend>(
         }
         backend.synchronize();
     });
+    backend.take_error()?;
     Ok(TrainResult {
         images_per_second: (steps * batch) as f64 / seconds,
         first_step_seconds,
@@ -399,6 +446,7 @@ pub fn kernels(
     }
     let profile = gpu.ctx.profile();
     gpu.ctx.set_profiling(false);
+    gpu.ctx.take_error()?;
     let steps = steps.max(1) as f64;
     let clock = if gpu.ctx.profiles_on_gpu_clock() {
         Clock::GpuTimestamps

@@ -18,6 +18,7 @@ pub mod fetch;
 pub mod fnv;
 pub mod geometry;
 pub mod gpu;
+pub mod host_memory;
 pub mod interrupt;
 pub mod nn;
 pub mod optim;

@@ -533,6 +533,74 @@ fn bad_model_files_are_clear_errors() {
     check(cases);
 }
 
+/// A model or batch larger than the machine's memory is refused before any
+/// of it is allocated (where the system says how much is free: Linux).
+#[test]
+fn models_and_batches_too_large_for_memory_are_clear_errors() {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    // 784 · 10⁹ weights: about 3 TB.
+    let huge = model_file(
+        "huge.toml",
+        "input = [1, 28, 28]\n[[layers]]\ntype = \"flatten\"\n\
+         [[layers]]\ntype = \"linear\"\nout_features = 1000000000\n\
+         [[layers]]\ntype = \"linear\"\nout_features = 10\n",
+    );
+    // Few parameters, but 10⁵ channels of 28×28 per image (314 MB), the
+    // pool's input.
+    let wide = model_file(
+        "wide.toml",
+        "input = [1, 28, 28]\n[[layers]]\ntype = \"conv2d\"\nout_channels = 100000\nkernel = 1\n\
+         [[layers]]\ntype = \"avgpool2d\"\nkernel = 28\n\
+         [[layers]]\ntype = \"flatten\"\n[[layers]]\ntype = \"linear\"\nout_features = 10\n",
+    );
+    let train = |model: &Path, device: &[&str], batch: &str| -> Vec<String> {
+        let mut args = vec!["train", "--dataset", "synthetic", "--epochs", "1"];
+        args.extend(device);
+        let model = s(model);
+        args.extend(["--batch-size", batch, "--model", &model]);
+        args.into_iter().map(String::from).collect()
+    };
+    let params = &[
+        "795000000010 parameters need at least",
+        "make its layers smaller",
+    ];
+    let mut cases = vec![
+        Case {
+            what: "parameters larger than memory, CPU path",
+            args: train(&huge, &["--cpu"], "64"),
+            expected: params.iter().map(|e| e.to_string()).collect(),
+        },
+        Case {
+            what: "a batch larger than memory, CPU path",
+            args: train(&wide, &["--cpu"], "4000"),
+            expected: [
+                "batch size 4000 needs at least",
+                "layer 1 (avgpool2d)'s input and output",
+                "or less",
+            ]
+            .iter()
+            .map(|e| e.to_string())
+            .collect(),
+        },
+    ];
+    if common::gpu().is_some() {
+        cases.push(Case {
+            what: "a weight larger than any device's buffers",
+            args: train(&huge, &["--device", "0"], "64"),
+            expected: [
+                "layer 1 (linear) has a weight of shape [1000000000, 784]",
+                "per buffer, whatever the batch size",
+            ]
+            .iter()
+            .map(|e| e.to_string())
+            .collect(),
+        });
+    }
+    check(cases);
+}
+
 // ---- Checkpoints ----------------------------------------------------------
 
 /// A lenet5 checkpoint trained for one epoch on a tiny MNIST directory.

@@ -940,15 +940,21 @@ fn check_spec(spec: &ModelSpec) -> Result<(), TestCaseError> {
                         ]));
                     }
                 }
+                // Every parameter must fit as well, whatever the batch.
+                let parameters = wgcnn::nn::parameter_shapes(spec)
+                    .map(|p| p.iter().map(|(_, shape)| product(shape)).max().unwrap_or(0));
                 match &largest {
                     Ok((n, what)) => {
                         prop_assert_eq!(*n as u128, expected);
                         prop_assert!(!what.is_empty());
                         for max in [0u64, 1 << 20, 1 << 30, u64::MAX] {
                             let fits = spec.check_fits(batch, max);
+                            let want = parameters
+                                .as_ref()
+                                .is_ok_and(|&p| 4 * expected.max(p) <= max as u128);
                             prop_assert_eq!(
                                 fits.is_ok(),
-                                4 * expected <= max as u128,
+                                want,
                                 "check_fits({}, {}) = {:?}",
                                 batch,
                                 max,

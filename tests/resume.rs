@@ -100,7 +100,7 @@ fn run<B: Backend>(
     }
     match start {
         Start::Resume(c) => *c,
-        Start::Fresh(_) => unreachable!("at least one stage"),
+        Start::Fresh(_) | Start::New => unreachable!("at least one stage"),
     }
 }
 

@@ -9,7 +9,7 @@ use wgcnn::backend::Backend;
 use wgcnn::checkpoint::Checkpoint;
 use wgcnn::cpu::CpuBackend;
 use wgcnn::data::{Dataset, Normalization, epoch_order, make_batch, synthetic};
-use wgcnn::nn::{Mode, ModelSpec, Sequential, builtin, init_parameters};
+use wgcnn::nn::{LayerSpec, Mode, ModelSpec, Sequential, builtin, init_parameters};
 use wgcnn::optim::{OptimizerKind, OptimizerSettings, Schedule};
 use wgcnn::train::{Start, TrainOptions, Trainer, train};
 
@@ -254,7 +254,28 @@ fn a_batch_too_large_for_the_device_is_refused_up_front() {
     // over lavapipe's 128 MiB, so it runs in pieces, and the batch is fine.
     let cifar = builtin("cifar-cnn", [3, 32, 32], 10).unwrap();
     assert!(cifar.check_fits(128, 128 << 20).is_ok());
-    // One image's matrix must fit, though.
-    let err = cifar.check_fits(1, 1 << 16).unwrap_err().to_string();
+    // One image's matrix must fit, though: a 5×5 convolution of 3 channels
+    // into 8 has 75 rows of im2col to each output's 8 (307,200 bytes).
+    let narrow = ModelSpec {
+        input: vec![3, 32, 32],
+        layers: vec![
+            LayerSpec::Conv2d {
+                out_channels: 8,
+                kernel: 5,
+                stride: 1,
+                padding: 2,
+            },
+            LayerSpec::Flatten,
+            LayerSpec::Linear { out_features: 2 },
+        ],
+    };
+    assert!(narrow.check_fits(1, 307_200).is_ok());
+    let err = narrow.check_fits(1, 307_196).unwrap_err().to_string();
     assert!(err.contains("im2col matrix of one image"), "{err}");
+    // And so must every parameter, whatever the batch size.
+    let err = cifar.check_fits(1, 1 << 20).unwrap_err().to_string();
+    assert!(
+        err.contains("has a weight of shape [256, 4096]") && err.contains("whatever the batch"),
+        "{err}"
+    );
 }

@@ -10,7 +10,7 @@ use wgcnn::cpu::CpuBackend;
 use wgcnn::gpu::GpuBackend;
 use wgcnn::gpu::gemm::block_runs_on;
 use wgcnn::gpu::gemm_source::{BLOCKS, Block};
-use wgcnn::nn::builtin;
+use wgcnn::nn::{ModelSpec, builtin};
 
 /// What to measure (all of it when omitted).
 #[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +24,8 @@ pub enum BenchKind {
     /// Forward and backward time of every layer of --model (GPU timestamps
     /// where the adapter has them, else wall clock).
     Layers,
-    /// Training images/s of the built-in models (or --model).
+    /// Training images/s of the built-in models (or --model, a name or a
+    /// model file).
     Train,
     /// GPU time per kernel in a training step of --model (each dispatch
     /// waited for on its own).
@@ -37,7 +38,8 @@ pub struct BenchArgs {
     /// What to measure; everything when omitted.
     #[command(subcommand)]
     pub kind: Option<BenchKind>,
-    /// Built-in model(s) for `layers` and `train` (repeatable). Default:
+    /// Built-in model(s) or model files for `layers`, `train` and `kernels`
+    /// (repeatable). Default:
     /// lenet5, fashion-cnn and cifar-cnn for `train`, fashion-cnn for `layers`.
     #[arg(long = "model", global = true)]
     pub models: Vec<String>,
@@ -178,7 +180,7 @@ fn kernels(gpu: &GpuBackend, device: &str, args: &BenchArgs) -> Result<()> {
     }
     for model in &models {
         for &batch in &batches {
-            let spec = builtin(model, shape_of(model), 10)?;
+            let spec = bench_model(model)?;
             let shares = bench::kernels(gpu, &spec, batch, args.runs)?;
             let total: f64 = shares.iter().map(|s| s.ms_per_step).sum();
             if !args.json {
@@ -207,6 +209,12 @@ fn kernels(gpu: &GpuBackend, device: &str, args: &BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A built-in model (for 10 classes of the images it is made for) or a
+/// model file, by `--model`'s value.
+fn bench_model(name: &str) -> Result<ModelSpec> {
+    super::train::model_spec(Some(name), shape_of(name), 10)
 }
 
 fn shape_of(model: &str) -> [usize; 3] {
@@ -267,7 +275,7 @@ fn run_on<B: Backend>(
         }
         for model in &models {
             for &batch in &batches {
-                let spec = builtin(model, shape_of(model), 10)?;
+                let spec = bench_model(model)?;
                 // About two seconds per timed run, judged from one step.
                 let probe = bench::train(backend, &spec, batch, 1, 1)?;
                 let steps =
@@ -319,6 +327,10 @@ fn gemm<B: Backend>(backend: &B, device: &str, args: &BenchArgs, peak: Option<f6
             .iter()
             .map(|&[m, n, k]| (format!("{m}x{n}x{k}"), m, n, k)),
     );
+    // Every shape is checked before any is timed.
+    for &(_, m, n, k) in &shapes {
+        bench::check_gemm_fits(backend, m, n, k)?;
+    }
     let kernel = args.kernel.map(Block::name);
     if !args.json {
         if let Some(kernel) = kernel {
@@ -333,12 +345,12 @@ fn gemm<B: Backend>(backend: &B, device: &str, args: &BenchArgs, peak: Option<f6
     }
     for (label, m, n, k) in shapes {
         // Large products: fewer runs keep the whole bench in minutes.
-        let runs = if m * n * k > 1 << 31 {
+        let runs = if m as u128 * n as u128 * k as u128 > 1 << 31 {
             args.runs.min(3)
         } else {
             args.runs
         };
-        let r = bench::gemm(backend, label, m, n, k, runs);
+        let r = bench::gemm(backend, label, m, n, k, runs)?;
         let percent = peak.map(|p| 100.0 * r.gflops / p);
         if args.json {
             println!(
@@ -368,7 +380,7 @@ fn layers<B: Backend>(
     batch: usize,
     args: &BenchArgs,
 ) -> Result<()> {
-    let spec = builtin(model, shape_of(model), 10)?;
+    let spec = bench_model(model)?;
     let results = bench::layers(backend, &spec, batch, args.runs)?;
     if !args.json {
         println!(

@@ -8,6 +8,7 @@ use wgcnn::backend::Backend;
 use wgcnn::checkpoint::Checkpoint;
 use wgcnn::cpu::CpuBackend;
 use wgcnn::data::{Dataset, DatasetKind, Normalization, make_batch};
+use wgcnn::nn::memory::{Workload, check_memory};
 use wgcnn::nn::{Mode, Sequential};
 use wgcnn::train::{check_data_fits, evaluate};
 use wgcnn::{Error, Result};
@@ -232,9 +233,7 @@ fn run_eval<B: Backend>(
     data: &Dataset,
     batch: usize,
 ) -> Result<wgcnn::train::Evaluation> {
-    if let Some(max) = backend.max_buffer_bytes() {
-        c.spec.check_fits(batch, max)?;
-    }
+    check_memory(backend, &c.spec, batch, Workload::Infer)?;
     let result = evaluate(
         &mut model(backend, c)?,
         backend,
@@ -251,9 +250,7 @@ fn forward<B: Backend>(
     c: &Checkpoint,
     x: &wgcnn::tensor::HostTensor<f32>,
 ) -> Result<wgcnn::tensor::HostTensor<f32>> {
-    if let Some(max) = backend.max_buffer_bytes() {
-        c.spec.check_fits(x.shape[0], max)?;
-    }
+    check_memory(backend, &c.spec, x.shape[0], Workload::Infer)?;
     let mut m = model(backend, c)?;
     let logits = m.forward(backend, &backend.upload(x), Mode::Eval, 0);
     let logits = backend.download(&logits);

@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use wgcnn::checkpoint::{Checkpoint, RunSettings};
 use wgcnn::cpu::CpuBackend;
 use wgcnn::data::{Augmentation, DatasetKind};
-use wgcnn::nn::{ModelSpec, builtin, default_model_name, init_parameters};
+use wgcnn::nn::{ModelSpec, builtin, default_model_name};
 use wgcnn::optim::{OptimizerKind, OptimizerSettings, Schedule};
 use wgcnn::train::{Start, TrainOptions, train};
 use wgcnn::{Error, Result, interrupt};
@@ -373,7 +373,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             }
             Start::Resume(Box::new(c))
         }
-        None => Start::Fresh(init_parameters(&spec, seed)?),
+        None => Start::New,
     };
     let model_name = match (&args.model, &args.resume) {
         (Some(name), _) => name.as_str(),

@@ -70,6 +70,10 @@ impl<F: Real> Backend for CpuBackend<F> {
         t.map(|&v| F::from_f32(v))
     }
 
+    fn keeps_tensors_in_host_memory(&self) -> bool {
+        true
+    }
+
     fn upload_indices(&self, values: &[u32]) -> Vec<u32> {
         values.to_vec()
     }

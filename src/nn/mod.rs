@@ -4,6 +4,7 @@
 mod builtin;
 pub mod file;
 mod layer;
+pub mod memory;
 mod sequential;
 pub mod spec;
 

@@ -70,8 +70,10 @@ fn parameter_layout(spec: &ModelSpec) -> Result<Vec<(String, Vec<usize>, Init)>>
 
 /// Fresh parameters for `spec`: He (Kaiming) normal weights `N(0, 2/fan_in)`
 /// for convolutions and linear layers, zero biases, batchnorm `γ = 1, β = 0`,
-/// running mean 0 and variance 1. Fixed by `seed`.
+/// running mean 0 and variance 1. Fixed by `seed`. Refuses, before
+/// allocating, parameters larger than the host memory free.
 pub fn init_parameters(spec: &ModelSpec, seed: u64) -> Result<StateDict> {
+    super::memory::check_room_for_parameters(spec)?;
     let mut rng = SplitMix64::new(seed);
     Ok(parameter_layout(spec)?
         .into_iter()

@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::geometry::{
     Activation, BatchNormLayout, Conv2dGeometry, DropoutSettings, Pool2dGeometry, element_count,
 };
+use crate::host_memory::describe_bytes;
 
 /// One layer of a sequential model, with its settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -232,8 +233,10 @@ impl ModelSpec {
     }
 
     /// Checks that every tensor of a step at batch `batch` fits in a buffer of
-    /// `max_bytes`, or says the largest batch size that would.
+    /// `max_bytes`: the parameters (else names the one that does not), and the
+    /// activations (else says the largest batch size that would fit).
     pub fn check_fits(&self, batch: usize, max_bytes: u64) -> Result<()> {
+        super::memory::check_parameters_fit(self, max_bytes)?;
         let (elements, what) = self.largest_tensor(batch)?;
         // In u128: four bytes per element of a usize count cannot overflow it.
         let bytes = 4 * elements as u128;
@@ -243,10 +246,10 @@ impl ModelSpec {
         let per_example = bytes / batch.max(1) as u128;
         let fits = max_bytes as u128 / per_example.max(1);
         Err(Error::Setting(format!(
-            "batch size {batch} needs a {:.0} MiB buffer for {what}, but this device allows \
-             {:.0} MiB per buffer; use --batch-size {fits} or less",
-            bytes as f64 / 1048576.0,
-            max_bytes as f64 / 1048576.0
+            "batch size {batch} needs a {} buffer for {what}, but this device allows {} per \
+             buffer; use --batch-size {fits} or less",
+            describe_bytes(bytes),
+            describe_bytes(max_bytes as u128)
         )))
     }
 

@@ -28,7 +28,8 @@ use crate::backend::Backend;
 use crate::checkpoint::{Checkpoint, MAX_COUNT, RunSettings, TrainingState};
 use crate::data::{Augmentation, Dataset, Normalization, batch_seed, epoch_order, make_batch};
 use crate::error::{Error, Result};
-use crate::nn::{ModelSpec, StateDict};
+use crate::nn::memory::{Workload, check_memory};
+use crate::nn::{ModelSpec, StateDict, init_parameters};
 use crate::optim::{LrSchedule, OptimizerSettings, Schedule};
 
 /// How to train.
@@ -94,7 +95,11 @@ pub struct EpochMetrics {
 
 /// Where a run starts: fresh weights, or a checkpoint.
 pub enum Start {
-    /// New weights from the model's initialiser.
+    /// New weights from the model's initialiser, seeded by
+    /// [`TrainOptions::seed`] and made once the run's checks have passed
+    /// (a model too large for memory is refused before any of it exists).
+    New,
+    /// These weights (from [`crate::nn::init_parameters`] or elsewhere).
     Fresh(StateDict),
     /// Continue a checkpoint.
     Resume(Box<Checkpoint>),
@@ -133,30 +138,35 @@ pub fn train<B: Backend>(
     }
     check_data_fits(spec, train)?;
     spec.check_trainable(options.batch_size.min(train.len()))?;
-    if let Some(max) = backend.max_buffer_bytes() {
-        spec.check_fits(options.batch_size, max)?;
-    }
+    // Batches are never larger than the set they are drawn from.
+    let largest_batch = options.batch_size.min(train.len().max(test.len()));
+    let slots = options.optimizer.kind.state_slots();
+    let workload = Workload::Train {
+        optimizer_slots: slots,
+    };
+    check_memory(backend, spec, largest_batch, workload)?;
 
     let norm = Normalization::of(train);
+    let fresh_state = || TrainingState {
+        seed: options.seed,
+        optimizer: options.optimizer.kind.name().to_string(),
+        lr: options.lr,
+        weight_decay: options.optimizer.weight_decay,
+        dataset: train.name.clone(),
+        norm_mean: norm.mean.clone(),
+        norm_std: norm.std.clone(),
+        class_names: train.class_names.clone(),
+        ..TrainingState::default()
+    };
     let (weights, optimizer_state, mut state) = match start {
-        Start::Fresh(weights) => (
-            weights,
+        Start::New => (
+            init_parameters(spec, options.seed)?,
             Vec::new(),
-            TrainingState {
-                seed: options.seed,
-                optimizer: options.optimizer.kind.name().to_string(),
-                lr: options.lr,
-                weight_decay: options.optimizer.weight_decay,
-                dataset: train.name.clone(),
-                norm_mean: norm.mean.clone(),
-                norm_std: norm.std.clone(),
-                class_names: train.class_names.clone(),
-                ..TrainingState::default()
-            },
+            fresh_state(),
         ),
+        Start::Fresh(weights) => (weights, Vec::new(), fresh_state()),
         Start::Resume(c) => (c.model, c.optimizer, c.state),
     };
-    let slots = options.optimizer.kind.state_slots();
     if let Some((_, saved)) = optimizer_state.first()
         && saved.len() != slots
     {
