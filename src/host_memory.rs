@@ -33,25 +33,45 @@ pub fn available_in_meminfo(meminfo: &str) -> Option<u64> {
 /// has one: a container's limit is often far below the machine's memory.
 fn cgroup_room() -> Option<u64> {
     let read = |path: &str| std::fs::read_to_string(path).ok();
-    let (limit, usage) = match (
-        read("/sys/fs/cgroup/memory.max"),
-        read("/sys/fs/cgroup/memory.current"),
-    ) {
-        (Some(limit), Some(usage)) => (limit, usage),
-        _ => (
-            read("/sys/fs/cgroup/memory/memory.limit_in_bytes")?,
-            read("/sys/fs/cgroup/memory/memory.usage_in_bytes")?,
+    let v2 = "/sys/fs/cgroup/";
+    let v1 = "/sys/fs/cgroup/memory/";
+    let (limit, usage, stat, cache_key) = match read(&format!("{v2}memory.max")) {
+        Some(limit) => (
+            limit,
+            read(&format!("{v2}memory.current"))?,
+            read(&format!("{v2}memory.stat")),
+            "file",
+        ),
+        None => (
+            read(&format!("{v1}memory.limit_in_bytes"))?,
+            read(&format!("{v1}memory.usage_in_bytes"))?,
+            read(&format!("{v1}memory.stat")),
+            "total_cache",
         ),
     };
-    room_under_limit(&limit, &usage)
+    let cache = stat.as_deref().and_then(|s| stat_value(s, cache_key));
+    room_under_limit(&limit, &usage, cache.unwrap_or(0))
 }
 
-/// `limit − usage` from a control group's files; `None` for no limit
-/// (`max` in version 2, a near-`i64::MAX` figure in version 1).
-pub fn room_under_limit(limit: &str, usage: &str) -> Option<u64> {
+/// The value of `key` in a control group's `memory.stat`.
+fn stat_value(stat: &str, key: &str) -> Option<u64> {
+    stat.lines().find_map(|line| {
+        let (name, value) = line.split_once(' ')?;
+        if name != key {
+            return None;
+        }
+        value.trim().parse().ok()
+    })
+}
+
+/// `limit − (usage − cache)` from a control group's figures: its page cache
+/// counts as usage but is given back under pressure, so it is room too.
+/// `None` for no limit (`max` in version 2, a near-`i64::MAX` figure in
+/// version 1).
+pub fn room_under_limit(limit: &str, usage: &str, cache: u64) -> Option<u64> {
     let limit = limit.trim().parse::<u64>().ok()?;
     let usage = usage.trim().parse::<u64>().ok()?;
-    (limit < 1 << 62).then(|| limit.saturating_sub(usage))
+    (limit < 1 << 62).then(|| limit.saturating_sub(usage.saturating_sub(cache)))
 }
 
 /// `bytes` for people: `12 bytes`, `196 KiB`, `512 MiB`, `3.2 GiB`,
@@ -91,14 +111,19 @@ mod tests {
     }
 
     #[test]
-    fn a_control_group_without_a_limit_gives_no_room() {
-        assert_eq!(room_under_limit("max\n", "334811136\n"), None);
+    fn a_control_groups_room_is_its_limit_less_what_it_cannot_give_back() {
+        assert_eq!(room_under_limit("max\n", "334811136\n", 0), None);
         assert_eq!(
-            room_under_limit("9223372036854771712\n", "334811136\n"),
+            room_under_limit("9223372036854771712\n", "334811136\n", 0),
             None
         );
-        assert_eq!(room_under_limit("1000\n", "300\n"), Some(700));
-        assert_eq!(room_under_limit("1000\n", "3000\n"), Some(0));
+        assert_eq!(room_under_limit("1000\n", "300\n", 0), Some(700));
+        assert_eq!(room_under_limit("1000\n", "300\n", 200), Some(900));
+        assert_eq!(room_under_limit("1000\n", "3000\n", 0), Some(0));
+        let stat = "cache 9625600\ntotal_cache 4960747520\nfile 77\n";
+        assert_eq!(stat_value(stat, "total_cache"), Some(4960747520));
+        assert_eq!(stat_value(stat, "file"), Some(77));
+        assert_eq!(stat_value(stat, "anon"), None);
     }
 
     #[test]

@@ -62,7 +62,10 @@ impl HostNeed {
             }
         }
         let (fixed_elements, parameter_copies) = match (placement, workload) {
-            (Placement::Device, _) => (2 * all, "as made and as packed for the device"),
+            (Placement::Device, _) => (
+                2 * all,
+                "two copies on the host: as made and as packed for the device",
+            ),
             (Placement::Host, Workload::Infer) => (all, "the values"),
             (Placement::Host, Workload::Train { optimizer_slots }) => (
                 all + trained * (1 + optimizer_slots as u128),
