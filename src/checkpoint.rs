@@ -448,9 +448,9 @@ fn check_state(spec: &ModelSpec, state: &TrainingState) -> std::result::Result<(
     Ok(())
 }
 
-/// Writes `bytes` to a temporary file next to `path`, syncs it, renames it over
-/// `path` and syncs the directory.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// The directory of `path` and the temporary file [`write_atomically`]
+/// writes there before renaming it over `path`.
+fn temporary_beside(path: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -466,6 +466,29 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         name.to_string_lossy(),
         std::process::id()
     ));
+    Ok((dir, tmp))
+}
+
+/// Checks, before a long run, that [`write_atomically`] will be able to
+/// write `path`: that it is not a directory, and that its directory exists
+/// and takes a new file (one is created there and removed). A mistyped
+/// `--checkpoint` then fails at once instead of after the first epoch.
+pub fn check_writable(path: &Path) -> std::io::Result<()> {
+    if path.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::IsADirectory,
+            "it is a directory",
+        ));
+    }
+    let (_, tmp) = temporary_beside(path)?;
+    File::create(&tmp)?;
+    std::fs::remove_file(&tmp)
+}
+
+/// Writes `bytes` to a temporary file next to `path`, syncs it, renames it over
+/// `path` and syncs the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let (dir, tmp) = temporary_beside(path)?;
     let result = (|| {
         let mut file = File::create(&tmp)?;
         file.write_all(bytes)?;

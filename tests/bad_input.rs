@@ -820,6 +820,25 @@ fn flags_out_of_range_are_clear_errors() {
             &["--schedule", "linear"],
             &["--schedule", "linear"],
         ),
+        // Refused before training, not after its first epoch.
+        flag(
+            "checkpoint in a directory that does not exist",
+            &["--checkpoint", "/nonexistent-dir/c.safetensors"],
+            &[
+                "/nonexistent-dir/c.safetensors",
+                "cannot write the checkpoint here",
+            ],
+        ),
+        flag(
+            "checkpoint that is a directory",
+            &["--checkpoint", "/tmp"],
+            &["/tmp", "it is a directory"],
+        ),
+        flag(
+            "picture in a directory that does not exist",
+            &["--plot", "/nonexistent-dir/p.png"],
+            &["/nonexistent-dir/p.png", "cannot write the picture here"],
+        ),
         Case {
             what: "unknown data set",
             args: train(&["--dataset", "imagenet"]),

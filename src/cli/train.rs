@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use wgcnn::checkpoint::{Checkpoint, RunSettings};
+use wgcnn::checkpoint::{Checkpoint, RunSettings, check_writable};
 use wgcnn::cpu::CpuBackend;
 use wgcnn::data::{Augmentation, DatasetKind};
 use wgcnn::nn::{ModelSpec, builtin, default_model_name};
@@ -212,6 +212,13 @@ fn restored_flags(args: &TrainArgs, settings: &RunSettings) -> Vec<String> {
 fn check_flags(args: &TrainArgs) -> Result<()> {
     if let Some(path) = &args.plot {
         wgcnn::plot::check_picture_path(path)?;
+    }
+    // Output files are checked before training, not after its first epoch.
+    for (path, what) in [(&args.checkpoint, "checkpoint"), (&args.plot, "picture")] {
+        if let Some(path) = path {
+            check_writable(path)
+                .map_err(|e| Error::file(path, format!("cannot write the {what} here: {e}")))?;
+        }
     }
     let fail = |message: String| Err(Error::Setting(message));
     if args.epochs == Some(0) {
