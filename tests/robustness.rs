@@ -128,7 +128,9 @@ fn an_invalid_submission_is_reported_by_take_error_not_a_panic() {
     // A device of its own: its submissions are made invalid.
     let gpu = GpuBackend::new(None).expect("a GPU adapter");
     // One binding over the device's limit fails validation, and with it the
-    // submission that carries it, so waiting on that submission fails too.
+    // submission that carries it, so waiting on that submission fails too
+    // (the buffer is the limit's size: 128 MiB on lavapipe, a few GiB on a
+    // GPU).
     let limit = gpu.ctx.limits.max_storage_buffer_binding_size;
     let len = (limit / 4 + 4) as usize;
     let x = gpu.upload(&HostTensor::new(&[len], vec![1.0; len]));
@@ -146,4 +148,29 @@ fn an_invalid_submission_is_reported_by_take_error_not_a_panic() {
     // The first error is the one reported; the failed waits it caused are
     // not piled on it.
     assert!(!err.contains("waiting for the GPU failed"), "{err}");
+}
+
+#[test]
+fn a_device_lost_mid_run_is_reported_by_take_error_not_a_panic() {
+    use wgcnn::backend::Backend;
+    use wgcnn::geometry::Activation;
+    use wgcnn::tensor::HostTensor;
+    if common::gpu().is_none() {
+        return;
+    }
+    // A device of its own, since this one is destroyed.
+    let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    let x = gpu.upload(&HostTensor::new(&[1024], vec![1.0; 1024]));
+    let y = gpu.activation_forward(Activation::Relu, &x);
+    gpu.end_step();
+    gpu.ctx.device.destroy();
+    let _ = gpu.activation_forward(Activation::Relu, &y);
+    gpu.end_step();
+    // The read-back cannot map: zeros, and the loss reported.
+    assert_eq!(gpu.download(&y).data, vec![0.0; 1024]);
+    let err = gpu
+        .take_error()
+        .expect_err("the loss is reported")
+        .to_string();
+    assert!(err.contains("the GPU device was lost"), "{err}");
 }
