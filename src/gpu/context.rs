@@ -272,6 +272,12 @@ pub fn fold_workgroups(count: u32) -> [u32; 2] {
     }
 }
 
+/// The largest buffer the kernels address: they index elements with `u32`,
+/// and some multiply an element index by 4 before dividing, so 2³⁰ floats
+/// keep every such product in range. Adapters that allow larger bindings
+/// (some report tens of GiB) are held to this.
+pub const MAX_ADDRESSABLE_BYTES: u64 = 1 << 32;
+
 /// The device, queue and everything built once per device.
 pub struct GpuContext {
     /// The logical device.
@@ -708,12 +714,14 @@ impl GpuContext {
     }
 
     /// The most bytes one buffer (and one binding) may hold on this device,
-    /// or the smaller limit [`GpuContext::limit_buffer_bytes`] set.
+    /// at most [`MAX_ADDRESSABLE_BYTES`], or the smaller limit
+    /// [`GpuContext::limit_buffer_bytes`] set.
     pub fn max_buffer_bytes(&self) -> u64 {
         let device = self
             .limits
             .max_buffer_size
-            .min(self.limits.max_storage_buffer_binding_size);
+            .min(self.limits.max_storage_buffer_binding_size)
+            .min(MAX_ADDRESSABLE_BYTES);
         self.buffer_limit
             .lock()
             .unwrap()
