@@ -4,7 +4,7 @@ use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use rayon::iter::ParallelIterator;
+use rayon::iter::{IndexedParallelIterator, ParallelIterator};
 use rayon::slice::ParallelSliceMut;
 
 /// A dense row-major tensor in host memory, generic over the element type so the
@@ -141,6 +141,116 @@ impl<F: Copy + Default + Send + Sync> HostTensor<F> {
     }
 }
 
+/// A task's part of a tensor that [`HostTensor::written_in_parallel`] makes:
+/// consecutive pieces, each zeroed only when the iterator reaches it, so
+/// that it is still in cache when the task writes it (zeroing a whole large
+/// tensor first sent every value to memory twice).
+pub struct ZeroedPieces<'a, F> {
+    rest: &'a mut [MaybeUninit<F>],
+    piece: usize,
+}
+
+impl<'a, F: Copy + Default> Iterator for ZeroedPieces<'a, F> {
+    type Item = &'a mut [F];
+
+    fn next(&mut self) -> Option<&'a mut [F]> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let len = self.piece.min(self.rest.len());
+        let (piece, rest) = std::mem::take(&mut self.rest).split_at_mut(len);
+        self.rest = rest;
+        piece.fill(MaybeUninit::new(F::default()));
+        // SAFETY: every element of `piece` was initialised just above, and
+        // `MaybeUninit<F>` has `F`'s layout.
+        Some(unsafe { &mut *(piece as *mut [MaybeUninit<F>] as *mut [F]) })
+    }
+}
+
+impl<F: Copy + Default + Send + Sync> HostTensor<F> {
+    /// A tensor of `shape` written on the cores: task `i` gets elements
+    /// `i·task_len ..` (up to `task_len` of them) as [`ZeroedPieces`] of
+    /// `piece_len`, and returns a value; the values come back in task order.
+    /// Every element is zero until its task writes it (pieces a task leaves
+    /// are zeroed after it), as with [`HostTensor::zeros`], but each piece
+    /// is zeroed on the thread that writes it, just before.
+    pub fn written_in_parallel<R: Send>(
+        shape: &[usize],
+        task_len: usize,
+        piece_len: usize,
+        task: impl Fn(usize, &mut ZeroedPieces<'_, F>) -> R + Sync + Send,
+    ) -> (Self, Vec<R>) {
+        let len = shape.iter().product();
+        let mut data = Vec::with_capacity(len);
+        let results = data.spare_capacity_mut()[..len]
+            .par_chunks_mut(task_len.max(1))
+            .enumerate()
+            .map(|(i, part)| {
+                let mut pieces = ZeroedPieces {
+                    rest: part,
+                    piece: piece_len.max(1),
+                };
+                let result = task(i, &mut pieces);
+                pieces.for_each(drop);
+                result
+            })
+            .collect();
+        // SAFETY: the tasks' parts cover all `len` elements, and every piece
+        // of them was initialised, by the task or after it.
+        unsafe { data.set_len(len) };
+        let tensor = Self {
+            shape: shape.to_vec(),
+            data: data.into(),
+        };
+        (tensor, results)
+    }
+}
+
+impl<F: Copy + Send + Sync> HostTensor<F> {
+    /// A tensor of `shape` whose consecutive runs of `run` elements are
+    /// `values(i)` for run `i`, each value written once (no zero fill
+    /// first), tasks of `runs_per_task` runs over the cores.
+    ///
+    /// # Panics
+    /// When `values(i)` yields fewer than `run` values (before the tensor
+    /// exists, so no element is left unwritten).
+    pub fn from_runs<I: Iterator<Item = F>>(
+        shape: &[usize],
+        run: usize,
+        runs_per_task: usize,
+        values: impl Fn(usize) -> I + Sync + Send,
+    ) -> Self {
+        let len = shape.iter().product();
+        let (run, runs_per_task) = (run.max(1), runs_per_task.max(1));
+        let mut data = Vec::with_capacity(len);
+        data.spare_capacity_mut()[..len]
+            .par_chunks_mut(run * runs_per_task)
+            .enumerate()
+            .for_each(|(task, part)| {
+                for (j, out) in part.chunks_mut(run).enumerate() {
+                    let mut written = 0;
+                    for (slot, v) in out.iter_mut().zip(values(task * runs_per_task + j)) {
+                        *slot = MaybeUninit::new(v);
+                        written += 1;
+                    }
+                    assert_eq!(
+                        written,
+                        out.len(),
+                        "run {} is short",
+                        task * runs_per_task + j
+                    );
+                }
+            });
+        // SAFETY: every run was written in full above (a short one panics
+        // before this point).
+        unsafe { data.set_len(len) };
+        Self {
+            shape: shape.to_vec(),
+            data: data.into(),
+        }
+    }
+}
+
 impl<F> HostTensor<F> {
     /// Wraps `data` as a tensor of `shape`.
     ///
@@ -211,6 +321,31 @@ pub fn shape_string(shape: &[usize]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tasks_write_their_pieces_and_what_they_leave_is_zero() {
+        // 3 × 7 = 21 elements in tasks of 8 (the last has 5), pieces of 3.
+        let (t, sums) = HostTensor::<f32>::written_in_parallel(&[3, 7], 8, 3, |task, pieces| {
+            let mut written = 0;
+            // Task 1 writes only its first piece; the rest stays zero.
+            for (p, piece) in pieces.take(if task == 1 { 1 } else { 3 }).enumerate() {
+                assert!(piece.iter().all(|&v| v == 0.0), "a piece starts zeroed");
+                for (j, v) in piece.iter_mut().enumerate() {
+                    *v = (100 * task + 10 * p + j) as f32;
+                    written += 1;
+                }
+            }
+            written
+        });
+        assert_eq!(t.shape, vec![3, 7]);
+        assert_eq!(sums, vec![8, 3, 5]);
+        let want = [
+            0., 1., 2., 10., 11., 12., 20., 21., // task 0: pieces 3, 3, 2
+            100., 101., 102., 0., 0., 0., 0., 0., // task 1: one piece
+            200., 201., 202., 210., 211., // task 2: pieces 3, 2
+        ];
+        assert_eq!(t.data, want);
+    }
 
     #[test]
     fn a_clone_shares_the_elements_until_one_of_them_is_written() {

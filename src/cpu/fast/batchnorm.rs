@@ -27,21 +27,16 @@ fn per_channel<T: Send>(l: &BatchNormLayout, f: impl Fn(usize) -> T + Sync + Sen
     (0..l.channels).into_par_iter().map(f).collect()
 }
 
-/// A tensor shaped like `x` whose plane `(n, c)` is written by
-/// `f(c, n, plane)`, images split over the cores.
-fn per_plane<F: Real>(
+/// A tensor shaped like `x` whose plane `(n, c)` holds `values(c, n)`,
+/// written once (no zero fill first), images split over the cores.
+fn per_plane<F: Real, I: Iterator<Item = F>>(
     l: &BatchNormLayout,
     x: &HostTensor<F>,
-    f: impl Fn(usize, usize, &mut [F]) + Sync + Send,
+    values: impl Fn(usize, usize) -> I + Sync + Send,
 ) -> HostTensor<F> {
-    let mut out = HostTensor::zeros(&x.shape);
-    let images = out.data.par_chunks_mut(l.channels * l.spatial).enumerate();
-    images.for_each(|(n, out_n)| {
-        for (c, plane) in out_n.chunks_mut(l.spatial).enumerate() {
-            f(c, n, plane);
-        }
-    });
-    out
+    HostTensor::from_runs(&x.shape, l.spatial, l.channels, |p| {
+        values(p % l.channels, p / l.channels)
+    })
 }
 
 impl ElementLoops for Vectorised {
@@ -72,11 +67,10 @@ impl ElementLoops for Vectorised {
         mean: &[F],
         invstd: &[F],
     ) -> HostTensor<F> {
-        per_plane(l, x, |c, n, y| {
+        per_plane(l, x, |c, n| {
             let (shift, scale, offset) = (mean[c], gamma[c] * invstd[c], beta[c]);
-            for (y, &v) in y.iter_mut().zip(plane(l, &x.data, n, c)) {
-                *y = (v - shift) * scale + offset;
-            }
+            let x_p = plane(l, &x.data, n, c);
+            x_p.iter().map(move |&v| (v - shift) * scale + offset)
         })
     }
 
@@ -111,24 +105,21 @@ impl ElementLoops for Vectorised {
         sums: Option<(&[F], &[F])>,
     ) -> HostTensor<F> {
         let m_count = F::from_usize(l.count());
-        per_plane(l, x, |c, n, dx| {
-            let g = gamma[c] * invstd[c];
-            let (dy_p, x_p) = (plane(l, &dy.data, n, c), plane(l, &x.data, n, c));
-            match sums {
-                Some((dbeta, dgamma)) => {
-                    let offset = g * dbeta[c] / m_count;
-                    let slope = g * invstd[c] * dgamma[c] / m_count;
-                    let mu = mean[c];
-                    for ((dx, &d), &v) in dx.iter_mut().zip(dy_p).zip(x_p) {
-                        *dx = g * d - offset - slope * (v - mu);
-                    }
-                }
-                None => {
-                    for (dx, &d) in dx.iter_mut().zip(dy_p) {
-                        *dx = g * d;
-                    }
-                }
-            }
-        })
+        match sums {
+            Some((dbeta, dgamma)) => per_plane(l, x, |c, n| {
+                let g = gamma[c] * invstd[c];
+                let offset = g * dbeta[c] / m_count;
+                let slope = g * invstd[c] * dgamma[c] / m_count;
+                let mu = mean[c];
+                let (dy_p, x_p) = (plane(l, &dy.data, n, c), plane(l, &x.data, n, c));
+                dy_p.iter()
+                    .zip(x_p)
+                    .map(move |(&d, &v)| g * d - offset - slope * (v - mu))
+            }),
+            None => per_plane(l, x, |c, n| {
+                let g = gamma[c] * invstd[c];
+                plane(l, &dy.data, n, c).iter().map(move |&d| g * d)
+            }),
+        }
     }
 }

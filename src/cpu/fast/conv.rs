@@ -12,7 +12,7 @@ use super::{lanes, workers};
 use crate::backend::ParamGrads;
 use crate::cpu::Real;
 use crate::geometry::Conv2dGeometry;
-use crate::tensor::HostTensor;
+use crate::tensor::{HostTensor, ZeroedPieces};
 
 /// The outputs `o` along one axis whose tap `tap` lands inside an input of
 /// `len` (`o·stride + tap − padding ∈ [0, len)`), as a range of `o` below
@@ -325,23 +325,26 @@ fn forward_with<F: Real>(
     b: &HostTensor<F>,
     g: &Conv2dGeometry,
 ) -> HostTensor<F> {
-    let mut y = HostTensor::zeros(&g.output_shape());
     let per_image = g.out_channels * g.out_positions();
     let chunk = g.batch.div_ceil(workers(g.batch));
     let image_len = g.channels * g.height * g.width;
-    let tasks = y.data.par_chunks_mut(chunk * per_image).enumerate();
-    tasks.for_each(|(c, out)| {
-        let mut scratch = way.scratch(false);
-        for (i, y_n) in out.chunks_mut(per_image).enumerate() {
-            let n = c * chunk + i;
-            way.forward(
-                &mut scratch,
-                &x.data[n * image_len..][..image_len],
-                &b.data,
-                y_n,
-            );
-        }
-    });
+    let (y, _) = HostTensor::written_in_parallel(
+        &g.output_shape(),
+        chunk * per_image,
+        per_image,
+        |c, images| {
+            let mut scratch = way.scratch(false);
+            for (i, y_n) in images.enumerate() {
+                let n = c * chunk + i;
+                way.forward(
+                    &mut scratch,
+                    &x.data[n * image_len..][..image_len],
+                    &b.data,
+                    y_n,
+                );
+            }
+        },
+    );
     y
 }
 
@@ -398,34 +401,37 @@ fn grads_with<F: Real>(
 ) -> ConvGrads<F> {
     let (o, positions) = (g.out_channels, g.out_positions());
     let image_len = g.channels * g.height * g.width;
-    let mut dx = need_dx.then(|| HostTensor::zeros(&g.input_shape()));
     let chunk = g.batch.div_ceil(workers(g.batch));
-    // Each task's slice of dX (empty when dX is not wanted).
-    let dx_slices: Vec<&mut [F]> = match dx.as_mut() {
-        Some(dx) => dx.data.chunks_mut(chunk * image_len).collect(),
-        None => (0..g.batch.div_ceil(chunk)).map(|_| &mut [][..]).collect(),
-    };
-    // Each worker sums its images' dW and db; partial sums are added in worker
+    // Each task sums its images' dW and db, writing their dX (`dx_pieces`,
+    // an image each) when it is wanted; partial sums are added in task
     // order, so the result does not depend on timing.
-    let partials: Vec<(Vec<F>, Vec<F>)> = dx_slices
-        .into_par_iter()
-        .enumerate()
-        .map(|(c, dx_chunk)| {
-            let mut db = vec![F::zero(); o];
-            let mut scratch = way.scratch(need_dx);
-            let images = c * chunk..((c + 1) * chunk).min(g.batch);
-            for (i, n) in images.enumerate() {
-                let dy_n = &dy.data[n * o * positions..(n + 1) * o * positions];
-                let dx_n = need_dx.then(|| &mut dx_chunk[i * image_len..][..image_len]);
-                let x_n = &x.data[n * image_len..][..image_len];
-                way.grads(&mut scratch, x_n, dy_n, dx_n);
-                for (sum, row) in db.iter_mut().zip(dy_n.chunks(positions)) {
-                    *sum += lanes::sum(row);
-                }
+    let task = |c: usize, mut dx_pieces: Option<&mut ZeroedPieces<'_, F>>| {
+        let mut db = vec![F::zero(); o];
+        let mut scratch = way.scratch(need_dx);
+        for n in c * chunk..((c + 1) * chunk).min(g.batch) {
+            let dy_n = &dy.data[n * o * positions..(n + 1) * o * positions];
+            let dx_n = dx_pieces.as_mut().and_then(|pieces| pieces.next());
+            let x_n = &x.data[n * image_len..][..image_len];
+            way.grads(&mut scratch, x_n, dy_n, dx_n);
+            for (sum, row) in db.iter_mut().zip(dy_n.chunks(positions)) {
+                *sum += lanes::sum(row);
             }
-            (way.weight_grad(scratch), db)
-        })
-        .collect();
+        }
+        (way.weight_grad(scratch), db)
+    };
+    let (dx, partials) = if need_dx {
+        let (dx, partials) = HostTensor::written_in_parallel(
+            &g.input_shape(),
+            chunk * image_len,
+            image_len,
+            |c, images| task(c, Some(images)),
+        );
+        (Some(dx), partials)
+    } else {
+        let tasks = g.batch.div_ceil(chunk);
+        let partials: Vec<_> = (0..tasks).into_par_iter().map(|c| task(c, None)).collect();
+        (None, partials)
+    };
     let mut dw = HostTensor::zeros(&g.weight_shape());
     let mut db = HostTensor::zeros(&[o]);
     for (pdw, pdb) in partials {

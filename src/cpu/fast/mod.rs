@@ -236,23 +236,19 @@ pub fn maxpool_backward<F: Real>(
 ) -> HostTensor<F> {
     assert_eq!(dy.shape, g.output_shape(), "maxpool output gradient shape");
     assert_eq!(argmax.len(), dy.len(), "maxpool arg-max count");
-    let mut dx = HostTensor::zeros(&g.input_shape());
     let (plane_in, plane_out) = (g.height * g.width, g.out_h * g.out_w);
     let planes = g.batch * g.channels;
     let chunk = planes.div_ceil(workers(planes));
-    let tasks = dx
-        .data
-        .par_chunks_mut(chunk * plane_in)
-        .zip(dy.data.par_chunks(chunk * plane_out))
-        .zip(argmax.par_chunks(chunk * plane_out));
-    tasks.for_each(|((dx_c, dy_c), arg_c)| {
-        let planes = dx_c.chunks_mut(plane_in).zip(dy_c.chunks(plane_out));
-        for ((dx_p, dy_p), arg_p) in planes.zip(arg_c.chunks(plane_out)) {
-            for (&d, &at) in dy_p.iter().zip(arg_p) {
-                dx_p[at as usize] += d;
+    let (dx, _) =
+        HostTensor::written_in_parallel(&g.input_shape(), chunk * plane_in, plane_in, |c, dx_c| {
+            let dy_c = dy.data[c * chunk * plane_out..].chunks(plane_out);
+            let arg_c = argmax[c * chunk * plane_out..].chunks(plane_out);
+            for ((dx_p, dy_p), arg_p) in dx_c.zip(dy_c).zip(arg_c) {
+                for (&d, &at) in dy_p.iter().zip(arg_p) {
+                    dx_p[at as usize] += d;
+                }
             }
-        }
-    });
+        });
     dx
 }
 
