@@ -323,6 +323,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn runs_hold_their_values_in_order() {
+        // 2 × 3 × 2: six runs of 2, three per task.
+        let t = HostTensor::<f32>::from_runs(&[2, 3, 2], 2, 3, |run| {
+            (0..2).map(move |j| (10 * run + j) as f32)
+        });
+        assert_eq!(
+            t.data,
+            [0., 1., 10., 11., 20., 21., 30., 31., 40., 41., 50., 51.]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "run 1 is short")]
+    fn a_short_run_panics_before_the_tensor_exists() {
+        HostTensor::<f32>::from_runs(&[4], 2, 1, |run| (0..2 - run).map(|v| v as f32));
+    }
+
+    #[test]
     fn tasks_write_their_pieces_and_what_they_leave_is_zero() {
         // 3 × 7 = 21 elements in tasks of 8 (the last has 5), pieces of 3.
         let (t, sums) = HostTensor::<f32>::written_in_parallel(&[3, 7], 8, 3, |task, pieces| {
