@@ -73,6 +73,19 @@ fn mnist_from_a_directory_trains_evaluates_and_predicts() {
         "{}",
         text(&out)
     );
+    // A batch size far over the set (and over memory, were it drawn) is a
+    // batch of the whole set.
+    let out = wgcnn(&[
+        "eval",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data-dir",
+        d,
+        "--batch-size",
+        "100000000",
+        "--cpu",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
 
     let out = wgcnn(&[
         "predict",

@@ -233,7 +233,8 @@ fn run_eval<B: Backend>(
     data: &Dataset,
     batch: usize,
 ) -> Result<wgcnn::train::Evaluation> {
-    check_memory(backend, &c.spec, batch, Workload::Infer)?;
+    // Batches are never larger than the data set.
+    check_memory(backend, &c.spec, batch.min(data.len()), Workload::Infer)?;
     let result = evaluate(
         &mut model(backend, c)?,
         backend,
