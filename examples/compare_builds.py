@@ -15,25 +15,18 @@ won. ARGS is any `wgcnn bench` command line.
         -- bench gemm --shape 1024x1024x1024 --device 0
 """
 import argparse
-import json
 import statistics
-import subprocess
 import sys
+
+from side_by_side import json_records
 
 
 def figures(binary, args):
     """`{key: value}` from one run: images/s per (model, batch) of `train`
     lines, GFLOP/s per shape of `gemm` lines."""
     cmd = [binary, *args, "--json"]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True)
-    except OSError as e:
-        sys.exit(f"cannot run {binary}: {e.strerror}")
-    if out.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr.strip()}")
     found = {}
-    for line in out.stdout.splitlines():
-        record = json.loads(line)
+    for record in json_records(cmd):
         if record.get("kind") == "train":
             key = f"{record['model']} batch {record['batch_size']} (images/s)"
             found[key] = record["images_per_second"]

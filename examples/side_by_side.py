@@ -46,16 +46,20 @@ def wgcnn_rates(args, models, batch_sizes):
             for r in train_records(cmd)}
 
 
-def train_records(cmd):
-    """The `"kind": "train"` JSON lines `cmd` prints, or exit with its error."""
+def json_records(cmd):
+    """The JSON lines `cmd` prints, or exit with its error."""
     try:
         out = subprocess.run(cmd, capture_output=True, text=True)
     except OSError as e:
         sys.exit(f"cannot run {cmd[0]}: {e.strerror}")
     if out.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr.strip()}")
-    records = (json.loads(line) for line in out.stdout.splitlines())
-    return [r for r in records if r.get("kind") == "train"]
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def train_records(cmd):
+    """The `"kind": "train"` JSON lines `cmd` prints, or exit with its error."""
+    return [r for r in json_records(cmd) if r.get("kind") == "train"]
 
 
 class Torch:
