@@ -16,6 +16,7 @@ use plotters::style::text_anchor;
 use serde::Deserialize;
 
 use crate::checkpoint::write_atomically;
+use crate::train::EvaluatedOn;
 use crate::{Error, Result};
 
 /// One epoch's record of a `--metrics` file (the fields of
@@ -32,6 +33,10 @@ pub struct MetricsRow {
     pub test_loss: f64,
     /// Fraction of test (or validation) examples classified correctly.
     pub test_accuracy: f64,
+    /// Which of the two the record's test figures are (files written before
+    /// this field existed hold test figures).
+    #[serde(default)]
+    pub evaluated_on: EvaluatedOn,
 }
 
 impl From<&crate::train::EpochMetrics> for MetricsRow {
@@ -42,6 +47,7 @@ impl From<&crate::train::EpochMetrics> for MetricsRow {
             train_accuracy: m.train_accuracy,
             test_loss: m.test_loss,
             test_accuracy: m.test_accuracy,
+            evaluated_on: m.evaluated_on,
         }
     }
 }
@@ -215,9 +221,10 @@ pub fn plot_metrics(rows: &[MetricsRow], path: &Path) -> Result<()> {
         .max_by(|a, b| a.test_accuracy.total_cmp(&b.test_accuracy))
     {
         Some(best) => format!(
-            "Training: {} epoch{} \u{2014} best test accuracy {:.2}% (epoch {})",
+            "Training: {} epoch{} \u{2014} best {} accuracy {:.2}% (epoch {})",
             rows.len(),
             if rows.len() == 1 { "" } else { "s" },
+            evaluated_name(rows),
             100.0 * best.test_accuracy,
             best.epoch
         ),
@@ -231,6 +238,17 @@ pub fn plot_metrics(rows: &[MetricsRow], path: &Path) -> Result<()> {
             title: &title,
         },
     )
+}
+
+/// What the rows' test figures are: `test` or `validation`, or
+/// `evaluation` where a file's runs differ.
+fn evaluated_name(rows: &[MetricsRow]) -> &'static str {
+    match rows.first() {
+        Some(first) if rows.iter().all(|r| r.evaluated_on == first.evaluated_on) => {
+            first.evaluated_on.name()
+        }
+        _ => "evaluation",
+    }
 }
 
 fn draw_metrics<DB: DrawingBackend>(
@@ -258,6 +276,7 @@ fn draw_metrics<DB: DrawingBackend>(
         rows.iter().map(|r| 100.0 * r.train_accuracy).collect(),
         rows.iter().map(|r| 100.0 * r.test_accuracy).collect(),
     ];
+    let names = ["train", evaluated_name(rows)];
     draw_panel(
         &panels[0],
         "Loss",
@@ -265,6 +284,7 @@ fn draw_metrics<DB: DrawingBackend>(
         x_range.clone(),
         &epochs,
         &loss,
+        names,
         (Some(0.0), None),
         SeriesLabelPosition::UpperRight,
     )?;
@@ -275,12 +295,14 @@ fn draw_metrics<DB: DrawingBackend>(
         x_range,
         &epochs,
         &accuracy,
+        names,
         (Some(0.0), Some(100.0)),
         SeriesLabelPosition::LowerRight,
     )
 }
 
-/// One panel: the train and test series over epochs, with grid and legend.
+/// One panel: the train and test series over epochs, named `names` in the
+/// legend, with a grid.
 /// `clamp` bounds the y range (e.g. accuracy stays within 0–100 %).
 #[allow(clippy::too_many_arguments)]
 fn draw_panel<DB: DrawingBackend>(
@@ -290,6 +312,7 @@ fn draw_panel<DB: DrawingBackend>(
     x_range: std::ops::Range<f64>,
     epochs: &[f64],
     series: &[Vec<f64>; 2],
+    names: [&str; 2],
     clamp: (Option<f64>, Option<f64>),
     legend_at: SeriesLabelPosition,
 ) -> std::result::Result<(), String> {
@@ -361,7 +384,7 @@ fn draw_panel<DB: DrawingBackend>(
         .map_err(err)?;
     for (values, (name, color)) in series
         .iter()
-        .zip([("train", TRAIN_COLOR), ("test", TEST_COLOR)])
+        .zip(names.into_iter().zip([TRAIN_COLOR, TEST_COLOR]))
     {
         let points: Vec<(f64, f64)> = epochs
             .iter()

@@ -173,7 +173,16 @@ fn resume_continues_with_the_checkpoints_settings() {
         "5",
     ];
     let whole = path("whole.safetensors");
-    run(&settings, &whole);
+    let first = run(&settings, &whole);
+    // The held-out quarter is what each epoch evaluates, and is named so.
+    for said in [
+        "90 training / 30 validation images",
+        "| validation loss",
+        "final validation accuracy",
+    ] {
+        assert!(first.contains(said), "no {said:?} in {first}");
+    }
+    assert!(!first.contains("test"), "{first}");
     let parts = path("parts.safetensors");
     run(&[&settings[..], &["--stop-after", "1"]].concat(), &parts);
     let resumed = run(&["--resume", &parts], &parts);

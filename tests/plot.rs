@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use wgcnn::plot::{plot_confusion, plot_metrics, read_metrics};
+use wgcnn::train::EvaluatedOn;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("wgcnn-plot-{name}-{}", std::process::id()));
@@ -142,6 +143,45 @@ fn appended_runs_read_as_one_history() {
         .map(|r| r.epoch)
         .collect();
     assert_eq!(epochs, [1, 2, 3, 4, 5]);
+}
+
+/// Records of a run with `--validation` say so (`evaluated_on`), and the
+/// plot names that curve and the best accuracy after the validation split;
+/// records without the field (older files) are test figures.
+#[test]
+fn validation_figures_are_labelled_validation() {
+    let dir = temp_dir("validation");
+    let metrics = dir.join("m.jsonl");
+    write_metrics(&metrics, 3);
+    let svg_of = |rows: &[wgcnn::plot::MetricsRow]| {
+        let svg = dir.join("m.svg");
+        plot_metrics(rows, &svg).unwrap();
+        std::fs::read_to_string(&svg).unwrap()
+    };
+    let rows = read_metrics(&metrics).unwrap();
+    assert!(rows.iter().all(|r| r.evaluated_on == EvaluatedOn::Test));
+    let text = svg_of(&rows);
+    assert!(text.contains("best test accuracy"), "{text}");
+    assert!(!text.contains("validation"), "{text}");
+
+    let tagged = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .replace("\"lr\"", "\"evaluated_on\":\"validation\",\"lr\"");
+    std::fs::write(&metrics, tagged).unwrap();
+    let rows = read_metrics(&metrics).unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r.evaluated_on == EvaluatedOn::Validation)
+    );
+    let text = svg_of(&rows);
+    assert!(text.contains("best validation accuracy"), "{text}");
+    // The legend of each panel.
+    assert_eq!(text.matches(">\nvalidation\n</text>").count(), 2, "{text}");
+
+    // Runs that differ (a file appended by both) are named neither.
+    let mut mixed = rows.clone();
+    mixed[0].evaluated_on = EvaluatedOn::Test;
+    assert!(svg_of(&mixed).contains("best evaluation accuracy"));
 }
 
 #[test]

@@ -12,7 +12,7 @@ use wgcnn::cpu::CpuBackend;
 use wgcnn::data::{Augmentation, DatasetKind};
 use wgcnn::nn::{ModelSpec, builtin, default_model_name};
 use wgcnn::optim::{OptimizerKind, OptimizerSettings, Schedule};
-use wgcnn::train::{Start, TrainOptions, train};
+use wgcnn::train::{EvaluatedOn, Start, TrainOptions, train};
 use wgcnn::{Error, Result, interrupt};
 
 use super::data::resolve;
@@ -388,11 +388,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         (None, None) => default_model_name(train_set.shape),
     };
     println!(
-        "model: {model_name} ({} parameters), {} training / {} evaluation images, batch {}, \
+        "model: {model_name} ({} parameters), {} training / {} {} images, batch {}, \
          {optimizer} lr {lr}",
         parameter_count(&spec)?,
         train_set.len(),
         eval_set.len(),
+        EvaluatedOn::for_validation(settings.validation).name(),
         settings.batch_size,
     );
     if settings.warmup_epochs >= epochs as f32 {
@@ -436,7 +437,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         other => other?,
     };
     if let Some(last) = history.last() {
-        println!("final test accuracy: {:.2}%", 100.0 * last.test_accuracy);
+        println!(
+            "final {} accuracy: {:.2}%",
+            last.evaluated_on.name(),
+            100.0 * last.test_accuracy
+        );
     }
     if let Some(stop) = args.stop_after.filter(|&n| n < epochs) {
         let hint = match &args.checkpoint {

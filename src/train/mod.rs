@@ -18,7 +18,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use progress::Progress;
 use stats::StepStats;
@@ -81,16 +81,50 @@ pub struct EpochMetrics {
     pub train_loss: f64,
     /// Fraction of training examples classified correctly (during training).
     pub train_accuracy: f64,
-    /// Mean test loss.
+    /// Mean loss on the evaluated set (`evaluated_on`).
     pub test_loss: f64,
-    /// Fraction of test examples classified correctly.
+    /// Fraction of the evaluated set's examples classified correctly.
     pub test_accuracy: f64,
+    /// The set `test_loss` and `test_accuracy` come from: the test set, or
+    /// the validation split held out of the training set (the fields keep
+    /// their names so that metrics files read the same either way).
+    pub evaluated_on: EvaluatedOn,
     /// Training throughput.
     pub images_per_second: f64,
     /// Wall time of the epoch's training (evaluation excluded).
     pub seconds: f64,
     /// Learning rate at the epoch's last step.
     pub lr: f32,
+}
+
+/// The set an epoch's evaluation figures come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvaluatedOn {
+    /// The data set's test split.
+    #[default]
+    Test,
+    /// The fraction of the training set held out by `--validation`.
+    Validation,
+}
+
+impl EvaluatedOn {
+    /// The set of a run that holds out `validation` of its training set.
+    pub fn for_validation(validation: f32) -> Self {
+        if validation > 0.0 {
+            EvaluatedOn::Validation
+        } else {
+            EvaluatedOn::Test
+        }
+    }
+
+    /// Its name in output: `test` or `validation`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EvaluatedOn::Test => "test",
+            EvaluatedOn::Validation => "validation",
+        }
+    }
 }
 
 /// Where a run starts: fresh weights, or a checkpoint.
@@ -349,6 +383,7 @@ pub fn train<B: Backend>(
             train_accuracy: stats.correct_sum / stats.seen.max(1) as f64,
             test_loss: eval.loss,
             test_accuracy: eval.accuracy,
+            evaluated_on: EvaluatedOn::for_validation(options.validation),
             images_per_second: stats.seen as f64 / seconds,
             seconds,
             lr,

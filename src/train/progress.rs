@@ -79,11 +79,12 @@ impl Progress {
             bar.finish_and_clear();
         }
         println!(
-            "epoch {}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | {:.0} img/s, {:.1} s",
+            "epoch {}/{}: train loss {:.4} acc {:.2}% | {} loss {:.4} acc {:.2}% | {:.0} img/s, {:.1} s",
             m.epoch,
             self.epochs,
             m.train_loss,
             100.0 * m.train_accuracy,
+            m.evaluated_on.name(),
             m.test_loss,
             100.0 * m.test_accuracy,
             m.images_per_second,
