@@ -7,7 +7,8 @@ use super::workgroup_sum::SummingModule;
 use crate::backend::{BatchNormGrads, BatchNormSaved, BatchNormTrain};
 use crate::geometry::{BatchNormLayout, BatchNormSettings};
 
-static SOURCE: SummingModule = SummingModule::new(include_str!("../../shaders/batchnorm.wgsl"));
+pub(super) static SOURCE: SummingModule =
+    SummingModule::new(include_str!("../../shaders/batchnorm.wgsl"));
 
 fn layout(x: &GpuTensor) -> BatchNormLayout {
     BatchNormLayout::of_shape(&x.shape).expect("batchnorm shape validated by the layer")

@@ -548,6 +548,13 @@ impl GpuContext {
             .clone()
     }
 
+    /// What every kernel built so far was built from (one per cached
+    /// pipeline, in no particular order).
+    pub fn built_kernels(&self) -> Vec<KernelSpec> {
+        let kernels = self.kernels.lock().unwrap();
+        kernels.values().map(|k| k.spec.clone()).collect()
+    }
+
     fn module(&self, family: &'static str, source: &'static str) -> Arc<wgpu::ShaderModule> {
         let mut modules = self.modules.lock().unwrap();
         modules

@@ -25,7 +25,7 @@ use super::tensor::{GpuIndices, GpuTensor};
 use crate::backend::ParamGrads;
 use crate::geometry::{Activation, Conv2dGeometry, Pool2dGeometry};
 
-const SOURCE: &str = include_str!("../../shaders/im2col.wgsl");
+pub(super) const SOURCE: &str = include_str!("../../shaders/im2col.wgsl");
 
 /// The uniform parameters; the stride is a pipeline constant instead.
 fn params(g: &Conv2dGeometry) -> Params {

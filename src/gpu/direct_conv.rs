@@ -16,6 +16,7 @@ use super::conv::{Planes, input_padding, pad_planes, pad_planes_kept};
 use super::gemm::{Bias, Epilogue};
 use super::gemm_operand::Packing;
 use super::gemm_source::ACTIVATION;
+use super::modules::ModuleSource;
 use super::reduce::slice_sum_into;
 use super::tensor::GpuTensor;
 use crate::geometry::Conv2dGeometry;
@@ -119,6 +120,40 @@ fn channels_tag(channels: usize) -> String {
     } else {
         String::new()
     }
+}
+
+/// Every generated module, forward and weight gradient, as
+/// [`super::modules::every_module`] lists them.
+pub(super) fn modules() -> Vec<ModuleSource> {
+    let mut all = Vec::with_capacity(SHAPES + WEIGHT_GRAD_KERNELS);
+    for channels in 1..=CHANNELS_PER_INVOCATION {
+        for kernel_w in 1..=MAX_KERNEL_W {
+            for vecs in 1..=MAX_SEGMENT_VECS {
+                for (uniform_weights, pooled) in
+                    [(false, false), (true, false), (false, true), (true, true)]
+                {
+                    let shape = Shape {
+                        channels,
+                        vecs,
+                        kernel_w,
+                        uniform_weights,
+                        pooled,
+                    };
+                    all.push(ModuleSource {
+                        family: shape.family(),
+                        source: shape.source(),
+                    });
+                }
+            }
+            for rows in 1..=WEIGHT_GRAD_MAX_ROWS {
+                all.push(ModuleSource {
+                    family: weight_grad_family(channels, kernel_w, rows),
+                    source: weight_grad_source(channels, kernel_w, rows),
+                });
+            }
+        }
+    }
+    all
 }
 
 /// Kernels there can be: one per [`Shape`].

@@ -4,7 +4,7 @@ use super::context::{GpuContext, KernelSpec, Params, grid};
 use super::tensor::GpuTensor;
 use crate::geometry::{Activation, DropoutSettings};
 
-const SOURCE: &str = include_str!("../../shaders/elementwise.wgsl");
+pub(super) const SOURCE: &str = include_str!("../../shaders/elementwise.wgsl");
 
 /// Runs entry point `entry` over `a` (and `b`) into a new tensor shaped like
 /// `a`: its vec4 twin (`entry` + `4`, one vec4 per invocation) where there

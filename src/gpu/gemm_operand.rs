@@ -5,7 +5,7 @@ use std::cell::OnceCell;
 
 use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid, grid_extent};
 
-const PACK_SOURCE: &str = include_str!("../../shaders/pack.wgsl");
+pub(super) const PACK_SOURCE: &str = include_str!("../../shaders/pack.wgsl");
 
 /// A GEMM operand in the packed layout: `(K, ⌈rows/4⌉·4)` per batch
 /// element, `stride` elements apart (0: one shared by every element).

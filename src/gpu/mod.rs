@@ -16,6 +16,7 @@ pub mod gemm;
 mod gemm_operand;
 pub mod gemm_source;
 pub mod linear;
+pub mod modules;
 pub mod optim;
 pub mod peak;
 pub mod pool;

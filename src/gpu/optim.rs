@@ -15,7 +15,7 @@ const SOURCE: &str = include_str!("../../shaders/optim.wgsl");
 
 /// The update rules on one `f32` per invocation, or on one `vec4<f32>`
 /// (four elements) where the length is a multiple of 4: `(family, source)`.
-fn module(vectors: bool) -> (&'static str, &'static str) {
+pub(super) fn module(vectors: bool) -> (&'static str, &'static str) {
     static SOURCES: [OnceLock<String>; 2] = [OnceLock::new(), OnceLock::new()];
     let (family, value) = if vectors {
         ("optim_vec4", "vec4<f32>")

@@ -25,7 +25,7 @@ pub fn chain_offset(chain: usize) -> f32 {
 }
 
 /// The module: the header, then the kernel written out (generated once).
-fn source() -> &'static str {
+pub(super) fn source() -> &'static str {
     static SOURCE: OnceLock<String> = OnceLock::new();
     SOURCE.get_or_init(|| {
         let mut s = format!("{HEADER}\n");

@@ -6,7 +6,7 @@ use super::context::{GpuContext, KernelSpec, Params, grid, grid_extent};
 use super::tensor::{GpuIndices, GpuTensor};
 use crate::geometry::{Activation, Pool2dGeometry};
 
-const SOURCE: &str = concat!(
+pub(super) const SOURCE: &str = concat!(
     include_str!("../../shaders/pool.wgsl"),
     include_str!("../../shaders/window_max.wgsl")
 );

@@ -4,7 +4,8 @@
 use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid};
 use super::workgroup_sum::SummingModule;
 
-static SOURCE: SummingModule = SummingModule::new(include_str!("../../shaders/reduce.wgsl"));
+pub(super) static SOURCE: SummingModule =
+    SummingModule::new(include_str!("../../shaders/reduce.wgsl"));
 
 /// Records `out[c] = Σ_{o, i} x[(o·C + c)·inner + i]` for `x` viewed as
 /// `(outer, channels, inner)`; `out` holds `channels` values.

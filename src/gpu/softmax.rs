@@ -6,7 +6,8 @@ use super::tensor::{GpuIndices, GpuTensor};
 use super::workgroup_sum::SummingModule;
 use crate::backend::SoftmaxXent;
 
-static SOURCE: SummingModule = SummingModule::new(include_str!("../../shaders/softmax_xent.wgsl"));
+pub(super) static SOURCE: SummingModule =
+    SummingModule::new(include_str!("../../shaders/softmax_xent.wgsl"));
 
 /// Loss (mean over rows), correct count and `(softmax − onehot)/N`.
 pub fn softmax_cross_entropy(

@@ -32,7 +32,13 @@ impl SummingModule {
 
     /// The module's whole source for `ctx`'s device.
     pub fn source(&'static self, ctx: &GpuContext) -> &'static str {
-        let (joined, sum) = if ctx.has_subgroups() {
+        self.version(ctx.has_subgroups())
+    }
+
+    /// The module's whole source summing by subgroup operations, or as a
+    /// tree in workgroup memory.
+    pub fn version(&'static self, subgroups: bool) -> &'static str {
+        let (joined, sum) = if subgroups {
             (&self.with_subgroups, SUBGROUPS)
         } else {
             (&self.with_tree, TREE)
