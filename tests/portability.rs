@@ -3,7 +3,8 @@
 //! the translation wgpu would give it there, with naga (wgpu's own shader
 //! translator, the version wgpu uses) writing Metal Shading Language, HLSL
 //! and GLSL. A module that fails here would fail to compile on those
-//! backends' devices. And since the list is what this test covers, a run on
+//! backends' devices. Each entry point's workgroup must also fit WebGPU's
+//! default limits. And since the list is what this test covers, a run on
 //! lavapipe checks that every kernel it builds is on it.
 
 mod common;
@@ -103,6 +104,57 @@ fn to_glsl(module: &naga::Module, info: &ModuleInfo) -> Result<String, String> {
     Ok(all)
 }
 
+/// Each entry point's workgroup against WebGPU's default limits, which
+/// every WebGPU adapter meets: its size, its invocations, and the
+/// workgroup memory it uses (which wgpu does not check when it builds a
+/// pipeline, so `tests/gpu_webgpu_limits.rs` cannot see it); and the
+/// storage and uniform buffers it uses, each uniform within its binding
+/// limit.
+fn within_webgpu_limits(module: &naga::Module, info: &ModuleInfo) -> Result<(), String> {
+    let limits = wgpu::Limits::defaults();
+    let mut over = Vec::new();
+    for (i, entry) in module.entry_points.iter().enumerate() {
+        let uses = info.get_entry_point(i);
+        let [x, y, z] = entry.workgroup_size;
+        if x * y * z > limits.max_compute_invocations_per_workgroup
+            || x > limits.max_compute_workgroup_size_x
+            || y > limits.max_compute_workgroup_size_y
+            || z > limits.max_compute_workgroup_size_z
+        {
+            over.push(format!("{}: workgroup {x}×{y}×{z}", entry.name));
+        }
+        let (mut workgroup_bytes, mut storage) = (0u64, 0u32);
+        for (handle, var) in module.global_variables.iter() {
+            if uses[handle].is_empty() {
+                continue;
+            }
+            let bytes = u64::from(module.types[var.ty].inner.size(module.to_ctx()));
+            match var.space {
+                naga::AddressSpace::WorkGroup => workgroup_bytes += bytes,
+                naga::AddressSpace::Storage { .. } => storage += 1,
+                naga::AddressSpace::Uniform if bytes > limits.max_uniform_buffer_binding_size => {
+                    over.push(format!("{}: a {bytes}-byte uniform", entry.name));
+                }
+                _ => {}
+            }
+        }
+        if workgroup_bytes > u64::from(limits.max_compute_workgroup_storage_size) {
+            over.push(format!(
+                "{}: {workgroup_bytes} bytes of workgroup memory",
+                entry.name
+            ));
+        }
+        if storage > limits.max_storage_buffers_per_shader_stage {
+            over.push(format!("{}: {storage} storage buffers", entry.name));
+        }
+    }
+    if over.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("over WebGPU's default limits: {}", over.join("; ")))
+    }
+}
+
 /// What one module's translation gave: the MSL, HLSL and (for a module
 /// without subgroup operations, which wgpu's GL backend has not) GLSL.
 struct Translated {
@@ -113,6 +165,7 @@ struct Translated {
 
 fn translate(m: &ModuleSource) -> Result<Translated, String> {
     let (module, info) = parse(m, Capabilities::all())?;
+    within_webgpu_limits(&module, &info)?;
     let without_subgroups =
         Capabilities::all() - Capabilities::SUBGROUP - Capabilities::SUBGROUP_BARRIER;
     let glsl = match parse(m, without_subgroups) {
@@ -127,7 +180,7 @@ fn translate(m: &ModuleSource) -> Result<Translated, String> {
 }
 
 #[test]
-fn every_module_translates_for_metal_directx_and_opengl() {
+fn every_module_translates_for_metal_directx_and_opengl_within_webgpus_limits() {
     let modules = every_module();
     let distinct: HashSet<&ModuleSource> = modules.iter().collect();
     assert_eq!(distinct.len(), modules.len(), "a module is listed twice");
@@ -139,7 +192,7 @@ fn every_module_translates_for_metal_directx_and_opengl() {
         .collect();
     assert!(
         failures.is_empty(),
-        "{} of {} modules did not translate:\n{}",
+        "{} of {} modules failed:\n{}",
         failures.len(),
         modules.len(),
         failures.join("\n")

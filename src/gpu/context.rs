@@ -368,6 +368,37 @@ fn runtime_checks(family: &str) -> wgpu::ShaderRuntimeChecks {
     checks
 }
 
+/// The limits a device is opened with: the adapter's; or, with
+/// `WGCNN_LIMITS=webgpu`, WebGPU's defaults, which every WebGPU adapter
+/// meets (a run that passes so fits any of them: 8 storage buffers per
+/// kernel, 16 KiB of workgroup memory, 128 MiB per binding, 256 MiB per
+/// buffer). An adapter below them cannot open so, and says which limit.
+fn requested_limits(adapter: &wgpu::Adapter) -> Result<wgpu::Limits> {
+    let own = adapter.limits();
+    match std::env::var("WGCNN_LIMITS").as_deref() {
+        Err(_) | Ok("") | Ok("adapter") => Ok(own),
+        Ok("webgpu") => {
+            let webgpu = wgpu::Limits::defaults();
+            let mut short = Vec::new();
+            webgpu.check_limits_with_fail_fn(&own, false, |name, wanted, has| {
+                short.push(format!("{name} (WebGPU: {wanted}, adapter: {has})"));
+            });
+            if short.is_empty() {
+                Ok(webgpu)
+            } else {
+                Err(Error::Gpu(format!(
+                    "WGCNN_LIMITS=webgpu: {} falls short of WebGPU's default limits: {}",
+                    adapter.get_info().name,
+                    short.join(", ")
+                )))
+            }
+        }
+        Ok(other) => Err(Error::Gpu(format!(
+            "WGCNN_LIMITS={other}: expected `webgpu` (WebGPU's default limits) or `adapter`"
+        ))),
+    }
+}
+
 impl GpuContext {
     /// Opens adapter `index` from [`list_adapters`](super::list_adapters), or the preferred one when
     /// `None`.
@@ -397,7 +428,7 @@ impl GpuContext {
         };
         let adapter = adapters.swap_remove(chosen);
         let info = adapter.get_info();
-        let limits = adapter.limits();
+        let limits = requested_limits(&adapter)?;
         // Timestamp queries and subgroup operations only where the adapter
         // has them, so any adapter still opens; `WGCNN_TIMESTAMPS=0` and
         // `WGCNN_SUBGROUPS=0` leave them off, to see (and test) the
