@@ -125,26 +125,13 @@ fn channels_tag(channels: usize) -> String {
 /// Every generated module, forward and weight gradient, as
 /// [`super::modules::every_module`] lists them.
 pub(super) fn modules() -> Vec<ModuleSource> {
-    let mut all = Vec::with_capacity(SHAPES + WEIGHT_GRAD_KERNELS);
+    let forward = Shape::all().map(|shape| ModuleSource {
+        family: shape.family(),
+        source: shape.source(),
+    });
+    let mut all: Vec<ModuleSource> = forward.collect();
     for channels in 1..=CHANNELS_PER_INVOCATION {
         for kernel_w in 1..=MAX_KERNEL_W {
-            for vecs in 1..=MAX_SEGMENT_VECS {
-                for (uniform_weights, pooled) in
-                    [(false, false), (true, false), (false, true), (true, true)]
-                {
-                    let shape = Shape {
-                        channels,
-                        vecs,
-                        kernel_w,
-                        uniform_weights,
-                        pooled,
-                    };
-                    all.push(ModuleSource {
-                        family: shape.family(),
-                        source: shape.source(),
-                    });
-                }
-            }
             for rows in 1..=WEIGHT_GRAD_MAX_ROWS {
                 all.push(ModuleSource {
                     family: weight_grad_family(channels, kernel_w, rows),
@@ -181,6 +168,24 @@ impl Shape {
             pooled,
         };
         (segments, shape)
+    }
+
+    /// Every shape there can be ([`SHAPES`] of them).
+    fn all() -> impl Iterator<Item = Shape> {
+        let flags = [(false, false), (false, true), (true, false), (true, true)];
+        (1..=CHANNELS_PER_INVOCATION).flat_map(move |channels| {
+            (1..=MAX_SEGMENT_VECS).flat_map(move |vecs| {
+                (1..=MAX_KERNEL_W).flat_map(move |kernel_w| {
+                    flags.map(|(uniform_weights, pooled)| Shape {
+                        channels,
+                        vecs,
+                        kernel_w,
+                        uniform_weights,
+                        pooled,
+                    })
+                })
+            })
+        })
     }
 
     /// Its place in the tables of generated modules.
@@ -1006,24 +1011,10 @@ mod tests {
         assert_eq!((segments, shape.channels, shape.vecs), (1, 8, 3));
         // Every shape has a place of its own in the tables.
         let mut places = std::collections::HashSet::new();
-        for channels in 1..=CHANNELS_PER_INVOCATION {
-            for vecs in 1..=MAX_SEGMENT_VECS {
-                for kernel_w in 1..=MAX_KERNEL_W {
-                    for (uniform_weights, pooled) in
-                        [(false, false), (false, true), (true, false), (true, true)]
-                    {
-                        let shape = Shape {
-                            channels,
-                            vecs,
-                            kernel_w,
-                            uniform_weights,
-                            pooled,
-                        };
-                        assert!(shape.index() < SHAPES && places.insert(shape.index()));
-                    }
-                }
-            }
+        for shape in Shape::all() {
+            assert!(shape.index() < SHAPES && places.insert(shape.index()));
         }
+        assert_eq!(places.len(), SHAPES);
     }
 
     #[test]
