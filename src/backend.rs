@@ -299,6 +299,31 @@ pub trait Backend {
         running_var: &Self::Tensor,
         s: &BatchNormSettings,
     ) -> (Self::Tensor, BatchNormSaved<Self::Tensor>);
+    /// [`Backend::batchnorm_forward_train`] with `y` taken through `act`
+    /// (`[γ, β, running mean, running variance]`); backends may apply `act`
+    /// as they write `y` instead of in a pass of its own.
+    fn batchnorm_forward_train_activated(
+        &self,
+        x: &Self::Tensor,
+        [gamma, beta, running_mean, running_var]: [&Self::Tensor; 4],
+        s: &BatchNormSettings,
+        act: Activation,
+    ) -> BatchNormTrain<Self::Tensor> {
+        let mut out = self.batchnorm_forward_train(x, gamma, beta, running_mean, running_var, s);
+        out.y = self.activation_forward(act, &out.y);
+        out
+    }
+    /// [`Backend::batchnorm_forward_eval`] with `y` taken through `act`.
+    fn batchnorm_forward_eval_activated(
+        &self,
+        x: &Self::Tensor,
+        [gamma, beta, running_mean, running_var]: [&Self::Tensor; 4],
+        s: &BatchNormSettings,
+        act: Activation,
+    ) -> (Self::Tensor, BatchNormSaved<Self::Tensor>) {
+        let (y, saved) = self.batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, s);
+        (self.activation_forward(act, &y), saved)
+    }
     /// Batchnorm backward, with `M = N·S` values per channel and `x̂ = (x − μ)·invstd`:
     /// `dβ = Σ dy`, `dγ = Σ dy·x̂`; in training
     /// `dx = γ·invstd/M · (M·dy − dβ − x̂·dγ)`, in evaluation `dx = γ·invstd·dy`.

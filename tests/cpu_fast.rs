@@ -312,3 +312,46 @@ fn batch_normalisation_matches_the_reference() {
         );
     }
 }
+
+/// Batchnorm with an activation applied as it writes `y` gives, bit for
+/// bit, what batchnorm then the activation's own pass give, in training
+/// and evaluation, on the training path and the reference alike; the
+/// statistics it returns are the unfused ones.
+#[test]
+fn batch_normalisation_through_an_activation_equals_the_two_passes() {
+    use wgcnn::geometry::BatchNormSettings;
+    let s = BatchNormSettings::default();
+    let mut rng = SplitMix64::new(12);
+    for backend in [CpuBackend::<f64>::fast(), CpuBackend::<f64>::new()] {
+        for shape in [vec![5, 3, 7, 5], vec![9, 13]] {
+            let x = random(&mut rng, &shape);
+            let channels = [shape[1]];
+            let [gamma, beta, mean] = [(); 3].map(|_| random(&mut rng, &channels));
+            let var = random(&mut rng, &channels).map(|v| v.abs() + 0.5);
+            let tensors = [&gamma, &beta, &mean, &var];
+            for act in [
+                Activation::Relu,
+                Activation::LeakyRelu {
+                    negative_slope: 0.1,
+                },
+                Activation::Sigmoid,
+                Activation::Tanh,
+            ] {
+                let what = format!("{shape:?} {act:?}");
+                let two = backend.batchnorm_forward_train(&x, &gamma, &beta, &mean, &var, &s);
+                let fused = backend.batchnorm_forward_train_activated(&x, tensors, &s, act);
+                assert_eq!(fused.y, backend.activation_forward(act, &two.y), "{what}");
+                assert_eq!(fused.saved.mean, two.saved.mean, "{what}");
+                assert_eq!(fused.saved.invstd, two.saved.invstd, "{what}");
+                assert_eq!(fused.running_mean, two.running_mean, "{what}");
+                assert_eq!(fused.running_var, two.running_var, "{what}");
+
+                let (y, saved) = backend.batchnorm_forward_eval(&x, &gamma, &beta, &mean, &var, &s);
+                let (fused_y, fused_saved) =
+                    backend.batchnorm_forward_eval_activated(&x, tensors, &s, act);
+                assert_eq!(fused_y, backend.activation_forward(act, &y), "eval {what}");
+                assert_eq!(fused_saved.invstd, saved.invstd, "eval {what}");
+            }
+        }
+    }
+}

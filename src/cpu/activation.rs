@@ -27,9 +27,20 @@ impl Elementwise for InOrder {
     }
 }
 
+/// `max(x, 0)`, as `x <= 0 → 0` rather than `x > 0 → x` so that a NaN
+/// passes through, as in PyTorch.
+pub(super) fn relu<F: Real>(x: F) -> F {
+    if x <= F::zero() { F::zero() } else { x }
+}
+
+/// `x > 0 ? x : slope·x`.
+pub(super) fn leaky_relu<F: Real>(slope: F, x: F) -> F {
+    if x > F::zero() { x } else { slope * x }
+}
+
 /// `1 / (1 + e^(−x))` without overflow: for `x < 0` it is computed as
 /// `e^x / (1 + e^x)`, so the exponential never exceeds 1.
-fn sigmoid<F: Real>(x: F) -> F {
+pub(super) fn sigmoid<F: Real>(x: F) -> F {
     if x >= F::zero() {
         F::one() / (F::one() + (-x).exp())
     } else {
@@ -73,11 +84,10 @@ pub(super) fn activation_forward_with<E: Elementwise, F: Real>(
     x: &HostTensor<F>,
 ) -> HostTensor<F> {
     let data = match act {
-        // `v <= 0 → 0` rather than `v > 0 → v` so a NaN passes through, as in PyTorch.
-        Activation::Relu => E::map(&x.data, |v| if v <= F::zero() { F::zero() } else { v }),
+        Activation::Relu => E::map(&x.data, relu),
         Activation::LeakyRelu { negative_slope } => {
             let slope = F::from_f32(negative_slope);
-            E::map(&x.data, |v| if v > F::zero() { v } else { slope * v })
+            E::map(&x.data, |v| leaky_relu(slope, v))
         }
         Activation::Sigmoid => E::map(&x.data, sigmoid),
         Activation::Tanh => E::map(&x.data, |v| v.tanh()),

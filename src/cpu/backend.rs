@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 
 use super::Real;
 use super::activation::{InOrder, activation_backward_with, activation_forward_with};
+use super::batchnorm;
 use super::fast::OverThePool;
 use super::fast::batchnorm::Vectorised;
 use crate::backend::{
@@ -43,6 +44,40 @@ impl<F> CpuBackend<F> {
         Self {
             fast: true,
             _float: PhantomData,
+        }
+    }
+}
+
+impl<F: Real> CpuBackend<F> {
+    /// Training-mode batchnorm (`[γ, β, running mean, running variance]`),
+    /// `y` through `act` as it is written where given, in this backend's
+    /// loops.
+    fn batchnorm_train(
+        &self,
+        x: &HostTensor<F>,
+        tensors: [&HostTensor<F>; 4],
+        s: &BatchNormSettings,
+        act: Option<Activation>,
+    ) -> BatchNormTrain<HostTensor<F>> {
+        if self.fast {
+            batchnorm::forward_train_with::<Vectorised, F>(x, tensors, s, act)
+        } else {
+            batchnorm::forward_train_with::<batchnorm::Reference, F>(x, tensors, s, act)
+        }
+    }
+
+    /// Evaluation-mode batchnorm, as [`CpuBackend::batchnorm_train`].
+    fn batchnorm_eval(
+        &self,
+        x: &HostTensor<F>,
+        tensors: [&HostTensor<F>; 4],
+        s: &BatchNormSettings,
+        act: Option<Activation>,
+    ) -> (HostTensor<F>, BatchNormSaved<HostTensor<F>>) {
+        if self.fast {
+            batchnorm::forward_eval_with::<Vectorised, F>(x, tensors, s, act)
+        } else {
+            batchnorm::forward_eval_with::<batchnorm::Reference, F>(x, tensors, s, act)
         }
     }
 }
@@ -228,18 +263,17 @@ impl<F: Real> Backend for CpuBackend<F> {
         running_var: &HostTensor<F>,
         s: &BatchNormSettings,
     ) -> BatchNormTrain<HostTensor<F>> {
-        if self.fast {
-            super::batchnorm::forward_train_with::<Vectorised, F>(
-                x,
-                gamma,
-                beta,
-                running_mean,
-                running_var,
-                s,
-            )
-        } else {
-            super::batchnorm_forward_train(x, gamma, beta, running_mean, running_var, s)
-        }
+        self.batchnorm_train(x, [gamma, beta, running_mean, running_var], s, None)
+    }
+
+    fn batchnorm_forward_train_activated(
+        &self,
+        x: &HostTensor<F>,
+        tensors: [&HostTensor<F>; 4],
+        s: &BatchNormSettings,
+        act: Activation,
+    ) -> BatchNormTrain<HostTensor<F>> {
+        self.batchnorm_train(x, tensors, s, Some(act))
     }
 
     fn batchnorm_forward_eval(
@@ -251,18 +285,17 @@ impl<F: Real> Backend for CpuBackend<F> {
         running_var: &HostTensor<F>,
         s: &BatchNormSettings,
     ) -> (HostTensor<F>, BatchNormSaved<HostTensor<F>>) {
-        if self.fast {
-            super::batchnorm::forward_eval_with::<Vectorised, F>(
-                x,
-                gamma,
-                beta,
-                running_mean,
-                running_var,
-                s,
-            )
-        } else {
-            super::batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, s)
-        }
+        self.batchnorm_eval(x, [gamma, beta, running_mean, running_var], s, None)
+    }
+
+    fn batchnorm_forward_eval_activated(
+        &self,
+        x: &HostTensor<F>,
+        tensors: [&HostTensor<F>; 4],
+        s: &BatchNormSettings,
+        act: Activation,
+    ) -> (HostTensor<F>, BatchNormSaved<HostTensor<F>>) {
+        self.batchnorm_eval(x, tensors, s, Some(act))
     }
 
     fn batchnorm_backward(

@@ -5,8 +5,9 @@
 //! loops over the elements ([`ElementLoops`]).
 
 use super::Real;
+use super::activation::{leaky_relu, relu, sigmoid};
 use crate::backend::{BatchNormGrads, BatchNormSaved, BatchNormTrain};
-use crate::geometry::{BatchNormLayout, BatchNormSettings};
+use crate::geometry::{Activation, BatchNormLayout, BatchNormSettings};
 use crate::tensor::HostTensor;
 
 /// The loops over a batch's elements: the reference's ([`Reference`]) come
@@ -16,14 +17,15 @@ pub(super) trait ElementLoops {
     /// Per channel, `(μ, σ²)`: `μ = Σ x / M`, `σ² = Σ (x − μ)² / M` (two
     /// passes, biased).
     fn statistics<F: Real>(l: &BatchNormLayout, x: &HostTensor<F>) -> Vec<(F, F)>;
-    /// `y = γ[c]·(x − mean[c])·invstd[c] + β[c]`, same shape as `x`.
+    /// `y = then(γ[c]·(x − mean[c])·invstd[c] + β[c])`, same shape as `x`:
+    /// `then` is the identity, or an activation applied as each value is
+    /// written.
     fn normalise<F: Real>(
         l: &BatchNormLayout,
         x: &HostTensor<F>,
-        gamma: &[F],
-        beta: &[F],
-        mean: &[F],
-        invstd: &[F],
+        affine: (&[F], &[F]),
+        statistics: (&[F], &[F]),
+        then: impl Fn(F) -> F + Sync + Send + Copy,
     ) -> HostTensor<F>;
     /// Per channel, `(dβ, dγ) = (Σ dy, Σ dy·x̂)` with `x̂ = (x − mean)·invstd`.
     fn parameter_grads<F: Real>(
@@ -91,13 +93,12 @@ impl ElementLoops for Reference {
     fn normalise<F: Real>(
         l: &BatchNormLayout,
         x: &HostTensor<F>,
-        gamma: &[F],
-        beta: &[F],
-        mean: &[F],
-        invstd: &[F],
+        (gamma, beta): (&[F], &[F]),
+        (mean, invstd): (&[F], &[F]),
+        then: impl Fn(F) -> F + Sync + Send + Copy,
     ) -> HostTensor<F> {
         per_element(l, x, |i, c| {
-            gamma[c] * (x.data[i] - mean[c]) * invstd[c] + beta[c]
+            then(gamma[c] * (x.data[i] - mean[c]) * invstd[c] + beta[c])
         })
     }
 
@@ -197,17 +198,16 @@ pub fn batchnorm_forward_train<F: Real>(
     running_var: &HostTensor<F>,
     s: &BatchNormSettings,
 ) -> BatchNormTrain<HostTensor<F>> {
-    forward_train_with::<Reference, F>(x, gamma, beta, running_mean, running_var, s)
+    forward_train_with::<Reference, F>(x, [gamma, beta, running_mean, running_var], s, None)
 }
 
-/// [`batchnorm_forward_train`] with the loops `L`.
+/// [`batchnorm_forward_train`] with the loops `L`, `y` through `act` where
+/// given (applied as each value is written).
 pub(super) fn forward_train_with<L: ElementLoops, F: Real>(
     x: &HostTensor<F>,
-    gamma: &HostTensor<F>,
-    beta: &HostTensor<F>,
-    running_mean: &HostTensor<F>,
-    running_var: &HostTensor<F>,
+    [gamma, beta, running_mean, running_var]: [&HostTensor<F>; 4],
     s: &BatchNormSettings,
+    act: Option<Activation>,
 ) -> BatchNormTrain<HostTensor<F>> {
     let l = forward_layout(
         "batchnorm_forward_train",
@@ -219,7 +219,7 @@ pub(super) fn forward_train_with<L: ElementLoops, F: Real>(
     let momentum = F::from_f32(s.momentum);
     let (mean, var): (Vec<F>, Vec<F>) = L::statistics(&l, x).into_iter().unzip();
     let invstd: Vec<F> = var.iter().map(|&v| F::one() / (v + eps).sqrt()).collect();
-    let y = L::normalise(&l, x, &gamma.data, &beta.data, &mean, &invstd);
+    let y = normalise_then::<L, F>(&l, x, (&gamma.data, &beta.data), (&mean, &invstd), act);
     let unbias = m_count / (m_count - F::one());
     let running = |old: &HostTensor<F>, new: &dyn Fn(usize) -> F| {
         let values = (0..l.channels)
@@ -238,6 +238,28 @@ pub(super) fn forward_train_with<L: ElementLoops, F: Real>(
     }
 }
 
+/// `L::normalise` with `act` (or nothing) applied to each value as it is
+/// written: the element functions `activation_forward` applies, so the
+/// values are those of the two passes.
+fn normalise_then<L: ElementLoops, F: Real>(
+    l: &BatchNormLayout,
+    x: &HostTensor<F>,
+    affine: (&[F], &[F]),
+    statistics: (&[F], &[F]),
+    act: Option<Activation>,
+) -> HostTensor<F> {
+    match act {
+        None => L::normalise(l, x, affine, statistics, |v| v),
+        Some(Activation::Relu) => L::normalise(l, x, affine, statistics, relu),
+        Some(Activation::LeakyRelu { negative_slope }) => {
+            let slope = F::from_f32(negative_slope);
+            L::normalise(l, x, affine, statistics, move |v| leaky_relu(slope, v))
+        }
+        Some(Activation::Sigmoid) => L::normalise(l, x, affine, statistics, sigmoid),
+        Some(Activation::Tanh) => L::normalise(l, x, affine, statistics, |v: F| v.tanh()),
+    }
+}
+
 /// Evaluation-mode forward with the running statistics (all per-channel tensors `(C)`):
 /// `invstd = 1/√(running_var + eps)`, `y = γ·(x − running_mean)·invstd + β`
 /// (shape of `x`); returns `(y, saved = (running_mean, invstd))`.
@@ -249,17 +271,16 @@ pub fn batchnorm_forward_eval<F: Real>(
     running_var: &HostTensor<F>,
     s: &BatchNormSettings,
 ) -> (HostTensor<F>, BatchNormSaved<HostTensor<F>>) {
-    forward_eval_with::<Reference, F>(x, gamma, beta, running_mean, running_var, s)
+    forward_eval_with::<Reference, F>(x, [gamma, beta, running_mean, running_var], s, None)
 }
 
-/// [`batchnorm_forward_eval`] with the loops `L`.
+/// [`batchnorm_forward_eval`] with the loops `L`, `y` through `act` where
+/// given.
 pub(super) fn forward_eval_with<L: ElementLoops, F: Real>(
     x: &HostTensor<F>,
-    gamma: &HostTensor<F>,
-    beta: &HostTensor<F>,
-    running_mean: &HostTensor<F>,
-    running_var: &HostTensor<F>,
+    [gamma, beta, running_mean, running_var]: [&HostTensor<F>; 4],
     s: &BatchNormSettings,
+    act: Option<Activation>,
 ) -> (HostTensor<F>, BatchNormSaved<HostTensor<F>>) {
     let l = forward_layout(
         "batchnorm_forward_eval",
@@ -268,13 +289,12 @@ pub(super) fn forward_eval_with<L: ElementLoops, F: Real>(
     );
     let eps = F::from_f32(s.eps);
     let invstd = running_var.map(|&v| F::one() / (v + eps).sqrt());
-    let y = L::normalise(
+    let y = normalise_then::<L, F>(
         &l,
         x,
-        &gamma.data,
-        &beta.data,
-        &running_mean.data,
-        &invstd.data,
+        (&gamma.data, &beta.data),
+        (&running_mean.data, &invstd.data),
+        act,
     );
     let saved = BatchNormSaved {
         mean: running_mean.clone(),

@@ -261,14 +261,17 @@ impl<B: Backend> Layer<B> {
     }
 
     /// The activation that can run fused into this layer's output (the
-    /// epilogue of its matrix product) when `next` follows it: relu, or leaky
-    /// relu with a slope ≥ 0 — those whose derivative can be read from the
-    /// output instead of the input (`y > 0 ⇔ x > 0`), since the input is
-    /// never stored.
+    /// epilogue of its matrix product, or batchnorm's normalising pass) when
+    /// `next` follows it: relu, or leaky relu with a slope ≥ 0 — those
+    /// whose derivative can be read from the output instead of the input
+    /// (`y > 0 ⇔ x > 0`), since the input is never stored.
     pub(crate) fn fusable(&self, next: &Layer<B>) -> Option<Activation> {
-        let product = matches!(self, Layer::Conv2d { .. } | Layer::Linear { .. });
+        let writes_output = matches!(
+            self,
+            Layer::Conv2d { .. } | Layer::Linear { .. } | Layer::BatchNorm { .. }
+        );
         match next {
-            Layer::Activation { act, .. } if product && keeps_sign(*act) => Some(*act),
+            Layer::Activation { act, .. } if writes_output && keeps_sign(*act) => Some(*act),
             _ => None,
         }
     }
@@ -389,8 +392,8 @@ impl<B: Backend> Layer<B> {
         Some(y)
     }
 
-    /// Forward pass, with `then` applied to the output inside the layer's
-    /// matrix product (see [`Layer::fusable`]).
+    /// Forward pass, with `then` applied to the output as the layer writes
+    /// it (see [`Layer::fusable`]).
     pub(crate) fn forward_then(
         &mut self,
         b: &B,
@@ -459,15 +462,24 @@ impl<B: Backend> Layer<B> {
                 saved,
             } => {
                 let s = BatchNormSettings::default();
+                let tensors = [
+                    &gamma.value,
+                    &beta.value,
+                    &running_mean.value,
+                    &running_var.value,
+                ];
                 if train {
-                    let out = b.batchnorm_forward_train(
-                        x,
-                        &gamma.value,
-                        &beta.value,
-                        &running_mean.value,
-                        &running_var.value,
-                        &s,
-                    );
+                    let out = match then {
+                        Some(act) => b.batchnorm_forward_train_activated(x, tensors, &s, act),
+                        None => b.batchnorm_forward_train(
+                            x,
+                            &gamma.value,
+                            &beta.value,
+                            &running_mean.value,
+                            &running_var.value,
+                            &s,
+                        ),
+                    };
                     // Copied into the existing tensors rather than replacing
                     // them, so the statistics keep their buffers from step to
                     // step (and a GPU step reuses its cached bind groups).
@@ -476,14 +488,17 @@ impl<B: Backend> Layer<B> {
                     *saved = Some((x.clone(), out.saved));
                     out.y
                 } else {
-                    let (y, _) = b.batchnorm_forward_eval(
-                        x,
-                        &gamma.value,
-                        &beta.value,
-                        &running_mean.value,
-                        &running_var.value,
-                        &s,
-                    );
+                    let (y, _) = match then {
+                        Some(act) => b.batchnorm_forward_eval_activated(x, tensors, &s, act),
+                        None => b.batchnorm_forward_eval(
+                            x,
+                            &gamma.value,
+                            &beta.value,
+                            &running_mean.value,
+                            &running_var.value,
+                            &s,
+                        ),
+                    };
                     *saved = None;
                     y
                 }

@@ -58,19 +58,18 @@ impl ElementLoops for Vectorised {
         })
     }
 
-    /// As `(x − mean)·(γ·invstd) + β`.
+    /// As `then((x − mean)·(γ·invstd) + β)`.
     fn normalise<F: Real>(
         l: &BatchNormLayout,
         x: &HostTensor<F>,
-        gamma: &[F],
-        beta: &[F],
-        mean: &[F],
-        invstd: &[F],
+        (gamma, beta): (&[F], &[F]),
+        (mean, invstd): (&[F], &[F]),
+        then: impl Fn(F) -> F + Sync + Send + Copy,
     ) -> HostTensor<F> {
         per_plane(l, x, |c, n| {
             let (shift, scale, offset) = (mean[c], gamma[c] * invstd[c], beta[c]);
             let x_p = plane(l, &x.data, n, c);
-            x_p.iter().map(move |&v| (v - shift) * scale + offset)
+            x_p.iter().map(move |&v| then((v - shift) * scale + offset))
         })
     }
 
