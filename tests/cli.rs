@@ -444,3 +444,25 @@ fn a_closed_output_pipe_ends_the_run_without_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
 }
+
+/// `WGCNN_LIMITS` takes `webgpu` or `adapter`; anything else is an error
+/// naming it, before any GPU work.
+#[test]
+fn an_unknown_limits_choice_is_a_clear_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wgcnn"))
+        .args(["check", "--op", "relu"])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("WGCNN_LIMITS", "webgpu2")
+        .output()
+        .expect("run wgcnn");
+    assert!(!out.status.success());
+    let said = text(&out);
+    let required = std::env::var("WGCNN_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    if !required && said.contains("no GPU adapter found") {
+        return; // No adapter to open: the limits are never looked at.
+    }
+    assert!(
+        said.contains("WGCNN_LIMITS=webgpu2: expected `webgpu`"),
+        "{said}"
+    );
+}
