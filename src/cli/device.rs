@@ -1,5 +1,5 @@
 //! Choosing where to run: a GPU adapter, or the CPU path when none is found
-//! (or when the only adapter is a software one, which trains slower than the
+//! (or when the best adapter is a software one, which trains slower than the
 //! CPU path on the same cores).
 
 use wgcnn::Result;
@@ -25,9 +25,10 @@ pub fn choose(device: Option<usize>, force_cpu: bool) -> Result<Device> {
     match GpuBackend::new(device) {
         Ok(gpu) if device.is_none() && gpu.ctx.is_software() => {
             println!(
-                "device: CPU path (the only adapter, {}, is a software renderer and slower \
-                 than the CPU path here; --device 0 trains on it anyway)",
-                gpu.ctx.describe()
+                "device: CPU path (the best adapter, {}, is a software renderer and slower \
+                 than the CPU path here; --device {} trains on it anyway)",
+                gpu.ctx.describe(),
+                gpu.ctx.adapter_index
             );
             Ok(Device::Cpu)
         }

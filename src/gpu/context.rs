@@ -286,7 +286,11 @@ pub struct GpuContext {
     pub queue: wgpu::Queue,
     /// What the adapter says about itself.
     pub info: wgpu::AdapterInfo,
-    /// The limits the device was created with (the adapter's own).
+    /// The adapter's index in [`list_adapters`](super::list_adapters) (what
+    /// `--device` takes).
+    pub adapter_index: usize,
+    /// The limits the device was created with (the adapter's own, or
+    /// WebGPU's defaults under `WGCNN_LIMITS=webgpu`).
     pub limits: wgpu::Limits,
     /// The optional features the device was created with, those of
     /// `TIMESTAMP_QUERY` (see [`GpuContext::gpu_timer`]) and `SUBGROUP` (see
@@ -488,6 +492,7 @@ impl GpuContext {
             device,
             queue,
             info,
+            adapter_index: chosen,
             limits,
             features,
             modules: Mutex::new(HashMap::new()),
