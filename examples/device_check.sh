@@ -25,7 +25,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 # Test suites that run on the GPU (tests/*.rs).
-GPU_TESTS="gpu_ops gpu_resident gpu_timer gpu_subgroups gpu_subgroup_sizes gpu_precompile gpu_peak gemm_tune network training robustness resume against"
+GPU_TESTS="gpu_ops gpu_resident gpu_timer gpu_subgroups gpu_subgroup_sizes gpu_precompile gpu_peak gpu_webgpu_limits gemm_tune network training robustness resume against portability"
 
 pack() {
     set -e
