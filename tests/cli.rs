@@ -466,3 +466,41 @@ fn an_unknown_limits_choice_is_a_clear_error() {
         "{said}"
     );
 }
+
+/// `wgcnn devices` lists the adapters and names the one used without
+/// `--device`, saying where training passes over it for the CPU path (a
+/// software renderer, as lavapipe is).
+#[test]
+fn devices_names_the_adapter_used_without_a_device_flag() {
+    let out = wgcnn(&["devices"]);
+    let said = text(&out);
+    let required = std::env::var("WGCNN_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    if !out.status.success() && !required && said.contains("no GPU adapter found") {
+        return;
+    }
+    assert!(out.status.success(), "{said}");
+    let rows: Vec<&str> = said
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|w| w.parse::<usize>().is_ok())
+        })
+        .collect();
+    assert!(!rows.is_empty(), "{said}");
+    let last = said.lines().last().unwrap_or_default();
+    let index = last
+        .strip_prefix("without --device: ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no default named: {said}"));
+    let row = rows
+        .iter()
+        .find(|r| r.split_whitespace().next() == Some(index))
+        .unwrap_or_else(|| panic!("adapter {index} is not listed: {said}"));
+    let software = row.split_whitespace().any(|w| w == "Cpu");
+    assert_eq!(
+        last.contains("use the CPU path instead"),
+        software,
+        "{said}"
+    );
+}

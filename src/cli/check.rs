@@ -23,10 +23,22 @@ pub fn devices() -> ExitCode {
         "{:<6} {:<40} {:<8} {:<14} driver",
         "index", "name", "backend", "type"
     );
-    for a in adapters {
+    for a in &adapters {
         println!(
             "{:<6} {:<40} {:<8} {:<14} {}",
             a.index, a.name, a.backend, a.device_type, a.driver
+        );
+    }
+    if let Some(a) = adapters.iter().find(|a| a.preferred) {
+        let cpu_path = if a.software {
+            "; `train`, `eval` and `predict` use the CPU path instead, which is faster \
+             than a software renderer"
+        } else {
+            ""
+        };
+        println!(
+            "without --device: {} ({}, {}){cpu_path}",
+            a.index, a.name, a.backend
         );
     }
     ExitCode::SUCCESS

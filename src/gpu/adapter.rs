@@ -14,6 +14,12 @@ pub struct AdapterSummary {
     pub device_type: String,
     /// Driver name and version, where the driver reports them.
     pub driver: String,
+    /// Whether it is the one opened when no `--device` is given (see
+    /// [`preference`]).
+    pub preferred: bool,
+    /// Whether it is a software renderer (lavapipe, llvmpipe), which
+    /// training passes over for the CPU path unless `--device` names it.
+    pub software: bool,
 }
 
 /// What to say when no adapter is found.
@@ -34,14 +40,19 @@ pub(super) fn enumerate(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
 
 /// Every adapter wgpu can see, in the order `--device N` indexes them.
 pub fn list_adapters() -> Vec<AdapterSummary> {
-    enumerate(&instance())
+    let infos: Vec<wgpu::AdapterInfo> = enumerate(&instance())
+        .iter()
+        .map(|adapter| adapter.get_info())
+        .collect();
+    let preferred = preferred_index(&infos);
+    infos
         .iter()
         .enumerate()
-        .map(|(index, adapter)| summarize(index, &adapter.get_info()))
+        .map(|(index, info)| summarize(index, info, preferred == Some(index)))
         .collect()
 }
 
-fn summarize(index: usize, info: &wgpu::AdapterInfo) -> AdapterSummary {
+fn summarize(index: usize, info: &wgpu::AdapterInfo, preferred: bool) -> AdapterSummary {
     let driver = [info.driver.as_str(), info.driver_info.as_str()]
         .iter()
         .filter(|s| !s.is_empty())
@@ -54,7 +65,15 @@ fn summarize(index: usize, info: &wgpu::AdapterInfo) -> AdapterSummary {
         backend: format!("{:?}", info.backend),
         device_type: format!("{:?}", info.device_type),
         driver,
+        preferred,
+        software: info.device_type == wgpu::DeviceType::Cpu,
     }
+}
+
+/// The adapter opened when no `--device` is given: the first of the most
+/// preferred kind ([`preference`]).
+pub(super) fn preferred_index(infos: &[wgpu::AdapterInfo]) -> Option<usize> {
+    (0..infos.len()).min_by_key(|&i| preference(&infos[i]))
 }
 
 /// Preference order when no `--device` is given: discrete, integrated, virtual,

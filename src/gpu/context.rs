@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::adapter::{NO_ADAPTER_HELP, enumerate, fixed_subgroup_size, instance, preference};
+use super::adapter::{NO_ADAPTER_HELP, enumerate, fixed_subgroup_size, instance, preferred_index};
 use super::derived::DerivedKey;
 use super::precompile::Precompiler;
 use crate::error::{Error, Result};
@@ -426,9 +426,10 @@ impl GpuContext {
                     adapters.len()
                 )));
             }
-            None => (0..adapters.len())
-                .min_by_key(|&i| preference(&adapters[i].get_info()))
-                .expect("adapters is not empty"),
+            None => {
+                let infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(|a| a.get_info()).collect();
+                preferred_index(&infos).expect("adapters is not empty")
+            }
         };
         let adapter = adapters.swap_remove(chosen);
         let info = adapter.get_info();
