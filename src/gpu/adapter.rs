@@ -14,8 +14,9 @@ pub struct AdapterSummary {
     pub device_type: String,
     /// Driver name and version, where the driver reports them.
     pub driver: String,
-    /// Whether it is the one opened when no `--device` is given (see
-    /// [`preference`]).
+    /// Whether it is the one opened when no `--device` is given: the first
+    /// of the most preferred kind (discrete, integrated, virtual, other,
+    /// then software; Vulkan, Metal or DirectX 12 before OpenGL).
     pub preferred: bool,
     /// Whether it is a software renderer (lavapipe, llvmpipe), which
     /// training passes over for the CPU path unless `--device` names it.
