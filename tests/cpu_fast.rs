@@ -9,6 +9,16 @@ use wgcnn::geometry::{Activation, Conv2dGeometry, GemmSpec};
 use wgcnn::rng::SplitMix64;
 use wgcnn::tensor::HostTensor;
 
+/// Every activation, leaky relu with a slope of 0.1.
+const EVERY_ACTIVATION: [Activation; 4] = [
+    Activation::Relu,
+    Activation::LeakyRelu {
+        negative_slope: 0.1,
+    },
+    Activation::Sigmoid,
+    Activation::Tanh,
+];
+
 fn random(rng: &mut SplitMix64, shape: &[usize]) -> HostTensor<f64> {
     HostTensor::new(
         shape,
@@ -235,14 +245,7 @@ fn activations_match_the_reference_exactly() {
     let shape = [3, 5, 101, 67];
     let x = random(&mut rng, &shape);
     let dy = random(&mut rng, &shape);
-    for act in [
-        Activation::Relu,
-        Activation::LeakyRelu {
-            negative_slope: 0.1,
-        },
-        Activation::Sigmoid,
-        Activation::Tanh,
-    ] {
+    for act in EVERY_ACTIVATION {
         let y = fast.activation_forward(act, &x);
         assert_eq!(y, reference.activation_forward(act, &x), "{act:?} forward");
         let dx = fast.activation_backward(act, &x, &y, &dy);
@@ -329,14 +332,7 @@ fn batch_normalisation_through_an_activation_equals_the_two_passes() {
             let [gamma, beta, mean] = [(); 3].map(|_| random(&mut rng, &channels));
             let var = random(&mut rng, &channels).map(|v| v.abs() + 0.5);
             let tensors = [&gamma, &beta, &mean, &var];
-            for act in [
-                Activation::Relu,
-                Activation::LeakyRelu {
-                    negative_slope: 0.1,
-                },
-                Activation::Sigmoid,
-                Activation::Tanh,
-            ] {
+            for act in EVERY_ACTIVATION {
                 let what = format!("{shape:?} {act:?}");
                 let two = backend.batchnorm_forward_train(&x, &gamma, &beta, &mean, &var, &s);
                 let fused = backend.batchnorm_forward_train_activated(&x, tensors, &s, act);
