@@ -8,11 +8,9 @@
 mod common;
 
 use wgcnn::backend::Backend;
-use wgcnn::data::{Dataset, Normalization, epoch_order, make_batch, synthetic};
+use wgcnn::data::{Dataset, synthetic};
 use wgcnn::gpu::GpuBackend;
-use wgcnn::nn::{BUILTIN_MODELS, builtin, init_parameters};
-use wgcnn::optim::{OptimizerKind, OptimizerSettings};
-use wgcnn::train::Trainer;
+use wgcnn::nn::BUILTIN_MODELS;
 
 /// `n` images of `shape` from the synthetic set's, tiled over the
 /// channels and the larger plane (their values matter only in being
@@ -63,18 +61,10 @@ fn every_op_and_built_in_model_runs_within_webgpus_default_limits() {
         } else {
             [1, 28, 28]
         };
-        let spec = builtin(model, input, 10).unwrap();
-        let data = images(input, 256);
-        let norm = Normalization::of(&data);
-        let settings = OptimizerSettings::new(OptimizerKind::AdamW, 1e-3).unwrap();
-        let weights = init_parameters(&spec, 1).unwrap();
-        let mut trainer = Trainer::new(&gpu, &spec, &weights, settings, &[], 0, 1).unwrap();
-        for indices in epoch_order(data.len(), 1, 0, true).chunks(128).take(2) {
-            let batch = make_batch(&data, indices, &norm, None);
-            let (loss, _) = trainer.train_step(&gpu, &batch, 1e-3);
-            let loss = gpu.download(&loss).data[0];
+        let trained = common::train_built_in(&gpu, model, &images(input, 256), 128, 2);
+        for loss in &trained.losses {
+            let loss = gpu.download(loss).data[0];
             assert!(loss.is_finite() && loss > 0.0, "{model}: loss {loss}");
-            gpu.end_step();
         }
         gpu.take_error()
             .unwrap_or_else(|e| panic!("{model} within WebGPU's limits: {e}"));

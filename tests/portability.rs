@@ -15,27 +15,29 @@ use naga::back::{glsl, hlsl, msl, pipeline_constants};
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 use rayon::prelude::*;
 use wgcnn::backend::Backend;
-use wgcnn::data::{Normalization, epoch_order, make_batch, synthetic};
+use wgcnn::data::synthetic;
 use wgcnn::gpu::modules::{ModuleSource, every_module};
-use wgcnn::nn::{BUILTIN_MODELS, builtin, init_parameters};
-use wgcnn::optim::{OptimizerKind, OptimizerSettings};
-use wgcnn::train::Trainer;
+use wgcnn::nn::BUILTIN_MODELS;
 
-/// The module parsed and validated with what `capabilities` allows, its
-/// override constants at their defaults (every override in shaders/ has
-/// one; a kernel's own values change constants, not the code's shape).
-fn parse(
-    m: &ModuleSource,
-    capabilities: Capabilities,
-) -> Result<(naga::Module, ModuleInfo), String> {
+/// The module parsed and validated with every capability, its override
+/// constants at their defaults (every override in shaders/ has one; a
+/// kernel's own values change constants, not the code's shape); and whether
+/// it also validates without subgroup operations, which wgpu's GL backend
+/// lacks.
+fn parse(m: &ModuleSource) -> Result<(naga::Module, ModuleInfo, bool), String> {
     let module = naga::front::wgsl::parse_str(m.source).map_err(|e| e.emit_to_string(m.source))?;
-    let info = Validator::new(ValidationFlags::all(), capabilities)
+    let info = Validator::new(ValidationFlags::all(), Capabilities::all())
         .validate(&module)
         .map_err(|e| format!("validation: {e:?}"))?;
+    let without_subgroups =
+        Capabilities::all() - Capabilities::SUBGROUP - Capabilities::SUBGROUP_BARRIER;
+    let for_gl = Validator::new(ValidationFlags::all(), without_subgroups)
+        .validate(&module)
+        .is_ok();
     let (module, info) =
         pipeline_constants::process_overrides(&module, &info, None, &Default::default())
             .map_err(|e| format!("override constants: {e}"))?;
-    Ok((module.into_owned(), info.into_owned()))
+    Ok((module.into_owned(), info.into_owned(), for_gl))
 }
 
 /// Metal Shading Language 2.4 (macOS 12, the first with everything wgpu's
@@ -164,13 +166,12 @@ struct Translated {
 }
 
 fn translate(m: &ModuleSource) -> Result<Translated, String> {
-    let (module, info) = parse(m, Capabilities::all())?;
+    let (module, info, for_gl) = parse(m)?;
     within_webgpu_limits(&module, &info)?;
-    let without_subgroups =
-        Capabilities::all() - Capabilities::SUBGROUP - Capabilities::SUBGROUP_BARRIER;
-    let glsl = match parse(m, without_subgroups) {
-        Ok((module, info)) => Some(to_glsl(&module, &info)?),
-        Err(_) => None,
+    let glsl = if for_gl {
+        Some(to_glsl(&module, &info)?)
+    } else {
+        None
     };
     Ok(Translated {
         msl: to_msl(&module, &info)?,
@@ -245,19 +246,10 @@ fn every_kernel_a_run_builds_is_in_the_list() {
         .filter(|c| !c.passed)
         .collect();
     assert!(failed.is_empty(), "{} check cases failed", failed.len());
+    let data = synthetic(3, 32, 1).train;
     for model in BUILTIN_MODELS {
-        let spec = builtin(model, [1, 28, 28], 10).unwrap();
-        let data = synthetic(3, 32, 1).train;
-        let norm = Normalization::of(&data);
-        let settings = OptimizerSettings::new(OptimizerKind::AdamW, 1e-3).unwrap();
-        let weights = init_parameters(&spec, 1).unwrap();
-        let mut trainer = Trainer::new(&gpu, &spec, &weights, settings, &[], 0, 1).unwrap();
-        for indices in epoch_order(data.len(), 1, 0, true).chunks(16) {
-            let batch = make_batch(&data, indices, &norm, None);
-            trainer.train_step(&gpu, &batch, 1e-3);
-            gpu.end_step();
-        }
-        trainer.evaluate(&gpu, &data, &norm, 16);
+        let mut trained = common::train_built_in(&gpu, model, &data, 16, 2);
+        trained.trainer.evaluate(&gpu, &data, &trained.norm, 16);
     }
     gpu.take_error().unwrap();
 

@@ -56,6 +56,45 @@ pub fn random_conv_tensors(
     })
 }
 
+/// What [`train_built_in`] leaves: the trainer, the data's normalisation,
+/// and each step's loss (still on the device).
+pub struct Trained {
+    pub trainer: wgcnn::train::Trainer<GpuBackend>,
+    pub norm: wgcnn::data::Normalization,
+    pub losses: Vec<GpuTensor>,
+}
+
+/// Built-in `model` for `data`'s images and 10 classes (AdamW, lr 1e-3,
+/// seed 1) after a step on each of the first `steps` batches of `batch`
+/// images (shuffled with seed 1), each ended as training ends a step.
+pub fn train_built_in(
+    gpu: &GpuBackend,
+    model: &str,
+    data: &wgcnn::data::Dataset,
+    batch: usize,
+    steps: usize,
+) -> Trained {
+    use wgcnn::optim::{OptimizerKind, OptimizerSettings};
+    let spec = wgcnn::nn::builtin(model, data.shape, 10).unwrap();
+    let norm = wgcnn::data::Normalization::of(data);
+    let settings = OptimizerSettings::new(OptimizerKind::AdamW, 1e-3).unwrap();
+    let weights = wgcnn::nn::init_parameters(&spec, 1).unwrap();
+    let mut trainer =
+        wgcnn::train::Trainer::new(gpu, &spec, &weights, settings, &[], 0, 1).unwrap();
+    let order = wgcnn::data::epoch_order(data.len(), 1, 0, true);
+    let mut losses = Vec::new();
+    for indices in order.chunks(batch).take(steps) {
+        let batch = wgcnn::data::make_batch(data, indices, &norm, None);
+        losses.push(trainer.train_step(gpu, &batch, 1e-3).0);
+        gpu.end_step();
+    }
+    Trained {
+        trainer,
+        norm,
+        losses,
+    }
+}
+
 /// The shared GPU backend, or `None` (with a loud message) when no adapter is
 /// found. With `WGCNN_REQUIRE_GPU=1` a missing adapter fails the test instead,
 /// so CI cannot pass by skipping.
