@@ -299,30 +299,36 @@ pub trait Backend {
         running_var: &Self::Tensor,
         s: &BatchNormSettings,
     ) -> (Self::Tensor, BatchNormSaved<Self::Tensor>);
-    /// [`Backend::batchnorm_forward_train`] with `y` taken through `act`
-    /// (`[γ, β, running mean, running variance]`); backends may apply `act`
-    /// as they write `y` instead of in a pass of its own.
-    fn batchnorm_forward_train_activated(
+    /// [`Backend::batchnorm_forward_train`] (`[γ, β, running mean, running
+    /// variance]`) with `y` taken through `then` where given; backends may
+    /// apply it as they write `y` instead of in a pass of its own.
+    fn batchnorm_forward_train_then(
         &self,
         x: &Self::Tensor,
         [gamma, beta, running_mean, running_var]: [&Self::Tensor; 4],
         s: &BatchNormSettings,
-        act: Activation,
+        then: Option<Activation>,
     ) -> BatchNormTrain<Self::Tensor> {
         let mut out = self.batchnorm_forward_train(x, gamma, beta, running_mean, running_var, s);
-        out.y = self.activation_forward(act, &out.y);
+        if let Some(act) = then {
+            out.y = self.activation_forward(act, &out.y);
+        }
         out
     }
-    /// [`Backend::batchnorm_forward_eval`] with `y` taken through `act`.
-    fn batchnorm_forward_eval_activated(
+    /// [`Backend::batchnorm_forward_eval`] with `y` taken through `then`
+    /// where given.
+    fn batchnorm_forward_eval_then(
         &self,
         x: &Self::Tensor,
         [gamma, beta, running_mean, running_var]: [&Self::Tensor; 4],
         s: &BatchNormSettings,
-        act: Activation,
+        then: Option<Activation>,
     ) -> (Self::Tensor, BatchNormSaved<Self::Tensor>) {
         let (y, saved) = self.batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, s);
-        (self.activation_forward(act, &y), saved)
+        match then {
+            Some(act) => (self.activation_forward(act, &y), saved),
+            None => (y, saved),
+        }
     }
     /// Batchnorm backward, with `M = N·S` values per channel and `x̂ = (x − μ)·invstd`:
     /// `dβ = Σ dy`, `dγ = Σ dy·x̂`; in training

@@ -335,7 +335,7 @@ fn batch_normalisation_through_an_activation_equals_the_two_passes() {
             for act in EVERY_ACTIVATION {
                 let what = format!("{shape:?} {act:?}");
                 let two = backend.batchnorm_forward_train(&x, &gamma, &beta, &mean, &var, &s);
-                let fused = backend.batchnorm_forward_train_activated(&x, tensors, &s, act);
+                let fused = backend.batchnorm_forward_train_then(&x, tensors, &s, Some(act));
                 assert_eq!(fused.y, backend.activation_forward(act, &two.y), "{what}");
                 assert_eq!(fused.saved.mean, two.saved.mean, "{what}");
                 assert_eq!(fused.saved.invstd, two.saved.invstd, "{what}");
@@ -344,7 +344,7 @@ fn batch_normalisation_through_an_activation_equals_the_two_passes() {
 
                 let (y, saved) = backend.batchnorm_forward_eval(&x, &gamma, &beta, &mean, &var, &s);
                 let (fused_y, fused_saved) =
-                    backend.batchnorm_forward_eval_activated(&x, tensors, &s, act);
+                    backend.batchnorm_forward_eval_then(&x, tensors, &s, Some(act));
                 assert_eq!(fused_y, backend.activation_forward(act, &y), "eval {what}");
                 assert_eq!(fused_saved.invstd, saved.invstd, "eval {what}");
             }

@@ -48,40 +48,6 @@ impl<F> CpuBackend<F> {
     }
 }
 
-impl<F: Real> CpuBackend<F> {
-    /// Training-mode batchnorm (`[γ, β, running mean, running variance]`),
-    /// `y` through `act` as it is written where given, in this backend's
-    /// loops.
-    fn batchnorm_train(
-        &self,
-        x: &HostTensor<F>,
-        tensors: [&HostTensor<F>; 4],
-        s: &BatchNormSettings,
-        act: Option<Activation>,
-    ) -> BatchNormTrain<HostTensor<F>> {
-        if self.fast {
-            batchnorm::forward_train_with::<Vectorised, F>(x, tensors, s, act)
-        } else {
-            batchnorm::forward_train_with::<batchnorm::Reference, F>(x, tensors, s, act)
-        }
-    }
-
-    /// Evaluation-mode batchnorm, as [`CpuBackend::batchnorm_train`].
-    fn batchnorm_eval(
-        &self,
-        x: &HostTensor<F>,
-        tensors: [&HostTensor<F>; 4],
-        s: &BatchNormSettings,
-        act: Option<Activation>,
-    ) -> (HostTensor<F>, BatchNormSaved<HostTensor<F>>) {
-        if self.fast {
-            batchnorm::forward_eval_with::<Vectorised, F>(x, tensors, s, act)
-        } else {
-            batchnorm::forward_eval_with::<batchnorm::Reference, F>(x, tensors, s, act)
-        }
-    }
-}
-
 impl<F> Default for CpuBackend<F> {
     fn default() -> Self {
         Self::new()
@@ -263,17 +229,21 @@ impl<F: Real> Backend for CpuBackend<F> {
         running_var: &HostTensor<F>,
         s: &BatchNormSettings,
     ) -> BatchNormTrain<HostTensor<F>> {
-        self.batchnorm_train(x, [gamma, beta, running_mean, running_var], s, None)
+        self.batchnorm_forward_train_then(x, [gamma, beta, running_mean, running_var], s, None)
     }
 
-    fn batchnorm_forward_train_activated(
+    fn batchnorm_forward_train_then(
         &self,
         x: &HostTensor<F>,
         tensors: [&HostTensor<F>; 4],
         s: &BatchNormSettings,
-        act: Activation,
+        then: Option<Activation>,
     ) -> BatchNormTrain<HostTensor<F>> {
-        self.batchnorm_train(x, tensors, s, Some(act))
+        if self.fast {
+            batchnorm::forward_train_with::<Vectorised, F>(x, tensors, s, then)
+        } else {
+            batchnorm::forward_train_with::<batchnorm::Reference, F>(x, tensors, s, then)
+        }
     }
 
     fn batchnorm_forward_eval(
@@ -285,17 +255,21 @@ impl<F: Real> Backend for CpuBackend<F> {
         running_var: &HostTensor<F>,
         s: &BatchNormSettings,
     ) -> (HostTensor<F>, BatchNormSaved<HostTensor<F>>) {
-        self.batchnorm_eval(x, [gamma, beta, running_mean, running_var], s, None)
+        self.batchnorm_forward_eval_then(x, [gamma, beta, running_mean, running_var], s, None)
     }
 
-    fn batchnorm_forward_eval_activated(
+    fn batchnorm_forward_eval_then(
         &self,
         x: &HostTensor<F>,
         tensors: [&HostTensor<F>; 4],
         s: &BatchNormSettings,
-        act: Activation,
+        then: Option<Activation>,
     ) -> (HostTensor<F>, BatchNormSaved<HostTensor<F>>) {
-        self.batchnorm_eval(x, tensors, s, Some(act))
+        if self.fast {
+            batchnorm::forward_eval_with::<Vectorised, F>(x, tensors, s, then)
+        } else {
+            batchnorm::forward_eval_with::<batchnorm::Reference, F>(x, tensors, s, then)
+        }
     }
 
     fn batchnorm_backward(

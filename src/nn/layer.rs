@@ -469,17 +469,7 @@ impl<B: Backend> Layer<B> {
                     &running_var.value,
                 ];
                 if train {
-                    let out = match then {
-                        Some(act) => b.batchnorm_forward_train_activated(x, tensors, &s, act),
-                        None => b.batchnorm_forward_train(
-                            x,
-                            &gamma.value,
-                            &beta.value,
-                            &running_mean.value,
-                            &running_var.value,
-                            &s,
-                        ),
-                    };
+                    let out = b.batchnorm_forward_train_then(x, tensors, &s, then);
                     // Copied into the existing tensors rather than replacing
                     // them, so the statistics keep their buffers from step to
                     // step (and a GPU step reuses its cached bind groups).
@@ -488,17 +478,7 @@ impl<B: Backend> Layer<B> {
                     *saved = Some((x.clone(), out.saved));
                     out.y
                 } else {
-                    let (y, _) = match then {
-                        Some(act) => b.batchnorm_forward_eval_activated(x, tensors, &s, act),
-                        None => b.batchnorm_forward_eval(
-                            x,
-                            &gamma.value,
-                            &beta.value,
-                            &running_mean.value,
-                            &running_var.value,
-                            &s,
-                        ),
-                    };
+                    let (y, _) = b.batchnorm_forward_eval_then(x, tensors, &s, then);
                     *saved = None;
                     y
                 }
