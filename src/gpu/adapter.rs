@@ -67,8 +67,13 @@ fn summarize(index: usize, info: &wgpu::AdapterInfo, preferred: bool) -> Adapter
         device_type: format!("{:?}", info.device_type),
         driver,
         preferred,
-        software: info.device_type == wgpu::DeviceType::Cpu,
+        software: is_software(info),
     }
+}
+
+/// Whether the adapter is a software renderer (lavapipe, llvmpipe).
+pub(super) fn is_software(info: &wgpu::AdapterInfo) -> bool {
+    info.device_type == wgpu::DeviceType::Cpu
 }
 
 /// The adapter opened when no `--device` is given: the first of the most

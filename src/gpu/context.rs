@@ -539,7 +539,7 @@ impl GpuContext {
 
     /// True for software adapters such as lavapipe.
     pub fn is_software(&self) -> bool {
-        self.info.device_type == wgpu::DeviceType::Cpu
+        super::adapter::is_software(&self.info)
     }
 
     /// How many submits, pipeline compilations and dispatches happened so far.
