@@ -8,7 +8,7 @@ use crate::backend::{BatchNormGrads, BatchNormSaved, BatchNormTrain};
 use crate::geometry::{BatchNormLayout, BatchNormSettings};
 
 pub(super) static SOURCE: SummingModule =
-    SummingModule::new(include_str!("../../shaders/batchnorm.wgsl"));
+    SummingModule::new("batchnorm", include_str!("../../shaders/batchnorm.wgsl"));
 
 fn layout(x: &GpuTensor) -> BatchNormLayout {
     BatchNormLayout::of_shape(&x.shape).expect("batchnorm shape validated by the layer")
@@ -30,13 +30,7 @@ fn kernel(
     inputs: usize,
     outputs: usize,
 ) -> std::sync::Arc<super::context::Kernel> {
-    ctx.kernel(&KernelSpec::new(
-        "batchnorm",
-        SOURCE.source(ctx),
-        entry,
-        inputs,
-        outputs,
-    ))
+    ctx.kernel(&KernelSpec::new(SOURCE.module(ctx), entry, inputs, outputs))
 }
 
 /// Consecutive elements each invocation of the elementwise kernels takes

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use super::adapter::{NO_ADAPTER_HELP, enumerate, fixed_subgroup_size, instance, preferred_index};
 use super::derived::DerivedKey;
+use super::modules::ModuleSource;
 use super::precompile::Precompiler;
 use crate::error::{Error, Result};
 
@@ -58,17 +59,11 @@ pub struct KernelSpec {
 }
 
 impl KernelSpec {
-    /// A kernel with no override constants.
-    pub fn new(
-        family: &'static str,
-        source: &'static str,
-        entry: &'static str,
-        inputs: usize,
-        outputs: usize,
-    ) -> Self {
+    /// Entry point `entry` of `module`, with no override constants.
+    pub fn new(module: ModuleSource, entry: &'static str, inputs: usize, outputs: usize) -> Self {
         Self {
-            family,
-            source,
+            family: module.family,
+            source: module.source,
             entry,
             inputs,
             outputs,

@@ -20,12 +20,16 @@ use super::gemm::{
     gemm_packed_b_into, gemm_with_block_into, implicit_block_has_run,
 };
 use super::gemm_source::{Block, CONV_BLOCKS};
+use super::modules::ModuleSource;
 use super::reduce::{channel_sum_into, slice_sum_into};
 use super::tensor::{GpuIndices, GpuTensor};
 use crate::backend::ParamGrads;
 use crate::geometry::{Activation, Conv2dGeometry, Pool2dGeometry};
 
-pub(super) const SOURCE: &str = include_str!("../../shaders/im2col.wgsl");
+pub(super) const MODULE: ModuleSource = ModuleSource {
+    family: "im2col",
+    source: include_str!("../../shaders/im2col.wgsl"),
+};
 
 /// The uniform parameters; the stride is a pipeline constant instead.
 fn params(g: &Conv2dGeometry) -> Params {
@@ -44,7 +48,7 @@ fn params(g: &Conv2dGeometry) -> Params {
 
 /// The im2col family's kernel `entry`, specialised to the stride.
 fn kernel(ctx: &GpuContext, entry: &'static str, g: &Conv2dGeometry) -> Arc<Kernel> {
-    ctx.kernel(&KernelSpec::new("im2col", SOURCE, entry, 1, 1).with("STRIDE", g.stride as f64))
+    ctx.kernel(&KernelSpec::new(MODULE, entry, 1, 1).with("STRIDE", g.stride as f64))
 }
 
 /// `X (N, C, H, W) → X_col (N, C·kh·kw, OH·OW)`.
@@ -186,11 +190,9 @@ fn pad_planes_anew(
         .u32(pitch);
     // Rows of whole vec4s load 4 values at a time (`pad4`).
     let kernel = if planes.width.is_multiple_of(4) {
-        ctx.kernel(
-            &KernelSpec::new("im2col", SOURCE, "pad4", 1, 1).with("SHIFT", (pad_w % 4) as f64),
-        )
+        ctx.kernel(&KernelSpec::new(MODULE, "pad4", 1, 1).with("SHIFT", (pad_w % 4) as f64))
     } else {
-        ctx.kernel(&KernelSpec::new("im2col", SOURCE, "pad", 1, 1))
+        ctx.kernel(&KernelSpec::new(MODULE, "pad", 1, 1))
     };
     ctx.dispatch(
         &kernel,

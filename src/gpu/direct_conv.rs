@@ -125,18 +125,11 @@ fn channels_tag(channels: usize) -> String {
 /// Every generated module, forward and weight gradient, as
 /// [`super::modules::every_module`] lists them.
 pub(super) fn modules() -> Vec<ModuleSource> {
-    let forward = Shape::all().map(|shape| ModuleSource {
-        family: shape.family(),
-        source: shape.source(),
-    });
-    let mut all: Vec<ModuleSource> = forward.collect();
+    let mut all: Vec<ModuleSource> = Shape::all().map(Shape::module).collect();
     for channels in 1..=CHANNELS_PER_INVOCATION {
         for kernel_w in 1..=MAX_KERNEL_W {
             for rows in 1..=WEIGHT_GRAD_MAX_ROWS {
-                all.push(ModuleSource {
-                    family: weight_grad_family(channels, kernel_w, rows),
-                    source: weight_grad_source(channels, kernel_w, rows),
-                });
+                all.push(weight_grad_module(channels, kernel_w, rows));
             }
         }
     }
@@ -193,6 +186,14 @@ impl Shape {
         let variant =
             (self.channels - 1) * 4 + 2 * self.pooled as usize + self.uniform_weights as usize;
         (variant * MAX_SEGMENT_VECS + self.vecs - 1) * MAX_KERNEL_W + self.kernel_w - 1
+    }
+
+    /// The kernel's module: [`Shape::family`] and [`Shape::source`].
+    fn module(self) -> ModuleSource {
+        ModuleSource {
+            family: self.family(),
+            source: self.source(),
+        }
     }
 
     /// The kernel's WGSL module (each generated once; one module per
@@ -575,13 +576,7 @@ impl Direct<'_> {
             Output::Rows(y) => (vec![y], out_h),
             Output::Pooled { y, argmax } => (vec![y, argmax], out_h / 2),
         };
-        let mut spec = KernelSpec::new(
-            shape.family(),
-            shape.source(),
-            "direct_conv",
-            3,
-            outputs.len(),
-        );
+        let mut spec = KernelSpec::new(shape.module(), "direct_conv", 3, outputs.len());
         if uniform_weights {
             spec = spec.with_uniform_input(1);
         }
@@ -766,6 +761,15 @@ const WEIGHT_GRAD_KERNELS: usize = CHANNELS_PER_INVOCATION * MAX_KERNEL_W * WEIG
 /// tables of generated modules.
 fn weight_grad_index(channels: usize, kernel_w: usize, rows: usize) -> usize {
     ((channels - 1) * WEIGHT_GRAD_MAX_ROWS + rows - 1) * MAX_KERNEL_W + kernel_w - 1
+}
+
+/// The module of the weight-gradient kernel for `channels` output
+/// channels, windows `kernel_w` wide and `rows` window rows per invocation.
+fn weight_grad_module(channels: usize, kernel_w: usize, rows: usize) -> ModuleSource {
+    ModuleSource {
+        family: weight_grad_family(channels, kernel_w, rows),
+        source: weight_grad_source(channels, kernel_w, rows),
+    }
 }
 
 /// The module family of the weight-gradient kernel for `channels` output
@@ -959,8 +963,7 @@ pub fn weight_grads(
         .u32(rows_per_slice)
         .u32(row_groups);
     let kernel = ctx.kernel(&KernelSpec::new(
-        weight_grad_family(channels, g.kernel_w, window_rows),
-        weight_grad_source(channels, g.kernel_w, window_rows),
+        weight_grad_module(channels, g.kernel_w, window_rows),
         "direct_conv_dw",
         2,
         2,

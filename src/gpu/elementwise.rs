@@ -1,10 +1,14 @@
 //! Host side of `shaders/elementwise.wgsl`: activations and dropout.
 
 use super::context::{GpuContext, KernelSpec, Params, grid};
+use super::modules::ModuleSource;
 use super::tensor::GpuTensor;
 use crate::geometry::{Activation, DropoutSettings};
 
-pub(super) const SOURCE: &str = include_str!("../../shaders/elementwise.wgsl");
+pub(super) const MODULE: ModuleSource = ModuleSource {
+    family: "elementwise",
+    source: include_str!("../../shaders/elementwise.wgsl"),
+};
 
 /// Runs entry point `entry` over `a` (and `b`) into a new tensor shaped like
 /// `a`: its vec4 twin (`entry` + `4`, one vec4 per invocation) where there
@@ -22,7 +26,7 @@ fn run(
         Some(twin) if a.len().is_multiple_of(4) => (twin, a.len() / 4),
         _ => (entry, a.len()),
     };
-    let kernel = ctx.kernel(&KernelSpec::new("elementwise", SOURCE, entry, 2, 1));
+    let kernel = ctx.kernel(&KernelSpec::new(MODULE, entry, 2, 1));
     ctx.dispatch(
         &kernel,
         &params,

@@ -721,8 +721,8 @@ fn split_sum_into(
     out: &GpuBuffer,
     spec: &GemmSpec,
 ) {
-    let source = gemm_source::source(ctx.has_subgroups());
-    let kernel = ctx.kernel(&KernelSpec::new("gemm", source, "split_sum", 3, 1));
+    let module = gemm_source::module(ctx.has_subgroups());
+    let kernel = ctx.kernel(&KernelSpec::new(module, "split_sum", 3, 1));
     let params = Params::new()
         .u32(spec.m)
         .u32(spec.n)
@@ -759,8 +759,8 @@ fn block_kernel(ctx: &GpuContext, block: Block, path: Path) -> std::sync::Arc<Ke
     );
     let reads = match path {
         Path::Depth4 => {
-            let source = gemm_source::depth4_source();
-            return ctx.kernel(&KernelSpec::new("gemm_depth4", source, block.entry(), 3, 1));
+            let module = gemm_source::depth4_module();
+            return ctx.kernel(&KernelSpec::new(module, block.entry(), 3, 1));
         }
         Path::Register(reads) => reads,
     };
@@ -770,15 +770,9 @@ fn block_kernel(ctx: &GpuContext, block: Block, path: Path) -> std::sync::Arc<Ke
         .is_some_and(|lanes| block.shares_a_read_in(reads.a, lanes));
     let entry = block.entry_reading(reads, share_a);
     let spec = if reads == Reads::BY_ROWS {
-        KernelSpec::new(
-            "gemm_by_rows",
-            gemm_source::by_rows_source(subgroups),
-            entry,
-            3,
-            1,
-        )
+        KernelSpec::new(gemm_source::by_rows_module(subgroups), entry, 3, 1)
     } else {
-        KernelSpec::new("gemm", gemm_source::source(subgroups), entry, 3, 1)
+        KernelSpec::new(gemm_source::module(subgroups), entry, 3, 1)
     };
     ctx.kernel(&spec)
 }

@@ -4,8 +4,12 @@
 use std::cell::OnceCell;
 
 use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid, grid_extent};
+use super::modules::ModuleSource;
 
-pub(super) const PACK_SOURCE: &str = include_str!("../../shaders/pack.wgsl");
+pub(super) const PACK: ModuleSource = ModuleSource {
+    family: "pack",
+    source: include_str!("../../shaders/pack.wgsl"),
+};
 
 /// A GEMM operand in the packed layout: `(K, ⌈rows/4⌉·4)` per batch
 /// element, `stride` elements apart (0: one shared by every element).
@@ -67,7 +71,7 @@ impl Packing {
             None => ("pack", 1),
         };
         let kernel = ctx.kernel(
-            &KernelSpec::new("pack", PACK_SOURCE, entry, 1, outputs)
+            &KernelSpec::new(PACK, entry, 1, outputs)
                 .with("TRANSPOSED", self.transposed as u8 as f64),
         );
         let params = Params::new()
@@ -260,7 +264,7 @@ impl Depth4Operand {
 
     /// Records the re-packing of `source`, the packed operand, into it.
     pub fn record(&self, ctx: &GpuContext, source: Packed<'_>) {
-        let kernel = ctx.kernel(&KernelSpec::new("pack", PACK_SOURCE, "pack_depth4", 1, 1));
+        let kernel = ctx.kernel(&KernelSpec::new(PACK, "pack_depth4", 1, 1));
         let params = Params::new()
             .u32(self.rows)
             .u32(self.depth)

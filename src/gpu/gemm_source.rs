@@ -6,6 +6,8 @@
 use std::fmt::Write;
 use std::sync::OnceLock;
 
+use super::modules::ModuleSource;
+
 /// The shared part of the GEMM module.
 const COMMON: &str = include_str!("../../shaders/gemm.wgsl");
 /// The epilogue's activation, shared with the direct convolution.
@@ -354,6 +356,30 @@ pub fn source(subgroups: bool) -> &'static str {
         }
         s
     })
+}
+
+/// [`source`] as the `gemm` module.
+pub fn module(subgroups: bool) -> ModuleSource {
+    ModuleSource {
+        family: "gemm",
+        source: source(subgroups),
+    }
+}
+
+/// [`by_rows_source`] as the `gemm_by_rows` module.
+pub fn by_rows_module(subgroups: bool) -> ModuleSource {
+    ModuleSource {
+        family: "gemm_by_rows",
+        source: by_rows_source(subgroups),
+    }
+}
+
+/// [`depth4_source`] as the `gemm_depth4` module.
+pub fn depth4_module() -> ModuleSource {
+    ModuleSource {
+        family: "gemm_depth4",
+        source: depth4_source(),
+    }
 }
 
 /// The module of the small block's twin reading both operands by rows

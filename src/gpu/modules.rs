@@ -25,29 +25,23 @@ pub struct ModuleSource {
 /// convolution's generated shapes). Generated sources are built on the
 /// first call.
 pub fn every_module() -> Vec<ModuleSource> {
-    let one = |family, source| ModuleSource { family, source };
     let mut all = vec![
-        one("elementwise", elementwise::SOURCE),
-        one("im2col", conv::SOURCE),
-        one("pack", gemm_operand::PACK_SOURCE),
-        one("pool", pool::SOURCE),
-        one("peak", peak::source()),
-        one("gemm_depth4", gemm_source::depth4_source()),
+        elementwise::MODULE,
+        conv::MODULE,
+        gemm_operand::PACK,
+        pool::MODULE,
+        peak::module(),
+        gemm_source::depth4_module(),
     ];
     for subgroups in [false, true] {
-        all.push(one("gemm", gemm_source::source(subgroups)));
-        all.push(one("gemm_by_rows", gemm_source::by_rows_source(subgroups)));
-        for (family, summing) in [
-            ("reduce", &reduce::SOURCE),
-            ("batchnorm", &batchnorm::SOURCE),
-            ("softmax_xent", &softmax::SOURCE),
-        ] {
-            all.push(one(family, summing.version(subgroups)));
+        all.push(gemm_source::module(subgroups));
+        all.push(gemm_source::by_rows_module(subgroups));
+        for summing in [&reduce::SOURCE, &batchnorm::SOURCE, &softmax::SOURCE] {
+            all.push(summing.version(subgroups));
         }
     }
     for vectors in [false, true] {
-        let (family, source) = optim::module(vectors);
-        all.push(one(family, source));
+        all.push(optim::module(vectors));
     }
     all.extend(direct_conv::modules());
     all

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid};
+use super::modules::ModuleSource;
 use super::tensor::GpuTensor;
 use crate::optim::{OptimizerKind, OptimizerSettings};
 use crate::tensor::HostTensor;
@@ -14,8 +15,8 @@ use crate::tensor::HostTensor;
 const SOURCE: &str = include_str!("../../shaders/optim.wgsl");
 
 /// The update rules on one `f32` per invocation, or on one `vec4<f32>`
-/// (four elements) where the length is a multiple of 4: `(family, source)`.
-pub(super) fn module(vectors: bool) -> (&'static str, &'static str) {
+/// (four elements) where the length is a multiple of 4.
+pub(super) fn module(vectors: bool) -> ModuleSource {
     static SOURCES: [OnceLock<String>; 2] = [OnceLock::new(), OnceLock::new()];
     let (family, value) = if vectors {
         ("optim_vec4", "vec4<f32>")
@@ -24,7 +25,7 @@ pub(super) fn module(vectors: bool) -> (&'static str, &'static str) {
     };
     let source =
         SOURCES[vectors as usize].get_or_init(|| format!("alias Value = {value};\n{SOURCE}"));
-    (family, source)
+    ModuleSource { family, source }
 }
 
 /// The shader entry point of each rule.
@@ -99,10 +100,8 @@ pub fn optimizer_update(
         .f32(settings.beta1)
         .f32(settings.beta2)
         .f32(settings.eps);
-    let (family, source) = module(vectors);
     let kernel = ctx.kernel(&KernelSpec::new(
-        family,
-        source,
+        module(vectors),
         entry(kind),
         2,
         1 + state.len(),

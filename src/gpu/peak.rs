@@ -7,6 +7,7 @@ use std::fmt::Write;
 use std::sync::OnceLock;
 
 use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid};
+use super::modules::ModuleSource;
 
 const HEADER: &str = include_str!("../../shaders/peak.wgsl");
 
@@ -25,7 +26,14 @@ pub fn chain_offset(chain: usize) -> f32 {
 }
 
 /// The module: the header, then the kernel written out (generated once).
-pub(super) fn source() -> &'static str {
+pub(super) fn module() -> ModuleSource {
+    ModuleSource {
+        family: "peak",
+        source: source(),
+    }
+}
+
+fn source() -> &'static str {
     static SOURCE: OnceLock<String> = OnceLock::new();
     SOURCE.get_or_init(|| {
         let mut s = format!("{HEADER}\n");
@@ -103,7 +111,7 @@ impl PeakBuffers {
     /// Records one run of `iterations` loop iterations per invocation:
     /// `invocations · iterations ·` [`FLOPS_PER_ITERATION`] operations.
     pub fn record(&self, ctx: &GpuContext, iterations: u32) {
-        let kernel = ctx.kernel(&KernelSpec::new("peak", source(), "multiply_adds", 1, 1));
+        let kernel = ctx.kernel(&KernelSpec::new(module(), "multiply_adds", 1, 1));
         ctx.dispatch(
             &kernel,
             &Params::new().u32(iterations as usize),

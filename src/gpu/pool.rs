@@ -3,13 +3,17 @@
 use std::sync::Arc;
 
 use super::context::{GpuContext, KernelSpec, Params, grid, grid_extent};
+use super::modules::ModuleSource;
 use super::tensor::{GpuIndices, GpuTensor};
 use crate::geometry::{Activation, Pool2dGeometry};
 
-pub(super) const SOURCE: &str = concat!(
-    include_str!("../../shaders/pool.wgsl"),
-    include_str!("../../shaders/window_max.wgsl")
-);
+pub(super) const MODULE: ModuleSource = ModuleSource {
+    family: "pool",
+    source: concat!(
+        include_str!("../../shaders/pool.wgsl"),
+        include_str!("../../shaders/window_max.wgsl")
+    ),
+};
 
 /// The uniform parameters; window size and stride are pipeline constants
 /// instead ([`kernel`]).
@@ -35,7 +39,7 @@ fn kernel(
 }
 
 fn spec(entry: &'static str, inputs: usize, outputs: usize, g: &Pool2dGeometry) -> KernelSpec {
-    KernelSpec::new("pool", SOURCE, entry, inputs, outputs)
+    KernelSpec::new(MODULE, entry, inputs, outputs)
         .with("KERNEL", g.kernel as f64)
         .with("STRIDE", g.stride as f64)
 }

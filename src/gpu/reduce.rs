@@ -5,7 +5,7 @@ use super::context::{GpuBuffer, GpuContext, KernelSpec, Params, grid};
 use super::workgroup_sum::SummingModule;
 
 pub(super) static SOURCE: SummingModule =
-    SummingModule::new(include_str!("../../shaders/reduce.wgsl"));
+    SummingModule::new("reduce", include_str!("../../shaders/reduce.wgsl"));
 
 /// Records `out[c] = Σ_{o, i} x[(o·C + c)·inner + i]` for `x` viewed as
 /// `(outer, channels, inner)`; `out` holds `channels` values.
@@ -25,13 +25,7 @@ pub fn channel_sum_into(
         slice_sum_into(ctx, x, out, outer, channels);
         return;
     }
-    let kernel = ctx.kernel(&KernelSpec::new(
-        "reduce",
-        SOURCE.source(ctx),
-        "channel_sum",
-        1,
-        1,
-    ));
+    let kernel = ctx.kernel(&KernelSpec::new(SOURCE.module(ctx), "channel_sum", 1, 1));
     let params = Params::new().u32(outer).u32(channels).u32(inner);
     ctx.dispatch(&kernel, &params, &[x], &[out], grid(channels, 1));
 }
@@ -48,7 +42,7 @@ pub fn slice_sum_into(ctx: &GpuContext, x: &GpuBuffer, out: &GpuBuffer, slices: 
     } else {
         ("slice_sum", len)
     };
-    let kernel = ctx.kernel(&KernelSpec::new("reduce", SOURCE.source(ctx), entry, 1, 1));
+    let kernel = ctx.kernel(&KernelSpec::new(SOURCE.module(ctx), entry, 1, 1));
     let params = Params::new().u32(slices).u32(columns).u32(1);
     ctx.dispatch(&kernel, &params, &[x], &[out], grid(columns, 256));
 }

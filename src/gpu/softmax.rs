@@ -6,8 +6,10 @@ use super::tensor::{GpuIndices, GpuTensor};
 use super::workgroup_sum::SummingModule;
 use crate::backend::SoftmaxXent;
 
-pub(super) static SOURCE: SummingModule =
-    SummingModule::new(include_str!("../../shaders/softmax_xent.wgsl"));
+pub(super) static SOURCE: SummingModule = SummingModule::new(
+    "softmax_xent",
+    include_str!("../../shaders/softmax_xent.wgsl"),
+);
 
 /// Loss (mean over rows), correct count and `(softmax − onehot)/N`.
 pub fn softmax_cross_entropy(
@@ -26,13 +28,7 @@ pub fn softmax_cross_entropy(
     let grad = ctx.tensor(&logits.shape, "xent.grad");
     let row_loss = ctx.tensor(&[rows], "xent.row_loss");
     let row_correct = ctx.tensor(&[rows], "xent.row_correct");
-    let per_row = ctx.kernel(&KernelSpec::new(
-        "softmax_xent",
-        SOURCE.source(ctx),
-        "rows",
-        2,
-        3,
-    ));
+    let per_row = ctx.kernel(&KernelSpec::new(SOURCE.module(ctx), "rows", 2, 3));
     ctx.dispatch(
         &per_row,
         &params,
@@ -42,13 +38,7 @@ pub fn softmax_cross_entropy(
     );
     let loss = ctx.tensor(&[1], "xent.loss");
     let correct = ctx.tensor(&[1], "xent.correct");
-    let totals = ctx.kernel(&KernelSpec::new(
-        "softmax_xent",
-        SOURCE.source(ctx),
-        "totals",
-        2,
-        2,
-    ));
+    let totals = ctx.kernel(&KernelSpec::new(SOURCE.module(ctx), "totals", 2, 2));
     ctx.dispatch(
         &totals,
         &params,

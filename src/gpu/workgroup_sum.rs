@@ -8,6 +8,7 @@
 use std::sync::OnceLock;
 
 use super::context::GpuContext;
+use super::modules::ModuleSource;
 
 const TREE: &str = include_str!("../../shaders/workgroup_sum.wgsl");
 const SUBGROUPS: &str = include_str!("../../shaders/workgroup_sum_subgroups.wgsl");
@@ -15,34 +16,39 @@ const SUBGROUPS: &str = include_str!("../../shaders/workgroup_sum_subgroups.wgsl
 /// A shader module that calls `workgroup_sum`, in both versions (each
 /// joined once, when first asked for).
 pub struct SummingModule {
+    family: &'static str,
     body: &'static str,
     with_tree: OnceLock<String>,
     with_subgroups: OnceLock<String>,
 }
 
 impl SummingModule {
-    /// The module whose source is `body`.
-    pub const fn new(body: &'static str) -> Self {
+    /// The module of family `family` whose source is `body`.
+    pub const fn new(family: &'static str, body: &'static str) -> Self {
         Self {
+            family,
             body,
             with_tree: OnceLock::new(),
             with_subgroups: OnceLock::new(),
         }
     }
 
-    /// The module's whole source for `ctx`'s device.
-    pub fn source(&'static self, ctx: &GpuContext) -> &'static str {
+    /// The module for `ctx`'s device.
+    pub fn module(&'static self, ctx: &GpuContext) -> ModuleSource {
         self.version(ctx.has_subgroups())
     }
 
-    /// The module's whole source summing by subgroup operations, or as a
-    /// tree in workgroup memory.
-    pub fn version(&'static self, subgroups: bool) -> &'static str {
+    /// The module summing by subgroup operations, or as a tree in
+    /// workgroup memory.
+    pub fn version(&'static self, subgroups: bool) -> ModuleSource {
         let (joined, sum) = if subgroups {
             (&self.with_subgroups, SUBGROUPS)
         } else {
             (&self.with_tree, TREE)
         };
-        joined.get_or_init(|| format!("{sum}\n{}", self.body))
+        ModuleSource {
+            family: self.family,
+            source: joined.get_or_init(|| format!("{sum}\n{}", self.body)),
+        }
     }
 }
